@@ -1,0 +1,62 @@
+"""The ``spafoundation`` command. Each subcommand lives in ``spafoundation.commands.<name>`` and exposes
+``register(subparsers)``; modules named ``benchmark_<task>`` register under ``spafoundation benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from spafoundation import __version__
+from spafoundation.errors import InputError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _command_modules():
+    import spafoundation.commands as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            yield info.name, importlib.import_module(f"spafoundation.commands.{info.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spafoundation",
+        description="Spatial gene expression from H&E histology with visual foundation models.",
+    )
+    parser.add_argument("--version", action="version", version=f"spafoundation {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    bench = sub.add_parser("benchmark", help="run a benchmark protocol and write its tables")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="TASK")
+    bench_sub.required = True
+    for name, module in _command_modules():
+        module.register(bench_sub if name.startswith("benchmark_") else sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"spafoundation: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("spafoundation: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

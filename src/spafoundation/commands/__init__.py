@@ -1,0 +1,1 @@
+"""Subcommands of ``spafoundation``; each module defines ``register(subparsers)`` (see ``cli.py``)."""

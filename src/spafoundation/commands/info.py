@@ -1,0 +1,52 @@
+"""``spafoundation info PATH``: what a dataset holds."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from spafoundation.io.anndata_spec import spatial_meta
+from spafoundation.io.readers import detect_format, read_dataset
+
+LABEL_COLUMNS = ("label", "cluster_annotation")
+
+
+def summarize(path, sections=None) -> pd.DataFrame:
+    data = read_dataset(path, sections, with_images=False)
+    rows = []
+    for name, adata in data.items():
+        meta = spatial_meta(adata)
+        size = meta["metadata"].get("image_size")
+        labels = [c for c in LABEL_COLUMNS if c in adata.obs and adata.obs[c].notna().any()]
+        rows.append(
+            {
+                "section": name,
+                "patient": adata.obs["patient"].iloc[0] if "patient" in adata.obs else "",
+                "spots": adata.n_obs,
+                "genes": adata.n_vars,
+                "image": "x".join(str(int(v)) for v in size) if size is not None and len(size) else "-",
+                "um/px": round(float(meta["scalefactors"]["microns_per_pixel"]), 4),
+                "um/px source": meta["metadata"].get("mpp_source", ""),
+                "labels": ",".join(labels) or "-",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run(args) -> int:
+    fmt = detect_format(args.path)
+    table = summarize(args.path, args.sections.split(",") if args.sections else None)
+    n_img = int((table["image"] != "-").sum())
+    print(f"{args.path}  format: {fmt}")
+    print(table.to_string(index=False))
+    print(
+        f"\n{len(table)} sections, {n_img} with images, {int(table['spots'].sum())} spots, "
+        f"{int(table['genes'].max()) if len(table) else 0} genes at most"
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("info", help="summarise a dataset: sections, spots, genes, image size, um/px, labels")
+    p.add_argument("path", help="dataset folder (legacy ST, Space Ranger outs/, HEST), manifest or .h5ad")
+    p.add_argument("--sections", help="comma-separated subset of sections")
+    p.set_defaults(func=run)

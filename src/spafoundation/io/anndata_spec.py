@@ -1,0 +1,143 @@
+"""The AnnData layout every reader produces and every task consumes (scanpy/squidpy conventions).
+
+- ``X``: raw integer counts, CSR (spots x genes); image-only sections have zero genes.
+- ``var_names``: gene symbols.
+- ``obs``: ``section``, ``patient``, ``array_row``, ``array_col`` (+ ``label`` / ``cluster_annotation`` when known).
+- ``obsm['spatial']``: spot centres in full-resolution pixels, x = column, y = row (float64).
+- ``uns['spatial'][library_id]``: ``images`` (``hires`` thumbnail), ``scalefactors`` (``tissue_hires_scalef``,
+  ``spot_diameter_fullres``, ``microns_per_pixel``) and ``metadata`` (``image_path``, ``platform``,
+  ``mpp_source``, spot geometry in microns).
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from spafoundation.errors import InputError
+
+HIRES_MAX_SIDE = 2000
+
+
+def library_id(adata: ad.AnnData) -> str:
+    spatial = adata.uns.get("spatial", {})
+    if len(spatial) != 1:
+        raise InputError(None, "uns['spatial']", f"expected one library, found {len(spatial)}")
+    return next(iter(spatial))
+
+
+def spatial_meta(adata: ad.AnnData) -> dict:
+    return adata.uns["spatial"][library_id(adata)]
+
+
+def microns_per_pixel(adata: ad.AnnData) -> float:
+    return float(spatial_meta(adata)["scalefactors"]["microns_per_pixel"])
+
+
+def spot_diameter_fullres(adata: ad.AnnData) -> float:
+    return float(spatial_meta(adata)["scalefactors"]["spot_diameter_fullres"])
+
+
+def image_path(adata: ad.AnnData) -> str | None:
+    path = spatial_meta(adata)["metadata"].get("image_path")
+    return str(path) if path else None
+
+
+def validate_counts(X, path, field: str = "counts"):
+    """Counts must be finite and non-negative; returns CSR with an integer dtype when values are integral."""
+    X = sp.csr_matrix(X)
+    data = X.data
+    if data.size and not np.all(np.isfinite(data)):
+        raise InputError(path, field, f"{int((~np.isfinite(data)).sum())} NaN or infinite values")
+    if data.size and data.min() < 0:
+        raise InputError(path, field, f"negative counts (min {data.min()})")
+    if data.size and np.all(np.equal(np.mod(data, 1), 0)):
+        X = X.astype(np.int32)
+    X.eliminate_zeros()
+    return X
+
+
+def check_unique(ids: pd.Index | list, path, field: str) -> None:
+    ids = pd.Index(ids)
+    if ids.has_duplicates:
+        dup = ids[ids.duplicated()].unique()[:5].tolist()
+        raise InputError(path, field, f"duplicated ids: {dup}")
+
+
+def check_inside(xy: np.ndarray, width: int, height: int, path, field: str = "spot coordinates") -> None:
+    if not np.all(np.isfinite(xy)):
+        raise InputError(path, field, "non-finite spot coordinates")
+    outside = (xy[:, 0] < 0) | (xy[:, 0] >= width) | (xy[:, 1] < 0) | (xy[:, 1] >= height)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise InputError(
+            path,
+            field,
+            f"{int(outside.sum())} spot centres fall outside the {width}x{height} px image "
+            f"(first: x={xy[i, 0]:.1f}, y={xy[i, 1]:.1f})",
+        )
+
+
+def estimate_mpp_from_pitch(array_rc: np.ndarray, xy: np.ndarray, pitch_um: float, path) -> float:
+    """Microns per pixel from the spot grid: fit pixel position against array index (pitch = one array step)."""
+    steps = []
+    for axis_arr, axis_px in ((1, 0), (0, 1)):  # array_col ~ x, array_row ~ y
+        a = array_rc[:, axis_arr].astype(float)
+        if np.ptp(a) == 0:
+            continue
+        slope = np.polyfit(a, xy[:, axis_px], 1)[0]
+        steps.append(abs(slope))
+    if not steps or not np.all(np.isfinite(steps)) or min(steps) <= 0:
+        raise InputError(path, "microns_per_pixel", "unknown pixel size and the spot grid is too small to estimate it")
+    return pitch_um / float(np.mean(steps))
+
+
+def build_anndata(
+    *,
+    counts,
+    genes,
+    spot_ids,
+    xy: np.ndarray,
+    obs: pd.DataFrame,
+    library: str,
+    mpp: float,
+    mpp_source: str,
+    spot_diameter_um: float,
+    platform: str,
+    image_path: str | None,
+    hires: np.ndarray | None = None,
+    hires_scalef: float = 1.0,
+    extra_meta: dict | None = None,
+) -> ad.AnnData:
+    obs = obs.copy()
+    obs.index = pd.Index([str(s) for s in spot_ids], name=None)
+    if counts is None:
+        X = sp.csr_matrix((len(obs), 0), dtype=np.int32)
+        var = pd.DataFrame(index=pd.Index([], dtype=str))
+    else:
+        X = counts
+        var = pd.DataFrame(index=pd.Index([str(g) for g in genes]))
+    adata = ad.AnnData(X=X, obs=obs, var=var)
+    adata.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
+    images = {} if hires is None else {"hires": hires}
+    adata.uns["spatial"] = {
+        library: {
+            "images": images,
+            "scalefactors": {
+                "tissue_hires_scalef": float(hires_scalef),
+                "tissue_lowres_scalef": float(hires_scalef),
+                "spot_diameter_fullres": float(spot_diameter_um / mpp),
+                "microns_per_pixel": float(mpp),
+            },
+            "metadata": {
+                "platform": platform,
+                "image_path": image_path or "",
+                "mpp_source": mpp_source,
+                "spot_diameter_um": float(spot_diameter_um),
+                **(extra_meta or {}),
+            },
+        }
+    }
+    return adata

@@ -1,0 +1,72 @@
+"""Format detection and one entry point: ``read_dataset(path) -> {section: AnnData}``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+
+from spafoundation.errors import InputError
+from spafoundation.io import legacy_st
+
+FORMATS = ("legacy_st", "visium", "hest", "generic", "h5ad")
+
+
+def detect_format(path: str | Path) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "data", "not found")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".h5ad":
+            return "h5ad"
+        if suffix in (".yaml", ".yml", ".json"):
+            return "generic"
+        raise InputError(path, "data", f"unsupported format '{suffix}': give a folder, an .h5ad or a generic manifest")
+    if legacy_st.is_legacy_st(path):
+        return "legacy_st"
+    if (path / "st").is_dir() and ((path / "wsis").is_dir() or (path / "metadata").is_dir()):
+        return "hest"
+    for base in (path, path / "outs"):
+        if (base / "filtered_feature_bc_matrix.h5").exists() or (base / "filtered_feature_bc_matrix").is_dir():
+            return "visium"
+    if (path / "spafoundation.yaml").exists() or (path / "manifest.yaml").exists():
+        return "generic"
+    raise InputError(
+        path,
+        "data",
+        "unsupported format: expected a legacy ST folder (ST-cnts/), Space Ranger outs/, a HEST folder "
+        "(st/, wsis/, metadata/), a generic manifest (.yaml) or an .h5ad",
+    )
+
+
+def read_dataset(path: str | Path, sections: list[str] | None = None, **kwargs) -> dict[str, ad.AnnData]:
+    """Read any supported layout into one AnnData per section, keyed by section (library) id."""
+    fmt = detect_format(path)
+    if fmt == "legacy_st":
+        return legacy_st.read_legacy_st(path, sections, **kwargs)
+    if fmt == "visium":
+        from spafoundation.io.visium import read_visium
+
+        adata = read_visium(path, **kwargs)
+        return _select({adata.obs["section"].iloc[0]: adata}, sections, path)
+    if fmt == "hest":
+        from spafoundation.io.hest import read_hest
+
+        return read_hest(path, sections, **kwargs)
+    if fmt == "generic":
+        from spafoundation.io.generic import read_generic_manifest
+
+        return _select(read_generic_manifest(path, **kwargs), sections, path)
+    from spafoundation.io.h5ad import read_spafoundation_h5ad
+
+    return _select(read_spafoundation_h5ad(path), sections, path)
+
+
+def _select(data: dict[str, ad.AnnData], sections: list[str] | None, path) -> dict[str, ad.AnnData]:
+    if sections is None:
+        return data
+    unknown = [s for s in sections if s not in data]
+    if unknown:
+        raise InputError(path, "section", f"unknown section(s) {unknown}; available: {sorted(data)}")
+    return {s: data[s] for s in sections}

@@ -1,0 +1,303 @@
+"""Slide access: one interface over tifffile (pyramidal TIFF/OME-TIFF/SVS via zarr), openslide and PIL.
+
+Every reader works in level-0 (full-resolution) pixel coordinates, x = column, y = row. ``read_region`` cuts a
+patch of a physical size (microns) and resamples it to the requested pixel size, reading from the coarsest
+pyramid level that still has enough resolution, so only the requested region is decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spafoundation.errors import InputError
+
+PIL_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".ndpi", ".scn", ".bif"}
+OPENSLIDE_ONLY_SUFFIXES = {".mrxs", ".vms", ".vmu"}
+BACKGROUND = 255
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit(pixels: int):
+    """Raise PIL's decompression-bomb limit for one call only; the global default is restored afterwards."""
+    with _PIL_LIMIT_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(old or 0, pixels)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+class Slide:
+    """Base class. Subclasses set ``path``, ``width``, ``height``, ``mpp``, ``level_downsamples`` and
+    implement ``_read_level(level, x, y, w, h)`` (level pixel coordinates, already clipped to the level)."""
+
+    path: Path
+    width: int
+    height: int
+    mpp: float | None
+    level_downsamples: list[float]
+    level_shapes: list[tuple[int, int]]  # (height, width)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_level_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Region in level pixels; parts outside the image are white. Returns uint8 (h, w, 3)."""
+        lh, lw = self.level_shapes[level]
+        out = np.full((h, w, 3), BACKGROUND, dtype=np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._read_level(level, x0, y0, x1 - x0, y1 - y0)
+        return out
+
+    def best_level(self, downsample: float) -> int:
+        """Coarsest level whose downsample does not exceed the wanted one (small tolerance)."""
+        best = 0
+        for i, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * 1.01:
+                best = i
+        return best
+
+    def resolve_mpp(self, mpp: float | None) -> float:
+        mpp = mpp or self.mpp
+        if not mpp:
+            raise InputError(self.path, "microns_per_pixel", "unknown pixel size: give it explicitly")
+        return float(mpp)
+
+    def read_region(
+        self, center_xy: tuple[float, float], size_um: float, out_px: int, mpp: float | None = None
+    ) -> np.ndarray:
+        """Square patch of ``size_um`` microns centred on a level-0 point, resampled to ``out_px`` pixels."""
+        mpp = self.resolve_mpp(mpp)
+        size0 = size_um / mpp
+        level = self.best_level(size0 / out_px)
+        ds = self.level_downsamples[level]
+        side = max(1, round(size0 / ds))
+        x = round(center_xy[0] / ds - side / 2)
+        y = round(center_xy[1] / ds - side / 2)
+        region = self.read_level_region(level, x, y, side, side)
+        if side != out_px:
+            region = np.asarray(Image.fromarray(region).resize((out_px, out_px), Image.BILINEAR))
+        return region
+
+    def thumbnail(self, max_side: int = 2000) -> tuple[np.ndarray, float]:
+        """Whole-slide thumbnail and its scale factor (thumbnail px per level-0 px)."""
+        scale = min(1.0, max_side / max(self.width, self.height))
+        level = self.best_level(1.0 / scale)
+        lh, lw = self.level_shapes[level]
+        img = self.read_level_region(level, 0, 0, lw, lh)
+        tw, th = max(1, round(self.width * scale)), max(1, round(self.height * scale))
+        if (lw, lh) != (tw, th):
+            img = np.asarray(Image.fromarray(img).resize((tw, th), Image.BILINEAR))
+        return img, tw / self.width
+
+
+def _to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float32)
+        hi = float(arr.max()) or 1.0
+        arr = np.clip(arr / (hi if hi > 255 else 255.0) * 255.0, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+class PILSlide(Slide):
+    """JPEG/PNG. These cannot be read by region, so the decoded image is kept once per slide."""
+
+    def __init__(self, path: Path, mpp: float | None = None):
+        self.path = path
+        self.mpp = mpp
+        try:
+            with _pil_pixel_limit(2_000_000_000), Image.open(path) as img:
+                self.width, self.height = img.size
+        except FileNotFoundError:
+            raise InputError(path, "image", "file not found") from None
+        except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+            raise InputError(path, "image", f"unreadable image ({e})") from None
+        self.level_downsamples = [1.0]
+        self.level_shapes = [(self.height, self.width)]
+        self._array: np.ndarray | None = None
+
+    def _load(self) -> np.ndarray:
+        if self._array is None:
+            try:
+                with _pil_pixel_limit(self.width * self.height + 1), Image.open(self.path) as img:
+                    img.load()
+                    self._array = _to_rgb(np.asarray(img.convert("RGB")))
+            except (OSError, SyntaxError) as e:
+                raise InputError(self.path, "image", f"truncated or unreadable image ({e})") from None
+        return self._array
+
+    def _read_level(self, level, x, y, w, h):
+        return self._load()[y : y + h, x : x + w]
+
+    def thumbnail(self, max_side: int = 2000) -> tuple[np.ndarray, float]:
+        if self._array is not None:
+            return super().thumbnail(max_side)
+        # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale directly: a fast thumbnail without the full image.
+        scale = min(1.0, max_side / max(self.width, self.height))
+        tw, th = max(1, round(self.width * scale)), max(1, round(self.height * scale))
+        try:
+            with _pil_pixel_limit(self.width * self.height + 1), Image.open(self.path) as img:
+                img.draft("RGB", (tw, th))
+                img = img.convert("RGB").resize((tw, th), Image.BILINEAR)
+                return np.asarray(img), tw / self.width
+        except (OSError, SyntaxError) as e:
+            raise InputError(self.path, "image", f"truncated or unreadable image ({e})") from None
+
+    def close(self) -> None:
+        self._array = None
+
+
+def _tiff_mpp(tif) -> float | None:
+    """Pixel size from OME-XML, an Aperio description (``MPP = x``) or the resolution tags."""
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+            if m:
+                value = float(m.group(1))
+                factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit.group(1) if unit else "µm", 1.0)
+                return value * factor
+        page = tif.pages[0]
+        desc = page.description or ""
+        m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
+        if m:
+            return float(m.group(1))
+        tags = page.tags
+        if "XResolution" in tags and "ResolutionUnit" in tags:
+            num, den = tags["XResolution"].value
+            unit = int(tags["ResolutionUnit"].value)
+            px_per_unit = num / den if den else 0
+            if px_per_unit > 0 and unit in (2, 3):
+                return (25400.0 if unit == 2 else 10000.0) / px_per_unit
+    except Exception:  # metadata is advisory: a malformed tag must not make a readable slide unreadable
+        return None
+    return None
+
+
+class TiffSlide(Slide):
+    """Pyramidal or flat TIFF (also OME-TIFF, SVS, NDPI) read lazily through tifffile's zarr store."""
+
+    def __init__(self, path: Path, mpp: float | None = None):
+        import tifffile
+        import zarr
+
+        self.path = path
+        try:
+            self._tif = tifffile.TiffFile(path)
+            series = self._tif.series[0]
+            levels = list(series.levels)
+        except FileNotFoundError:
+            raise InputError(path, "image", "file not found") from None
+        except Exception as e:
+            raise InputError(path, "image", f"unreadable TIFF ({e})") from None
+        self._axes = series.axes
+        self._arrays = []
+        store = series.aszarr()
+        root = zarr.open(store, mode="r")
+        if hasattr(root, "shape"):  # single level
+            self._arrays = [root]
+        else:
+            self._arrays = [root[str(i)] for i in range(len(levels))]
+        shapes = [self._yx(a.shape) for a in self._arrays]
+        self.level_shapes = shapes
+        self.height, self.width = shapes[0]
+        self.level_downsamples = [self.width / s[1] for s in shapes]
+        self.mpp = mpp or _tiff_mpp(self._tif)
+
+    def _yx(self, shape) -> tuple[int, int]:
+        ax = self._axes
+        return int(shape[ax.index("Y")]), int(shape[ax.index("X")])
+
+    def _read_level(self, level, x, y, w, h):
+        arr = self._arrays[level]
+        index = []
+        for a in self._axes:
+            index.append(slice(y, y + h) if a == "Y" else slice(x, x + w) if a == "X" else slice(None))
+        try:
+            region = np.asarray(arr[tuple(index)])
+        except Exception as e:
+            raise InputError(self.path, "image", f"truncated or unreadable TIFF region ({e})") from None
+        axes = [a for a in self._axes]
+        # Move to (Y, X, S) and drop any other singleton axes.
+        order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
+        region = np.transpose(region, order).reshape(h, w, -1)
+        return _to_rgb(region)
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+class OpenSlideSlide(Slide):
+    def __init__(self, path: Path, mpp: float | None = None):
+        import openslide
+
+        self.path = path
+        try:
+            self._osr = openslide.OpenSlide(str(path))
+        except Exception as e:
+            raise InputError(path, "image", f"openslide cannot read it ({e})") from None
+        self.width, self.height = self._osr.dimensions
+        self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
+        self.level_shapes = [(h, w) for w, h in self._osr.level_dimensions]
+        prop = self._osr.properties.get("openslide.mpp-x")
+        self.mpp = mpp or (float(prop) if prop else None)
+
+    def _read_level(self, level, x, y, w, h):
+        ds = self.level_downsamples[level]
+        img = self._osr.read_region((round(x * ds), round(y * ds)), level, (w, h))
+        rgba = np.asarray(img)
+        rgb = rgba[..., :3].copy()
+        rgb[rgba[..., 3] == 0] = BACKGROUND  # transparent = outside the scanned area
+        return rgb
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+def _openslide_available() -> bool:
+    try:
+        import openslide  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str = "auto") -> Slide:
+    """Open an H&E image. ``mpp`` overrides the pixel size found in its metadata."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "image", "file not found")
+    suffix = path.suffix.lower()
+    if backend == "openslide" or (backend == "auto" and suffix in OPENSLIDE_ONLY_SUFFIXES):
+        if not _openslide_available():
+            raise InputError(path, "image", "this format needs openslide: pip install 'spafoundation[openslide]'")
+        return OpenSlideSlide(path, mpp)
+    if backend == "pil" or (backend == "auto" and suffix in PIL_SUFFIXES):
+        return PILSlide(path, mpp)
+    if backend == "tifffile" or (backend == "auto" and suffix in TIFF_SUFFIXES):
+        return TiffSlide(path, mpp)
+    raise InputError(path, "image", f"unsupported image format '{suffix}' (supported: jpg, png, tif, svs, ndpi, ...)")
