@@ -1,0 +1,37 @@
+"""Shared fixtures. Real data comes from ../shared/data/her2st beside the project folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+HER2ST = Path(os.environ.get("SPAFOUNDATION_HER2ST", REPO.parent / "shared" / "data" / "her2st"))
+IMAGED_SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
+
+
+@pytest.fixture(scope="session")
+def her2st_root() -> Path:
+    if not (HER2ST / "ST-cnts").is_dir():
+        raise FileNotFoundError(f"real data missing at {HER2ST} (set SPAFOUNDATION_HER2ST)")
+    return HER2ST
+
+
+@pytest.fixture(scope="session")
+def her2st_c2(her2st_root):
+    """Section C2 (image + counts), loaded once per test session."""
+    from spafoundation.io import read_dataset
+
+    return read_dataset(her2st_root, ["C2"])["C2"]
+
+
+@pytest.fixture(scope="session")
+def her2st_imaged(her2st_root):
+    """The five imaged sections C2-C6 without thumbnails (faster); images are still located."""
+    from spafoundation.io import read_dataset
+
+    return read_dataset(her2st_root, IMAGED_SECTIONS, with_images=False)
