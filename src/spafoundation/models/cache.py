@@ -1,0 +1,109 @@
+"""On-disk cache of spot embeddings: atomic, chunked and resumable.
+
+An entry is a folder named by a hash of everything the embeddings depend on: the slide file (resolved path,
+size, mtime), pixel size, spot coordinates, encoder identity (name + weights hash), patch geometry and TTA.
+Chunks of ``CHUNK`` spots are written as they finish (temp file + rename), so a killed run resumes from the last
+complete chunk; when all are done they are merged into one ``embeddings.npz`` and the chunks are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from spafoundation.utils.atomic import atomic_path
+
+CACHE_VERSION = 1
+CHUNK = 256
+COMPLETE = "embeddings.npz"
+META = "meta.json"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$SPAFOUNDATION_CACHE``, else ``~/.cache/spafoundation``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("SPAFOUNDATION_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "spafoundation"
+
+
+def slide_identity(path: str | os.PathLike) -> dict:
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def embedding_key(*, slide: dict, mpp: float, xy: np.ndarray, encoder: str, patch_um: float, input_size: int,
+                  tta: bool) -> str:
+    coords = np.ascontiguousarray(np.asarray(xy, dtype=np.float64))
+    desc = {
+        "version": CACHE_VERSION,
+        "slide": slide,
+        "mpp": round(float(mpp), 9),
+        "coords": hashlib.sha256(coords.tobytes()).hexdigest(),
+        "n": len(coords),
+        "encoder": encoder,
+        "patch_um": round(float(patch_um), 6),
+        "input_size": int(input_size),
+        "tta": bool(tta),
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_npz(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(embeddings, tissue_fraction) with ``n`` rows, or None when absent, unreadable or of the wrong shape."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            emb, tf = z["embeddings"], z["tissue_fraction"]
+    except (FileNotFoundError, OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    if emb.ndim != 2 or len(emb) != n or tf.shape != (n,) or not np.isfinite(emb).all():
+        return None
+    return emb, tf
+
+
+class EmbeddingCache:
+    """One cache entry: ``n`` spots in chunks of ``CHUNK``."""
+
+    def __init__(self, root: str | os.PathLike, key: str, n: int, meta: dict | None = None):
+        self.dir = Path(root) / "embeddings" / key
+        self.key, self.n, self.meta = key, n, dict(meta or {})
+
+    @property
+    def n_chunks(self) -> int:
+        return (self.n + CHUNK - 1) // CHUNK
+
+    def chunk_slice(self, i: int) -> slice:
+        return slice(i * CHUNK, min((i + 1) * CHUNK, self.n))
+
+    def _chunk_path(self, i: int) -> Path:
+        return self.dir / f"chunk_{i:06d}.npz"
+
+    def load(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return _load_npz(self.dir / COMPLETE, self.n)
+
+    def load_chunk(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        s = self.chunk_slice(i)
+        return _load_npz(self._chunk_path(i), s.stop - s.start)
+
+    def save_chunk(self, i: int, embeddings: np.ndarray, tissue_fraction: np.ndarray) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _save_npz(self._chunk_path(i), embeddings=embeddings, tissue_fraction=tissue_fraction)
+
+    def finalize(self, embeddings: np.ndarray, tissue_fraction: np.ndarray) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.dir / META) as tmp:
+            tmp.write_text(json.dumps(self.meta, indent=2, default=str))
+        _save_npz(self.dir / COMPLETE, embeddings=embeddings, tissue_fraction=tissue_fraction)
+        for i in range(self.n_chunks):
+            self._chunk_path(i).unlink(missing_ok=True)

@@ -1,0 +1,144 @@
+"""Spot embeddings: patches of ``encoder.patch_um`` around each spot -> encoder -> ``obsm['X_<name>']``."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from spafoundation.errors import InputError
+from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel
+from spafoundation.io.patches import extract_patches, open_section_slide, tissue_fraction
+from spafoundation.models.cache import EmbeddingCache, cache_root, embedding_key, slide_identity
+from spafoundation.models.encoder import Encoder
+
+log = logging.getLogger(__name__)
+UNS_KEY = "spafoundation_embeddings"
+MIN_TISSUE = 0.1  # spots whose patch has less tissue than this are flagged (obs['low_tissue'])
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations/flips of an NCHW batch (the dihedral group of the square)."""
+    views = []
+    for flipped in (x, x.flip(-1)):
+        for k in range(4):
+            views.append(torch.rot90(flipped, k, dims=(-2, -1)))
+    return views
+
+
+@torch.inference_mode()
+def embed_patches(encoder: Encoder, patches: np.ndarray, *, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """Embeddings (n, embed_dim) float32 of uint8 (n, h, w, 3) patches; ``tta`` averages the 8 dihedral views."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    encoder.eval()
+    out = np.empty((len(patches), encoder.embed_dim), dtype=np.float32)
+    for start in range(0, len(patches), batch_size):
+        x = encoder.preprocess(patches[start : start + batch_size])
+        if tta:
+            emb = torch.stack([encoder(v) for v in dihedral_views(x)]).mean(0)
+        else:
+            emb = encoder(x)
+        out[start : start + len(x)] = emb.float().cpu().numpy()
+    return out
+
+
+def embed_adata(
+    adata: ad.AnnData,
+    encoder: Encoder,
+    *,
+    cache_dir=None,
+    tta: bool = False,
+    batch_size: int = 64,
+    progress: bool = True,
+    key: str | None = None,
+) -> np.ndarray:
+    """One embedding per spot, stored in ``adata.obsm[key or 'X_<encoder.name>']`` and returned.
+
+    Patches of ``encoder.patch_um`` microns around each spot centre are resampled to ``encoder.input_size`` px.
+    Results are cached on disk (``cache_dir``, ``$SPAFOUNDATION_CACHE`` or ``~/.cache/spafoundation``;
+    ``cache_dir=False`` disables the cache) and a run that was killed resumes from the last complete chunk.
+    Also sets ``obs['tissue_fraction']`` (share of tissue pixels in the patch) and ``obs['low_tissue']``.
+    """
+    key = key or f"X_{encoder.name}"
+    section = library_id(adata)
+    path = image_path(adata)
+    if not path:
+        raise InputError(None, f"uns['spatial']['{section}']", "section has no H&E image to embed")
+    if "spatial" not in adata.obsm:
+        raise InputError(None, "obsm['spatial']", f"section {section} has no spot coordinates")
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
+        raise InputError(None, "obsm['spatial']", f"section {section}: expected finite (n, 2) spot centres")
+    mpp = microns_per_pixel(adata)
+    n = len(xy)
+
+    cache = None
+    if cache_dir is not False:
+        try:
+            slide = slide_identity(path)
+        except FileNotFoundError:
+            raise InputError(path, "image", "file not found") from None
+        meta = {"section": section, "slide": slide, "encoder": encoder.identity, "patch_um": encoder.patch_um,
+                "input_size": encoder.input_size, "tta": tta, "n_spots": n}
+        k = embedding_key(slide=slide, mpp=mpp, xy=xy, encoder=encoder.identity, patch_um=encoder.patch_um,
+                          input_size=encoder.input_size, tta=tta)
+        cache = EmbeddingCache(cache_root(cache_dir), k, n, meta)
+
+    hit = cache.load() if cache is not None else None
+    if hit is not None:
+        (emb, tf), n_cached, status = hit, n, "hit"
+    else:
+        emb, tf, n_cached = _compute(adata, encoder, xy, cache, tta, batch_size, progress, section)
+        status = "off" if cache is None else "partial" if n_cached else "miss"
+    adata.obsm[key] = emb
+    adata.obs["tissue_fraction"] = tf.astype(np.float32)
+    adata.obs["low_tissue"] = tf < MIN_TISSUE
+    record = {"encoder": encoder.name, "identity": encoder.identity, "patch_um": float(encoder.patch_um),
+              "input_size": int(encoder.input_size), "tta": bool(tta), "cache": status,
+              "n_from_cache": int(n_cached)}
+    adata.uns.setdefault(UNS_KEY, {})[key] = record
+    log.info("%s: %s %s (%d spots, cache %s)", section, key, emb.shape, n, status)
+    return emb
+
+
+def _compute(adata, encoder, xy, cache, tta, batch_size, progress, section):
+    """Embed every chunk not already in the cache; returns (embeddings, tissue_fraction, n taken from cache)."""
+    n = len(xy)
+    work = cache if cache is not None else EmbeddingCache("", "", n)
+    emb = np.empty((n, encoder.embed_dim), dtype=np.float32)
+    tf = np.empty(n, dtype=np.float64)
+    todo = []
+    n_cached = 0
+    for i in range(work.n_chunks):
+        part = cache.load_chunk(i) if cache is not None else None
+        s = work.chunk_slice(i)
+        if part is not None and part[0].shape[1] == encoder.embed_dim:
+            emb[s], tf[s] = part
+            n_cached += s.stop - s.start
+        else:
+            todo.append(i)
+    bar = tqdm(total=n, initial=n_cached, disable=not progress, unit="spot", desc=f"embed {section}")
+    slide = open_section_slide(adata) if todo else None
+    try:
+        for i in todo:
+            s = work.chunk_slice(i)
+            patches = extract_patches(adata, encoder.patch_um, encoder.input_size, xy=xy[s], slide=slide)
+            tf[s] = tissue_fraction(patches)
+            for start in range(0, len(patches), batch_size):
+                block = patches[start : start + batch_size]
+                emb[s.start + start : s.start + start + len(block)] = embed_patches(
+                    encoder, block, batch_size=batch_size, tta=tta)
+                bar.update(len(block))
+            if cache is not None:
+                cache.save_chunk(i, emb[s], tf[s])
+    finally:
+        bar.close()
+        if slide is not None:
+            slide.close()
+    if cache is not None:
+        cache.finalize(emb, tf)
+    return emb, tf, n_cached

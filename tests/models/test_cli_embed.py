@@ -1,0 +1,29 @@
+import anndata as ad
+import numpy as np
+
+from spafoundation.cli import main
+
+
+def test_embed_cli_one_section(her2st_root, tiny_folder, tmp_path, capsys):
+    out = tmp_path / "emb.h5ad"
+    args = ["embed", str(her2st_root), "--sections", "C2", "--encoder", str(tiny_folder), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "C2: 187 spots, cache miss" in first
+    a = ad.read_h5ad(out)
+    emb = a.obsm["X_tiny-model"]
+    assert emb.shape == (187, 32) and np.isfinite(emb).all()
+    assert "tissue_fraction" in a.obs and a.obs["section"].eq("C2").all()
+    assert not list(tmp_path.glob(".emb.h5ad*"))  # atomic write leaves no temp file
+
+    assert main(args) == 0
+    assert "cache hit (187 from cache)" in capsys.readouterr().out
+    np.testing.assert_array_equal(ad.read_h5ad(out).obsm["X_tiny-model"], emb)
+
+
+def test_embed_cli_bad_encoder_is_exit_2(her2st_root, tmp_path, capsys):
+    assert main(["embed", str(her2st_root), "--sections", "C2", "--encoder", "no-such-encoder",
+                 "--out", str(tmp_path / "x.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown encoder" in err
