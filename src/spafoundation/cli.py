@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -14,6 +15,7 @@ from spafoundation.errors import InputError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
 def _command_modules():
@@ -49,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe must surface here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `spafoundation info DATA | head -1`: the reader has gone; stop quietly. Point stdout at devnull so
+        # Python's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except InputError as e:
         print(f"spafoundation: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import spatial_meta
 from spafoundation.io.readers import detect_format, read_dataset
 
 LABEL_COLUMNS = ("label", "cluster_annotation")
 
 
-def summarize(path, sections=None) -> pd.DataFrame:
-    data = read_dataset(path, sections, with_images=False)
+def summarize(path, sections=None, mpp: float | None = None) -> pd.DataFrame:
+    data = read_dataset(path, sections, with_images=False, **({} if mpp is None else {"mpp": mpp}))
     rows = []
     for name, adata in data.items():
         meta = spatial_meta(adata)
@@ -34,7 +35,9 @@ def summarize(path, sections=None) -> pd.DataFrame:
 
 def run(args) -> int:
     fmt = detect_format(args.path)
-    table = summarize(args.path, args.sections.split(",") if args.sections else None)
+    if args.mpp is not None and not args.mpp > 0:
+        raise InputError(None, "--mpp", f"must be a positive number of microns per pixel, got {args.mpp}")
+    table = summarize(args.path, args.sections.split(",") if args.sections else None, args.mpp)
     n_img = int((table["image"] != "-").sum())
     print(f"{args.path}  format: {fmt}")
     print(table.to_string(index=False))
@@ -46,7 +49,12 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("info", help="summarise a dataset: sections, spots, genes, image size, um/px, labels")
+    p = subparsers.add_parser(
+        "info", help="summarise a dataset: sections, spots, genes, image size, um/px, labels"
+    )
     p.add_argument("path", help="dataset folder (legacy ST, Space Ranger outs/, HEST), manifest or .h5ad")
     p.add_argument("--sections", help="comma-separated subset of sections")
+    p.add_argument(
+        "--mpp", type=float, help="microns per pixel of the full-resolution images, when the data cannot tell"
+    )
     p.set_defaults(func=run)

@@ -17,8 +17,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from spafoundation.errors import InputError
+from spafoundation.io.slide import open_slide
 
 HIRES_MAX_SIDE = 2000
+FIRST_RING = 1.3  # neighbours within this factor of the nearest one count as the grid step
 
 
 def library_id(adata: ad.AnnData) -> str:
@@ -80,6 +82,40 @@ def check_inside(xy: np.ndarray, width: int, height: int, path, field: str = "sp
         )
 
 
+def read_section_image(
+    image, xy: np.ndarray, mpp: float, coords_path, coords_field: str, *, with_image: bool = True
+) -> tuple[np.ndarray | None, float, list[int]]:
+    """Open a section's image, check it is readable and that every spot centre lies on it.
+
+    Returns (hires thumbnail or None, its scale factor, [width, height]). ``with_image=False`` skips the
+    thumbnail but still checks the file, so ``spafoundation info`` reports a truncated image."""
+    with open_slide(image, mpp=mpp) as slide:
+        check_inside(xy, slide.width, slide.height, coords_path, coords_field)
+        size = [int(slide.width), int(slide.height)]
+        if not with_image:
+            slide.verify()
+            return None, 1.0, size
+        hires, scalef = slide.thumbnail(HIRES_MAX_SIDE)
+        return hires, scalef, size
+
+
+def estimate_mpp_from_neighbours(xy: np.ndarray, pitch_um: float, path) -> float:
+    """Microns per pixel from the distances between neighbouring spot centres (= the pitch).
+
+    The nearest neighbour alone is biased short on jittered grids (it is a minimum), so take the median of
+    every distance in the first ring: up to 6 neighbours within 1.3x the median nearest distance."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        raise InputError(path, "microns_per_pixel", "unknown pixel size and too few spots to estimate it")
+    dist, _ = cKDTree(xy).query(xy, k=min(7, len(xy)))
+    dist = dist[:, 1:]
+    nearest = float(np.median(dist[:, 0]))
+    if not np.isfinite(nearest) or nearest <= 0:
+        raise InputError(path, "microns_per_pixel", "unknown pixel size: spot centres coincide")
+    return pitch_um / float(np.median(dist[dist < FIRST_RING * nearest]))
+
+
 def estimate_mpp_from_pitch(array_rc: np.ndarray, xy: np.ndarray, pitch_um: float, path) -> float:
     """Microns per pixel from the spot grid: fit pixel position against array index (pitch = one array step)."""
     steps = []
@@ -90,7 +126,9 @@ def estimate_mpp_from_pitch(array_rc: np.ndarray, xy: np.ndarray, pitch_um: floa
         slope = np.polyfit(a, xy[:, axis_px], 1)[0]
         steps.append(abs(slope))
     if not steps or not np.all(np.isfinite(steps)) or min(steps) <= 0:
-        raise InputError(path, "microns_per_pixel", "unknown pixel size and the spot grid is too small to estimate it")
+        raise InputError(
+            path, "microns_per_pixel", "unknown pixel size and the spot grid is too small to estimate it"
+        )
     return pitch_um / float(np.mean(steps))
 
 

@@ -1,10 +1,10 @@
 """Legacy Spatial Transcriptomics (100 um spots on a 200 um grid), laid out as the HER2ST release.
 
-    ST-cnts/<S>.tsv.gz                     counts, spots x genes, first column "<x>x<y>"
-    ST-spotfiles/<S>_selection.tsv         x y new_x new_y pixel_x pixel_y selected
-    ST-imgs/<patient>/<S>/*.jpg            full-resolution H&E (optional)
-    ST-pat/lbl/<S>_labeled_coordinates.tsv pathologist labels (optional)
-    ST-cluster/lbl/<S>-cluster-annotation.tsv.gz + ST-cluster/cluster_label_map.tsv (optional)
+ST-cnts/<S>.tsv.gz                     counts, spots x genes, first column "<x>x<y>"
+ST-spotfiles/<S>_selection.tsv         x y new_x new_y pixel_x pixel_y selected
+ST-imgs/<patient>/<S>/*.jpg            full-resolution H&E (optional)
+ST-pat/lbl/<S>_labeled_coordinates.tsv pathologist labels (optional)
+ST-cluster/lbl/<S>-cluster-annotation.tsv.gz + ST-cluster/cluster_label_map.tsv (optional)
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import scipy.sparse as sp
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import (
-    HIRES_MAX_SIDE,
     build_anndata,
-    check_inside,
     check_unique,
     estimate_mpp_from_pitch,
+    read_section_image,
     validate_counts,
 )
-from spafoundation.io.slide import PIL_SUFFIXES, TIFF_SUFFIXES, open_slide
+from spafoundation.io.slide import PIL_SUFFIXES, TIFF_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,9 @@ def read_counts_table(path: Path) -> tuple[pd.Index, pd.Index, np.ndarray]:
         raise InputError(path, "counts", "a row has no values")
     ids = pd.Index([r[0].decode().strip('"') for r in rows])
     try:
-        values = np.loadtxt(io.BytesIO(b"\n".join(r[1] for r in rows)), delimiter="\t", dtype=np.float32, ndmin=2)
+        values = np.loadtxt(
+            io.BytesIO(b"\n".join(r[1] for r in rows)), delimiter="\t", dtype=np.float32, ndmin=2
+        )
     except ValueError as e:
         raise InputError(path, "counts", f"non-numeric or ragged values ({e})") from None
     if values.shape[1] != len(genes):
@@ -196,13 +197,11 @@ def read_legacy_st_section(
         obs = obs.join(clusters)
 
     image = find_image(root, section)
-    hires, scalef, image_size = None, 1.0, None
+    hires, scalef, image_size = None, 1.0, []
     if image is not None:
-        with open_slide(image, mpp=mpp_value) as slide:
-            check_inside(xy, slide.width, slide.height, spot_path, "pixel_x/pixel_y")
-            image_size = [slide.width, slide.height]
-            if with_image:
-                hires, scalef = slide.thumbnail(HIRES_MAX_SIDE)
+        hires, scalef, image_size = read_section_image(
+            image, xy, mpp_value, spot_path, "pixel_x/pixel_y", with_image=with_image
+        )
 
     return build_anndata(
         counts=X,
@@ -218,7 +217,11 @@ def read_legacy_st_section(
         image_path=str(image) if image else None,
         hires=hires,
         hires_scalef=scalef,
-        extra_meta={"spot_pitch_um": SPOT_PITCH_UM, "counts_path": str(counts_path), "image_size": image_size},
+        extra_meta={
+            "spot_pitch_um": SPOT_PITCH_UM,
+            "counts_path": str(counts_path),
+            "image_size": image_size,
+        },
     )
 
 

@@ -22,13 +22,17 @@ def detect_format(path: str | Path) -> str:
             return "h5ad"
         if suffix in (".yaml", ".yml", ".json"):
             return "generic"
-        raise InputError(path, "data", f"unsupported format '{suffix}': give a folder, an .h5ad or a generic manifest")
+        raise InputError(
+            path, "data", f"unsupported format '{suffix}': give a folder, an .h5ad or a generic manifest"
+        )
     if legacy_st.is_legacy_st(path):
         return "legacy_st"
     if (path / "st").is_dir() and ((path / "wsis").is_dir() or (path / "metadata").is_dir()):
         return "hest"
     for base in (path, path / "outs"):
-        if (base / "filtered_feature_bc_matrix.h5").exists() or (base / "filtered_feature_bc_matrix").is_dir():
+        if (base / "filtered_feature_bc_matrix.h5").exists() or (
+            base / "filtered_feature_bc_matrix"
+        ).is_dir():
             return "visium"
     if (path / "spafoundation.yaml").exists() or (path / "manifest.yaml").exists():
         return "generic"
@@ -60,7 +64,7 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, **kwargs) 
         return _select(read_generic_manifest(path, **kwargs), sections, path)
     from spafoundation.io.h5ad import read_spafoundation_h5ad
 
-    return _select(read_spafoundation_h5ad(path), sections, path)
+    return _select(read_spafoundation_h5ad(path, **kwargs), sections, path)
 
 
 def _select(data: dict[str, ad.AnnData], sections: list[str] | None, path) -> dict[str, ad.AnnData]:

@@ -99,6 +99,13 @@ class Slide:
             region = np.asarray(Image.fromarray(region).resize((out_px, out_px), Image.BILINEAR))
         return region
 
+    def verify(self) -> None:
+        """Cheap readability check: decode the last pixel of the full and of the coarsest level, which sit near
+        the end of a tiled file, so a truncated file fails here rather than halfway through a job."""
+        for level in {0, len(self.level_shapes) - 1}:
+            lh, lw = self.level_shapes[level]
+            self.read_level_region(level, lw - 1, lh - 1, 1, 1)
+
     def thumbnail(self, max_side: int = 2000) -> tuple[np.ndarray, float]:
         """Whole-slide thumbnail and its scale factor (thumbnail px per level-0 px)."""
         scale = min(1.0, max_side / max(self.width, self.height))
@@ -153,6 +160,10 @@ class PILSlide(Slide):
     def _read_level(self, level, x, y, w, h):
         return self._load()[y : y + h, x : x + w]
 
+    def verify(self) -> None:
+        # A JPEG decodes as one stream: a small draft-mode thumbnail reads all of it, at 1/8 of the cost.
+        self.thumbnail(256)
+
     def thumbnail(self, max_side: int = 2000) -> tuple[np.ndarray, float]:
         if self._array is not None:
             return super().thumbnail(max_side)
@@ -179,7 +190,9 @@ def _tiff_mpp(tif) -> float | None:
             unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
             if m:
                 value = float(m.group(1))
-                factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit.group(1) if unit else "µm", 1.0)
+                factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(
+                    unit.group(1) if unit else "µm", 1.0
+                )
                 return value * factor
         page = tif.pages[0]
         desc = page.description or ""
@@ -294,10 +307,14 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str =
     suffix = path.suffix.lower()
     if backend == "openslide" or (backend == "auto" and suffix in OPENSLIDE_ONLY_SUFFIXES):
         if not _openslide_available():
-            raise InputError(path, "image", "this format needs openslide: pip install 'spafoundation[openslide]'")
+            raise InputError(
+                path, "image", "this format needs openslide: pip install 'spafoundation[openslide]'"
+            )
         return OpenSlideSlide(path, mpp)
     if backend == "pil" or (backend == "auto" and suffix in PIL_SUFFIXES):
         return PILSlide(path, mpp)
     if backend == "tifffile" or (backend == "auto" and suffix in TIFF_SUFFIXES):
         return TiffSlide(path, mpp)
-    raise InputError(path, "image", f"unsupported image format '{suffix}' (supported: jpg, png, tif, svs, ndpi, ...)")
+    raise InputError(
+        path, "image", f"unsupported image format '{suffix}' (supported: jpg, png, tif, svs, ndpi, ...)"
+    )

@@ -1,0 +1,106 @@
+"""An .h5ad written by spafoundation (or by scanpy/squidpy with ``uns['spatial']``), split into sections.
+
+Sections come from ``obs['section']``, else ``obs['library_id']`` (squidpy), else the single library in
+``uns['spatial']``. Each section keeps only its own ``uns['spatial']`` entry. Files from scanpy's
+``read_visium`` lack ``microns_per_pixel``: it is taken from the 55 um Visium spot diameter when the metadata
+says Space Ranger made it, else given by ``mpp=``, else the file is an InputError (unknown pixel size).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+from spafoundation.errors import InputError
+from spafoundation.io.anndata_spec import check_unique, validate_counts
+from spafoundation.io.visium import SPOT_DIAMETER_UM as VISIUM_SPOT_DIAMETER_UM
+
+SECTION_COLUMNS = ("section", "library_id")
+
+
+def _section_column(adata: ad.AnnData) -> str | None:
+    return next((c for c in SECTION_COLUMNS if c in adata.obs), None)
+
+
+def _complete_library(lib: dict, path: Path, section: str, mpp: float | None) -> dict:
+    """Fill in the scalefactors/metadata keys of our layout that a scanpy-written file may lack."""
+    lib = {k: (dict(v) if isinstance(v, dict) else v) for k, v in lib.items()}
+    lib.setdefault("images", {})
+    scale = lib.setdefault("scalefactors", {})
+    meta = lib.setdefault("metadata", {})
+    field = f"uns['spatial']['{section}']['scalefactors']['microns_per_pixel']"
+    if mpp is not None:
+        scale["microns_per_pixel"], meta["mpp_source"] = float(mpp), "given"
+    elif "microns_per_pixel" not in scale:
+        from_spaceranger = "software_version" in meta or "chemistry_description" in meta
+        if not (from_spaceranger and scale.get("spot_diameter_fullres")):
+            raise InputError(path, field, "unknown pixel size: give mpp")
+        scale["microns_per_pixel"] = VISIUM_SPOT_DIAMETER_UM / float(scale["spot_diameter_fullres"])
+        meta["mpp_source"] = f"from the {VISIUM_SPOT_DIAMETER_UM:.0f} um Visium spot diameter"
+        meta.setdefault("platform", "visium")
+        meta.setdefault("spot_diameter_um", VISIUM_SPOT_DIAMETER_UM)
+    mpp_value = float(scale["microns_per_pixel"])
+    if not (np.isfinite(mpp_value) and mpp_value > 0):
+        raise InputError(path, field, f"not a positive number: {mpp_value}")
+    meta.setdefault("spot_diameter_um", float(scale.get("spot_diameter_fullres", 0)) * mpp_value)
+    scale.setdefault("spot_diameter_fullres", float(meta["spot_diameter_um"]) / mpp_value)
+    scale.setdefault("tissue_hires_scalef", 1.0)
+    meta.setdefault("platform", "unknown")
+    meta.setdefault("image_path", "")
+    meta.setdefault("mpp_source", "stored in the .h5ad")
+    return lib
+
+
+def read_spafoundation_h5ad(
+    path: str | Path, *, mpp: float | None = None, with_images: bool = True
+) -> dict[str, ad.AnnData]:
+    """One AnnData per section of an .h5ad, keyed by section (library) id."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "data", "not found")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as e:
+        raise InputError(path, "data", f"unreadable .h5ad ({e})") from None
+    if "spatial" not in adata.obsm:
+        raise InputError(path, "obsm['spatial']", "missing spot coordinates (full-resolution pixels)")
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
+        raise InputError(path, "obsm['spatial']", "expected finite (n, 2) spot centres")
+    check_unique(adata.obs_names, path, "obs_names")
+    spatial = dict(adata.uns.get("spatial", {}))
+    libraries = list(spatial)
+    col = _section_column(adata)
+    if col is not None:
+        groups = {
+            str(s): np.flatnonzero(adata.obs[col].astype(str).to_numpy() == str(s))
+            for s in adata.obs[col].astype(str).unique()
+        }
+    elif len(libraries) == 1:
+        groups = {libraries[0]: np.arange(adata.n_obs)}
+    else:
+        raise InputError(
+            path,
+            "obs['section']",
+            f"cannot tell sections apart ({len(libraries)} libraries in "
+            "uns['spatial'] and no obs['section'] or obs['library_id'])",
+        )
+    missing = [s for s in groups if s not in spatial]
+    if missing:
+        raise InputError(path, "uns['spatial']", f"no entry for section(s) {missing}")
+
+    out = {}
+    for section, rows in groups.items():
+        part = adata[rows].copy()
+        part.X = validate_counts(part.X, path, "X")
+        part.obs["section"] = section
+        if "patient" not in part.obs:
+            part.obs["patient"] = section
+        lib = _complete_library(spatial[section], path, section, mpp)
+        if not with_images:
+            lib["images"] = {}
+        part.uns["spatial"] = {section: lib}
+        out[section] = part
+    return out

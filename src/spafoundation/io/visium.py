@@ -1,0 +1,271 @@
+"""10x Visium, from a Space Ranger ``outs/`` folder.
+
+    outs/filtered_feature_bc_matrix.h5          counts (10x HDF5: matrix/{data,indices,indptr,shape,barcodes,features})
+      or outs/filtered_feature_bc_matrix/       matrix.mtx(.gz), barcodes.tsv(.gz), features.tsv(.gz) / genes.tsv
+    outs/spatial/tissue_positions.csv           barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,pxl_col_in_fullres
+      or outs/spatial/tissue_positions_list.csv the same columns without a header (Space Ranger < 2.0)
+    outs/spatial/scalefactors_json.json         spot_diameter_fullres, tissue_hires_scalef
+    outs/spatial/tissue_hires_image.png         thumbnail (used as ``images['hires']``)
+    full-resolution H&E                         ``image=`` or any .tif/.tiff/.btf/.svs/.jpg in the folder or outs/
+
+Pixel size: ``mpp=`` if given, else the 55 um spot diameter over ``spot_diameter_fullres``, else estimated from
+the 100 um centre-to-centre pitch; ``metadata['mpp_source']`` says which.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+from PIL import Image
+
+from spafoundation.errors import InputError
+from spafoundation.io.anndata_spec import (
+    build_anndata,
+    check_unique,
+    estimate_mpp_from_pitch,
+    read_section_image,
+    validate_counts,
+)
+from spafoundation.io.slide import OPENSLIDE_ONLY_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES
+
+SPOT_DIAMETER_UM = 55.0
+SPOT_PITCH_UM = 100.0
+# array_col advances by 2 between neighbouring spots of one row of the hexagonal grid: half a pitch per step.
+ARRAY_COL_STEP_UM = SPOT_PITCH_UM / 2
+POSITION_COLUMNS = [
+    "barcode",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "pxl_row_in_fullres",
+    "pxl_col_in_fullres",
+]
+GENE_EXPRESSION = "Gene Expression"
+# Space Ranger's own images in spatial/ are thumbnails, never the full-resolution slide.
+SPACERANGER_IMAGES = {
+    "tissue_hires_image",
+    "tissue_lowres_image",
+    "aligned_fiducials",
+    "detected_tissue_image",
+    "aligned_tissue_image",
+    "cytassist_image",
+}
+
+
+def outs_dir(path: Path) -> Path:
+    return path / "outs" if (path / "outs").is_dir() else path
+
+
+def read_text_rows(path: Path) -> list[list[str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt") as fh:
+            return [line.rstrip("\n").split("\t") for line in fh if line.strip()]
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise InputError(path, "counts", f"unreadable file ({e})") from None
+
+
+def read_10x_h5(path: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    """(spots x genes counts, barcodes, gene symbols) of a Space Ranger >= 3 HDF5 matrix, Gene Expression only."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            m = f["matrix"]
+            n_genes, n_spots = (int(v) for v in m["shape"][()])
+            # stored genes x barcodes in CSC, i.e. barcodes x genes in CSR
+            X = sp.csr_matrix((m["data"][()], m["indices"][()], m["indptr"][()]), shape=(n_spots, n_genes))
+            barcodes = [b.decode() for b in m["barcodes"][()]]
+            feats = m["features"]
+            names = [b.decode() for b in feats["name"][()]]
+            types = [b.decode() for b in feats["feature_type"][()]] if "feature_type" in feats else None
+    except FileNotFoundError:
+        raise InputError(path, "counts", "file not found") from None
+    except (OSError, KeyError, ValueError) as e:
+        raise InputError(path, "counts", f"not a readable 10x HDF5 matrix ({e})") from None
+    if types is not None:
+        keep = np.array([t == GENE_EXPRESSION for t in types])
+        X, names = X[:, keep], [n for n, k in zip(names, keep) if k]
+    return X, barcodes, names
+
+
+def read_10x_mtx(folder: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    """The same from a ``filtered_feature_bc_matrix/`` folder (matrix.mtx is genes x barcodes)."""
+
+    def find(*names: str) -> Path:
+        for name in names:
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.exists():
+                    return candidate
+        raise InputError(folder / names[0], "counts", "file not found")
+
+    mtx = find("matrix.mtx")
+    try:
+        X = sp.csr_matrix(scipy.io.mmread(mtx).T)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(mtx, "counts", f"unreadable Matrix Market file ({e})") from None
+    barcodes = [r[0] for r in read_text_rows(find("barcodes.tsv"))]
+    feats = read_text_rows(find("features.tsv", "genes.tsv"))
+    names = [r[1] if len(r) > 1 else r[0] for r in feats]
+    if X.shape != (len(barcodes), len(names)):
+        raise InputError(
+            mtx,
+            "counts",
+            f"matrix is {X.shape[::-1]} but there are {len(names)} features and {len(barcodes)} barcodes",
+        )
+    types = [r[2] if len(r) > 2 else GENE_EXPRESSION for r in feats]
+    keep = np.array([t == GENE_EXPRESSION for t in types])
+    return X[:, keep], barcodes, [n for n, k in zip(names, keep) if k]
+
+
+def read_counts(outs: Path) -> tuple[sp.csr_matrix, list[str], list[str], Path]:
+    h5 = outs / "filtered_feature_bc_matrix.h5"
+    if h5.exists():
+        return (*read_10x_h5(h5), h5)
+    folder = outs / "filtered_feature_bc_matrix"
+    if folder.is_dir():
+        return (*read_10x_mtx(folder), folder)
+    raise InputError(h5, "counts", "file not found (nor a filtered_feature_bc_matrix/ folder)")
+
+
+def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
+    """Tissue positions indexed by barcode, with or without the Space Ranger 2.0 header."""
+    path, header = spatial / "tissue_positions.csv", 0
+    if not path.exists():
+        path, header = spatial / "tissue_positions_list.csv", None
+    if not path.exists():
+        raise InputError(spatial / "tissue_positions.csv", "spot coordinates", "file not found")
+    try:
+        pos = pd.read_csv(path, header=header)
+    except Exception as e:
+        raise InputError(path, "spot coordinates", f"unreadable table ({e})") from None
+    if header is None:
+        if pos.shape[1] != len(POSITION_COLUMNS):
+            raise InputError(
+                path, "spot coordinates", f"expected {len(POSITION_COLUMNS)} columns, found {pos.shape[1]}"
+            )
+        pos.columns = POSITION_COLUMNS
+    missing = [c for c in POSITION_COLUMNS if c not in pos.columns]
+    if missing:
+        raise InputError(path, "/".join(missing), "missing column(s)")
+    pos["barcode"] = pos["barcode"].astype(str)
+    check_unique(pos["barcode"], path, "barcode")
+    return pos.set_index("barcode"), path
+
+
+def read_scalefactors(spatial: Path) -> dict:
+    path = spatial / "scalefactors_json.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(path, "scalefactors", f"unreadable JSON ({e})") from None
+
+
+def find_fullres_image(path: Path, outs: Path) -> Path | None:
+    suffixes = PIL_SUFFIXES | TIFF_SUFFIXES | OPENSLIDE_ONLY_SUFFIXES
+    for folder in dict.fromkeys((path, outs, outs / "spatial")):
+        hits = sorted(
+            p for p in folder.glob("*") if p.suffix.lower() in suffixes and p.stem not in SPACERANGER_IMAGES
+        )
+        if hits:
+            return hits[0]
+    return None
+
+
+def read_visium(
+    path: str | Path,
+    image: str | Path | None = None,
+    mpp: float | None = None,
+    *,
+    section: str | None = None,
+    patient: str | None = None,
+    with_images: bool = True,
+) -> ad.AnnData:
+    """One Visium section. ``section`` defaults to the folder name (the one holding ``outs/``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "data", "not found")
+    outs = outs_dir(path)
+    section = section or (path.parent.name if path.name == "outs" else path.name)
+    spatial = outs / "spatial"
+
+    X, barcodes, genes, counts_path = read_counts(outs)
+    check_unique(barcodes, counts_path, "barcode")
+    X = validate_counts(X, counts_path)
+    pos, pos_path = read_positions(spatial)
+    missing = [b for b in barcodes if b not in pos.index]
+    if missing:
+        raise InputError(
+            pos_path,
+            "barcode",
+            f"{len(missing)} of {len(barcodes)} count barcodes have no position (first: {missing[0]!r})",
+        )
+    pos = pos.loc[barcodes]
+    in_tissue = pos["in_tissue"].to_numpy() == 1
+    X, pos = X[in_tissue], pos[in_tissue]
+    if not len(pos):
+        raise InputError(pos_path, "in_tissue", "no spot under tissue")
+
+    xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    scalefactors = read_scalefactors(spatial)
+    if mpp is not None:
+        mpp_value, mpp_source = float(mpp), "given"
+    elif scalefactors.get("spot_diameter_fullres"):
+        mpp_value = SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
+        mpp_source = f"from the {SPOT_DIAMETER_UM:.0f} um spot diameter (scalefactors_json.json)"
+    else:
+        cols = np.stack(
+            [np.zeros(len(pos)), pos["array_col"].to_numpy()], axis=1
+        )  # fit x against array_col only
+        mpp_value = estimate_mpp_from_pitch(cols, xy, ARRAY_COL_STEP_UM, pos_path)
+        mpp_source = f"estimated from the {SPOT_PITCH_UM:.0f} um spot pitch"
+
+    image = Path(image) if image else find_fullres_image(path, outs)
+    hires, scalef, image_size = None, 1.0, []
+    if image is not None:
+        hires, scalef, image_size = read_section_image(
+            image, xy, mpp_value, pos_path, "pxl_col_in_fullres/pxl_row_in_fullres", with_image=with_images
+        )
+    hires_png = spatial / "tissue_hires_image.png"
+    if with_images and hires_png.exists() and scalefactors.get("tissue_hires_scalef"):
+        # Space Ranger's own thumbnail, with its scale factor, is what scanpy plots on.
+        hires = np.asarray(Image.open(hires_png).convert("RGB"))
+        scalef = float(scalefactors["tissue_hires_scalef"])
+
+    obs = pd.DataFrame(
+        {
+            "section": section,
+            "patient": patient or section,
+            "array_row": pos["array_row"].to_numpy(dtype=np.int64),
+            "array_col": pos["array_col"].to_numpy(dtype=np.int64),
+        }
+    )
+    return build_anndata(
+        counts=X,
+        genes=ad.utils.make_index_unique(pd.Index(genes)),
+        spot_ids=[f"{section}_{b}" for b in pos.index],
+        xy=xy,
+        obs=obs,
+        library=section,
+        mpp=mpp_value,
+        mpp_source=mpp_source,
+        spot_diameter_um=SPOT_DIAMETER_UM,
+        platform="visium",
+        image_path=str(image) if image else None,
+        hires=hires,
+        hires_scalef=scalef,
+        extra_meta={
+            "spot_pitch_um": SPOT_PITCH_UM,
+            "counts_path": str(counts_path),
+            "image_size": image_size,
+        },
+    )

@@ -1,0 +1,191 @@
+"""Writers of small on-disk datasets in each supported layout, made from real HER2ST section C2.
+
+The image is the C2 JPEG decoded at 1/4 scale (JPEG draft mode, fast) and saved as a tiled TIFF, so spot
+coordinates are divided by 4 and the pixel size multiplied by 4; counts keep the first N_GENES genes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+import tifffile
+import yaml
+from PIL import Image
+
+from spafoundation.io.anndata_spec import image_path, microns_per_pixel
+
+N_GENES = 300
+DOWNSCALE = 4
+
+
+class C2Small:
+    """C2 at 1/4 scale: counts (spots x N_GENES, CSR int), barcodes, genes, xy (px of the small image), mpp."""
+
+    def __init__(self, adata: ad.AnnData, folder: Path):
+        self.counts = sp.csr_matrix(adata.X[:, :N_GENES]).astype(np.int32)
+        self.genes = list(adata.var_names[:N_GENES])
+        self.ids = [i.split("_", 1)[1] for i in adata.obs_names]
+        self.array_rc = adata.obs[["array_row", "array_col"]].to_numpy()
+        self.xy = adata.obsm["spatial"] / DOWNSCALE
+        self.mpp = microns_per_pixel(adata) * DOWNSCALE
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the 92 Mpx C2 JPEG is trusted
+            img = Image.open(image_path(adata))
+        with img:
+            w, h = img.size
+            img.draft("RGB", (w // DOWNSCALE, h // DOWNSCALE))
+            self.rgb = np.asarray(img.convert("RGB").resize((w // DOWNSCALE, h // DOWNSCALE)))
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tiff = folder / "C2_small.tif"
+        tifffile.imwrite(self.tiff, self.rgb, tile=(256, 256), compression="zlib", photometric="rgb")
+
+
+def write_counts_h5(path: Path, c: C2Small, barcodes: list[str]) -> None:
+    """The 10x HDF5 layout: genes x barcodes CSC stored as CSR of barcodes x genes."""
+    X = c.counts.tocsr()
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m["data"], m["indices"], m["indptr"] = X.data, X.indices, X.indptr
+        m["shape"] = np.array([X.shape[1], X.shape[0]])
+        m["barcodes"] = np.array([b.encode() for b in barcodes])
+        feats = m.create_group("features")
+        feats["id"] = np.array([f"ENSG{i:011d}".encode() for i in range(len(c.genes))])
+        feats["name"] = np.array([g.encode() for g in c.genes])
+        feats["feature_type"] = np.array([b"Gene Expression"] * len(c.genes))
+
+
+def visium_barcodes(c: C2Small) -> list[str]:
+    return [f"AAAC{i:06d}-1" for i in range(len(c.ids))]
+
+
+def write_visium(
+    root: Path, c: C2Small, *, header: bool = True, mtx: bool = False, spot_diameter=True
+) -> Path:
+    """A Space Ranger outs/ folder; two extra positions off tissue check the in_tissue filter."""
+    outs = root / "outs"
+    spatial = outs / "spatial"
+    spatial.mkdir(parents=True, exist_ok=True)
+    barcodes = visium_barcodes(c)
+    if mtx:
+        folder = outs / "filtered_feature_bc_matrix"
+        folder.mkdir(exist_ok=True)
+        scipy.io.mmwrite(folder / "matrix.mtx", c.counts.T.tocoo())
+        (folder / "barcodes.tsv").write_text("\n".join(barcodes) + "\n")
+        (folder / "features.tsv").write_text(
+            "".join(f"ENSG{i:011d}\t{g}\tGene Expression\n" for i, g in enumerate(c.genes))
+        )
+    else:
+        write_counts_h5(outs / "filtered_feature_bc_matrix.h5", c, barcodes)
+    on = pd.DataFrame(
+        {
+            "barcode": barcodes,
+            "in_tissue": 1,
+            "array_row": c.array_rc[:, 0],
+            "array_col": c.array_rc[:, 1],
+            "pxl_row_in_fullres": c.xy[:, 1],
+            "pxl_col_in_fullres": c.xy[:, 0],
+        }
+    )
+    off = pd.DataFrame(
+        {
+            "barcode": ["TTTT000001-1", "TTTT000002-1"],
+            "in_tissue": 0,
+            "array_row": 0,
+            "array_col": [0, 2],
+            "pxl_row_in_fullres": 5.0,
+            "pxl_col_in_fullres": [5.0, 9.0],
+        }
+    )
+    pos = pd.concat([on, off], ignore_index=True)
+    if header:
+        pos.to_csv(spatial / "tissue_positions.csv", index=False)
+    else:
+        pos.to_csv(spatial / "tissue_positions_list.csv", index=False, header=False)
+    hires_scalef = 0.25
+    small = Image.fromarray(c.rgb).resize(
+        (round(c.rgb.shape[1] * hires_scalef), round(c.rgb.shape[0] * hires_scalef))
+    )
+    small.save(spatial / "tissue_hires_image.png")
+    scale = {
+        "tissue_hires_scalef": hires_scalef,
+        "tissue_lowres_scalef": 0.05,
+        "fiducial_diameter_fullres": 100.0,
+    }
+    if spot_diameter:
+        # what Space Ranger writes: the 55 um spot in full-resolution pixels
+        scale["spot_diameter_fullres"] = 55.0 / c.mpp
+    (spatial / "scalefactors_json.json").write_text(json.dumps(scale))
+    (root / "C2_small.tif").symlink_to(c.tiff)
+    return root
+
+
+def write_hest(root: Path, c: C2Small, sample_id: str = "TENX99", meta: dict | None = None) -> Path:
+    for sub in ("st", "wsis", "metadata"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    src = ad.AnnData(
+        X=c.counts.copy(),
+        obs=pd.DataFrame(
+            {"array_row": c.array_rc[:, 0], "array_col": c.array_rc[:, 1], "in_tissue": 1}, index=c.ids
+        ),
+        var=pd.DataFrame(index=c.genes),
+    )
+    src.obsm["spatial"] = c.xy.copy()
+    src.write_h5ad(root / "st" / f"{sample_id}.h5ad")
+    (root / "wsis" / f"{sample_id}.tif").symlink_to(c.tiff)
+    metadata = {
+        "pixel_size_um_estimated": c.mpp,
+        "pixel_size_um_embedded": c.mpp * 1.1,
+        "st_technology": "Spatial Transcriptomics",
+        "spot_diameter": 100.0,
+        "inter_spot_dist": 200.0,
+        "patient": "C",
+    }
+    metadata.update(meta or {})
+    (root / "metadata" / f"{sample_id}.json").write_text(json.dumps(metadata))
+    return root
+
+
+def write_manifest(root: Path, c: C2Small, *, counts: str = "tsv", section: dict | None = None) -> Path:
+    """A generic manifest with one section; ``section`` overrides its entries (None values delete them)."""
+    root.mkdir(parents=True, exist_ok=True)
+    spots = pd.DataFrame(
+        {
+            "id": c.ids,
+            "x": c.xy[:, 0],
+            "y": c.xy[:, 1],
+            "array_row": c.array_rc[:, 0],
+            "array_col": c.array_rc[:, 1],
+        }
+    )
+    spots.to_csv(root / "spots.csv", index=False)
+    entry = {"id": "S1", "patient": "C", "image": "C2_small.tif", "spots": "spots.csv", "mpp": float(c.mpp)}
+    if counts == "tsv":
+        pd.DataFrame(c.counts.toarray(), index=c.ids, columns=c.genes).to_csv(root / "counts.tsv", sep="\t")
+        entry["counts"] = "counts.tsv"
+    elif counts == "mtx":
+        scipy.io.mmwrite(root / "matrix.mtx", c.counts.T.tocoo())
+        (root / "barcodes.tsv").write_text("\n".join(c.ids) + "\n")
+        (root / "features.tsv").write_text("\n".join(c.genes) + "\n")
+        entry["counts"] = {"mtx": "matrix.mtx", "barcodes": "barcodes.tsv", "features": "features.tsv"}
+    elif counts == "h5ad":
+        ad.AnnData(
+            X=c.counts.copy(), obs=pd.DataFrame(index=c.ids), var=pd.DataFrame(index=c.genes)
+        ).write_h5ad(root / "counts.h5ad")
+        entry["counts"] = "counts.h5ad"
+    if not (root / "C2_small.tif").exists():
+        (root / "C2_small.tif").symlink_to(c.tiff)
+    for k, v in (section or {}).items():
+        if v is None:
+            entry.pop(k, None)
+        else:
+            entry[k] = v
+    manifest = {"platform": "legacy_st", "spot_diameter_um": 100, "sections": [entry]}
+    (root / "spafoundation.yaml").write_text(yaml.safe_dump(manifest))
+    return root / "spafoundation.yaml"

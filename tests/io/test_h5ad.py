@@ -1,0 +1,71 @@
+import anndata as ad
+import numpy as np
+import pytest
+
+from spafoundation.errors import InputError
+from spafoundation.io import detect_format, read_dataset
+from spafoundation.io.anndata_spec import microns_per_pixel, spatial_meta
+from spafoundation.utils.atomic import write_h5ad
+
+
+def test_h5ad_round_trip_of_two_sections(her2st_imaged, tmp_path):
+    parts = {s: her2st_imaged[s] for s in ("C2", "C3")}
+    merged = ad.concat(parts, uns_merge="unique")
+    path = tmp_path / "two.h5ad"
+    write_h5ad(merged, path)
+    assert detect_format(path) == "h5ad"
+    data = read_dataset(path)
+    assert sorted(data) == ["C2", "C3"]
+    for s, original in parts.items():
+        back = data[s]
+        assert list(back.var_names) == list(merged.var_names)  # concat keeps the shared genes
+        np.testing.assert_array_equal(back.X.toarray(), original[:, back.var_names].X.toarray())
+        np.testing.assert_allclose(back.obsm["spatial"], original.obsm["spatial"])
+        assert list(back.uns["spatial"]) == [s]
+        assert microns_per_pixel(back) == pytest.approx(microns_per_pixel(original))
+        assert (
+            spatial_meta(back)["metadata"]["image_path"] == spatial_meta(original)["metadata"]["image_path"]
+        )
+
+
+def test_h5ad_from_scanpy_visium_without_mpp(her2st_c2, tmp_path):
+    """A scanpy-style file: one library, no obs['section'], Space Ranger metadata and no microns_per_pixel."""
+    a = her2st_c2[:20, :50].copy()
+    del a.obs["section"]
+    a.uns["spatial"] = {
+        "lib1": {
+            "images": {},
+            "scalefactors": {"spot_diameter_fullres": 110.0, "tissue_hires_scalef": 0.1},
+            "metadata": {"software_version": "spaceranger-2.0.0"},
+        }
+    }
+    a.write_h5ad(tmp_path / "sc.h5ad")
+    back = read_dataset(tmp_path / "sc.h5ad")["lib1"]
+    assert microns_per_pixel(back) == pytest.approx(55.0 / 110.0)
+    assert (back.obs["section"] == "lib1").all()
+
+
+def test_h5ad_without_spatial(her2st_c2, tmp_path):
+    a = her2st_c2[:5, :5].copy()
+    del a.obsm["spatial"]
+    a.write_h5ad(tmp_path / "nospatial.h5ad")
+    with pytest.raises(InputError, match="obsm") as e:
+        read_dataset(tmp_path / "nospatial.h5ad")
+    assert e.value.path.endswith("nospatial.h5ad")
+
+
+def test_h5ad_unknown_pixel_size(her2st_c2, tmp_path):
+    a = her2st_c2[:5, :5].copy()
+    del a.obs["section"]
+    a.uns["spatial"] = {"x": {"images": {}, "scalefactors": {}, "metadata": {}}}
+    a.write_h5ad(tmp_path / "nompp.h5ad")
+    with pytest.raises(InputError, match="unknown pixel size"):
+        read_dataset(tmp_path / "nompp.h5ad")
+
+
+def test_h5ad_round_trip_of_expression_only_section(her2st_root, tmp_path):
+    a1 = read_dataset(her2st_root, ["A1"], with_images=False)["A1"]  # no image: empty image_size, no hires
+    write_h5ad(a1, tmp_path / "a1.h5ad")
+    back = read_dataset(tmp_path / "a1.h5ad")["A1"]
+    assert back.n_obs == a1.n_obs and back.obs["label"].notna().sum() == 346
+    assert spatial_meta(back)["metadata"]["image_path"] == ""

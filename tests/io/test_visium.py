@@ -1,0 +1,66 @@
+import h5py
+import numpy as np
+import pytest
+
+from spafoundation.io import detect_format, read_dataset
+from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta
+from spafoundation.io.visium import read_visium
+from tests.io.layouts import visium_barcodes, write_visium
+
+
+def assert_round_trip(adata, c, ids):
+    np.testing.assert_array_equal(adata.X.toarray(), c.counts.toarray())
+    assert list(adata.var_names) == c.genes
+    np.testing.assert_allclose(adata.obsm["spatial"], c.xy)
+    np.testing.assert_array_equal(adata.obs[["array_row", "array_col"]].to_numpy(), c.array_rc)
+    assert [i.split("_", 1)[1] for i in adata.obs_names] == ids
+
+
+@pytest.mark.parametrize(("header", "mtx"), [(True, False), (False, True)])
+def test_visium_round_trip(c2_small, tmp_path, header, mtx):
+    root = write_visium(tmp_path / "V1", c2_small, header=header, mtx=mtx)
+    assert detect_format(root) == "visium"
+    adata = read_dataset(root)["V1"]
+    # the two off-tissue positions are dropped by in_tissue
+    assert_round_trip(adata, c2_small, visium_barcodes(c2_small))
+    assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp)
+    meta = spatial_meta(adata)
+    assert "55 um spot diameter" in meta["metadata"]["mpp_source"]
+    assert meta["metadata"]["image_size"] == [c2_small.rgb.shape[1], c2_small.rgb.shape[0]]
+    assert image_path(adata).endswith("C2_small.tif")
+    # Space Ranger's hires PNG is the thumbnail, with its own scale factor
+    assert meta["scalefactors"]["tissue_hires_scalef"] == 0.25
+    assert meta["images"]["hires"].shape[:2] == (
+        round(c2_small.rgb.shape[0] / 4),
+        round(c2_small.rgb.shape[1] / 4),
+    )
+
+
+def test_visium_outs_path_and_pitch_estimate(c2_small, tmp_path):
+    root = write_visium(tmp_path / "V2", c2_small, spot_diameter=False)
+    adata = read_dataset(root / "outs")["V2"]
+    meta = spatial_meta(adata)["metadata"]
+    assert "100 um spot pitch" in meta["mpp_source"]
+    # The C2 grid is legacy ST (200 um per array step), read as Visium (50 um per array_col step): 4x smaller.
+    assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp / 4, rel=0.02)
+
+
+def test_visium_duplicate_gene_symbols_made_unique(c2_small, tmp_path):
+    root = write_visium(tmp_path / "V3", c2_small)
+    with h5py.File(root / "outs" / "filtered_feature_bc_matrix.h5", "a") as f:
+        names = f["matrix/features/name"]
+        names[1] = names[0]
+    adata = read_dataset(root)["V3"]
+    assert adata.var_names.is_unique
+    assert list(adata.var_names[:2]) == [c2_small.genes[0], f"{c2_small.genes[0]}-1"]
+
+
+def test_visium_image_given_or_absent(c2_small, tmp_path):
+    root = write_visium(tmp_path / "V4", c2_small)
+    (root / "C2_small.tif").unlink()
+    adata = read_visium(root, with_images=False)
+    assert image_path(adata) is None and spatial_meta(adata)["metadata"]["image_size"] == []
+    adata = read_visium(root, image=c2_small.tiff, section="S9", patient="P")
+    assert image_path(adata) == str(c2_small.tiff)
+    assert adata.obs["section"].iloc[0] == "S9" and adata.obs["patient"].iloc[0] == "P"
+    assert list(adata.uns["spatial"]) == ["S9"]

@@ -1,0 +1,82 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from spafoundation import __version__
+from spafoundation.cli import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, build_parser, main
+from tests.io.layouts import C2Small, write_manifest
+
+
+def test_info_on_real_data(her2st_root, capsys):
+    assert main(["info", str(her2st_root), "--sections", "C2,C3"]) == 0
+    out = capsys.readouterr().out
+    assert "format: legacy_st" in out
+    rows = [line.split() for line in out.splitlines()]
+    lines = {r[0]: r for r in rows if r and r[0] in ("C2", "C3")}
+    assert lines["C2"][2] == "187" and lines["C2"][4] == "9274x9911"
+    assert lines["C3"][2] == "180"
+    assert "2 sections, 2 with images, 367 spots" in out
+
+
+def test_info_unknown_section_exit_2(her2st_root, capsys):
+    assert main(["info", str(her2st_root), "--sections", "Z9"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown section" in err and "ST-cnts" in err
+
+
+def test_commands_are_discovered():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"info", "benchmark"} <= set(sub.choices)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["no-such-command"])
+    assert e.value.code == 2
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert __version__ in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def c2_manifest(her2st_c2, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    return write_manifest(folder, C2Small(her2st_c2, folder / "image"))
+
+
+def test_info_on_generic_manifest(c2_manifest, capsys):
+    assert main(["info", str(c2_manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "format: generic" in out and "given in the manifest" in out and "1 sections, 1 with images" in out
+
+
+def test_closed_pipe_exits_quietly(c2_manifest):
+    """`spafoundation info DATA | head -1`: the reader is gone before we write. No traceback, exit 141."""
+    manifest = c2_manifest
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "spafoundation.cli", "info", str(manifest)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == EXIT_BROKEN_PIPE, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+
+
+def test_info_mpp_option_supplies_unknown_pixel_size(her2st_c2, tmp_path, capsys):
+    manifest = write_manifest(tmp_path, C2Small(her2st_c2, tmp_path / "image"), section={"mpp": None})
+    assert main(["info", str(manifest)]) == EXIT_BAD_INPUT
+    assert "unknown pixel size" in capsys.readouterr().err
+    assert main(["info", str(manifest), "--mpp", "2.5"]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["S1"])
+    assert row[5] == "2.5" and row[6] == "given"
+    assert main(["info", str(manifest), "--mpp", "-1"]) == EXIT_BAD_INPUT
