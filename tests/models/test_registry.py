@@ -4,7 +4,7 @@ import torch
 
 from spafoundation.errors import InputError
 from spafoundation.models import Encoder, build_encoder, create_vit, list_encoders
-from tests.models.conftest import TINY, TINY_KWARGS
+from tests.conftest import TINY, TINY_KWARGS
 
 
 @pytest.mark.parametrize("name,width", [("random-vitt16", 192), ("random-vits16", 384), ("random-vitb16", 768)])

@@ -7,7 +7,7 @@ import torch
 from spafoundation.errors import InputError
 from spafoundation.models import build_encoder, create_vit
 from spafoundation.models.weights import save_model_folder
-from tests.models.conftest import TINY_KWARGS
+from tests.conftest import TINY_KWARGS
 
 OVR = {"timm_kwargs": TINY_KWARGS, "input_size": 32}
 

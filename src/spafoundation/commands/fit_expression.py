@@ -1,0 +1,56 @@
+"""``spafoundation fit-expression DATA --sections C2,C3 --out MODEL_DIR``: learn expression from H&E."""
+
+from __future__ import annotations
+
+from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections, parse_target_sum
+from spafoundation.errors import InputError
+from spafoundation.eval.genes import TARGET_SUM
+
+
+def run(args) -> int:
+    from spafoundation.io.readers import read_dataset
+    from spafoundation.tasks.expression import fit_expression
+
+    data = read_dataset(args.data, parse_sections(args.sections))
+    train = [a for a in data.values() if a.n_vars > 0]
+    if not train:
+        raise InputError(args.data, "counts", "no selected section has counts to train on")
+    head_params = {"max_epochs": args.epochs} if args.head in ("mlp", "finetune") and args.epochs else None
+    model = fit_expression(
+        train, args.encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
+        cache_dir=cache_dir(args), progress=not args.quiet, head_params=head_params,
+        source=args.features, tta=args.tta or None, context=args.context, neighbours_um=args.neighbours_um,
+    )
+    model.save(args.out)
+    t = model.training
+    print(f"fitted {args.head} head on {len(t['sections'])} section(s) ({', '.join(t['sections'])}), "
+          f"{t['n_spots']} spots, {len(model.genes)} genes; features {model.recipe}")
+    if t.get("cv_mean_r") is not None:
+        print(f"inner cross-validation over training sections: mean per-gene r {t['cv_mean_r']:.3f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("fit-expression", help="fit a model of spot gene expression from H&E patches")
+    p.add_argument("data", help="dataset folder (legacy ST, Space Ranger outs/, HEST), manifest or .h5ad")
+    p.add_argument("--sections", help="comma-separated training sections (default: all with counts and images)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--encoder", default="spafoundation-default",
+                   help="encoder name or model folder (default: the shipped checkpoint)")
+    p.add_argument("--genes", default="hvg:50",
+                   help="hvg:K (seurat flavour, training sections only), mean:K, or a gene-list file (.npy/.txt)")
+    p.add_argument("--head", default="ridge", choices=["ridge", "mlp", "mean"],
+                   help="ridge: scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
+                        "layer; mean: the training-mean baseline")
+    p.add_argument("--epochs", type=int, help="maximum epochs of the mlp head")
+    p.add_argument("--target-sum", default=str(TARGET_SUM),
+                   help="targets are log1p(counts / library size * target-sum); 'none' for log1p of raw counts")
+    p.add_argument("--features", help="feature source: encoder, colour_texture, mean_colour, or joined with '+' "
+                                      "(default encoder+colour_texture)")
+    p.add_argument("--tta", action="store_true", help="average embeddings over the 8 rotations/flips")
+    p.add_argument("--context", type=float, help="also embed a patch this many times wider (default 2; 1 = off)")
+    p.add_argument("--neighbours-um", type=float,
+                   help="also average features over spots within this radius (default 300; 0 = off)")
+    add_cache_args(p)
+    p.set_defaults(func=run)

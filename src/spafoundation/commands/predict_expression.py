@@ -1,0 +1,90 @@
+"""``spafoundation predict-expression MODEL_DIR DATA --out pred.h5ad``: expression from H&E alone.
+
+Counts are not needed. Where a section does have counts for the model's genes, the metrics of the prediction and a
+figure of observed vs predicted maps are written beside the output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections
+from spafoundation.errors import InputError
+from spafoundation.utils.atomic import atomic_path, write_h5ad
+
+
+def _evaluate(model, adata, pred) -> dict | None:
+    from spafoundation.eval.genes import expression_matrix
+    from spafoundation.eval.metrics import evaluate_expression
+
+    if adata.n_vars == 0 or any(g not in adata.var_names for g in model.genes):
+        return None
+    obs = expression_matrix(adata, model.genes, model.target_sum)
+    m = evaluate_expression(obs, pred.X)
+    m["per_gene_r"] = dict(zip(model.genes, [None if not np.isfinite(v) else float(v) for v in m.pop("r")],
+                               strict=True))
+    return m
+
+
+def run(args) -> int:
+    from spafoundation.io.anndata_spec import image_path
+    from spafoundation.io.readers import read_dataset
+    from spafoundation.tasks.expression import ExpressionModel
+
+    out = Path(args.out)
+    if out.suffix != ".h5ad":
+        raise InputError(out, "--out", "the prediction is written as .h5ad")
+    model = ExpressionModel.load(args.model, encoder=args.encoder)
+    data = read_dataset(args.data, parse_sections(args.sections))
+    imaged = {n: a for n, a in data.items() if image_path(a)}
+    if not imaged:
+        raise InputError(args.data, "image", "no selected section has an H&E image to predict from")
+    preds, metrics = {}, {}
+    for name, adata in imaged.items():
+        preds[name] = model.predict(adata, cache_dir=cache_dir(args), progress=not args.quiet)
+        m = _evaluate(model, adata, preds[name])
+        if m is not None:
+            metrics[name] = m
+            print(f"{name}: {adata.n_obs} spots; mean per-gene r {m['mean_r']:.3f}, median {m['median_r']:.3f}, "
+                  f"{m['n_significant']}/{m['n_genes']} genes significant (BH 5%)")
+        else:
+            print(f"{name}: {adata.n_obs} spots predicted (no counts to compare with)")
+    merged = next(iter(preds.values())) if len(preds) == 1 else ad.concat(
+        list(preds.values()), merge="same", uns_merge="unique")
+    merged.uns["spafoundation_prediction"] = next(iter(preds.values())).uns["spafoundation_prediction"]
+    write_h5ad(merged, out)
+    print(f"wrote {out}: {merged.n_obs} spots x {merged.n_vars} genes")
+    if metrics:
+        with atomic_path(out.with_suffix(".metrics.json")) as tmp:
+            Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n")
+        if not args.no_figure:
+            from spafoundation.report.spatial_maps import plot_observed_vs_predicted
+
+            for name, m in metrics.items():
+                genes = args.genes.split(",") if args.genes else _best_genes(m["per_gene_r"], 4)
+                fig = out.with_name(f"{out.stem}_{name}_maps.png")
+                plot_observed_vs_predicted(imaged[name], preds[name], genes, fig, target_sum=model.target_sum)
+                print(f"wrote {fig}")
+    return 0
+
+
+def _best_genes(per_gene_r: dict, k: int) -> list[str]:
+    ranked = sorted((v, g) for g, v in per_gene_r.items() if v is not None)
+    return [g for _, g in ranked[::-1][:k]]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict-expression", help="predict spot gene expression from H&E with a fitted model")
+    p.add_argument("model", help="model folder written by fit-expression")
+    p.add_argument("data", help="dataset folder, manifest (image + spot coordinates) or .h5ad")
+    p.add_argument("--sections", help="comma-separated sections (default: every imaged section)")
+    p.add_argument("--out", required=True, help="predicted expression, .h5ad")
+    p.add_argument("--encoder", help="override the encoder the model refers to (name or model folder)")
+    p.add_argument("--genes", help="comma-separated genes for the observed vs predicted figure "
+                                   "(default: the 4 best predicted)")
+    p.add_argument("--no-figure", action="store_true", help="do not draw observed vs predicted maps")
+    add_cache_args(p)
+    p.set_defaults(func=run)

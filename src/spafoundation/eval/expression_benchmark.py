@@ -1,0 +1,170 @@
+"""The expression benchmark protocol: held-out sections (and patients), every contender in the same run.
+
+Splits: leave-one-section-out over the imaged sections with counts, plus leave-one-patient-out when two or more
+patients have images. For each split the genes are chosen on the training sections only (among the genes the test
+section measures, names only), features come from the same per-section cache for every split, and each contender's
+head is fitted on the training sections and scored per test section (metrics.evaluate_expression), never pooled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
+from spafoundation.eval.metrics import evaluate_expression
+from spafoundation.io.anndata_spec import image_path
+from spafoundation.tasks.heads import HEADS
+from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
+
+log = logging.getLogger(__name__)
+SUMMARY_METRICS = ("mean_r", "median_r", "mean_r_top_hvg", "mean_r_top_expressed", "n_significant", "n_constant",
+                   "rmse")
+
+
+@dataclass
+class Contender:
+    """One row of the benchmark: a feature recipe (source, encoder, options) and a head."""
+
+    name: str
+    head: str = "ridge"
+    source: str = "encoder"
+    encoder: str | None = None
+    tta: bool = False
+    context: float = 1.0
+    neighbours_um: float = 0.0
+    head_params: dict = field(default_factory=dict)
+
+    def recipe(self) -> dict:
+        return make_recipe(source=self.source, tta=self.tta, context=self.context, neighbours_um=self.neighbours_um)
+
+
+def baseline_contenders(default_encoder: str, random_encoder: str, *, heads: Sequence[str] = ("ridge", "mlp"),
+                        options: bool = True) -> list[Contender]:
+    """The issue's contenders: floor, hand-crafted, random init, then the default encoder with each head/option."""
+    rows = [
+        Contender("training mean", head="mean", source="mean_colour"),
+        Contender("mean colour + ridge", source="mean_colour"),
+        Contender("colour/texture + ridge", source="colour_texture"),
+        Contender(f"{random_encoder} + ridge", encoder=random_encoder),
+    ]
+    rows += [Contender(f"{default_encoder} + {h}", head=h, encoder=default_encoder) for h in heads]
+    if options:
+        rows += [
+            Contender(f"{default_encoder} + ridge, tta", encoder=default_encoder, tta=True),
+            Contender(f"{default_encoder} + ridge, context x2", encoder=default_encoder, context=2.0),
+            Contender(f"{default_encoder} + ridge, neighbours 150 um", encoder=default_encoder, neighbours_um=150.0),
+        ]
+    return rows
+
+
+def benchmark_splits(sections: dict[str, ad.AnnData]) -> list[tuple[str, list[str], list[str]]]:
+    """(split kind, test sections, training sections) for every held-out section and patient."""
+    usable = [n for n, a in sections.items() if image_path(a) and a.n_vars > 0]
+    splits = [("leave-one-section-out", [t], [n for n in usable if n != t]) for t in usable]
+    patients = {n: str(sections[n].obs["patient"].iloc[0]) if "patient" in sections[n].obs else n for n in usable}
+    if len(set(patients.values())) >= 2:
+        for p in sorted(set(patients.values())):
+            test = [n for n in usable if patients[n] == p]
+            splits.append(("leave-one-patient-out", test, [n for n in usable if patients[n] != p]))
+    return [s for s in splits if s[2]]
+
+
+class FeatureStore:
+    """Per-section features of each recipe, computed once and shared by every split and head."""
+
+    def __init__(self, sections: dict[str, ad.AnnData], cache_dir=None, progress: bool = False):
+        self.sections, self.cache_dir, self.progress = sections, cache_dir, progress
+        self._encoders: dict[str, object] = {}
+        self._feats: dict[tuple[str, str], tuple[np.ndarray, list[int]]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def encoder(self, name: str | None):
+        if name is None:
+            return None
+        if name not in self._encoders:
+            from spafoundation.tasks.expression import resolve_encoder
+
+            self._encoders[name] = resolve_encoder(name)
+        return self._encoders[name]
+
+    def get(self, contender: Contender, section: str) -> tuple[np.ndarray, list[int]]:
+        """(features, block widths) of ``section``."""
+        recipe = contender.recipe()
+        enc_name = contender.encoder if needs_encoder(recipe) else None
+        key = (json.dumps([enc_name, recipe], sort_keys=True), section)
+        if key not in self._feats:
+            t0 = time.perf_counter()
+            self._feats[key] = spot_features(self.sections[section], recipe, self.encoder(enc_name),
+                                             cache_dir=self.cache_dir, progress=self.progress, with_blocks=True)
+            self.seconds[key[0]] = self.seconds.get(key[0], 0.0) + time.perf_counter() - t0
+        return self._feats[key]
+
+
+def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Contender], *,
+                             genes="hvg:50", target_sum: float | None = TARGET_SUM, cache_dir=None,
+                             progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Per (contender, split, test section) metrics, and the gene list of every split.
+
+    Returns ``(rows, genes_per_split)``; ``summarize`` turns rows into the table (mean over test sections)."""
+    splits = benchmark_splits(sections)
+    if not splits:
+        from spafoundation.errors import InputError
+
+        raise InputError(None, "sections", "the benchmark needs at least two imaged sections with counts")
+    store = FeatureStore(sections, cache_dir, progress)
+    rows, gene_sets = [], {}
+    for kind, test, train in splits:
+        candidates = set.intersection(*(set(sections[t].var_names) for t in test))
+        gene_list = select_genes([sections[n] for n in train], genes, target_sum, sorted(candidates))
+        split_name = f"{kind}:{'+'.join(test)}"
+        gene_sets[split_name] = gene_list
+        Y = np.concatenate([expression_matrix(sections[n], gene_list, target_sum) for n in train])
+        groups = np.concatenate([[n] * sections[n].n_obs for n in train])
+        for c in contenders:
+            t0 = time.perf_counter()
+            X = np.concatenate([store.get(c, n)[0] for n in train])
+            head = HEADS[c.head](**c.head_params).fit(X, Y, groups, store.get(c, train[0])[1])
+            for t in test:
+                y_true = expression_matrix(sections[t], gene_list, target_sum)
+                m = evaluate_expression(y_true, head.predict(store.get(c, t)[0]))
+                m.pop("r")
+                rows.append({"contender": c.name, "split": kind, "test": t, "n_train_sections": len(train),
+                             "n_genes": len(gene_list), "alpha": getattr(head, "alpha", None),
+                             "fit_seconds": round(time.perf_counter() - t0, 2), **m})
+            log.info("%s %s: %s", split_name, c.name, rows[-1]["mean_r"])
+    return pd.DataFrame(rows), gene_sets
+
+
+def summarize(rows: pd.DataFrame, contenders: Sequence[Contender]) -> pd.DataFrame:
+    """Mean over test sections of each metric, one row per (split kind, contender), in contender order."""
+    order = {c.name: i for i, c in enumerate(contenders)}
+    agg = rows.groupby(["split", "contender"], sort=False)[list(SUMMARY_METRICS)].mean().reset_index()
+    agg["n_test"] = rows.groupby(["split", "contender"], sort=False).size().to_numpy()
+    agg["_o"] = agg["contender"].map(order)
+    return agg.sort_values(["split", "_o"]).drop(columns="_o").reset_index(drop=True)
+
+
+def contender_table(contenders: Sequence[Contender]) -> pd.DataFrame:
+    return pd.DataFrame([asdict(c) for c in contenders])
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    head = ("| split | contender | mean r | median r | top-50 HVG r | top-50 expressed r | n significant | "
+            "constant | RMSE | test sections |")
+    lines = [head, "|" + "---|" * 10]
+    for _, r in summary.iterrows():
+        def f(v, fmt="{:.3f}"):
+            return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
+
+        lines.append(f"| {r['split']} | {r['contender']} | {f(r['mean_r'])} | {f(r['median_r'])} | "
+                     f"{f(r['mean_r_top_hvg'])} | {f(r['mean_r_top_expressed'])} | {f(r['n_significant'], '{:.1f}')} | "
+                     f"{f(r['n_constant'], '{:.1f}')} | {f(r['rmse'])} | {int(r['n_test'])} |")
+    return "\n".join(lines)

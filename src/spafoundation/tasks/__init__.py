@@ -1,0 +1,1 @@
+"""Downstream tasks: each takes AnnData (+ embeddings) and returns AnnData."""

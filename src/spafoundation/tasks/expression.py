@@ -1,0 +1,177 @@
+"""Spot-level gene expression from histology: fit on sections with counts, predict on any imaged section.
+
+A fitted model is a folder (``config.json`` + ``head.npz``): the encoder reference, the feature recipe, the head,
+the gene list and the target normalisation. ``predict`` needs only an image and spot (or any) centres.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from spafoundation.errors import InputError
+from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
+from spafoundation.io.anndata_spec import image_path, library_id
+from spafoundation.tasks.heads import HEADS
+from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
+from spafoundation.utils.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+FORMAT = "spafoundation-expression"
+DEFAULT_ENCODER = "spafoundation-default"
+# The default features, chosen on leave-one-section-out (BENCHMARKS.md): the encoder's embedding and colour/stain/
+# texture statistics of the spot patch and of a patch twice as wide, each also averaged over the spots within 300 um.
+DEFAULT_FEATURES = {"source": "encoder+colour_texture", "tta": False, "context": 2.0, "neighbours_um": 300.0}
+CONFIG_FILE, HEAD_FILE = "config.json", "head.npz"
+
+
+def _encoder_reference(encoder) -> dict:
+    """How to rebuild the encoder at prediction time: its registry name or folder, plus the identity to check."""
+    source = encoder.config.get("source_ref") if hasattr(encoder, "config") else None
+    return {"name": source or encoder.name, "identity": encoder.identity}
+
+
+def resolve_encoder(encoder, device: str = "cpu"):
+    if encoder is None:
+        return None
+    if isinstance(encoder, (str, Path)):
+        from spafoundation.models.registry import build_encoder
+
+        enc = build_encoder(str(encoder), device=device)
+        enc.config["source_ref"] = str(Path(encoder).resolve()) if Path(str(encoder)).exists() else str(encoder)
+        return enc
+    return encoder
+
+
+class ExpressionModel:
+    def __init__(self, genes: list[str], head, recipe: dict, encoder=None, *, target_sum: float | None = TARGET_SUM,
+                 training: dict | None = None, encoder_ref: dict | None = None):
+        self.genes, self.head, self.recipe, self.encoder = list(genes), head, recipe, encoder
+        self.target_sum, self.training = target_sum, dict(training or {})
+        self.encoder_ref = encoder_ref or (_encoder_reference(encoder) if encoder is not None else None)
+
+    # -- prediction -------------------------------------------------------------------------------------------
+    def features(self, adata: ad.AnnData, *, cache_dir=None, progress: bool = False) -> np.ndarray:
+        if not image_path(adata):
+            raise InputError(None, f"uns['spatial']['{library_id(adata)}']", "section has no H&E image to predict from")
+        return spot_features(adata, self.recipe, self._get_encoder(), cache_dir=cache_dir, progress=progress)
+
+    def predict(self, adata: ad.AnnData, *, cache_dir=None, progress: bool = False) -> ad.AnnData:
+        """Predicted log-normalised expression of ``self.genes`` for every spot of ``adata`` (counts not needed)."""
+        pred = self.head.predict(self.features(adata, cache_dir=cache_dir, progress=progress))
+        return prediction_adata(adata, pred, self.genes, {"model": self.describe()})
+
+    def _get_encoder(self):
+        if self.encoder is None and self.encoder_ref is not None:
+            self.encoder = resolve_encoder(self.encoder_ref["name"])
+            if self.encoder.identity != self.encoder_ref["identity"]:
+                log.warning("encoder %s differs from the one this model was trained with (%s vs %s)",
+                            self.encoder_ref["name"], self.encoder.identity, self.encoder_ref["identity"])
+        return self.encoder
+
+    def describe(self) -> dict:
+        return {"head": self.head.kind, "recipe": self.recipe, "n_genes": len(self.genes),
+                "encoder": (self.encoder_ref or {}).get("name"), "target_sum": self.target_sum, **self.training}
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        cfg = {"format": FORMAT, "version": 1, "genes": self.genes, "head": self.head.kind,
+               "head_params": getattr(self.head, "hp", {}), "recipe": self.recipe, "encoder": self.encoder_ref,
+               "target": {"normalize": "log1p", "target_sum": self.target_sum}, "training": self.training}
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(folder, "--out", "exists and is not a folder")
+        with atomic_dir(folder) as tmp:
+            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
+            np.savez(tmp / HEAD_FILE, **self.head.state())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, encoder=None) -> ExpressionModel:
+        folder = Path(folder)
+        cfg_path = folder / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise InputError(cfg_path, "model", "not an expression model folder (config.json missing)")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(cfg_path, "config.json", f"unreadable ({e})") from None
+        if cfg.get("format") != FORMAT:
+            raise InputError(cfg_path, "format", f"expected {FORMAT!r}, got {cfg.get('format')!r}")
+        if cfg.get("head") not in HEADS:
+            raise InputError(cfg_path, "head", f"unknown head {cfg.get('head')!r}")
+        try:
+            with np.load(folder / HEAD_FILE, allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise InputError(folder / HEAD_FILE, "head", f"unreadable ({e})") from None
+        head = HEADS[cfg["head"]].from_state(state, cfg.get("head_params"))
+        return cls(cfg["genes"], head, cfg["recipe"], resolve_encoder(encoder),
+                   target_sum=cfg["target"]["target_sum"], training=cfg.get("training"),
+                   encoder_ref=cfg.get("encoder"))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def prediction_adata(adata: ad.AnnData, pred: np.ndarray, genes: Sequence[str], info: dict | None = None) -> ad.AnnData:
+    """Predictions as a new AnnData with the input's obs, obsm['spatial'] and uns['spatial'] (sc.pl.spatial-ready)."""
+    out = ad.AnnData(np.asarray(pred, dtype=np.float32), obs=adata.obs.copy(), var=pd.DataFrame(index=list(genes)))
+    if "spatial" in adata.obsm:
+        out.obsm["spatial"] = np.asarray(adata.obsm["spatial"])
+    if "spatial" in adata.uns:
+        out.uns["spatial"] = adata.uns["spatial"]
+    out.uns["spafoundation_prediction"] = {"values": "log1p(counts / library size * target_sum)", **(info or {})}
+    return out
+
+
+def training_matrices(train: Sequence[ad.AnnData], genes, recipe, encoder, *, target_sum=TARGET_SUM, cache_dir=None,
+                      progress=False):
+    """(features, targets, section groups, feature block widths) stacked over training sections."""
+    X, Y, groups = [], [], []
+    for a in train:
+        feats, blocks = spot_features(a, recipe, encoder, cache_dir=cache_dir, progress=progress, with_blocks=True)
+        X.append(feats)
+        Y.append(expression_matrix(a, genes, target_sum))
+        groups += [library_id(a)] * a.n_obs
+    return np.concatenate(X), np.concatenate(Y), np.asarray(groups), blocks
+
+
+def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, genes="hvg:50", head: str = "ridge",
+                   target_sum: float | None = TARGET_SUM, cache_dir=None, progress: bool = False,
+                   head_params: dict | None = None, candidate_genes: Sequence[str] | None = None,
+                   **feature_options) -> ExpressionModel:
+    """Fit a head from spot features to normalised expression on ``train`` (sections with counts and images).
+
+    ``feature_options``: ``source`` ("encoder", "mean_colour", "colour_texture" or several joined by "+"), ``tta``, ``context``,
+    ``neighbours_um`` (see tasks/spot_features.py). ``candidate_genes`` limits gene selection (e.g. to the genes the
+    sections to predict also measure, so they can be evaluated).
+    """
+    train = list(train)
+    for a in train:
+        if a.n_vars == 0:
+            raise InputError(None, f"section {library_id(a)}", "has no counts to train on")
+        if not image_path(a):
+            raise InputError(None, f"section {library_id(a)}", "has no H&E image to train on")
+    if head not in HEADS:
+        raise InputError(None, "head", f"unknown head {head!r}; choose from {sorted(HEADS)}")
+    recipe = make_recipe(**{**DEFAULT_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
+    enc = resolve_encoder(encoder) if needs_encoder(recipe) else None
+    gene_list = select_genes(train, genes, target_sum, candidate_genes)
+    X, Y, groups, blocks = training_matrices(train, gene_list, recipe, enc, target_sum=target_sum,
+                                             cache_dir=cache_dir, progress=progress)
+    fitted = HEADS[head](**(head_params or {})).fit(X, Y, groups, blocks)
+    cv = getattr(fitted, "cv_scores", None)
+    training = {"sections": [library_id(a) for a in train], "n_spots": len(X),
+                "genes_spec": "list" if isinstance(genes, (list, tuple)) else str(genes),
+                "alpha": getattr(fitted, "alpha", None), "cv_mean_r": max(cv) if cv else None}
+    return ExpressionModel(gene_list, fitted, recipe, enc, target_sum=target_sum, training=training)

@@ -1,0 +1,119 @@
+"""Per-spot feature matrices for the expression, tumour and clustering heads.
+
+A feature recipe is a small dict (JSON-serialisable, saved with every model):
+``{"source": "encoder" | "mean_colour" | "colour_texture" | "encoder+colour_texture", "tta": bool,
+"context": float, "neighbours_um": float}``.
+- ``encoder``: the encoder's embedding of the spot patch (cached on disk by ``embed_adata``);
+- ``mean_colour`` / ``colour_texture``: hand-crafted colour, stain and texture statistics of the same patch;
+  sources joined by ``+`` are concatenated;
+- ``context`` > 1: concatenates the features of a patch ``context`` times wider, resampled to the same input size;
+- ``neighbours_um`` > 0: concatenates the mean feature of the spots within that radius (tissue context that a
+  single patch does not see).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import anndata as ad
+import numpy as np
+from scipy.spatial import cKDTree
+
+from spafoundation.io.anndata_spec import microns_per_pixel
+from spafoundation.io.patches import extract_patches
+
+SOURCES = ("encoder", "mean_colour", "colour_texture")
+HANDCRAFTED_PATCH_PX = 64  # colour statistics do not need the encoder's resolution
+HANDCRAFTED_PATCH_UM = 112.0  # the field of view of every registered encoder (and of the HEST benchmark)
+DEFAULT_RECIPE = {"source": "encoder", "tta": False, "context": 1.0, "neighbours_um": 0.0}
+
+
+def make_recipe(**kwargs) -> dict:
+    unknown = set(kwargs) - set(DEFAULT_RECIPE)
+    if unknown:
+        raise ValueError(f"unknown feature options {sorted(unknown)}")
+    recipe = {**DEFAULT_RECIPE, **{k: v for k, v in kwargs.items() if v is not None}}
+    if not recipe["source"] or any(s not in SOURCES for s in str(recipe["source"]).split("+")):
+        raise ValueError(f"feature source must be one of {SOURCES} or several joined by '+', "
+                         f"got {recipe['source']!r}")
+    if float(recipe["context"]) < 1:
+        raise ValueError("context must be >= 1 (a multiple of the spot patch)")
+    return recipe
+
+
+def context_encoder(encoder, factor: float):
+    """The same network looking at a ``factor`` times wider field of view (resampled to its input size)."""
+    wide = copy.copy(encoder)  # shallow: shares the weights, so no extra memory
+    object.__setattr__(wide, "target_mpp", encoder.target_mpp * factor)
+    object.__setattr__(wide, "identity", f"{encoder.identity}|context{factor:g}")
+    return wide
+
+
+def neighbour_mean(xy_um: np.ndarray, feats: np.ndarray, radius_um: float) -> np.ndarray:
+    """Mean of ``feats`` over the spots within ``radius_um`` of each spot (itself included)."""
+    tree = cKDTree(xy_um)
+    out = np.empty_like(feats)
+    for i, nb in enumerate(tree.query_ball_point(xy_um, r=radius_um)):
+        out[i] = feats[nb].mean(axis=0)
+    return out
+
+
+def spot_features(adata: ad.AnnData, recipe: dict, encoder=None, *, xy: np.ndarray | None = None,
+                  cache_dir=None, progress: bool = False, with_blocks: bool = False):
+    """Feature matrix (spots x d) of one section under ``recipe``. ``xy`` (full-res px) overrides the spot centres.
+
+    ``with_blocks``: also return the width of each concatenated block (source x field of view x neighbourhood), so
+    a head can give every block the same weight whatever its width."""
+    recipe = make_recipe(**recipe)
+    if xy is not None:
+        adata = locations_adata(adata, xy)
+    sources = str(recipe["source"]).split("+")
+    if "encoder" in sources and encoder is None:
+        raise ValueError("the 'encoder' feature source needs an encoder")
+    factors = [1.0] + ([float(recipe["context"])] if float(recipe["context"]) > 1 else [])
+    parts = [_source_features(adata, src, encoder, f, bool(recipe["tta"]), cache_dir, progress)
+             for src in sources for f in factors]
+    feats = np.concatenate(parts, axis=1)
+    blocks = [p.shape[1] for p in parts]
+    radius = float(recipe["neighbours_um"])
+    if radius > 0:
+        xy_um = np.asarray(adata.obsm["spatial"], dtype=np.float64) * microns_per_pixel(adata)
+        feats = np.concatenate([feats, neighbour_mean(xy_um, feats, radius)], axis=1)
+        blocks = blocks * 2
+    feats = feats.astype(np.float32)
+    return (feats, blocks) if with_blocks else feats
+
+
+def needs_encoder(recipe: dict) -> bool:
+    return "encoder" in str(recipe["source"]).split("+")
+
+
+def _source_features(adata, source: str, encoder, factor: float, tta: bool, cache_dir, progress) -> np.ndarray:
+    """One source's features of patches ``factor`` times the base field of view around each centre."""
+    if source == "encoder":
+        from spafoundation.models.embed import embed_adata
+
+        if factor == 1:
+            return embed_adata(adata, encoder, cache_dir=cache_dir, tta=tta, progress=progress)
+        return embed_adata(adata, context_encoder(encoder, factor), cache_dir=cache_dir, tta=tta, progress=progress,
+                           key=f"X_{encoder.name}_context{factor:g}")
+    from spafoundation.models import handcrafted
+
+    size_um = (encoder.patch_um if encoder is not None else HANDCRAFTED_PATCH_UM) * factor
+    patches = extract_patches(adata, size_um, HANDCRAFTED_PATCH_PX)
+    fn = handcrafted.mean_colour if source == "mean_colour" else handcrafted.colour_texture_features
+    return fn(patches).astype(np.float32)
+
+
+def locations_adata(section: ad.AnnData, xy: np.ndarray) -> ad.AnnData:
+    """An AnnData of arbitrary centres (full-res px) on ``section``'s image, with no counts: what prediction needs."""
+    import pandas as pd
+
+    xy = np.asarray(xy, dtype=np.float64)
+    lib = next(iter(section.uns["spatial"]))
+    obs = pd.DataFrame(index=[f"{lib}_loc{i}" for i in range(len(xy))])
+    obs["section"] = lib
+    out = ad.AnnData(np.zeros((len(xy), 0), dtype=np.float32), obs=obs)
+    out.obsm["spatial"] = xy
+    out.uns["spatial"] = section.uns["spatial"]
+    return out

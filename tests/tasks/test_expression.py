@@ -1,0 +1,75 @@
+"""Fit on sections with counts, save, load, predict on a section without counts; the CLI round trip."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from spafoundation.cli import main
+from spafoundation.errors import InputError
+from spafoundation.tasks.expression import ExpressionModel, fit_expression
+
+
+@pytest.fixture
+def small_sections(her2st_imaged):
+    return [her2st_imaged[s][:40].copy() for s in ("C2", "C3", "C4")]
+
+
+def test_fit_save_load_predict_without_counts(small_sections, tiny_encoder, tmp_path):
+    train, test = small_sections[:2], small_sections[2]
+    model = fit_expression(train, tiny_encoder, genes="hvg:8", cache_dir=tmp_path / "cache")
+    assert len(model.genes) == 8 and model.recipe["source"] == "encoder+colour_texture"
+    assert model.training["sections"] == ["C2", "C3"] and model.training["alpha"] is not None
+    pred = model.predict(test, cache_dir=tmp_path / "cache")
+    assert pred.shape == (40, 8) and list(pred.var_names) == model.genes
+    assert pred.obs.equals(test.obs) and np.array_equal(pred.obsm["spatial"], test.obsm["spatial"])
+    assert pred.uns["spatial"].keys() == test.uns["spatial"].keys()
+
+    model.save(tmp_path / "model")
+    loaded = ExpressionModel.load(tmp_path / "model", encoder=tiny_encoder)
+    image_only = ad.AnnData(np.zeros((40, 0), np.float32), obs=test.obs.copy(), uns={"spatial": test.uns["spatial"]},
+                            obsm={"spatial": np.asarray(test.obsm["spatial"])})
+    again = loaded.predict(image_only, cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(again.X, pred.X, rtol=1e-4, atol=1e-4)
+
+
+def test_handcrafted_and_mean_heads(small_sections, tmp_path):
+    m = fit_expression(small_sections[:2], None, genes="hvg:5", source="colour_texture", neighbours_um=0)
+    assert m.encoder is None and m.predict(small_sections[2]).shape == (40, 5)
+    flat = fit_expression(small_sections[:2], None, genes="hvg:5", head="mean", source="mean_colour")
+    p = flat.predict(small_sections[2]).X
+    assert np.allclose(p, p[0])
+
+
+def test_load_rejects_bad_folders(tmp_path):
+    with pytest.raises(InputError, match=r"config\.json"):
+        ExpressionModel.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(InputError, match="format"):
+        ExpressionModel.load(tmp_path)
+
+
+def test_cli_fit_and_predict(her2st_root, tiny_folder, tmp_path, capsys):
+    model_dir, out = tmp_path / "model", tmp_path / "pred.h5ad"
+    common = ["--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(["fit-expression", str(her2st_root), "--sections", "C3,C4", "--encoder", str(tiny_folder),
+                 "--genes", "hvg:6", "--out", str(model_dir), *common]) == 0
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert len(cfg["genes"]) == 6 and cfg["encoder"]["name"] == str(tiny_folder)
+    assert main(["predict-expression", str(model_dir), str(her2st_root), "--sections", "C6", "--out", str(out),
+                 *common]) == 0
+    pred = ad.read_h5ad(out)
+    assert pred.n_vars == 6 and pred.n_obs > 100 and "C6" in pred.uns["spatial"]
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert set(metrics) == {"C6"} and -1 <= metrics["C6"]["mean_r"] <= 1
+    assert (tmp_path / "pred_C6_maps.png").stat().st_size > 10_000
+    # bad inputs: exit 2, nothing written
+    assert main(["predict-expression", str(tmp_path / "nowhere"), str(her2st_root), "--out", str(out)]) == 2
+    assert main(["predict-expression", str(model_dir), str(her2st_root), "--out", str(tmp_path / "p.csv")]) == 2
+    assert main(["fit-expression", str(her2st_root), "--sections", "C3", "--genes", "hvg:x",
+                 "--encoder", str(tiny_folder), "--out", str(tmp_path / "m2"), *common]) == 2
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "p.csv").exists()
+    assert "error" in capsys.readouterr().err

@@ -1,0 +1,43 @@
+"""Feature recipes: sources, context patches, neighbour means, block widths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spafoundation.tasks.spot_features import locations_adata, make_recipe, neighbour_mean, spot_features
+
+
+def test_recipe_validation():
+    assert make_recipe()["source"] == "encoder"
+    assert make_recipe(source="encoder+colour_texture")["source"] == "encoder+colour_texture"
+    for bad in ({"source": "pixels"}, {"context": 0.5}, {"colour": 1}):
+        with pytest.raises(ValueError):
+            make_recipe(**bad)
+
+
+def test_neighbour_mean_radius():
+    xy = np.array([[0.0, 0.0], [100.0, 0.0], [1000.0, 0.0]])
+    f = np.array([[1.0], [3.0], [10.0]])
+    np.testing.assert_allclose(neighbour_mean(xy, f, 150.0)[:, 0], [2.0, 2.0, 10.0])
+
+
+def test_fused_features_blocks(her2st_c2, tiny_encoder, tmp_path):
+    a = her2st_c2[:12].copy()
+    recipe = {"source": "encoder+colour_texture", "context": 2.0, "neighbours_um": 300.0}
+    feats, blocks = spot_features(a, recipe, tiny_encoder, cache_dir=tmp_path, with_blocks=True)
+    d = tiny_encoder.embed_dim
+    assert blocks[:4] == [d, d, blocks[2], blocks[2]] and blocks[4:] == blocks[:4]
+    assert feats.shape == (12, sum(blocks)) and np.isfinite(feats).all()
+    # the context block sees a wider field: it differs from the spot block
+    assert not np.allclose(feats[:, :d], feats[:, d:2 * d])
+    # arbitrary centres (no counts) give the same features at the same places
+    again = spot_features(a, recipe, tiny_encoder, xy=np.asarray(a.obsm["spatial"]), cache_dir=tmp_path)
+    np.testing.assert_allclose(again, feats, rtol=1e-5, atol=1e-5)
+    loc = locations_adata(a, np.asarray(a.obsm["spatial"])[:3])
+    assert loc.n_vars == 0 and loc.n_obs == 3 and loc.uns["spatial"] is a.uns["spatial"]
+
+
+def test_encoder_source_needs_encoder(her2st_c2):
+    with pytest.raises(ValueError, match="needs an encoder"):
+        spot_features(her2st_c2[:2].copy(), {"source": "encoder"})
