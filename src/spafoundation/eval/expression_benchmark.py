@@ -46,22 +46,38 @@ class Contender:
         return make_recipe(source=self.source, tta=self.tta, context=self.context, neighbours_um=self.neighbours_um)
 
 
-def baseline_contenders(default_encoder: str, random_encoder: str, *, heads: Sequence[str] = ("ridge", "mlp"),
+def pipeline_contender(name: str, encoder: str | None, head: str = "ridge") -> Contender:
+    """The default features of fit-expression (tasks.expression.DEFAULT_FEATURES) with ``encoder``."""
+    from spafoundation.tasks.expression import DEFAULT_FEATURES
+
+    return Contender(name, head=head, encoder=encoder, **{k: v for k, v in DEFAULT_FEATURES.items()})
+
+
+def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_encoders: Sequence[str] = (),
                         options: bool = True) -> list[Contender]:
-    """The issue's contenders: floor, hand-crafted, random init, then the default encoder with each head/option."""
+    """The issue's contenders in one run: the floor, hand-crafted features, a random-init encoder of the default's
+    size, the default encoder alone with each head and each option, the full default pipeline (and the same
+    pipeline on the random encoder, to show what pre-training adds), then any encoder the user names."""
     rows = [
         Contender("training mean", head="mean", source="mean_colour"),
         Contender("mean colour + ridge", source="mean_colour"),
         Contender("colour/texture + ridge", source="colour_texture"),
         Contender(f"{random_encoder} + ridge", encoder=random_encoder),
+        Contender(f"{default_encoder} + ridge", encoder=default_encoder),
+        Contender(f"{default_encoder} + mlp", head="mlp", encoder=default_encoder),
     ]
-    rows += [Contender(f"{default_encoder} + {h}", head=h, encoder=default_encoder) for h in heads]
     if options:
         rows += [
             Contender(f"{default_encoder} + ridge, tta", encoder=default_encoder, tta=True),
             Contender(f"{default_encoder} + ridge, context x2", encoder=default_encoder, context=2.0),
-            Contender(f"{default_encoder} + ridge, neighbours 150 um", encoder=default_encoder, neighbours_um=150.0),
+            Contender(f"{default_encoder} + ridge, neighbours 300 um", encoder=default_encoder, neighbours_um=300.0),
+            pipeline_contender(f"pipeline: {random_encoder} + colour/texture, context, neighbours", random_encoder),
         ]
+    rows.append(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours (default)",
+                                   default_encoder))
+    for enc in extra_encoders:
+        rows += [Contender(f"{enc} + ridge", encoder=enc),
+                 pipeline_contender(f"pipeline: {enc} + colour/texture, context, neighbours", enc)]
     return rows
 
 

@@ -1,0 +1,143 @@
+"""H&E augmentations on batched float tensors (B, 3, H, W) in [0, 1], driven by an explicit generator so that a
+resumed run draws exactly the same views.
+
+Orientation is arbitrary on a slide (flips, 90 degree rotations); stain intensity varies between labs and days
+(HED jitter scales and shifts each stain's optical density); focus varies (blur)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from spafoundation.models.handcrafted import HED_FROM_RGB, RGB_FROM_HED
+
+
+def _u(gen: torch.Generator, *shape) -> torch.Tensor:
+    return torch.rand(*shape, generator=gen)
+
+
+def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image: a random one of the 8 flips/rotations."""
+    k = torch.randint(0, 4, (len(x),), generator=gen)
+    flip = _u(gen, len(x)) < 0.5
+    out = torch.empty_like(x)
+    for i in range(len(x)):
+        img = x[i].flip(-1) if flip[i] else x[i]
+        out[i] = torch.rot90(img, int(k[i]), dims=(-2, -1))
+    return out
+
+
+def hed_jitter(x: torch.Tensor, gen: torch.Generator, sigma: float = 0.05, bias: float = 0.02) -> torch.Tensor:
+    """Stain jitter in optical density space: per image, H/E/D concentrations scaled by 1+N(0, sigma) and
+    shifted by N(0, bias)."""
+    if sigma <= 0 and bias <= 0:
+        return x
+    rgb_from_hed = torch.as_tensor(RGB_FROM_HED, dtype=x.dtype)
+    hed_from_rgb = torch.as_tensor(HED_FROM_RGB, dtype=x.dtype)
+    b = len(x)
+    od = -torch.log((x * 255.0 + 1.0) / 256.0)  # (B, 3, H, W)
+    hed = torch.einsum("bchw,cd->bdhw", od, hed_from_rgb)
+    scale = 1 + sigma * torch.randn(b, 3, 1, 1, generator=gen)
+    shift = bias * torch.randn(b, 3, 1, 1, generator=gen)
+    hed = hed * scale + shift
+    od = torch.einsum("bdhw,dc->bchw", hed, rgb_from_hed)
+    return ((256.0 * torch.exp(-od) - 1.0) / 255.0).clamp(0, 1)
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.1, contrast: float = 0.1,
+                  saturation: float = 0.1) -> torch.Tensor:
+    b = len(x)
+    out = x * (1 + brightness * (2 * _u(gen, b, 1, 1, 1) - 1))
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * (1 + contrast * (2 * _u(gen, b, 1, 1, 1) - 1)) + mean
+    grey = out.mean(dim=1, keepdim=True)
+    out = (out - grey) * (1 + saturation * (2 * _u(gen, b, 1, 1, 1) - 1)) + grey
+    return out.clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, gen: torch.Generator, p: float = 0.2, max_sigma: float = 1.0) -> torch.Tensor:
+    """With probability ``p`` per image, a Gaussian blur of sigma in [0.1, max_sigma] pixels."""
+    out = x.clone()
+    chosen = (_u(gen, len(x)) < p).nonzero().flatten().tolist()
+    sigmas = 0.1 + (max_sigma - 0.1) * _u(gen, len(x))
+    for i in chosen:
+        s = float(sigmas[i])
+        r = max(1, math.ceil(2 * s))
+        t = torch.arange(-r, r + 1, dtype=x.dtype)
+        k = torch.exp(-(t**2) / (2 * s * s))
+        k = k / k.sum()
+        img = F.pad(x[i : i + 1], (r, r, r, r), mode="reflect")
+        img = F.conv2d(img, k.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
+        out[i] = F.conv2d(img, k.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)[0]
+    return out
+
+
+def random_resized_crop(x: torch.Tensor, out_px: int, gen: torch.Generator, scale=(0.4, 1.0)) -> torch.Tensor:
+    """Per image, a square crop covering a random share ``scale`` of the area, resized to ``out_px``."""
+    b, _, h, w = x.shape
+    side = min(h, w)
+    out = torch.empty(b, x.shape[1], out_px, out_px, dtype=x.dtype)
+    areas = scale[0] + (scale[1] - scale[0]) * _u(gen, b)
+    for i in range(b):
+        s = max(2, round(side * math.sqrt(float(areas[i]))))
+        y0 = int(torch.randint(0, h - s + 1, (1,), generator=gen))
+        x0 = int(torch.randint(0, w - s + 1, (1,), generator=gen))
+        crop = x[i : i + 1, :, y0 : y0 + s, x0 : x0 + s]
+        out[i] = F.interpolate(crop, size=(out_px, out_px), mode="bilinear", align_corners=False, antialias=True)[0]
+    return out
+
+
+def he_augment(x: torch.Tensor, gen: torch.Generator, cfg: dict) -> torch.Tensor:
+    """The photometric and geometric H&E augmentations, strengths from ``cfg`` (augment section of the yaml)."""
+    x = dihedral(x, gen)
+    x = hed_jitter(x, gen, cfg.get("hed_sigma", 0.05), cfg.get("hed_bias", 0.02))
+    x = colour_jitter(x, gen, cfg.get("brightness", 0.1), cfg.get("contrast", 0.1), cfg.get("saturation", 0.1))
+    return gaussian_blur(x, gen, cfg.get("blur_p", 0.2))
+
+
+def block_masks(b: int, grid: int, gen: torch.Generator, ratio=(0.1, 0.5), prob: float = 0.5) -> torch.Tensor:
+    """iBOT masks (B, grid*grid) bool: for a share ``prob`` of images, random rectangles covering a ratio drawn
+    in ``ratio`` of the patches; the other images are unmasked."""
+    masks = torch.zeros(b, grid, grid, dtype=torch.bool)
+    for i in range(b):
+        if float(_u(gen, 1)) >= prob:
+            continue
+        target = round(grid * grid * (ratio[0] + (ratio[1] - ratio[0]) * float(_u(gen, 1))))
+        for _ in range(50):
+            if int(masks[i].sum()) >= target:
+                break
+            area = max(1, round((target - int(masks[i].sum())) * (0.3 + 0.7 * float(_u(gen, 1)))))
+            aspect = math.exp((2 * float(_u(gen, 1)) - 1) * math.log(3))
+            hh = max(1, min(grid, round(math.sqrt(area * aspect))))
+            ww = max(1, min(grid, round(math.sqrt(area / aspect))))
+            y0 = int(torch.randint(0, grid - hh + 1, (1,), generator=gen))
+            x0 = int(torch.randint(0, grid - ww + 1, (1,), generator=gen))
+            masks[i, y0 : y0 + hh, x0 : x0 + ww] = True
+    return masks.flatten(1)
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def mae_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std) -> dict:
+    """One augmented view per tile (MAE): a crop of 60-100% of the tile, then H&E augmentations."""
+    x = random_resized_crop(tiles, input_px, gen, tuple(cfg.get("crop_scale", (0.6, 1.0))))
+    return {"images": normalise(he_augment(x, gen, cfg), mean, std)}
+
+
+def ibot_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std,
+               patch: int = 16) -> dict:
+    """2 global crops (32-100% of the tile, masked for the student) and ``n_local`` local crops (5-32%)."""
+    n_local, local_px = int(cfg.get("n_local", 4)), int(cfg.get("local_px", max(patch, input_px * 3 // 7 // patch
+                                                                               * patch)))
+    glob = torch.stack([normalise(he_augment(random_resized_crop(tiles, input_px, gen, (0.32, 1.0)), gen, cfg),
+                                  mean, std) for _ in range(2)])
+    loc = [normalise(he_augment(random_resized_crop(tiles, local_px, gen, (0.05, 0.32)), gen, cfg), mean, std)
+           for _ in range(n_local)]
+    grid = input_px // patch
+    masks = torch.stack([block_masks(len(tiles), grid, gen, tuple(cfg.get("mask_ratio", (0.1, 0.5))),
+                                     cfg.get("mask_prob", 0.5)) for _ in range(2)])
+    return {"globals": glob, "locals": torch.stack(loc) if loc else None, "masks": masks}

@@ -1,0 +1,325 @@
+"""Self-supervised pre-training of a ViT encoder (iBOT or MAE) on tissue tiles, over one or many processes.
+
+Run as ``spafoundation pretrain DATA --config cfg.yaml --out RUN`` (one process) or under ``torchrun`` (data
+parallel: gloo on CPU, NCCL on GPU; each rank takes its share of every global batch). Every random draw of step
+``s`` (tile order, crops, augmentations, masks) is seeded from ``(seed, s, rank)``, and the learning rate is a
+function of ``s``, so a run resumed from a checkpoint continues with exactly the losses of an uninterrupted one.
+
+The run folder holds ``config.yaml``, ``checkpoint.pt`` (atomic, every ``checkpoint_every`` steps),
+``history.csv`` (step, loss, lr, img/s) and, at the end, ``final/``: the backbone as a model folder that
+``build_encoder(RUN/final)`` loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from spafoundation.errors import InputError
+from spafoundation.utils.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG: dict = {
+    "seed": 0,
+    "model": {"encoder": "random-vitt16", "overrides": {}},
+    "objective": {"name": "mae", "params": {}},
+    "data": {"sections": None, "n_tiles": 4000, "tile_scale": 1.25, "min_tissue": 0.5},
+    "augment": {},
+    "optim": {"steps": 100, "batch_size": 32, "lr": 1.5e-4, "min_lr": 1e-6, "warmup_steps": 10,
+              "weight_decay": 0.05, "clip_grad": 3.0, "betas": [0.9, 0.95]},
+    "checkpoint_every": 50,
+    "log_every": 10,
+}
+
+
+# -- configuration --------------------------------------------------------------------------------------------
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (extra or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _parse_value(text: str):
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """``optim.steps=200`` style overrides; values parsed as YAML (numbers, lists, null)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(None, "--set", f"expected key=value, got {item!r}")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InputError(None, "--set", f"{key}: {p} is not a section")
+        node[leaf] = _parse_value(value)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
+    user = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "--config", "config file not found")
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(path, "config", f"invalid YAML ({e})") from None
+        if not isinstance(user, dict):
+            raise InputError(path, "config", "expected a mapping at the top level")
+    cfg = apply_overrides(_merge(DEFAULT_CONFIG, user), overrides or [])
+    unknown = set(cfg) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise InputError(path, "config", f"unknown keys {sorted(unknown)}")
+    return cfg
+
+
+# -- distributed ----------------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun: gloo on CPU, NCCL when each rank has a GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def lr_at(step: int, o: dict) -> float:
+    """Linear warm-up to ``lr`` then cosine decay to ``min_lr`` at ``steps``."""
+    if step < o["warmup_steps"]:
+        return o["lr"] * (step + 1) / o["warmup_steps"]
+    t = (step - o["warmup_steps"]) / max(1, o["steps"] - o["warmup_steps"])
+    return o["min_lr"] + (o["lr"] - o["min_lr"]) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, tokens and position embeddings (1-d or named as such)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        flat = p.ndim <= 1 or name.endswith((".bias", "cls_token", "pos_embed", "mask_token", "masked_embed",
+                                             "decoder_pos", "reg_token"))
+        (no_decay if flat else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _step_seed(*parts: int) -> int:
+    """A seed from integers, identical in every process (unlike ``hash`` of strings)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] % (2**63))
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+class Pretrainer:
+    def __init__(self, cfg: dict, data_path, out_dir, *, progress: bool = True):
+        from spafoundation.models.objectives import build_objective
+        from spafoundation.models.registry import build_encoder
+
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.rank, self.world, self.device = init_distributed()
+        self.progress = progress and self.rank == 0
+        torch.manual_seed(cfg["seed"])
+        m = cfg["model"]
+        overrides = dict(m.get("overrides") or {})
+        if cfg["objective"]["name"] == "ibot":  # local crops are smaller than the input: interpolate positions
+            overrides["timm_kwargs"] = {**overrides.get("timm_kwargs", {}), "dynamic_img_size": True}
+        self.encoder = build_encoder(m["encoder"], overrides={**overrides, "seed": cfg["seed"]})
+        self.objective = build_objective(cfg["objective"]["name"], self.encoder.model,
+                                         cfg["objective"].get("params")).to(self.device)
+        self.model = self.objective
+        if self.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        o = cfg["optim"]
+        self.optimizer = torch.optim.AdamW(param_groups(self.objective, o["weight_decay"]), lr=o["lr"],
+                                           betas=tuple(o["betas"]))
+        self.tiles = self._tiles(data_path)
+        self.step, self.history = 0, []
+
+    def _tiles(self, data_path) -> np.ndarray:
+        """The tile bank, cached in the run folder (rank 0 builds it; the others wait and read it)."""
+        from spafoundation.io.readers import read_dataset
+        from spafoundation.train.tiles import build_tile_bank
+
+        d, enc = self.cfg["data"], self.encoder
+        tile_um = enc.patch_um * float(d["tile_scale"])
+        tile_px = round(enc.input_size * float(d["tile_scale"]))
+        path = self.out / f"tiles_{d['n_tiles']}_{tile_um:g}um_{tile_px}px_seed{self.cfg['seed']}.npy"
+        if self.rank == 0 and not path.exists():
+            sections = read_dataset(data_path, d.get("sections"), with_images=False)
+            bank = build_tile_bank(list(sections.values()), int(d["n_tiles"]), tile_um, tile_px, self.cfg["seed"],
+                                   float(d["min_tissue"]))
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, bank)
+        if self.world > 1:
+            torch.distributed.barrier()
+        return np.load(path, mmap_mode="r")
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        state = {"step": self.step, "objective": self.objective.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "history": self.history, "config": self.cfg}
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+        self._write_history()
+
+    def resume(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        except Exception as e:
+            raise InputError(self.checkpoint_path, "checkpoint", f"unreadable ({e})") from None
+        if state["config"] != self.cfg:
+            raise InputError(self.checkpoint_path, "config", "the checkpoint was written with another config; "
+                             "resume with the run's own config.yaml")
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.history = int(state["step"]), list(state["history"])
+        return True
+
+    def _write_history(self) -> None:
+        with atomic_path(self.out / "history.csv") as tmp:
+            keys = sorted({k for h in self.history for k in h} - {"step"})
+            lines = [",".join(["step", *keys])]
+            lines += [",".join([str(h["step"]), *(f"{h.get(k, '')}" for k in keys)]) for h in self.history]
+            Path(tmp).write_text("\n".join(lines) + "\n")
+
+    # -- training -------------------------------------------------------------------------------------------
+    def _batch(self, step: int) -> dict:
+        from spafoundation.train import augment
+        from spafoundation.train.tiles import batch_indices
+
+        o, enc = self.cfg["optim"], self.encoder
+        idx = batch_indices(len(self.tiles), o["batch_size"], step, self.cfg["seed"], self.rank, self.world)
+        tiles = torch.from_numpy(np.ascontiguousarray(self.tiles[np.sort(idx)])).permute(0, 3, 1, 2).float() / 255
+        gen = torch.Generator().manual_seed(_step_seed(self.cfg["seed"], step, self.rank, 0))
+        aug = self.cfg["augment"]
+        if self.cfg["objective"]["name"] == "ibot":
+            batch = augment.ibot_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std)
+        else:
+            batch = augment.mae_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std)
+        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def train_step(self, step: int) -> dict:
+        o = self.cfg["optim"]
+        batch = self._batch(step)
+        torch.manual_seed(_step_seed(self.cfg["seed"], step, self.rank, 1))  # the objective's own draws (masks)
+        lr = lr_at(step, o)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.objective.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss, logs = self.model(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.get("clip_grad"):
+            torch.nn.utils.clip_grad_norm_(self.objective.parameters(), o["clip_grad"])
+        self.optimizer.step()
+        self.objective.after_step(step, o["steps"])
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {step}; lower optim.lr")
+        if self.world > 1:  # report the mean loss over ranks
+            t = torch.tensor([value], device=self.device)
+            torch.distributed.all_reduce(t)
+            logs["loss"] = float(t) / self.world
+        return {**logs, "lr": lr}
+
+    def run(self, stop_after: int | None = None) -> list[dict]:
+        """Train to ``optim.steps`` (or ``stop_after`` steps, to simulate an interruption in tests)."""
+        o = self.cfg["optim"]
+        end = o["steps"] if stop_after is None else min(o["steps"], stop_after)
+        t0, seen, first = time.perf_counter(), 0, self.step
+        while self.step < end:
+            logs = self.train_step(self.step)
+            seen += o["batch_size"] * self.world
+            self.step += 1
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            self.history.append({"step": self.step, **{k: round(v, 6) for k, v in logs.items()},
+                                 "img_per_s": round(rate, 2)})
+            if self.step % self.cfg["checkpoint_every"] == 0 or self.step == o["steps"]:
+                self.save_checkpoint()
+            if self.progress and (self.step % self.cfg["log_every"] == 0 or self.step in (first + 1, end)):
+                eta = (o["steps"] - self.step) * o["batch_size"] * self.world / max(rate, 1e-9)
+                print(f"step {self.step}/{o['steps']}  loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  "
+                      f"{rate:.1f} img/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+        return self.history
+
+    def save_final(self, name: str | None = None, model_card: str | None = None) -> Path:
+        """The trained backbone as a model folder (rank 0); position interpolation is a training-time setting."""
+        from spafoundation.models.registry import build_encoder
+        from spafoundation.models.weights import save_model_folder
+
+        m = self.cfg["model"]
+        final = build_encoder(m["encoder"], overrides=dict(m.get("overrides") or {}))
+        final.model.load_state_dict(self.encoder.model.state_dict())
+        losses = [h["loss"] for h in self.history]
+        training = {"objective": self.cfg["objective"], "steps": self.step, "data": self.cfg["data"],
+                    "optim": self.cfg["optim"], "seed": self.cfg["seed"], "world_size": self.world,
+                    "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+        out = self.out / "final"
+        if self.rank == 0:
+            save_model_folder(final, out, training=json.loads(json.dumps(training, default=str)),
+                              model_card=model_card, name=name or f"pretrained-{self.cfg['objective']['name']}")
+        return out
+
+
+def pretrain(data_path, out_dir, cfg: dict, *, resume: bool = False, progress: bool = True,
+             name: str | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_file = out / "config.yaml"
+    if resume and cfg_file.is_file():
+        saved = yaml.safe_load(cfg_file.read_text())
+        if saved != cfg:
+            raise InputError(cfg_file, "config", "differs from this run's config; resume with the same settings")
+    trainer = Pretrainer(cfg, data_path, out, progress=progress)
+    if trainer.rank == 0:
+        with atomic_path(cfg_file) as tmp:
+            Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if resume and trainer.resume() and progress and trainer.rank == 0:
+        print(f"resumed at step {trainer.step}", file=sys.stderr)
+    trainer.run()
+    if os.environ.get("SPAFOUNDATION_DUMP_RANK_STATE"):  # tests: every rank's weights, to compare across ranks
+        torch.save(trainer.objective.backbone.state_dict(), out / f"rank{trainer.rank}_state.pt")
+    final = trainer.save_final(name)
+    if trainer.world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return final
