@@ -7,6 +7,7 @@ import json
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 
 from spafoundation.cli import main
 from spafoundation.errors import InputError
@@ -73,3 +74,20 @@ def test_cli_fit_and_predict(her2st_root, tiny_folder, tmp_path, capsys):
                  "--encoder", str(tiny_folder), "--out", str(tmp_path / "m2"), *common]) == 2
     assert not (tmp_path / "m2").exists() and not (tmp_path / "p.csv").exists()
     assert "error" in capsys.readouterr().err
+
+
+def test_finetune_head_trains_saves_and_reloads(small_sections, tiny_encoder, tmp_path):
+    train, test = small_sections[:2], small_sections[2]
+    before = {k: v.clone() for k, v in tiny_encoder.model.state_dict().items()}
+    model = fit_expression(train, tiny_encoder, genes="hvg:5", head="finetune",
+                           head_params={"epochs": 4, "lr": 1e-3, "batch_size": 16})
+    losses = model.training["finetune_losses"]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    # the caller's encoder is untouched; the model carries its own fine-tuned copy with its own cache identity
+    assert all(torch.equal(before[k], v) for k, v in tiny_encoder.model.state_dict().items())
+    assert model.encoder.identity != tiny_encoder.identity
+    pred = model.predict(test, cache_dir=tmp_path / "cache")
+    model.save(tmp_path / "ft")
+    assert (tmp_path / "ft" / "encoder" / "model.safetensors").is_file()
+    again = ExpressionModel.load(tmp_path / "ft").predict(test, cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(again.X, pred.X, rtol=1e-4, atol=1e-4)

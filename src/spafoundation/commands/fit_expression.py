@@ -15,10 +15,19 @@ def run(args) -> int:
     train = [a for a in data.values() if a.n_vars > 0]
     if not train:
         raise InputError(args.data, "counts", "no selected section has counts to train on")
-    head_params = {"max_epochs": args.epochs} if args.head in ("mlp", "finetune") and args.epochs else None
+    head_params = {}
+    if args.epochs:
+        head_params["max_epochs" if args.head == "mlp" else "epochs"] = args.epochs
+    if args.lr:
+        head_params["lr"] = args.lr
+    encoder = args.encoder
+    if args.device != "cpu":
+        from spafoundation.tasks.expression import resolve_encoder
+
+        encoder = resolve_encoder(args.encoder, device=args.device)
     model = fit_expression(
-        train, args.encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
-        cache_dir=cache_dir(args), progress=not args.quiet, head_params=head_params,
+        train, encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
+        cache_dir=cache_dir(args), progress=not args.quiet, head_params=head_params or None,
         source=args.features, tta=args.tta or None, context=args.context, neighbours_um=args.neighbours_um,
     )
     model.save(args.out)
@@ -40,10 +49,13 @@ def register(subparsers) -> None:
                    help="encoder name or model folder (default: the shipped checkpoint)")
     p.add_argument("--genes", default="hvg:50",
                    help="hvg:K (seurat flavour, training sections only), mean:K, or a gene-list file (.npy/.txt)")
-    p.add_argument("--head", default="ridge", choices=["ridge", "mlp", "mean"],
+    p.add_argument("--head", default="ridge", choices=["ridge", "mlp", "finetune", "mean"],
                    help="ridge: scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
-                        "layer; mean: the training-mean baseline")
-    p.add_argument("--epochs", type=int, help="maximum epochs of the mlp head")
+                        "layer; finetune: the whole encoder + LayerNorm/Linear on the class token, MSE (the "
+                        "authors' protocol, meant for a GPU); mean: the training-mean baseline")
+    p.add_argument("--epochs", type=int, help="epochs of the finetune head (default 20) / maximum for mlp")
+    p.add_argument("--lr", type=float, help="learning rate of the mlp / finetune head")
+    p.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda, mps)")
     p.add_argument("--target-sum", default=str(TARGET_SUM),
                    help="targets are log1p(counts / library size * target-sum); 'none' for log1p of raw counts")
     p.add_argument("--features", help="feature source: encoder, colour_texture, mean_colour, or joined with '+' "

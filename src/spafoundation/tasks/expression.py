@@ -28,7 +28,7 @@ DEFAULT_ENCODER = "spafoundation-default"
 # The default features, chosen on leave-one-section-out (BENCHMARKS.md): the encoder's embedding and colour/stain/
 # texture statistics of the spot patch and of a patch twice as wide, each also averaged over the spots within 300 um.
 DEFAULT_FEATURES = {"source": "encoder+colour_texture", "tta": False, "context": 2.0, "neighbours_um": 300.0}
-CONFIG_FILE, HEAD_FILE = "config.json", "head.npz"
+CONFIG_FILE, HEAD_FILE, EMBEDDED_ENCODER = "config.json", "head.npz", "encoder"
 
 
 def _encoder_reference(encoder) -> dict:
@@ -70,7 +70,7 @@ class ExpressionModel:
     def _get_encoder(self):
         if self.encoder is None and self.encoder_ref is not None:
             self.encoder = resolve_encoder(self.encoder_ref["name"])
-            if self.encoder.identity != self.encoder_ref["identity"]:
+            if not self.encoder_ref.get("embedded") and self.encoder.identity != self.encoder_ref["identity"]:
                 log.warning("encoder %s differs from the one this model was trained with (%s vs %s)",
                             self.encoder_ref["name"], self.encoder.identity, self.encoder_ref["identity"])
         return self.encoder
@@ -88,6 +88,11 @@ class ExpressionModel:
         if folder.exists() and not folder.is_dir():
             raise InputError(folder, "--out", "exists and is not a folder")
         with atomic_dir(folder) as tmp:
+            if (self.encoder_ref or {}).get("embedded"):  # a fine-tuned encoder travels inside the model folder
+                from spafoundation.models.weights import save_model_folder
+
+                save_model_folder(self._get_encoder(), tmp / EMBEDDED_ENCODER, name=self.encoder.name)
+                cfg["encoder"] = {**self.encoder_ref, "name": EMBEDDED_ENCODER}
             (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
             np.savez(tmp / HEAD_FILE, **self.head.state())
         return folder
@@ -112,9 +117,12 @@ class ExpressionModel:
         except (OSError, ValueError) as e:
             raise InputError(folder / HEAD_FILE, "head", f"unreadable ({e})") from None
         head = HEADS[cfg["head"]].from_state(state, cfg.get("head_params"))
+        ref = cfg.get("encoder")
+        if ref and ref.get("embedded"):
+            ref = {**ref, "name": str(folder / ref["name"])}
         return cls(cfg["genes"], head, cfg["recipe"], resolve_encoder(encoder),
                    target_sum=cfg["target"]["target_sum"], training=cfg.get("training"),
-                   encoder_ref=cfg.get("encoder"))
+                   encoder_ref=ref)
 
 
 def _json_default(o):
@@ -164,6 +172,9 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
             raise InputError(None, f"section {library_id(a)}", "has no H&E image to train on")
     if head not in HEADS:
         raise InputError(None, "head", f"unknown head {head!r}; choose from {sorted(HEADS)}")
+    if head == "finetune":
+        return _fit_finetuned(train, resolve_encoder(encoder), select_genes(train, genes, target_sum, candidate_genes),
+                              target_sum, head_params, progress, genes)
     recipe = make_recipe(**{**DEFAULT_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
     enc = resolve_encoder(encoder) if needs_encoder(recipe) else None
     gene_list = select_genes(train, genes, target_sum, candidate_genes)
@@ -175,3 +186,30 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
                 "genes_spec": "list" if isinstance(genes, (list, tuple)) else str(genes),
                 "alpha": getattr(fitted, "alpha", None), "cv_mean_r": max(cv) if cv else None}
     return ExpressionModel(gene_list, fitted, recipe, enc, target_sum=target_sum, training=training)
+
+
+def _fit_finetuned(train, encoder, gene_list, target_sum, head_params, progress, genes_spec) -> ExpressionModel:
+    """The authors' protocol: the whole encoder and a LayerNorm + Linear head trained together on spot patches."""
+    import hashlib
+
+    from spafoundation.io.patches import extract_patches
+    from spafoundation.tasks.heads import FineTunedHead
+    from spafoundation.train.finetune import DEFAULTS, finetune_encoder
+
+    if encoder is None:
+        raise InputError(None, "encoder", "fine-tuning needs an encoder")
+    patches = np.concatenate([extract_patches(a, encoder.patch_um, encoder.input_size) for a in train])
+    Y = np.concatenate([expression_matrix(a, gene_list, target_sum) for a in train])
+    params = {**DEFAULTS, **(head_params or {})}
+    tuned, module, y_mean, y_std, losses = finetune_encoder(encoder, patches, Y, params, progress)
+    digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
+                                     for v in tuned.model.state_dict().values())).hexdigest()[:12]
+    object.__setattr__(tuned, "identity", f"{encoder.identity}|finetuned-{digest}")  # its own embedding cache key
+    object.__setattr__(tuned, "name", f"{encoder.name}-finetuned")
+    head = FineTunedHead.from_module(module, y_mean, y_std, params)
+    training = {"sections": [library_id(a) for a in train], "n_spots": len(Y),
+                "genes_spec": "list" if isinstance(genes_spec, (list, tuple)) else str(genes_spec),
+                "finetune_losses": [round(v, 5) for v in losses], "base_encoder": _encoder_reference(encoder)}
+    return ExpressionModel(gene_list, head, make_recipe(source="encoder"), tuned, target_sum=target_sum,
+                           training=training, encoder_ref={"name": tuned.name, "identity": tuned.identity,
+                                                           "embedded": True})

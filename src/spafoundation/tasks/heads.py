@@ -216,4 +216,42 @@ class MeanHead:
         return head
 
 
-HEADS = {"ridge": RidgeHead, "mlp": MLPHead, "mean": MeanHead}
+class FineTunedHead:
+    """The LayerNorm + Linear head of a fine-tuned encoder (train/finetune.py), applied to its embeddings.
+    It is fitted together with the encoder, never on fixed features."""
+
+    kind = "finetune"
+
+    def __init__(self, **hp):
+        self.hp = dict(hp)
+
+    def fit(self, X, Y, groups, blocks=None):
+        raise TypeError("the finetune head trains with its encoder: use fit_expression(..., head='finetune')")
+
+    @classmethod
+    def from_module(cls, module, y_mean, y_std, hp: dict) -> FineTunedHead:
+        head = cls(**hp)
+        sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        head.w_norm, head.b_norm = sd["norm.weight"], sd["norm.bias"]
+        head.w, head.b = sd["linear.weight"], sd["linear.bias"]
+        head.y_mean, head.y_std = np.asarray(y_mean), np.asarray(y_std)
+        return head
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        z = (X - X.mean(1, keepdims=True)) / np.sqrt(X.var(1, keepdims=True) + 1e-5) * self.w_norm + self.b_norm
+        return ((z @ self.w.T + self.b) * self.y_std + self.y_mean).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"w_norm": self.w_norm, "b_norm": self.b_norm, "w": self.w, "b": self.b, "y_mean": self.y_mean,
+                "y_std": self.y_std}
+
+    @classmethod
+    def from_state(cls, st: dict[str, np.ndarray], hp: dict | None = None) -> FineTunedHead:
+        head = cls(**(hp or {}))
+        for k, v in st.items():
+            setattr(head, k, v)
+        return head
+
+
+HEADS = {"ridge": RidgeHead, "mlp": MLPHead, "mean": MeanHead, "finetune": FineTunedHead}
