@@ -6,7 +6,7 @@ from spafoundation.errors import InputError
 from spafoundation.models import build_encoder, embed_adata
 from spafoundation.models import cache as cache_mod
 from spafoundation.models.embed import UNS_KEY, embed_patches
-from tests.models.conftest import TINY
+from tests.conftest import TINY
 
 
 def _count_forwards(encoder):

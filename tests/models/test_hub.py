@@ -4,7 +4,7 @@ import torch
 from spafoundation.errors import InputError
 from spafoundation.models import build_encoder, create_vit
 from spafoundation.models.hub import HUB_ENCODERS, hf_vit_to_timm
-from tests.models.conftest import TINY_KWARGS
+from tests.conftest import TINY_KWARGS
 
 
 @pytest.fixture

@@ -43,3 +43,15 @@ def run_dir(tmp_path, tile_bank_dir):
     for f in tile_bank_dir.glob("tiles_*.npy"):
         shutil.copy(f, d / f.name)
     return d
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: several OpenMP threads spin against each other (and against other
+    processes) and make a 20 ms step take a second."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

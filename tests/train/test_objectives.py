@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spafoundation.models.objectives.mae import patchify
-from spafoundation.train.augment import block_masks, hed_jitter
+from spafoundation.train.augment import block_masks, hed_jitter, ibot_views, random_masks
 from spafoundation.train.pretrain import Pretrainer, lr_at
 from tests.train.conftest import tiny_config
 
@@ -51,6 +51,20 @@ def test_patchify_and_masks():
     m = block_masks(64, 7, g, ratio=(0.2, 0.4), prob=1.0)
     share = m.float().mean(1)
     assert m.shape == (64, 49) and (share > 0.1).all() and (share < 0.7).all()
+    r = random_masks(64, 7, g, ratio=(0.2, 0.4), prob=0.5)
+    masked = r.any(1)
+    assert 10 < int(masked.sum()) < 54 and (r[masked].float().mean(1) >= 0.18).all()
+
+
+def test_views_from_uint8_equal_views_from_float():
+    tiles = torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8)
+    cfg = {"n_local": 2, "mask_shape": "rand", "mask_prob": 1.0}
+    a = ibot_views(tiles, 32, torch.Generator().manual_seed(1), cfg, (0.5,) * 3, (0.2,) * 3)
+    b = ibot_views(tiles.float() / 255, 32, torch.Generator().manual_seed(1), cfg, (0.5,) * 3, (0.2,) * 3)
+    assert a["globals"].shape == (2, 3, 3, 32, 32) and a["locals"].shape == (2, 3, 3, 16, 16)
+    assert a["masks"].shape == (2, 3, 4) and a["masks"].any()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
 
 
 def test_hed_jitter_identity_and_range():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,10 @@ import torch
 import yaml
 
 from spafoundation.cli import main
+from spafoundation.errors import InputError
+from spafoundation.io.patches import tissue_fraction
 from spafoundation.train.pretrain import Pretrainer, pretrain
+from spafoundation.train.tiles import TileDataset, batch_indices
 from tests.train.conftest import tiny_config
 
 
@@ -31,6 +35,52 @@ def test_resume_equals_uninterrupted(objective, run_dir, tmp_path, her2st_root):
     assert [h["loss"] for h in history] == [h["loss"] for h in straight]
 
 
+def test_cli_resume_continues_exactly(run_dir, tmp_path, her2st_root):
+    """``spafoundation pretrain --resume`` after an interruption: same losses, and the checkpoint holds the
+    optimiser, schedule, RNG states and the sampler's position."""
+    cfg = tiny_config("mae", steps=14)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    other = tmp_path / "interrupted"
+    other.mkdir()
+    for f in run_dir.glob("tiles_*.npy"):
+        (other / f.name).write_bytes(f.read_bytes())
+    base = ["pretrain", str(her2st_root), "--config", str(cfg_file), "--quiet"]
+    assert main([*base, "--out", str(run_dir)]) == 0
+    Pretrainer(cfg, her2st_root, other, progress=False).run(stop_after=10)
+    state = torch.load(other / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 10 and state["data"]["step"] == 10
+    assert state["scheduler"]["last_step"] == 9 and len(state["rng"]) == 1
+    assert {"torch", "numpy", "python"} <= set(state["rng"][0]) and state["optimizer"]["state"]
+    assert main([*base, "--out", str(other), "--resume"]) == 0
+    straight, resumed = (json.loads((d / "history.json").read_text()) for d in (run_dir, other))
+    assert len(straight) == len(resumed) == 14
+    assert [h["loss"] for h in resumed] == [h["loss"] for h in straight]
+    # a resume under another config is refused
+    assert main([*base, "--out", str(other), "--resume", "--set", "optim.lr=0.5"]) == 2
+
+
+def test_tile_dataset_deterministic_on_tissue(her2st_c2):
+    kw = {"n_tiles": 12, "tile_px": 32, "mpp": 3.5}
+    a = TileDataset([her2st_c2], seed=3, preload=True, **kw)
+    b = TileDataset([her2st_c2], seed=3, **kw)  # streamed from the slide on access
+    c = TileDataset([her2st_c2], seed=4, preload=True, **kw)
+    assert a.array.shape == (12, 32, 32, 3) and a.array.dtype == np.uint8 and a.tile_um == pytest.approx(112)
+    np.testing.assert_array_equal(a.array, np.stack([b[i] for i in range(len(b))]))
+    assert not np.array_equal(a.array, c.array)
+    assert tissue_fraction(a.array).mean() > 0.5
+
+
+def test_batch_indices_shard_global_batches():
+    shards = [batch_indices(100, 8, 5, seed=1, rank=r, world=3) for r in range(3)]
+    assert all(len(s) == 8 for s in shards) and len(np.unique(np.concatenate(shards))) == 24
+    np.testing.assert_array_equal(np.concatenate(shards), batch_indices(100, 24, 5, seed=1))
+    epoch = np.concatenate([batch_indices(96, 8, s, seed=0) for s in range(12)])
+    assert sorted(epoch) == list(range(96))  # one epoch visits every tile once
+    with pytest.raises(InputError):
+        batch_indices(10, 8, 0, seed=0, world=2)
+
+
 def test_final_folder_loads_as_encoder(run_dir, her2st_root):
     from spafoundation.models.registry import build_encoder
 
@@ -42,11 +92,12 @@ def test_final_folder_loads_as_encoder(run_dir, her2st_root):
     assert enc(x).shape == (2, enc.embed_dim)
 
 
-def test_torchrun_two_processes_end_with_identical_weights(run_dir, her2st_root):
-    cfg = tiny_config("mae", steps=4)
+@pytest.mark.parametrize(("objective", "port"), [("mae", 29533), ("ibot", 29534)])
+def test_torchrun_two_processes_end_with_identical_weights(objective, port, run_dir, her2st_root):
+    cfg = tiny_config(objective, steps=4)
     (run_dir / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SPAFOUNDATION_DUMP_RANK_STATE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "spafoundation", "pretrain", str(her2st_root), "--config", str(run_dir / "cfg.yaml"),
            "--out", str(run_dir), "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -12,6 +12,10 @@ from spafoundation.commands._common import parse_sections
 def run(args) -> int:
     from spafoundation.train.pretrain import load_config, pretrain
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     sets = list(args.set or [])
     if args.sections:
         sets.append(f"data.sections={parse_sections(args.sections)}")
@@ -34,5 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--sections", help="comma-separated sections to take tiles from (default: all imaged)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--name", help="name the final encoder loads under (default pretrained-<objective>)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest for small models on a busy "
+                   "machine: several threads spinning against other processes can be 10x slower)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""H&E augmentations on batched float tensors (B, 3, H, W) in [0, 1], driven by an explicit generator so that a
+"""H&E augmentations on batched tensors (B, 3, H, W), uint8 or float in [0, 1], driven by an explicit generator so that a
 resumed run draws exactly the same views.
 
 Orientation is arbitrary on a slide (flips, 90 degree rotations); stain intensity varies between labs and days
@@ -118,19 +118,38 @@ def block_masks(b: int, grid: int, gen: torch.Generator, ratio=(0.1, 0.5), prob:
     return masks.flatten(1)
 
 
+def random_masks(b: int, grid: int, gen: torch.Generator, ratio=(0.1, 0.5), prob: float = 0.5) -> torch.Tensor:
+    """iBOT's "rand" masks (B, grid*grid) bool: for a share ``prob`` of images, a ratio drawn in ``ratio`` of the
+    patches chosen uniformly at random; the other images are unmasked."""
+    masks = torch.zeros(b, grid * grid, dtype=torch.bool)
+    for i in range(b):
+        if float(_u(gen, 1)) >= prob:
+            continue
+        n = round(grid * grid * (ratio[0] + (ratio[1] - ratio[0]) * float(_u(gen, 1))))
+        masks[i, torch.randperm(grid * grid, generator=gen)[:n]] = True
+    return masks
+
+
+def to_float(tiles: torch.Tensor) -> torch.Tensor:
+    """uint8 (0-255) or float (0-1) NCHW -> float NCHW in [0, 1]."""
+    return tiles.float() / 255 if tiles.dtype == torch.uint8 else tiles.float()
+
+
 def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 def mae_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std) -> dict:
     """One augmented view per tile (MAE): a crop of 60-100% of the tile, then H&E augmentations."""
-    x = random_resized_crop(tiles, input_px, gen, tuple(cfg.get("crop_scale", (0.6, 1.0))))
+    x = random_resized_crop(to_float(tiles), input_px, gen, tuple(cfg.get("crop_scale", (0.6, 1.0))))
     return {"images": normalise(he_augment(x, gen, cfg), mean, std)}
 
 
 def ibot_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std,
                patch: int = 16) -> dict:
-    """2 global crops (32-100% of the tile, masked for the student) and ``n_local`` local crops (5-32%)."""
+    """2 global crops (32-100% of the tile, masked for the student: ``mask_shape`` "block" or "rand") and
+    ``n_local`` local crops (5-32%)."""
+    tiles = to_float(tiles)
     n_local, local_px = int(cfg.get("n_local", 4)), int(cfg.get("local_px", max(patch, input_px * 3 // 7 // patch
                                                                                * patch)))
     glob = torch.stack([normalise(he_augment(random_resized_crop(tiles, input_px, gen, (0.32, 1.0)), gen, cfg),
@@ -138,6 +157,7 @@ def ibot_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: di
     loc = [normalise(he_augment(random_resized_crop(tiles, local_px, gen, (0.05, 0.32)), gen, cfg), mean, std)
            for _ in range(n_local)]
     grid = input_px // patch
-    masks = torch.stack([block_masks(len(tiles), grid, gen, tuple(cfg.get("mask_ratio", (0.1, 0.5))),
-                                     cfg.get("mask_prob", 0.5)) for _ in range(2)])
+    mask_fn = {"block": block_masks, "rand": random_masks}[cfg.get("mask_shape", "block")]
+    ratio, prob = tuple(cfg.get("mask_ratio", (0.1, 0.5))), cfg.get("mask_prob", 0.5)
+    masks = torch.stack([mask_fn(len(tiles), grid, gen, ratio, prob) for _ in range(2)])
     return {"globals": glob, "locals": torch.stack(loc) if loc else None, "masks": masks}

@@ -6,17 +6,18 @@ parallel: gloo on CPU, NCCL on GPU; each rank takes its share of every global ba
 function of ``s``, so a run resumed from a checkpoint continues with exactly the losses of an uninterrupted one.
 
 The run folder holds ``config.yaml``, ``checkpoint.pt`` (atomic, every ``checkpoint_every`` steps),
-``history.csv`` (step, loss, lr, img/s) and, at the end, ``final/``: the backbone as a model folder that
-``build_encoder(RUN/final)`` loads.
+``history.csv`` and ``history.json`` (step, loss and its terms, lr, img/s) and, at the end, ``final/``: the
+backbone as a model folder that ``build_encoder(RUN/final)`` loads.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import logging
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -27,9 +28,11 @@ import yaml
 
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path
+from spafoundation.utils.config import load_yaml_config, merge_config
 
 log = logging.getLogger(__name__)
 
+TILES_VERSION = 3  # the tile sampling algorithm (3: Otsu tissue mask), part of the tile bank's cache key
 DEFAULT_CONFIG: dict = {
     "seed": 0,
     "model": {"encoder": "random-vitt16", "overrides": {}},
@@ -44,57 +47,9 @@ DEFAULT_CONFIG: dict = {
 
 
 # -- configuration --------------------------------------------------------------------------------------------
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (extra or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _parse_value(text: str):
-    value = yaml.safe_load(text)
-    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """``optim.steps=200`` style overrides; values parsed as YAML (numbers, lists, null)."""
-    cfg = copy.deepcopy(cfg)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(None, "--set", f"expected key=value, got {item!r}")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise InputError(None, "--set", f"{key}: {p} is not a section")
-        node[leaf] = _parse_value(value)
-    return cfg
-
-
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
-    user = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "--config", "config file not found")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(path, "config", f"invalid YAML ({e})") from None
-        if not isinstance(user, dict):
-            raise InputError(path, "config", "expected a mapping at the top level")
-    cfg = apply_overrides(_merge(DEFAULT_CONFIG, user), overrides or [])
-    unknown = set(cfg) - set(DEFAULT_CONFIG)
-    if unknown:
-        raise InputError(path, "config", f"unknown keys {sorted(unknown)}")
-    return cfg
+    """The pre-training config: defaults, then the YAML file, then ``--set key=value`` overrides."""
+    return load_yaml_config(DEFAULT_CONFIG, path, overrides)
 
 
 # -- distributed ----------------------------------------------------------------------------------------------
@@ -120,6 +75,50 @@ def lr_at(step: int, o: dict) -> float:
     return o["min_lr"] + (o["lr"] - o["min_lr"]) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+class WarmupCosine:
+    """The learning-rate schedule as an object with a state (``lr_at`` of the step: resuming needs only the step,
+    which the state records so that a checkpoint is checked against the schedule it was written with)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, o: dict):
+        self.optimizer = optimizer
+        self.params = {k: o[k] for k in ("lr", "min_lr", "warmup_steps", "steps")}
+        self.last_step = -1
+
+    def step_to(self, step: int) -> float:
+        lr = lr_at(step, self.params)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.last_step = step
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"kind": "warmup_cosine", **self.params, "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_step = int(state["last_step"])
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def normalise_config(cfg: dict) -> dict:
+    """A config with every default filled in, for comparing a run's config with a checkpoint's."""
+    return merge_config(DEFAULT_CONFIG, cfg)
+
+
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms, tokens and position embeddings (1-d or named as such)."""
     decay, no_decay = [], []
@@ -143,7 +142,8 @@ class Pretrainer:
         from spafoundation.models.objectives import build_objective
         from spafoundation.models.registry import build_encoder
 
-        self.cfg, self.out = cfg, Path(out_dir)
+        self.cfg, self.out = normalise_config(cfg), Path(out_dir)
+        cfg = self.cfg
         self.rank, self.world, self.device = init_distributed()
         self.progress = progress and self.rank == 0
         torch.manual_seed(cfg["seed"])
@@ -161,22 +161,25 @@ class Pretrainer:
         o = cfg["optim"]
         self.optimizer = torch.optim.AdamW(param_groups(self.objective, o["weight_decay"]), lr=o["lr"],
                                            betas=tuple(o["betas"]))
+        self.scheduler = WarmupCosine(self.optimizer, o)
         self.tiles = self._tiles(data_path)
         self.step, self.history = 0, []
 
     def _tiles(self, data_path) -> np.ndarray:
-        """The tile bank, cached in the run folder (rank 0 builds it; the others wait and read it)."""
-        from spafoundation.io.readers import read_dataset
-        from spafoundation.train.tiles import build_tile_bank
+        """The tile bank (a preloaded ``TileDataset``), cached in the run folder: rank 0 builds it, the others
+        wait and map it."""
+        from spafoundation.train.tiles import TileDataset
 
         d, enc = self.cfg["data"], self.encoder
         tile_um = enc.patch_um * float(d["tile_scale"])
         tile_px = round(enc.input_size * float(d["tile_scale"]))
-        path = self.out / f"tiles_{d['n_tiles']}_{tile_um:g}um_{tile_px}px_seed{self.cfg['seed']}.npy"
+        key = json.dumps([TILES_VERSION, str(Path(data_path).resolve()), d.get("sections"), d["min_tissue"]])
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        path = self.out / f"tiles_{d['n_tiles']}_{tile_um:g}um_{tile_px}px_seed{self.cfg['seed']}_{digest}.npy"
         if self.rank == 0 and not path.exists():
-            sections = read_dataset(data_path, d.get("sections"), with_images=False)
-            bank = build_tile_bank(list(sections.values()), int(d["n_tiles"]), tile_um, tile_px, self.cfg["seed"],
-                                   float(d["min_tissue"]))
+            bank = TileDataset(data_path, n_tiles=int(d["n_tiles"]), tile_px=tile_px, tile_um=tile_um,
+                               sections=d.get("sections"), seed=self.cfg["seed"],
+                               min_tissue=float(d["min_tissue"]), preload=True).array
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, bank)
@@ -190,10 +193,23 @@ class Pretrainer:
         return self.out / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
+        """Everything a resumed run needs to continue exactly: weights (student, teacher, heads, centres),
+        optimiser moments, schedule, step, the sampler's position and every rank's RNG states. (Each step
+        reseeds its own draws from (seed, step, rank), so the RNG states are a belt to those braces.)"""
+        from spafoundation.train.tiles import data_position
+
+        rngs = [rng_state()]
+        if self.world > 1:
+            rngs = [None] * self.world
+            torch.distributed.all_gather_object(rngs, rng_state())
         if self.rank != 0:
             return
+        o = self.cfg["optim"]
         state = {"step": self.step, "objective": self.objective.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "history": self.history, "config": self.cfg}
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": rngs, "world_size": self.world,
+                 "data": data_position(len(self.tiles), o["batch_size"], self.step, self.world),
+                 "history": self.history, "config": self.cfg}
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
         self._write_history()
@@ -205,12 +221,17 @@ class Pretrainer:
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         except Exception as e:
             raise InputError(self.checkpoint_path, "checkpoint", f"unreadable ({e})") from None
-        if state["config"] != self.cfg:
+        if normalise_config(state["config"]) != self.cfg:
             raise InputError(self.checkpoint_path, "config", "the checkpoint was written with another config; "
                              "resume with the run's own config.yaml")
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.history = int(state["step"]), list(state["history"])
+        rngs = state.get("rng") or []
+        if state.get("world_size", 1) == self.world and len(rngs) > self.rank:
+            set_rng_state(rngs[self.rank])
         return True
 
     def _write_history(self) -> None:
@@ -219,19 +240,23 @@ class Pretrainer:
             lines = [",".join(["step", *keys])]
             lines += [",".join([str(h["step"]), *(f"{h.get(k, '')}" for k in keys)]) for h in self.history]
             Path(tmp).write_text("\n".join(lines) + "\n")
+        with atomic_path(self.out / "history.json") as tmp:
+            Path(tmp).write_text(json.dumps(self.history))
 
     # -- training -------------------------------------------------------------------------------------------
     def _batch(self, step: int) -> dict:
+        from spafoundation.models.objectives.vit_tokens import patch_size
         from spafoundation.train import augment
-        from spafoundation.train.tiles import batch_indices
+        from spafoundation.train.tiles import as_tensor, batch_indices
 
         o, enc = self.cfg["optim"], self.encoder
         idx = batch_indices(len(self.tiles), o["batch_size"], step, self.cfg["seed"], self.rank, self.world)
-        tiles = torch.from_numpy(np.ascontiguousarray(self.tiles[np.sort(idx)])).permute(0, 3, 1, 2).float() / 255
+        tiles = as_tensor(self.tiles[np.sort(idx)])
         gen = torch.Generator().manual_seed(_step_seed(self.cfg["seed"], step, self.rank, 0))
         aug = self.cfg["augment"]
         if self.cfg["objective"]["name"] == "ibot":
-            batch = augment.ibot_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std)
+            batch = augment.ibot_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std,
+                                       patch=patch_size(enc.model))
         else:
             batch = augment.mae_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std)
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -240,14 +265,14 @@ class Pretrainer:
         o = self.cfg["optim"]
         batch = self._batch(step)
         torch.manual_seed(_step_seed(self.cfg["seed"], step, self.rank, 1))  # the objective's own draws (masks)
-        lr = lr_at(step, o)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        lr = self.scheduler.step_to(step)
         self.objective.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss, logs = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if hasattr(self.objective, "before_optimizer_step"):
+            self.objective.before_optimizer_step(step)
         if o.get("clip_grad"):
             torch.nn.utils.clip_grad_norm_(self.objective.parameters(), o["clip_grad"])
         self.optimizer.step()
@@ -307,12 +332,12 @@ def pretrain(data_path, out_dir, cfg: dict, *, resume: bool = False, progress: b
     cfg_file = out / "config.yaml"
     if resume and cfg_file.is_file():
         saved = yaml.safe_load(cfg_file.read_text())
-        if saved != cfg:
+        if normalise_config(saved) != normalise_config(cfg):
             raise InputError(cfg_file, "config", "differs from this run's config; resume with the same settings")
     trainer = Pretrainer(cfg, data_path, out, progress=progress)
     if trainer.rank == 0:
         with atomic_path(cfg_file) as tmp:
-            Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
+            Path(tmp).write_text(yaml.safe_dump(trainer.cfg, sort_keys=False))
     if resume and trainer.resume() and progress and trainer.rank == 0:
         print(f"resumed at step {trainer.step}", file=sys.stderr)
     trainer.run()

@@ -1,9 +1,9 @@
 """Self-supervised pre-training objectives, one per file, behind one interface.
 
-``build_objective(name, backbone, cfg)`` returns an ``nn.Module`` whose ``forward(batch) -> (loss, logs)`` takes the
-batch its ``augment`` produced, and whose ``after_step(step, total_steps)`` runs once per optimiser step (the iBOT
-teacher's moving average). ``backbone`` is a timm VisionTransformer; the encoder saved after training is that
-backbone alone.
+``build_objective(name, backbone, cfg)`` returns an ``nn.Module`` with ``backbone`` (the timm VisionTransformer it
+trains; the encoder saved after training is that backbone alone), ``forward(batch) -> (loss, logs)`` on the batch
+its views in ``train.augment`` produced, ``after_step(step, total_steps=None)``, run once after every optimiser
+step (the iBOT teacher's moving average), and an optional ``before_optimizer_step(step)`` that may edit gradients.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ class DINOHead(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, freeze_prototypes: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.normalize(self.mlp(x), dim=-1)
-        protos = self.prototypes.detach() if freeze_prototypes else self.prototypes
-        return z @ F.normalize(protos, dim=-1).t()
+        return z @ F.normalize(self.prototypes, dim=-1).t()

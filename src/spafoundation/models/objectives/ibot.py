@@ -22,7 +22,8 @@ class IBOTObjective(nn.Module):
     def __init__(self, backbone: nn.Module, out_dim: int = 4096, patch_out_dim: int = 4096, hidden_dim: int = 1024,
                  bottleneck_dim: int = 256, student_temp: float = 0.1, teacher_temp: float = 0.07,
                  warmup_teacher_temp: float = 0.04, warmup_teacher_steps: int = 0, center_momentum: float = 0.9,
-                 momentum_teacher: float = 0.996, lambda_patch: float = 1.0, freeze_prototypes_steps: int = 0):
+                 momentum_teacher: float = 0.996, lambda_patch: float = 1.0, freeze_prototypes_steps: int = 0,
+                 total_steps: int = 100_000):
         super().__init__()
         d = backbone.embed_dim
         self.backbone = backbone
@@ -40,6 +41,7 @@ class IBOTObjective(nn.Module):
         self.center_momentum, self.momentum_teacher, self.lambda_patch = center_momentum, momentum_teacher, lambda_patch
         # DINO's stabiliser: the prototypes stay fixed for the first steps, while the rest of the student settles
         self.freeze_prototypes_steps = int(freeze_prototypes_steps)
+        self.total_steps = int(total_steps)  # the teacher momentum's cosine; the trainer passes its own
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # saved with the state: exact resume
 
     # -- networks ----------------------------------------------------------------------------------------------
@@ -74,13 +76,12 @@ class IBOTObjective(nn.Module):
             t_patch = self.teacher["patch_head"](t_tok[:, k:])
             t_cls_p = F.softmax((t_cls - self.center) / t_temp, dim=-1).view(n_glob, b, -1)
             t_patch_p = F.softmax((t_patch - self.patch_center) / t_temp, dim=-1).view(n_glob, b, *t_patch.shape[1:])
-        frozen = int(self.steps_done) < self.freeze_prototypes_steps
         s_tok = self._tokens(self.backbone, globals_.flatten(0, 1), masks.flatten(0, 1), self.masked_embed)
-        s_cls = [self.head(s_tok[:, 0], frozen).view(n_glob, b, -1)]
-        s_patch = self.patch_head(s_tok[:, k:], frozen).view(n_glob, b, *t_patch.shape[1:])
+        s_cls = [self.head(s_tok[:, 0]).view(n_glob, b, -1)]
+        s_patch = self.patch_head(s_tok[:, k:]).view(n_glob, b, *t_patch.shape[1:])
         if locals_ is not None and len(locals_):
             l_tok = self._tokens(self.backbone, locals_.flatten(0, 1))
-            s_cls.append(self.head(l_tok[:, 0], frozen).view(len(locals_), b, -1))
+            s_cls.append(self.head(l_tok[:, 0]).view(len(locals_), b, -1))
         s_cls = torch.cat(s_cls)
         # DINO: every student crop against every teacher global crop of another view
         dino, pairs = 0.0, 0
@@ -112,11 +113,20 @@ class IBOTObjective(nn.Module):
         self.center.mul_(m).add_(cls_mean, alpha=1 - m)
         self.patch_center.mul_(m).add_(patch_mean, alpha=1 - m)
 
+    def before_optimizer_step(self, step: int) -> None:
+        """DINO's stabiliser: the prototypes stay fixed for the first ``freeze_prototypes_steps`` steps (their
+        gradients are dropped after the backward pass, so data-parallel runs still see every parameter used)."""
+        if step < self.freeze_prototypes_steps:
+            self.head.prototypes.grad = None
+            self.patch_head.prototypes.grad = None
+
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        """EMA teacher, momentum rising from ``momentum_teacher`` to 1 on a cosine over training."""
+    def after_step(self, step: int, total_steps: int | None = None) -> None:
+        """EMA teacher, momentum rising from ``momentum_teacher`` to 1 on a cosine over ``total_steps``
+        (default: the ``total_steps`` the objective was built with)."""
+        total = int(total_steps or self.total_steps)
         self.steps_done.fill_(step + 1)
-        mom = 1 - (1 - self.momentum_teacher) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
+        mom = 1 - (1 - self.momentum_teacher) * (math.cos(math.pi * min(step, total) / max(1, total)) + 1) / 2
         for name, student in (("backbone", self.backbone), ("head", self.head), ("patch_head", self.patch_head)):
             for ps, pt in zip(student.parameters(), self.teacher[name].parameters(), strict=True):
                 pt.mul_(mom).add_(ps.detach(), alpha=1 - mom)

@@ -76,5 +76,5 @@ class MAEObjective(nn.Module):
         loss = (per_patch * masked).sum() / masked.sum()
         return loss, {"loss": float(loss.detach())}
 
-    def after_step(self, step: int, total_steps: int) -> None:
+    def after_step(self, step: int, total_steps: int | None = None) -> None:
         """Nothing to update outside the optimiser (no teacher)."""
