@@ -22,14 +22,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# The main job on the default data: fit on C2-C5 with the shipped encoder, predict C6 from its H&E alone, then
-# write the predicted AnnData, observed-vs-predicted maps and metrics under $(DEMO_OUT)/.
+# The main job on the default data: one `spafoundation run` fits expression on C2-C5 with the shipped encoder,
+# predicts C6 from its H&E alone, maps tumour and spatial domains, and writes $(DEMO_OUT)/report.html.
 demo: install
-	$(VENV)/bin/spafoundation info $(DATA)
-	$(VENV)/bin/spafoundation fit-expression $(DATA) --sections C2,C3,C4,C5 --out $(DEMO_OUT)/model \
-		--cache-dir $(DEMO_OUT)/cache
-	$(VENV)/bin/spafoundation predict-expression $(DEMO_OUT)/model $(DATA) --sections C6 \
-		--out $(DEMO_OUT)/C6_predicted.h5ad --cache-dir $(DEMO_OUT)/cache
+	$(VENV)/bin/spafoundation run --data $(DATA) --out $(DEMO_OUT) --sections C2,C3,C4,C5,C6 \
+		--set tumor.label_column=cluster_annotation --set tumor.route=both \
+		--set clusters.reference_column=cluster_annotation
 
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ruff check src tests bench
@@ -43,6 +41,7 @@ lint: install
 bench: install
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/expression.py
+	$(PY) bench/tumor_clustering.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

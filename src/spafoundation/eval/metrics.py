@@ -105,3 +105,28 @@ def average_over_sections(per_section: Sequence[dict]) -> dict:
         out[k] = _nanmean(vals)
     out["n_sections"] = len(per_section)
     return out
+
+
+def classification_metrics(y_true: np.ndarray, score: np.ndarray) -> dict:
+    """ROC AUC and PR AUC (average precision) of a score against binary labels; NaN labels are left out, and
+    both metrics are NaN when a section holds only one class (counted, not averaged)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y_true, score = np.asarray(y_true, dtype=np.float64), np.asarray(score, dtype=np.float64)
+    keep = np.isfinite(y_true) & np.isfinite(score)
+    y, s = y_true[keep].astype(int), score[keep]
+    out = {"n_spots": int(keep.sum()), "n_positive": int(y.sum()), "prevalence": float(y.mean()) if len(y) else np.nan}
+    if len(np.unique(y)) < 2:
+        return {**out, "roc_auc": float("nan"), "pr_auc": float("nan")}
+    return {**out, "roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s))}
+
+
+def clustering_agreement(labels_true, labels_pred) -> dict:
+    """ARI and NMI of a clustering against reference regions (spots with an unknown reference left out)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    t = np.asarray(labels_true).astype(str)
+    p = np.asarray(labels_pred).astype(str)
+    keep = ~np.isin(np.char.lower(t), ["unknown", "undetermined", "nan", "none", ""])
+    return {"ari": float(adjusted_rand_score(t[keep], p[keep])),
+            "nmi": float(normalized_mutual_info_score(t[keep], p[keep])), "n_spots": int(keep.sum())}

@@ -14,6 +14,7 @@ from spafoundation.io.slide import Slide, open_slide
 # A pixel is tissue when it is coloured (stain) or dark; glass is bright and grey.
 SATURATION_MIN = 0.08
 DARK_MAX = 200
+THUMB_SIDE = 2000  # px of the thumbnail tissue is found on
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -25,9 +26,86 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     return ((saturation > SATURATION_MIN) & (hi < 250)) | (hi < DARK_MAX)
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that maximises the between-class variance of ``values`` (Otsu, 1979)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
+def thumbnail_tissue_mask(thumb: np.ndarray, min_object: float = 1e-3) -> np.ndarray:
+    """Tissue on a whole-slide thumbnail: pixels darker than an Otsu threshold of the blurred grey level, capped
+    just below the glass level (the 95th percentile), then small specks removed. Unlike ``tissue_mask`` (a fixed
+    colour rule for patches), this adapts to tinted or uneven glass, which a saturation rule takes for tissue."""
+    from scipy import ndimage
+
+    grey = ndimage.uniform_filter(thumb.astype(np.float32).mean(axis=-1), size=5)
+    glass = float(np.percentile(grey, 95))
+    threshold = min(otsu_threshold(grey), glass - 10.0)
+    mask = ndimage.binary_opening(grey < threshold, iterations=2)
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_object * mask.size
+        small[0] = False
+        mask[small[labels]] = False
+    return mask
+
+
 def tissue_fraction(patches: np.ndarray) -> np.ndarray:
     """Share of tissue pixels per patch, for patches shaped (n, h, w, 3)."""
     return tissue_mask(patches).reshape(len(patches), -1).mean(axis=1)
+
+
+def window_fraction(mask: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: float) -> np.ndarray:
+    """Share of True pixels of ``mask`` in the squares of half-side ``half`` (mask px) around each centre."""
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = mask.shape
+    x0 = np.clip(np.floor(cx - half).astype(int), 0, w)
+    x1 = np.clip(np.ceil(cx + half).astype(int), 0, w)
+    y0 = np.clip(np.floor(cy - half).astype(int), 0, h)
+    y1 = np.clip(np.ceil(cy + half).astype(int), 0, h)
+    area = np.maximum(1, (x1 - x0) * (y1 - y0))
+    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    return inside / area
+
+
+def section_tissue(adata: ad.AnnData) -> tuple[np.ndarray, float, int, int]:
+    """(tissue mask of the thumbnail, thumbnail px per full-resolution px, slide width, slide height)."""
+    with open_section_slide(adata) as slide:
+        thumb, scale = slide.thumbnail(THUMB_SIDE)
+        return thumbnail_tissue_mask(thumb), scale, slide.width, slide.height
+
+
+def tissue_share(adata_or_tissue, xy: np.ndarray, size_um: float, mpp: float | None = None) -> np.ndarray:
+    """Tissue share of the squares of side ``size_um`` centred on ``xy`` (full-resolution px)."""
+    mask, scale, _, _ = section_tissue(adata_or_tissue) if isinstance(adata_or_tissue, ad.AnnData) \
+        else adata_or_tissue
+    mpp = mpp if mpp is not None else microns_per_pixel(adata_or_tissue)
+    half = max(0.5, size_um / mpp * scale / 2)
+    return window_fraction(mask, xy[:, 0] * scale, xy[:, 1] * scale, half)
+
+
+def tissue_grid(adata: ad.AnnData, step_um: float, min_tissue: float = 0.5) -> np.ndarray:
+    """Centres (full-resolution px, x then y) of a square grid of pitch ``step_um`` over the section's tissue: the
+    squares of side ``step_um`` around them are at least ``min_tissue`` tissue on the thumbnail's mask. The
+    grid covers the whole tissue, spots or not (a map over the slide, not only over the capture area); cell
+    (row, col) is centred at ((col + 0.5) * step, (row + 0.5) * step)."""
+    if step_um <= 0:
+        raise InputError(None, "--grid-um", f"must be positive, got {step_um}")
+    tissue = section_tissue(adata)
+    _, _, w, h = tissue
+    mpp = microns_per_pixel(adata)
+    step_px = step_um / mpp
+    xs = np.arange(step_px / 2, w - step_px / 2 + 1e-9, step_px)
+    ys = np.arange(step_px / 2, h - step_px / 2 + 1e-9, step_px)
+    gx, gy = (a.ravel() for a in np.meshgrid(xs, ys))
+    xy = np.stack([gx, gy], axis=1)
+    return xy[tissue_share(tissue, xy, step_um, mpp) >= min_tissue]
 
 
 def open_section_slide(adata: ad.AnnData) -> Slide:

@@ -23,8 +23,9 @@ def _figure(n_rows: int, n_cols: int, panel: float = 3.2):
 
 
 def draw_spots(ax, adata: ad.AnnData, values: np.ndarray, *, title: str = "", cmap: str = "viridis",
-               vmin=None, vmax=None, categorical: bool = False):
-    """Spots of ``adata`` coloured by ``values`` over its hires thumbnail (full-res coordinates scaled down)."""
+               vmin=None, vmax=None, categorical: bool = False, diameter_px: float | None = None):
+    """Spots of ``adata`` coloured by ``values`` over its hires thumbnail (full-res coordinates scaled down).
+    ``diameter_px``: marker size in full-resolution px (default the section's spot diameter; a grid's pitch)."""
     lib = library_id(adata)
     meta = adata.uns.get("spatial", {}).get(lib, {})
     scalef = float(meta.get("scalefactors", {}).get("tissue_hires_scalef", 1.0))
@@ -33,7 +34,7 @@ def draw_spots(ax, adata: ad.AnnData, values: np.ndarray, *, title: str = "", cm
     if hires is not None:
         ax.imshow(hires)
     try:
-        size_px = spot_diameter_fullres(adata) * scalef
+        size_px = (diameter_px or spot_diameter_fullres(adata)) * scalef
     except Exception:  # spot size unknown: a readable default
         size_px = 6.0
     # scatter sizes are in points^2; convert the spot diameter in data pixels after the axes are laid out
@@ -83,6 +84,23 @@ def plot_observed_vs_predicted(section: ad.AnnData, prediction: ad.AnnData, gene
             sc = draw_spots(axes[row, j], adata, vals, title=title, vmin=lo, vmax=hi)
             fig.colorbar(sc, ax=axes[row, j], shrink=0.7)
     fig.suptitle(f"{library_id(section)}: observed vs predicted, log1p normalised expression", fontsize=10)
+    return save_figure(plt, fig, path)
+
+
+def plot_panels(panels: Sequence[dict], path, *, title: str = "", n_cols: int | None = None) -> Path:
+    """Maps side by side, one per dict of ``draw_spots`` arguments (``adata``, ``values``, ``title``, and any of
+    ``categorical``, ``cmap``, ``vmin``, ``vmax``, ``diameter_px``); continuous maps get a colour bar."""
+    n_cols = n_cols or len(panels)
+    n_rows = -(-len(panels) // n_cols)
+    plt, fig, axes = _figure(n_rows, n_cols)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.ravel(), panels, strict=False):
+        sc = draw_spots(ax, **p)
+        if sc is not None:
+            fig.colorbar(sc, ax=ax, shrink=0.7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return save_figure(plt, fig, path)
 
 

@@ -1,0 +1,84 @@
+"""Tumour detection and spatial clustering benchmarks on HER2ST, every contender in the same run.
+
+    .venv/bin/python bench/tumor_clustering.py [--data ../shared/data/her2st] [--out bench_out/tumor_clustering]
+
+Prints the tables and the ratios of the default pipeline to the colour and random-init baselines (tumour ROC AUC)
+and of smoothed to unsmoothed clustering (ARI), all measured in this run; rewrites the `tumor` and `clustering`
+sections of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _markdown import update_section
+from spafoundation.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ratio(a_name: str, a: float, b_name: str, b: float) -> str:
+    return f"- {a_name} / {b_name}: {a:.3f} / {b:.3f} = **{a / b:.2f}x**"
+
+
+def tumor_ratios(rows: pd.DataFrame) -> list[str]:
+    by = rows.groupby("contender", sort=False)["roc_auc"].mean()
+    pipe = next(c for c in by.index if c.startswith("pipeline"))
+    rnd = next(c for c in by.index if c.startswith("random-"))
+    markers = next(c for c in by.index if c.startswith("label-free"))
+    return [ratio(pipe, by[pipe], b, by[b]) for b in ("mean colour + logistic", "colour/texture + logistic", rnd)] + [
+        ratio(markers, by[markers], "mean colour + logistic", by["mean colour + logistic"])]
+
+
+def clustering_ratios(rows: pd.DataFrame) -> list[str]:
+    by = rows.groupby("contender", sort=False)["ari"].mean()
+    pairs = [(c, c.replace(", smoothed", "")) for c in by.index if c.endswith(", smoothed")]
+    pairs = [(a, b if b in by.index else b + " (baseline)") for a, b in pairs]
+    lines = [ratio(a, by[a], b, by[b]) for a, b in pairs if b in by.index and by[b] > 0]
+    base = "k-means on mean colour (baseline)"
+    if base in by.index:
+        best = by.drop(index=[c for c in by.index if "observed" in c]).idxmax()
+        lines.append(ratio(best, by[best], base, by[base]))
+    return lines
+
+
+def run(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "her2st"))
+    ap.add_argument("--out", default=str(ROOT / "bench_out" / "tumor_clustering"))
+    ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    tumor_cli = ["benchmark", "tumor", args.data, "--sections", "C2,C3,C4,C5,C6", "--out", str(out), "--quiet"]
+    cluster_cli = ["benchmark", "clustering", args.data, "--out", str(out), "--quiet"]
+    for cli in (tumor_cli, cluster_cli):
+        code = main(cli)
+        if code:
+            return code
+    here = "`.venv/bin/python bench/tumor_clustering.py`"
+    t_lines = tumor_ratios(pd.read_csv(out / "tumor_per_section.csv"))
+    c_lines = []
+    for part in ("imaged", "pathologist"):
+        f = out / f"clustering_{part}_per_section.csv"
+        if f.exists():
+            c_lines += [f"{part}:", *clustering_ratios(pd.read_csv(f))]
+    print("\nratios (tumour ROC AUC):\n" + "\n".join(t_lines))
+    print("\nratios (clustering ARI):\n" + "\n".join(c_lines))
+    if not args.no_write:
+        t_md = (out / "tumor_benchmark.md").read_text().replace(
+            f"`spafoundation {' '.join(tumor_cli)}`", here)
+        update_section("tumor", "## Tumour detection (leave-one-section-out)\n\n" + t_md +
+                       "\nRatios (same run, mean ROC AUC over sections):\n\n" + "\n".join(t_lines))
+        c_md = (out / "clustering_benchmark.md").read_text().replace(
+            f"`spafoundation {' '.join(cluster_cli)}`", here)
+        update_section("clustering", "## Spatial clustering (ARI / NMI against reference regions)\n\n" + c_md +
+                       "\nRatios (same run, mean ARI over sections):\n\n" + "\n".join(c_lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

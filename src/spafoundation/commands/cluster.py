@@ -1,0 +1,113 @@
+"""``spafoundation cluster DATA --out DIR``: spatial domains from image features, predicted or observed expression.
+
+Spot features are smoothed over each section's neighbour graph (stored as squidpy does), then all sections are
+clustered together (k-means or Leiden); with a reference column, ARI and NMI are reported per section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+
+from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections
+from spafoundation.errors import InputError
+from spafoundation.utils.atomic import atomic_dir
+
+KEY = "spatial_domain"
+
+
+def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: str, reference: str | None) -> None:
+    from spafoundation.report.spatial_maps import plot_panels
+
+    panels = [{"adata": spots, "values": spots.obs[KEY].to_numpy(), "title": "domains, spots", "categorical": True}]
+    if grid is not None:
+        step = grid.uns["grid"]
+        panels.append({"adata": grid, "values": grid.obs[KEY].to_numpy(), "categorical": True,
+                       "diameter_px": step["step_um"] / step["mpp"], "title": f"domains, {step['step_um']:g} um grid"})
+    if reference and reference in spots.obs:
+        panels.append({"adata": spots, "values": spots.obs[reference].astype(str).to_numpy(),
+                       "title": f"reference: {reference}", "categorical": True})
+    plot_panels(panels, path, title=f"{name}: spatial domains")
+
+
+def run(args) -> int:
+    from spafoundation.eval.metrics import clustering_agreement
+    from spafoundation.io.anndata_spec import image_path, microns_per_pixel
+    from spafoundation.io.patches import tissue_grid
+    from spafoundation.io.readers import read_dataset
+    from spafoundation.tasks.clustering import domain_features, spatial_clusters
+    from spafoundation.tasks.expression import ExpressionModel
+    from spafoundation.tasks.spot_features import locations_adata
+
+    out = Path(args.out)
+    wanted = parse_sections(args.sections)
+    data = read_dataset(args.data, wanted, with_images=args.features != "expression")
+    sections = {n: a.copy() for n, a in data.items() if args.features == "expression" or image_path(a)}
+    if not sections:
+        raise InputError(args.data, "image", "no selected section has an H&E image to cluster from")
+    if args.reference_column and not any(args.reference_column in a.obs for a in sections.values()):
+        raise InputError(args.data, f"obs['{args.reference_column}']", "no selected section has this column")
+    grids = {}
+    if args.grid_um:
+        for n, a in sections.items():
+            grids[n] = locations_adata(a, tissue_grid(a, args.grid_um))
+            grids[n].uns["grid"] = {"step_um": args.grid_um, "mpp": microns_per_pixel(a), "section": n}
+    model = ExpressionModel.load(args.expression_model, encoder=args.encoder) if args.expression_model else None
+    feats, grid_feats = domain_features(sections, args.features, encoder=args.encoder, expression_model=model,
+                                        genes=args.genes, locations=grids, cache_dir=cache_dir(args),
+                                        progress=not args.quiet)
+    runs = [{n: sections[n] for n in sections}] if not args.per_section else [{n: sections[n]} for n in sections]
+    for group in runs:
+        spatial_clusters(group, {n: feats[n] for n in group}, method=args.method, n_clusters=args.n_clusters,
+                         resolution=args.resolution, smooth_weight=args.smooth, radius_um=args.radius_um,
+                         seed=args.seed, key=KEY, grids={n: grids[n] for n in group if n in grids} or None,
+                         grid_features=grid_feats)
+    metrics = {}
+    for n, a in sections.items():
+        a.uns["spafoundation_clustering"] = {k: getattr(args, k) for k in (
+            "features", "method", "n_clusters", "resolution", "smooth", "radius_um", "seed", "per_section")}
+        if args.reference_column and args.reference_column in a.obs:
+            metrics[n] = clustering_agreement(a.obs[args.reference_column], a.obs[KEY])
+            print(f"{n}: ARI {metrics[n]['ari']:.3f}, NMI {metrics[n]['nmi']:.3f} against "
+                  f"{args.reference_column} ({metrics[n]['n_spots']} spots)")
+    with atomic_dir(out) as tmp:
+        spots = list(sections.values())
+        (spots[0] if len(spots) == 1 else ad.concat(spots, merge="same", uns_merge="unique")).write_h5ad(
+            tmp / "spots.h5ad")
+        if grids:
+            g = list(grids.values())
+            (g[0] if len(g) == 1 else ad.concat(g, merge="same", uns_merge="unique")).write_h5ad(tmp / "grid.h5ad")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if not args.no_figure:
+            for n, a in sections.items():
+                draw_section(tmp / f"{n}_clusters.png", a, grids.get(n), n, args.reference_column)
+    print(f"wrote {out}: {sum(a.n_obs for a in sections.values())} spots in "
+          f"{len(next(iter(sections.values())).obs[KEY].cat.categories)} domains")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("cluster", help="spatial domains from image features or (predicted) expression")
+    p.add_argument("data", help="dataset folder, manifest or .h5ad")
+    p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, metrics.json, figures)")
+    p.add_argument("--sections", help="comma-separated sections (default: all; image features need an image)")
+    p.add_argument("--features", choices=["image", "expression", "predicted"], default="image",
+                   help="cluster on image features, observed expression, or expression predicted by "
+                        "--expression-model (default image)")
+    p.add_argument("--expression-model", help="model folder from fit-expression (for --features predicted)")
+    p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
+    p.add_argument("--genes", default="hvg:1000", help="genes for --features expression (default hvg:1000)")
+    p.add_argument("--method", choices=["kmeans", "leiden"], default="kmeans")
+    p.add_argument("--n-clusters", type=int, default=7, help="number of domains (Leiden: found by bisection)")
+    p.add_argument("--resolution", type=float, help="Leiden resolution (instead of --n-clusters)")
+    p.add_argument("--smooth", type=float, default=0.5,
+                   help="weight of the neighbours' mean in the smoothed features (0: no smoothing)")
+    p.add_argument("--radius-um", type=float, help="neighbour radius (default 1.5 x the nearest-spot distance)")
+    p.add_argument("--reference-column", help="obs column of reference regions: ARI and NMI per section")
+    p.add_argument("--grid-um", type=float, default=0.0, help="also assign a tissue grid of this pitch to domains")
+    p.add_argument("--per-section", action="store_true", help="cluster each section on its own")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-figure", action="store_true")
+    add_cache_args(p)
+    p.set_defaults(func=run)

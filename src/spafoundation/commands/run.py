@@ -1,0 +1,233 @@
+"""``spafoundation run --data DATA --out DIR``: the whole analysis in one command, then an HTML report.
+
+Each step is one of the subcommands, run with arguments derived from the config (``--dry-run`` prints them as
+command lines a person can rerun): expression (fit on the sections with counts, predict the others), tumour map,
+spatial domains, report. A finished step leaves a marker with its arguments in ``DIR/.steps``; a rerun with the
+same config skips it, so an interrupted run continues from what was complete."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from spafoundation.errors import InputError
+from spafoundation.utils.atomic import atomic_path
+
+DEFAULTS: dict = {
+    "data": None,  # or --data
+    "sections": None,  # all sections of the dataset
+    "encoder": "spafoundation-default",
+    "cache_dir": None,  # default: DIR/cache
+    "expression": {"enabled": True, "model": None, "train_sections": None, "predict_sections": None,
+                   "genes": "hvg:50", "head": "ridge"},
+    "tumor": {"enabled": True, "route": None, "label_column": None, "markers": None, "grid_um": 100.0},
+    "clusters": {"enabled": True, "features": "image", "method": "kmeans", "n_clusters": 6, "smooth": 0.5,
+                 "reference_column": None, "grid_um": 0.0},
+    "report": {"enabled": True, "top_genes": 4},
+}
+
+
+@dataclass
+class Step:
+    name: str
+    title: str
+    argv: list[str]
+    output: Path
+
+    def command(self) -> str:
+        return "spafoundation " + " ".join(shlex.quote(a) for a in self.argv)
+
+
+def _check_keys(cfg: dict, defaults: dict, where: str = "") -> None:
+    for k, v in cfg.items():
+        if k not in defaults:
+            raise InputError(None, "config", f"unknown key {where}{k}")
+        if isinstance(defaults[k], dict):
+            if not isinstance(v, dict):
+                raise InputError(None, "config", f"{where}{k} must be a mapping")
+            _check_keys(v, defaults[k], f"{where}{k}.")
+
+
+def _names(value) -> list[str] | None:
+    if value is None or value == "":
+        return None
+    return [s.strip() for s in (value.split(",") if isinstance(value, str) else value) if str(s).strip()]
+
+
+def expression_split(data: dict, cfg: dict) -> tuple[list[str], list[str]]:
+    """(train, predict) sections: training needs counts and an image; by default the imaged sections without counts
+    are predicted, and when every imaged section has counts the last one is held out, so the run shows how well
+    expression is predicted on a section the model never saw."""
+    from spafoundation.io.anndata_spec import image_path
+
+    imaged = [n for n, a in data.items() if image_path(a)]
+    with_counts = [n for n in imaged if data[n].n_vars > 0]
+    predict = _names(cfg["predict_sections"])
+    train = _names(cfg["train_sections"])
+    for name, group in (("expression.predict_sections", predict), ("expression.train_sections", train)):
+        for s in group or []:
+            if s not in imaged:
+                raise InputError(None, name, f"section {s} is not an imaged section of the dataset")
+    if predict is None:
+        predict = [n for n in imaged if n not in with_counts]
+        if not predict and len(with_counts) >= 2 and not train:
+            predict = [with_counts[-1]]
+    if train is None:
+        train = [n for n in with_counts if n not in predict]
+    bad = [s for s in train if s not in with_counts]
+    if bad:
+        raise InputError(None, "expression.train_sections", f"sections {', '.join(bad)} have no counts")
+    return train, predict
+
+
+def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
+    from spafoundation.io.anndata_spec import image_path
+
+    imaged = [n for n, a in data.items() if image_path(a)]
+    if not imaged:
+        raise InputError(data_path, "image", "no section has an H&E image")
+    cache = str(cfg["cache_dir"] or out / "cache")
+    common = ["--cache-dir", cache]
+    enc = ["--encoder", str(cfg["encoder"])]
+    steps = []
+    e = cfg["expression"]
+    if e["enabled"]:
+        train, predict = expression_split(data, e)
+        model = e["model"]
+        if model is None and train:
+            model = str(out / "expression" / "model")
+            steps.append(Step("fit_expression", "fit expression", [
+                "fit-expression", data_path, "--sections", ",".join(train), "--out", model, "--genes",
+                str(e["genes"]), "--head", str(e["head"]), *enc, *common], Path(model)))
+        if model is not None and predict:
+            pred = out / "expression" / "predicted.h5ad"
+            steps.append(Step("predict_expression", "predict expression", [
+                "predict-expression", model, data_path, "--sections", ",".join(predict), "--out", str(pred),
+                *common], pred))
+    t = cfg["tumor"]
+    if t["enabled"]:
+        argv = ["tumor", data_path, "--sections", ",".join(imaged), "--out", str(out / "tumor"), "--grid-um",
+                str(t["grid_um"] or 0), *enc, *common]
+        for key, flag in (("route", "--route"), ("label_column", "--label-column"), ("markers", "--markers")):
+            if t[key]:
+                argv += [flag, ",".join(t[key]) if isinstance(t[key], list) else str(t[key])]
+        steps.append(Step("tumor", "tumour map", argv, out / "tumor"))
+    c = cfg["clusters"]
+    if c["enabled"]:
+        argv = ["cluster", data_path, "--sections", ",".join(imaged), "--out", str(out / "clusters"), "--features",
+                str(c["features"]), "--method", str(c["method"]), "--n-clusters", str(c["n_clusters"]), "--smooth",
+                str(c["smooth"]), "--grid-um", str(c["grid_um"] or 0), *enc, *common]
+        if c["features"] == "predicted":
+            argv += ["--expression-model", str(out / "expression" / "model")]
+        if c["reference_column"]:
+            argv += ["--reference-column", str(c["reference_column"])]
+        steps.append(Step("clusters", "spatial domains", argv, out / "clusters"))
+    return steps
+
+
+def _marker(out: Path, step: Step) -> Path:
+    return out / ".steps" / f"{step.name}.json"
+
+
+def _is_done(out: Path, step: Step) -> bool:
+    m = _marker(out, step)
+    try:
+        return json.loads(m.read_text())["argv"] == step.argv and step.output.exists()
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _mark_done(out: Path, step: Step, seconds: float) -> None:
+    with atomic_path(_marker(out, step)) as tmp:
+        Path(tmp).write_text(json.dumps({"argv": step.argv, "seconds": round(seconds, 1)}) + "\n")
+
+
+def run(args) -> int:
+    from spafoundation.cli import main as cli_main
+    from spafoundation.io.readers import read_dataset
+    from spafoundation.utils.config import load_yaml_config
+
+    cfg = load_yaml_config(DEFAULTS, args.config, args.set)
+    _check_keys(cfg, DEFAULTS)
+    if args.sections:
+        cfg["sections"] = args.sections
+    if args.data:
+        cfg["data"] = str(args.data)
+    if not cfg["data"]:
+        raise InputError(args.config, "data", "no dataset: give --data or data: in the config")
+    data_path = cfg["data"]
+    out = Path(args.out)
+    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False)  # bad input fails before any write
+    steps = plan(data_path, out, cfg, data)
+    print(f"spafoundation run: {len(data)} sections from {data_path} -> {out}")
+    for i, s in enumerate(steps, 1):
+        print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
+    print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {out / 'report.html'}")
+    if args.dry_run:
+        return 0
+    fresh = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "config.yaml") as tmp:
+        Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    quiet = ["--quiet"] if args.quiet else []
+    summary = []
+    try:
+        for i, s in enumerate(steps, 1):
+            if _is_done(out, s):
+                print(f"[{i}/{len(steps) + 1}] {s.title}: done in an earlier run, skipped")
+                summary.append({"step": s.title, "status": "reused", "seconds": 0.0})
+                continue
+            print(f"[{i}/{len(steps) + 1}] {s.title} ...", flush=True)
+            t0 = time.perf_counter()
+            code = cli_main([*s.argv, *quiet])
+            if code != 0:
+                raise _StepFailed(s, code)
+            dt = time.perf_counter() - t0
+            _mark_done(out, s, dt)
+            summary.append({"step": s.title, "status": "done", "seconds": round(dt, 1)})
+        t0 = time.perf_counter()
+        if cfg["report"]["enabled"]:
+            from spafoundation.report.run_report import build_run_report
+
+            print(f"[{len(steps) + 1}/{len(steps) + 1}] report ...", flush=True)
+            report = build_run_report(out, data_path, data, cfg, summary, top_genes=int(cfg["report"]["top_genes"]))
+            summary.append({"step": "report", "status": "done", "seconds": round(time.perf_counter() - t0, 1)})
+    except _StepFailed as e:
+        if fresh and not any(r["status"] == "done" for r in summary):
+            shutil.rmtree(out, ignore_errors=True)  # nothing finished: leave no half-made folder behind
+        print(f"spafoundation run: step '{e.step.title}' failed (exit {e.code}); rerun to continue from the "
+              "completed steps", file=sys.stderr)
+        return e.code
+    width = max(len(r["step"]) for r in summary)
+    print("\nsummary")
+    for r in summary:
+        print(f"  {r['step']:<{width}}  {r['status']:<6}  {r['seconds']:>7.1f} s")
+    if cfg["report"]["enabled"]:
+        print(f"\nreport: {report.resolve()}")
+    return 0
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: Step, code: int):
+        super().__init__(step.name)
+        self.step, self.code = step, code
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("run", help="the whole analysis (expression, tumour, domains) and an HTML report")
+    p.add_argument("--data", help="dataset folder, manifest or .h5ad (or data: in the config)")
+    p.add_argument("--out", required=True, help="run folder (config.yaml, one folder per step, report.html)")
+    p.add_argument("--config", help="YAML config (defaults: see spafoundation/commands/run.py DEFAULTS)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. expression.genes=hvg:100 (repeatable)")
+    p.add_argument("--sections", help="comma-separated sections (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (as commands) and stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)

@@ -1,0 +1,117 @@
+"""``spafoundation tumor DATA --out DIR``: a tumour probability per spot and over a tissue grid, with heatmaps.
+
+Routes: ``supervised`` (logistic regression on spot features, trained on the spots of a label column) and
+``markers`` (label-free: the predicted expression of tumour marker genes, from an expression model trained on the
+sections with counts). Everything is written into a temporary folder that replaces DIR at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+
+from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections
+from spafoundation.errors import InputError
+from spafoundation.utils.atomic import atomic_dir
+
+SCORES = {"tumor_probability": ("tumour probability", "magma", 0.0, 1.0),
+          "tumor_marker_score": ("marker score (z)", "magma", None, None)}
+
+
+def _routes(args) -> list[str]:
+    if args.route == "both":
+        return ["supervised", "markers"]
+    if args.route:
+        return [args.route]
+    return ["supervised"] if (args.label_column or args.model) else ["markers"]
+
+
+def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: str) -> None:
+    """Scores over the H&E: spots, then the tissue grid, then the labels when known."""
+    from spafoundation.report.spatial_maps import plot_panels
+
+    panels = []
+    for col, (title, cmap, vmin, vmax) in SCORES.items():
+        if col in spots.obs:
+            panels.append({"adata": spots, "values": spots.obs[col].to_numpy(), "title": f"{title}, spots",
+                           "cmap": cmap, "vmin": vmin, "vmax": vmax})
+        if grid is not None and col in grid.obs:
+            step_px = grid.uns["grid"]["step_um"] / grid.uns["grid"]["mpp"]
+            panels.append({"adata": grid, "values": grid.obs[col].to_numpy(), "cmap": cmap, "vmin": vmin,
+                           "vmax": vmax, "diameter_px": step_px,
+                           "title": f"{title}, {grid.uns['grid']['step_um']:g} um grid"})
+    if "tumor_label" in spots.obs:
+        lab = spots.obs["tumor_label"].map({1.0: "tumour", 0.0: "other"}).fillna("unknown").to_numpy()
+        panels.append({"adata": spots, "values": lab, "title": "labels", "categorical": True})
+    plot_panels(panels, path, title=f"{name}: tumour detection")
+
+
+def run(args) -> int:
+    from spafoundation.io.anndata_spec import image_path
+    from spafoundation.io.readers import read_dataset
+    from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, TumorModel, tumor_maps
+
+    out = Path(args.out)
+    data = read_dataset(args.data)
+    wanted = parse_sections(args.sections)
+    missing = [s for s in wanted or [] if s not in data]
+    if missing:
+        raise InputError(args.data, "--sections", f"no section {', '.join(missing)} (have: {', '.join(data)})")
+    imaged = {n: a for n, a in data.items() if image_path(a)}
+    targets = {n: a for n, a in imaged.items() if not wanted or n in wanted}
+    if not targets:
+        raise InputError(args.data, "image", "no selected section has an H&E image to score")
+    train_names = parse_sections(args.train_sections)
+    train = {n: a for n, a in imaged.items() if not train_names or n in train_names}
+    markers = [g.strip() for g in args.markers.split(",") if g.strip()] if args.markers else BREAST_TUMOR_MARKERS
+    model = TumorModel.load(args.model, encoder=args.encoder) if args.model else None
+    res = tumor_maps(targets, train, routes=_routes(args), label_column=args.label_column, positive=args.positive,
+                     markers=markers, model=model, encoder=args.encoder, grid_um=args.grid_um or None,
+                     cache_dir=cache_dir(args), progress=not args.quiet)
+    with atomic_dir(out) as tmp:
+        spots = list(res["spots"].values())
+        merged = spots[0] if len(spots) == 1 else ad.concat(spots, merge="same", uns_merge="unique")
+        merged.write_h5ad(tmp / "spots.h5ad")
+        if res["grid"]:
+            grids = list(res["grid"].values())
+            (grids[0] if len(grids) == 1 else ad.concat(grids, merge="same", uns_merge="unique")).write_h5ad(
+                tmp / "grid.h5ad")
+        if res["model"] is not None and args.model is None:
+            res["model"].save(tmp / "model")
+        if res["marker_model"] is not None:
+            res["marker_model"].save(tmp / "marker_expression_model")
+        (tmp / "metrics.json").write_text(json.dumps(res["metrics"], indent=2) + "\n")
+        if not args.no_figure:
+            for n, a in res["spots"].items():
+                draw_section(tmp / f"{n}_tumor.png", a, res["grid"].get(n), n)
+    for route, per in res["metrics"].items():
+        for n, m in per.items():
+            note = "held out" if m["held_out"] else "in training"
+            print(f"{n} {route}: ROC AUC {m['roc_auc']:.3f}, PR AUC {m['pr_auc']:.3f} "
+                  f"({m['n_positive']}/{m['n_spots']} tumour spots, {note})")
+    n_grid = sum(g.n_obs for g in res["grid"].values())
+    print(f"wrote {out}: {merged.n_obs} spots" + (f", {n_grid} grid tiles" if n_grid else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tumor", help="tumour probability per spot and over the tissue, with heatmaps")
+    p.add_argument("data", help="dataset folder, manifest or .h5ad")
+    p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, metrics.json, figures)")
+    p.add_argument("--sections", help="comma-separated sections to score (default: every imaged section)")
+    p.add_argument("--train-sections", help="sections to train on (default: every imaged section with labels "
+                   "or counts); a scored training section is scored by a model fitted without it")
+    p.add_argument("--route", choices=["supervised", "markers", "both"],
+                   help="default: supervised with --label-column or --model, else markers")
+    p.add_argument("--label-column", help="obs column of the labels (supervised), e.g. label or cluster_annotation")
+    p.add_argument("--positive", default=r"cancer|tumou?r|carcinoma|malignan",
+                   help="regular expression of the tumour labels (case-insensitive)")
+    p.add_argument("--markers", help="comma-separated tumour marker genes (label-free route; default: HER2+ breast "
+                   "cancer markers ERBB2, GRB7, STARD3, PGAP3, KRT8/18/19, EPCAM, CDH1, MUC1, CD24)")
+    p.add_argument("--model", help="a tumour model folder written by an earlier run (DIR/model)")
+    p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
+    p.add_argument("--grid-um", type=float, default=100.0, help="pitch of the tissue grid (0: spots only)")
+    p.add_argument("--no-figure", action="store_true", help="do not draw heatmaps")
+    add_cache_args(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,132 @@
+"""The report of ``spafoundation run``: reads what each step wrote into the run folder and lays it out as one
+self-contained HTML page (report.html). Parts whose step was disabled or wrote nothing are left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from spafoundation.report.html import Block, write_report
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _overview(out: Path, data_path: str, names: list[str]) -> Path:
+    """H&E thumbnails with the spots, coloured by log total counts where counts exist."""
+    from spafoundation.io.readers import read_dataset
+    from spafoundation.report.spatial_maps import plot_panels
+
+    sections = read_dataset(data_path, names)
+    panels = []
+    for n, a in sections.items():
+        total = np.log1p(np.asarray(a.X.sum(axis=1)).ravel()) if a.n_vars else np.zeros(a.n_obs)
+        panels.append({"adata": a, "values": total, "cmap": "viridis",
+                       "title": f"{n}: log total counts" if a.n_vars else f"{n}: spots (no counts)"})
+    return plot_panels(panels, out / "report_files" / "overview.png", n_cols=min(4, len(panels)),
+                       title="sections and spots")
+
+
+def _expression_block(out: Path, top_genes: int) -> Block | None:
+    import anndata as ad
+
+    from spafoundation.report.spatial_maps import plot_panels
+
+    pred_path = out / "expression" / "predicted.h5ad"
+    if not pred_path.is_file():
+        return None
+    b = Block("Expression from H&E")
+    cfg = _read_json(out / "expression" / "model" / "config.json")
+    if cfg:
+        tr = cfg.get("training", {})
+        target = "library-size normalised counts" if (cfg.get("target") or {}).get("target_sum") else "counts"
+        b.paragraphs.append(f"Model trained on {', '.join(tr.get('sections', []))} ({tr.get('n_spots', '?')} "
+                            f"spots), {len(cfg.get('genes', []))} genes, head {cfg.get('head')}, features "
+                            f"{cfg.get('recipe')}, encoder {(cfg.get('encoder') or {}).get('name')}. "
+                            f"Targets: log1p of {target}.")
+    metrics = _read_json(out / "expression" / "predicted.metrics.json") or {}
+    if metrics:
+        b.paragraphs.append("Held-out sections (never seen in training): Pearson r per gene between predicted and "
+                            "measured expression across the spots of the section.")
+        b.tables.append([{"section": n, "mean r": m["mean_r"], "median r": m["median_r"],
+                          "genes significant (BH 5%)": f"{m['n_significant']}/{m['n_genes']}",
+                          "RMSE": m.get("rmse", float("nan"))} for n, m in metrics.items()])
+        for n in metrics:
+            fig = out / "expression" / f"predicted_{n}_maps.png"
+            if fig.is_file():
+                b.figures.append((fig, f"{n}: observed (top) and predicted (bottom) expression of the best-predicted "
+                                       "genes"))
+    pred = ad.read_h5ad(pred_path)
+    for n in sorted(set(pred.obs["section"].astype(str))) if "section" in pred.obs else []:
+        if n in metrics:
+            continue
+        sub = pred[pred.obs["section"].astype(str) == n]
+        sub.uns["spatial"] = {n: pred.uns["spatial"][n]} if n in pred.uns.get("spatial", {}) else sub.uns["spatial"]
+        genes = list(sub.var_names[np.argsort(-np.asarray(sub.X).std(axis=0))[:top_genes]])
+        fig = plot_panels([{"adata": sub, "values": np.asarray(sub[:, g].X).ravel(), "title": f"{g} predicted"}
+                           for g in genes], out / "report_files" / f"{n}_predicted.png",
+                          title=f"{n}: predicted expression (most variable predicted genes; no counts to compare)")
+        b.figures.append((fig, f"{n}: predicted expression"))
+    return b
+
+
+def _task_block(out: Path, folder: str, title: str, text: str, suffix: str, metric_rows) -> Block | None:
+    d = out / folder
+    if not d.is_dir():
+        return None
+    b = Block(title, paragraphs=[text])
+    rows = metric_rows(_read_json(d / "metrics.json") or {})
+    if rows:
+        b.tables.append(rows)
+    b.figures += [(f, f.stem.replace("_", " ")) for f in sorted(d.glob(f"*_{suffix}.png"))]
+    return b
+
+
+def _tumor_rows(metrics: dict) -> list[dict]:
+    return [{"route": route, "section": n, "ROC AUC": m["roc_auc"], "PR AUC": m["pr_auc"],
+             "tumour spots": f"{m['n_positive']}/{m['n_spots']}", "held out": "yes" if m["held_out"] else "no"}
+            for route, per in metrics.items() for n, m in per.items()]
+
+
+def _cluster_rows(metrics: dict) -> list[dict]:
+    return [{"section": n, "ARI": m["ari"], "NMI": m["nmi"], "spots scored": m["n_spots"]} for n, m in metrics.items()]
+
+
+def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: list[dict], *,
+                     top_genes: int = 4) -> Path:
+    from spafoundation.io.anndata_spec import image_path, microns_per_pixel
+
+    out = Path(out)
+    imaged = [n for n, a in data.items() if image_path(a)]
+    ds = Block("Dataset", paragraphs=[f"{len(data)} sections, {len(imaged)} with an H&E image."])
+    ds.tables.append([{"section": n, "spots": a.n_obs, "genes": a.n_vars, "image": "yes" if image_path(a) else "no",
+                       "um/px": microns_per_pixel(a)} for n, a in data.items()])
+    ds.figures.append((_overview(out, data_path, imaged), "H&E of each imaged section with its spots"))
+    blocks = [ds]
+    expr = _expression_block(out, top_genes)
+    if expr:
+        blocks.append(expr)
+    t = cfg.get("tumor", {})
+    route = t.get("route") or ("supervised" if t.get("label_column") else "markers")
+    tumor = _task_block(out, "tumor", "Tumour map",
+                        f"Route: {route}. Supervised: logistic regression on spot features trained on the spots of "
+                        f"obs['{t.get('label_column')}']; label-free: the predicted expression of tumour marker "
+                        "genes (z-scored). A section used in training is scored by a model fitted without it. "
+                        f"Grid: {t.get('grid_um')} um tiles over the whole tissue.", "tumor", _tumor_rows)
+    if tumor:
+        blocks.append(tumor)
+    c = cfg.get("clusters", {})
+    clusters = _task_block(out, "clusters", "Spatial domains",
+                           f"{c.get('method')} on {c.get('features')} features, k = {c.get('n_clusters')}, "
+                           f"smoothing weight {c.get('smooth')} over each section's spot graph; domains shared "
+                           "across sections.", "clusters", _cluster_rows)
+    if clusters:
+        blocks.append(clusters)
+    blocks.append(Block("Run", paragraphs=["Steps, times and the config (config.yaml in the run folder repeats the "
+                                           "run: spafoundation run --config DIR/config.yaml --out DIR)."],
+                        tables=[summary] if summary else []))
+    return write_report(out / "report.html", "spafoundation report", blocks,
+                        subtitle=f"data: {data_path}; encoder: {cfg.get('encoder')}")

@@ -1,0 +1,267 @@
+"""Tumour detection from H&E, two ways.
+
+- Supervised: logistic regression on spot features (any recipe of tasks/spot_features.py), trained on spots with a
+  label column (pathologist labels, or annotations derived from expression clusters); the inverse regularisation
+  C is chosen by cross-validation over training sections on ROC AUC.
+- Label-free: the mean of the z-scored *predicted* expression of tumour marker genes (an expression model fitted
+  on sections with counts; no labels anywhere).
+``tumor_maps`` runs either or both on target sections (spots and a tissue grid), scores in ``obs``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from spafoundation.errors import InputError
+from spafoundation.io.anndata_spec import microns_per_pixel
+from spafoundation.tasks.labels import TUMOR_PATTERN, tumor_labels
+from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
+from spafoundation.utils.atomic import atomic_dir
+
+# HER2+ breast cancer: the HER2 amplicon (ERBB2, GRB7, STARD3, PGAP3) and luminal epithelial genes (keratins,
+# EPCAM, CDH1, MUC1, CD24), which mark tumour epithelium against stroma, immune cells and fat.
+BREAST_TUMOR_MARKERS = ("ERBB2", "GRB7", "STARD3", "PGAP3", "KRT8", "KRT18", "KRT19", "EPCAM", "CDH1", "MUC1",
+                        "CD24")
+CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+FORMAT = "spafoundation-tumor"
+
+
+def _folds(groups: np.ndarray):
+    uniq = np.unique(groups)
+    return [(groups != g, groups == g) for g in uniq] if len(uniq) >= 2 else []
+
+
+class TumorClassifier:
+    """Standard scaling + L2 logistic regression, C by leave-one-section-out ROC AUC on the training sections."""
+
+    def __init__(self, cs: Sequence[float] = CS):
+        self.cs = tuple(float(c) for c in cs)
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> TumorClassifier:
+        from sklearn.metrics import roc_auc_score
+
+        keep = np.isfinite(y)
+        X, y, groups = X[keep], y[keep].astype(int), groups[keep]
+        if len(np.unique(y)) < 2:
+            raise InputError(None, "labels", "training spots hold only one class; tumour detection needs both")
+        scores = np.zeros(len(self.cs))
+        for tr, va in _folds(groups):
+            if len(np.unique(y[tr])) < 2 or len(np.unique(y[va])) < 2:
+                continue
+            sc = StandardScaler().fit(X[tr])
+            for i, c in enumerate(self.cs):
+                clf = LogisticRegression(C=c, max_iter=2000).fit(sc.transform(X[tr]), y[tr])
+                scores[i] += roc_auc_score(y[va], clf.predict_proba(sc.transform(X[va]))[:, 1])
+        self.C = self.cs[int(np.argmax(scores))] if scores.any() else 1.0
+        self.scaler = StandardScaler().fit(X)
+        self.clf = LogisticRegression(C=self.C, max_iter=2000).fit(self.scaler.transform(X), y)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.clf.predict_proba(self.scaler.transform(X))[:, 1].astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"mean": self.scaler.mean_, "scale": self.scaler.scale_, "coef": self.clf.coef_,
+                "intercept": self.clf.intercept_, "C": np.array([self.C])}
+
+    @classmethod
+    def from_state(cls, st: dict[str, np.ndarray]) -> TumorClassifier:
+        m = cls()
+        m.C = float(st["C"][0])
+        m.scaler = StandardScaler()
+        m.scaler.mean_, m.scaler.scale_ = st["mean"], st["scale"]
+        m.scaler.n_features_in_ = len(st["mean"])
+        m.clf = LogisticRegression(C=m.C)
+        m.clf.coef_, m.clf.intercept_, m.clf.classes_ = st["coef"], st["intercept"], np.array([0, 1])
+        m.clf.n_features_in_ = st["coef"].shape[1]
+        return m
+
+
+class TumorModel:
+    """A fitted tumour classifier with its feature recipe and encoder reference (a folder, like expression)."""
+
+    def __init__(self, classifier: TumorClassifier, recipe: dict, encoder=None, training: dict | None = None,
+                 encoder_ref: dict | None = None):
+        self.classifier, self.recipe, self.encoder = classifier, recipe, encoder
+        self.training = dict(training or {})
+        self.encoder_ref = encoder_ref or ({"name": encoder.config.get("source_ref") or encoder.name,
+                                            "identity": encoder.identity} if encoder is not None else None)
+
+    def _encoder(self):
+        if self.encoder is None and self.encoder_ref is not None:
+            from spafoundation.tasks.expression import resolve_encoder
+
+            self.encoder = resolve_encoder(self.encoder_ref["name"])
+        return self.encoder
+
+    def predict(self, adata: ad.AnnData, *, cache_dir=None, progress: bool = False) -> np.ndarray:
+        feats = spot_features(adata, self.recipe, self._encoder(), cache_dir=cache_dir, progress=progress)
+        return self.classifier.predict_proba(feats)
+
+    def save(self, folder) -> Path:
+        folder = Path(folder)
+        cfg = {"format": FORMAT, "version": 1, "recipe": self.recipe, "encoder": self.encoder_ref,
+               "training": self.training}
+        with atomic_dir(folder) as tmp:
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+            np.savez(tmp / "classifier.npz", **self.classifier.state())
+        return folder
+
+    @classmethod
+    def load(cls, folder, encoder=None) -> TumorModel:
+        folder = Path(folder)
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+            with np.load(folder / "classifier.npz") as z:
+                state = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise InputError(folder, "model", f"not a readable tumour model folder ({e})") from None
+        if cfg.get("format") != FORMAT:
+            raise InputError(folder / "config.json", "format", f"expected {FORMAT!r}")
+        from spafoundation.tasks.expression import resolve_encoder
+
+        return cls(TumorClassifier.from_state(state), cfg["recipe"], resolve_encoder(encoder), cfg.get("training"),
+                   cfg.get("encoder"))
+
+
+ROUTES = ("supervised", "markers")
+
+
+def held_out_models(targets: Sequence[str], train: Sequence[str], fit) -> tuple[dict, object]:
+    """A model per target section: fitted without that section when it is a training section (so its scores are
+    out-of-sample), otherwise the model of all training sections. Returns ({target: (model, held_out)}, full)."""
+    train = list(train)
+    full = fit(train)
+    models = {}
+    for t in targets:
+        if t in train and len(train) > 1:
+            models[t] = (fit([n for n in train if n != t]), True)
+        else:
+            models[t] = (full, False)
+    return models, full
+
+
+def _zscore_like(P: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Mean over genes of ``P`` z-scored with the mean and sd of ``ref`` (the section's spots)."""
+    return ((P - ref.mean(0)) / (ref.std(0) + 1e-9)).mean(axis=1).astype(np.float32)
+
+
+def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, routes: Sequence[str],
+               label_column: str | None = None, positive: str = TUMOR_PATTERN,
+               markers: Sequence[str] = BREAST_TUMOR_MARKERS, model: TumorModel | None = None, encoder=None,
+               grid_um: float | None = None, cache_dir=None, progress: bool = False, **feature_options) -> dict:
+    """Tumour scores of every target section's spots (and of a tissue grid of pitch ``grid_um``), by the
+    supervised route (``obs['tumor_probability']``) and/or the label-free one (``obs['tumor_marker_score']``).
+
+    Training sections are those of ``train`` with known labels in ``label_column`` (supervised) or with counts of
+    at least one marker (markers); a target that is also a training section is scored by a model fitted without
+    it. ``model``: a saved ``TumorModel`` replaces the supervised fit (its own recipe and encoder). Returns
+    ``{"spots": {name: AnnData}, "grid": {name: AnnData}, "metrics": {route: {name: {...}}}, "model": TumorModel,
+    "marker_model": ExpressionModel}``.
+    """
+    from spafoundation.eval.genes import TARGET_SUM, expression_matrix
+    from spafoundation.eval.metrics import classification_metrics
+    from spafoundation.io.patches import tissue_grid
+    from spafoundation.tasks.expression import (
+        DEFAULT_ENCODER,
+        DEFAULT_FEATURES,
+        ExpressionModel,
+        resolve_encoder,
+    )
+    from spafoundation.tasks.heads import RidgeHead
+    from spafoundation.tasks.spot_features import locations_adata
+
+    unknown = set(routes) - set(ROUTES)
+    if unknown or not routes:
+        raise InputError(None, "--route", f"unknown route {sorted(unknown)}; choose from {ROUTES}")
+    if model is not None:
+        recipe, enc = model.recipe, model._encoder()
+    else:
+        recipe = make_recipe(**{**DEFAULT_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
+        enc = resolve_encoder(encoder or DEFAULT_ENCODER) if needs_encoder(recipe) else None
+    sections = {**train, **targets}
+    labels = {n: tumor_labels(a, label_column, positive) for n, a in sections.items()
+              if label_column and label_column in a.obs}
+    lab_train = [n for n in train if n in labels and np.isfinite(labels[n]).any()]
+    if "supervised" in routes and model is None and not lab_train:
+        raise InputError(None, f"obs['{label_column}']", "no training section has known labels in this column "
+                         "(name one with --label-column, or use --route markers)")
+    memo: dict[str, tuple[np.ndarray, list[int]]] = {}
+
+    def feats(name: str):
+        if name not in memo:
+            memo[name] = spot_features(sections[name], recipe, enc, cache_dir=cache_dir, progress=progress,
+                                       with_blocks=True)
+        return memo[name]
+
+    spots = {n: a.copy() for n, a in targets.items()}
+    grids = {}
+    if grid_um:
+        for n, a in targets.items():
+            g = locations_adata(a, tissue_grid(a, grid_um))
+            g.uns["grid"] = {"step_um": float(grid_um), "mpp": microns_per_pixel(a), "section": n}
+            grids[n] = g
+    grid_feats = {n: spot_features(g, recipe, enc, cache_dir=cache_dir, progress=progress)
+                  for n, g in grids.items()}
+    metrics: dict[str, dict] = {}
+    out = {"spots": spots, "grid": grids, "metrics": metrics, "model": model, "marker_model": None}
+
+    if "supervised" in routes:
+        if model is None:
+            def fit(names):
+                return TumorClassifier().fit(np.concatenate([feats(n)[0] for n in names]),
+                                             np.concatenate([labels[n] for n in names]),
+                                             np.concatenate([[n] * sections[n].n_obs for n in names]))
+
+            per_target, full = held_out_models(list(targets), lab_train, fit)
+            out["model"] = TumorModel(full, recipe, enc, {"sections": lab_train, "label_column": label_column,
+                                                          "positive": positive, "C": full.C})
+        else:
+            per_target = {n: (model.classifier, False) for n in targets}
+        metrics["supervised"] = {}
+        for n, (clf, held_out) in per_target.items():
+            spots[n].obs["tumor_probability"] = clf.predict_proba(feats(n)[0])
+            if n in grids:
+                grids[n].obs["tumor_probability"] = clf.predict_proba(grid_feats[n])
+            if n in labels:
+                metrics["supervised"][n] = {**classification_metrics(labels[n], spots[n].obs["tumor_probability"]),
+                                            "held_out": held_out}
+
+    if "markers" in routes:
+        count_train = [n for n in train if sections[n].n_vars and any(g in sections[n].var_names for g in markers)]
+        genes = [g for g in markers if count_train and all(g in sections[n].var_names for n in count_train)]
+        if not genes:
+            raise InputError(None, "--markers", f"no training section with counts measures all of a marker gene "
+                             f"among {list(markers)}")
+
+        def fit_ridge(names):
+            return RidgeHead().fit(np.concatenate([feats(n)[0] for n in names]),
+                                   np.concatenate([expression_matrix(sections[n], genes, TARGET_SUM) for n in names]),
+                                   np.concatenate([[n] * sections[n].n_obs for n in names]), feats(names[0])[1])
+
+        per_target, full = held_out_models(list(targets), count_train, fit_ridge)
+        out["marker_model"] = ExpressionModel(genes, full, recipe, enc, target_sum=TARGET_SUM,
+                                              training={"sections": count_train, "markers": genes})
+        metrics["markers"] = {}
+        for n, (head, held_out) in per_target.items():
+            P = head.predict(feats(n)[0])
+            spots[n].obs["tumor_marker_score"] = _zscore_like(P, P)
+            if n in grids:
+                grids[n].obs["tumor_marker_score"] = _zscore_like(head.predict(grid_feats[n]), P)
+            if n in labels:
+                metrics["markers"][n] = {**classification_metrics(labels[n], spots[n].obs["tumor_marker_score"]),
+                                         "held_out": held_out}
+    for n in spots:
+        if n in labels:
+            spots[n].obs["tumor_label"] = labels[n]
+        spots[n].uns["spafoundation_tumor"] = {"routes": list(routes), "recipe": recipe,
+                                               "encoder": enc.identity if enc is not None else None,
+                                               "label_column": label_column, "markers": list(markers)}
+    return out

@@ -1,0 +1,95 @@
+"""`spafoundation run` end to end on two real sections with a tiny encoder: plan, steps, resume, the HTML report
+(opened in headless Chromium when it is installed), and bad configs that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import anndata as ad
+import pytest
+
+from spafoundation.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Injected first in <head>: records script errors and, after load, how many images failed to decode.
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.target.src)), true);
+window.addEventListener('load', () => {
+  const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;
+  document.body.setAttribute('data-probe', JSON.stringify({images: document.images.length, broken,
+                                                           errors: window.__errors}));
+});
+</script>"""
+
+
+def _run_args(root, tiny_folder, out, *extra):
+    return ["run", "--data", str(root), "--sections", "C3,C4", "--out", str(out), "--quiet",
+            "--set", f"encoder={tiny_folder}", "--set", "expression.genes=hvg:6", "--set", "tumor.grid_um=1500",
+            "--set", "tumor.label_column=cluster_annotation", "--set", "tumor.route=both",
+            "--set", "clusters.n_clusters=3", "--set", "clusters.reference_column=cluster_annotation", *extra]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(her2st_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(her2st_root), "--sections", "C2,C3,C4", "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "fit-expression" in text and "--sections C2,C3 " in text  # the last imaged section is held out
+    assert "predict-expression" in text and "--sections C4 " in text
+    assert "spafoundation tumor" in text and "spafoundation cluster" in text and not out.exists()
+
+
+@pytest.mark.parametrize("setting, field", [("nope=1", "nope"), ("tumor.colour=1", "tumor.colour"),
+                                           ("expression.train_sections=[C9]", "C9")])
+def test_bad_config_exits_2_and_leaves_no_folder(her2st_root, tmp_path, capsys, setting, field):
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(her2st_root), "--sections", "C3,C4", "--out", str(out), "--set", setting]) == 2
+    assert field in capsys.readouterr().err and not out.exists()
+
+
+def test_run_end_to_end_then_resume(her2st_root, tiny_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_run_args(her2st_root, tiny_folder, out)) == 0
+    text = capsys.readouterr().out
+    assert "summary" in text and "report:" in text
+    pred = ad.read_h5ad(out / "expression" / "predicted.h5ad")
+    assert pred.n_obs > 100 and pred.n_vars == 6 and set(pred.obs["section"]) == {"C4"}
+    assert json.loads((out / "expression" / "predicted.metrics.json").read_text())["C4"]["n_genes"] == 6
+    assert {"tumor_probability", "tumor_marker_score"} <= set(ad.read_h5ad(out / "tumor" / "spots.h5ad").obs)
+    assert ad.read_h5ad(out / "clusters" / "spots.h5ad").obs["spatial_domain"].nunique() == 3
+    page = (out / "report.html").read_text()
+    for title in ("Dataset", "Expression from H&amp;E", "Tumour map", "Spatial domains", "Run"):
+        assert f">{title}</h2>" in page
+    assert not re.search(r'src="(?!data:)', page)  # self-contained: every image is a data URI
+    assert page.count("<img") >= 6
+
+    # a second run with the same config reuses every step; a step whose output vanished is redone
+    shutil.rmtree(out / "clusters")
+    assert main(_run_args(her2st_root, tiny_folder, out)) == 0
+    text = capsys.readouterr().out
+    assert text.count("done in an earlier run, skipped") == 3 and "spatial domains ..." in text
+    assert (out / "clusters" / "spots.h5ad").exists()
+
+    if CHROMIUM:
+        _check_in_chromium(out / "report.html", tmp_path)
+
+
+def _check_in_chromium(report, tmp_path):
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("<head>", "<head>" + PROBE, 1))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'chrome'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    m = re.search(r"data-probe=\"([^\"]*)\"", dom.stdout)
+    assert m, f"the page did not finish loading: {dom.stderr[-2000:]}"
+    result = json.loads(m.group(1).replace("&quot;", '"'))
+    assert result["images"] >= 6 and result["broken"] == 0 and result["errors"] == []
+    assert "Uncaught" not in dom.stderr and not re.search(r"CONSOLE.*(error|Error)", dom.stderr)
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2400", report.as_uri()],
+                   capture_output=True, text=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
