@@ -42,6 +42,7 @@ bench: install
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/expression.py
 	$(PY) bench/tumor_clustering.py
+	$(PY) bench/superres.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

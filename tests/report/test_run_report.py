@@ -28,7 +28,7 @@ window.addEventListener('load', () => {
 
 def _run_args(root, tiny_folder, out, *extra):
     return ["run", "--data", str(root), "--sections", "C3,C4", "--out", str(out), "--quiet",
-            "--set", f"encoder={tiny_folder}", "--set", "expression.genes=hvg:6", "--set", "tumor.grid_um=1500",
+            "--set", f"encoder={tiny_folder}", "--set", "expression.genes=hvg:6", "--set", "superres.genes=hvg:4", "--set", "tumor.grid_um=1500",
             "--set", "tumor.label_column=cluster_annotation", "--set", "tumor.route=both",
             "--set", "clusters.n_clusters=3", "--set", "clusters.reference_column=cluster_annotation", *extra]
 
@@ -61,16 +61,18 @@ def test_run_end_to_end_then_resume(her2st_root, tiny_folder, tmp_path, capsys):
     assert {"tumor_probability", "tumor_marker_score"} <= set(ad.read_h5ad(out / "tumor" / "spots.h5ad").obs)
     assert ad.read_h5ad(out / "clusters" / "spots.h5ad").obs["spatial_domain"].nunique() == 3
     page = (out / "report.html").read_text()
-    for title in ("Dataset", "Expression from H&amp;E", "Tumour map", "Spatial domains", "Run"):
+    assert ad.read_h5ad(out / "superres" / "C4.h5ad").n_vars == 4
+    for title in ("Dataset", "Expression from H&amp;E", "Super-resolution maps", "Tumour map", "Spatial domains",
+                  "Run"):
         assert f">{title}</h2>" in page
     assert not re.search(r'src="(?!data:)', page)  # self-contained: every image is a data URI
-    assert page.count("<img") >= 6
+    assert page.count("<img") >= 8
 
     # a second run with the same config reuses every step; a step whose output vanished is redone
     shutil.rmtree(out / "clusters")
     assert main(_run_args(her2st_root, tiny_folder, out)) == 0
     text = capsys.readouterr().out
-    assert text.count("done in an earlier run, skipped") == 3 and "spatial domains ..." in text
+    assert text.count("done in an earlier run, skipped") == 4 and "spatial domains ..." in text
     assert (out / "clusters" / "spots.h5ad").exists()
 
     if CHROMIUM:

@@ -54,7 +54,7 @@ def run(args) -> int:
             grids[n] = locations_adata(a, tissue_grid(a, args.grid_um))
             grids[n].uns["grid"] = {"step_um": args.grid_um, "mpp": microns_per_pixel(a), "section": n}
     model = ExpressionModel.load(args.expression_model, encoder=args.encoder) if args.expression_model else None
-    feats, grid_feats = domain_features(sections, args.features, encoder=args.encoder, expression_model=model,
+    feats, grid_feats, blocks = domain_features(sections, args.features, encoder=args.encoder, expression_model=model,
                                         genes=args.genes, locations=grids, cache_dir=cache_dir(args),
                                         progress=not args.quiet)
     runs = [{n: sections[n] for n in sections}] if not args.per_section else [{n: sections[n]} for n in sections]
@@ -62,7 +62,7 @@ def run(args) -> int:
         spatial_clusters(group, {n: feats[n] for n in group}, method=args.method, n_clusters=args.n_clusters,
                          resolution=args.resolution, smooth_weight=args.smooth, radius_um=args.radius_um,
                          seed=args.seed, key=KEY, grids={n: grids[n] for n in group if n in grids} or None,
-                         grid_features=grid_feats)
+                         grid_features=grid_feats, blocks=blocks)
     metrics = {}
     for n, a in sections.items():
         a.uns["spafoundation_clustering"] = {k: getattr(args, k) for k in (

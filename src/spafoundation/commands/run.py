@@ -27,6 +27,7 @@ DEFAULTS: dict = {
     "cache_dir": None,  # default: DIR/cache
     "expression": {"enabled": True, "model": None, "train_sections": None, "predict_sections": None,
                    "genes": "hvg:50", "head": "ridge"},
+    "superres": {"enabled": True, "step_um": None, "genes": "hvg:50"},
     "tumor": {"enabled": True, "route": None, "label_column": None, "markers": None, "grid_um": 100.0},
     "clusters": {"enabled": True, "features": "image", "method": "kmeans", "n_clusters": 6, "smooth": 0.5,
                  "reference_column": None, "grid_um": 0.0},
@@ -111,6 +112,15 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
             steps.append(Step("predict_expression", "predict expression", [
                 "predict-expression", model, data_path, "--sections", ",".join(predict), "--out", str(pred),
                 *common], pred))
+    r = cfg["superres"]
+    if r["enabled"]:
+        train = expression_split(data, e)[0] if e["enabled"] else [n for n in imaged if data[n].n_vars > 0]
+        if train:
+            argv = ["superres", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(train),
+                    "--out", str(out / "superres"), "--genes", str(r["genes"]), *enc]
+            if r["step_um"]:
+                argv += ["--step-um", str(r["step_um"])]
+            steps.append(Step("superres", "super-resolution maps", argv, out / "superres"))
     t = cfg["tumor"]
     if t["enabled"]:
         argv = ["tumor", data_path, "--sections", ",".join(imaged), "--out", str(out / "tumor"), "--grid-um",

@@ -95,10 +95,11 @@ def run_clustering_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
         conn = spatial_graph(a)
         k = _n_regions(a.obs[reference])
         for c in contenders:
+            blocks = None
             if c.features == "expression":
                 F = expr[n]
             elif c.features == "image":
-                F = store.get(c.image, n)[0]
+                F, blocks = store.get(c.image, n)
             else:  # predicted: a ridge fitted on the other sections' counts, applied to this section's image
                 train = [m for m in scored if m != n]
                 genes = select_genes([scored[m] for m in train], PREDICTED_GENES, TARGET_SUM,
@@ -110,7 +111,7 @@ def run_clustering_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
                                        store.get(c.image, n)[1])
                 F = head.predict(store.get(c.image, n)[0])
             labels = cluster_features(smooth(np.asarray(F, dtype=np.float64), conn, c.smooth), method=c.method,
-                                      n_clusters=k, seed=seed)
+                                      n_clusters=k, seed=seed, blocks=blocks)
             rows.append({"contender": c.name, "test": n, "k": k, "n_found": len(np.unique(labels)),
                          **clustering_agreement(a.obs[reference], labels)})
     return pd.DataFrame(rows)

@@ -109,6 +109,13 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     expr = _expression_block(out, top_genes)
     if expr:
         blocks.append(expr)
+    sr = _task_block(out, "superres", "Super-resolution maps",
+                     "Expression on superpixels of the encoder's patch tokens over the whole tissue (X in "
+                     "superres/<section>.h5ad, arrays in <section>_maps.npz). Sections with counts are anchored "
+                     "to their spots (image prediction plus interpolated spot residuals); the others come from "
+                     "the image alone.", "superres", lambda _: [])
+    if sr:
+        blocks.append(sr)
     t = cfg.get("tumor", {})
     route = t.get("route") or ("supervised" if t.get("label_column") else "markers")
     tumor = _task_block(out, "tumor", "Tumour map",

@@ -53,13 +53,17 @@ def smooth(features: np.ndarray, conn: sp.spmatrix, weight: float = 0.5) -> np.n
 
 
 class Reducer:
-    """Standard scaling then PCA to ``n_pcs``, fitted once and applied to other locations (a tissue grid)."""
+    """Standard scaling then PCA to ``n_pcs``, fitted once and applied to other locations (a tissue grid).
+    ``blocks`` (widths of concatenated feature blocks): each block is divided by sqrt(width) after scaling, so a
+    192-d embedding and 40 colour statistics weigh the same in the distances (as in the ridge head)."""
 
-    def __init__(self, n_pcs: int = N_PCS, seed: int = 0):
-        self.n_pcs, self.seed = n_pcs, seed
+    def __init__(self, n_pcs: int = N_PCS, seed: int = 0, blocks: list[int] | None = None):
+        self.n_pcs, self.seed, self.blocks = n_pcs, seed, blocks
 
     def fit_transform(self, features: np.ndarray) -> np.ndarray:
         self.scaler = StandardScaler().fit(features)
+        if self.blocks:
+            self.scaler.scale_ = self.scaler.scale_ * np.repeat(np.sqrt(self.blocks), self.blocks)
         Z = self.scaler.transform(features)
         k = min(self.n_pcs, Z.shape[1], max(1, Z.shape[0] - 1))
         self.pca = PCA(n_components=k, random_state=self.seed).fit(Z) if k < Z.shape[1] else None
@@ -105,19 +109,20 @@ def _cluster(Z: np.ndarray, method: str, n_clusters: int | None, resolution: flo
 
 
 def cluster_features(features: np.ndarray, *, method: str = "kmeans", n_clusters: int | None = 7,
-                     resolution: float | None = None, seed: int = 0) -> np.ndarray:
+                     resolution: float | None = None, seed: int = 0, blocks: list[int] | None = None) -> np.ndarray:
     """Cluster ids (0..k-1) of feature rows after scaling and PCA. k-means with ``n_clusters``; Leiden at
     ``resolution`` or, given ``n_clusters``, at the resolution (by bisection) that gives that many clusters."""
     if len(features) < 2:
         raise InputError(None, "spots", "clustering needs at least two spots")
-    return _cluster(Reducer(seed=seed).fit_transform(features), method, n_clusters, resolution, seed)
+    return _cluster(Reducer(seed=seed, blocks=blocks).fit_transform(features), method, n_clusters, resolution, seed)
 
 
 def spatial_clusters(sections: dict[str, ad.AnnData], features: dict[str, np.ndarray], *, method: str = "kmeans",
                      n_clusters: int | None = 7, resolution: float | None = None, smooth_weight: float = 0.5,
                      radius_um: float | None = None, seed: int = 0, key: str = "spatial_domain",
                      grids: dict[str, ad.AnnData] | None = None,
-                     grid_features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                     grid_features: dict[str, np.ndarray] | None = None,
+                     blocks: list[int] | None = None) -> dict[str, np.ndarray]:
     """Domains shared by all ``sections``: each section's features are smoothed over its own spot graph, then
     all spots are clustered together, so a domain means the same thing in every section. Writes ``obs[key]``
     (categorical) and the neighbour graph (``obsp``) of every section. ``grids``: other locations (a tissue grid),
@@ -130,7 +135,7 @@ def spatial_clusters(sections: dict[str, ad.AnnData], features: dict[str, np.nda
     stacked = np.concatenate(smoothed)
     if len(stacked) < 2:
         raise InputError(None, "spots", "clustering needs at least two spots")
-    reducer = Reducer(seed=seed)
+    reducer = Reducer(seed=seed, blocks=blocks)
     Z = reducer.fit_transform(stacked)
     labels = _cluster(Z, method, n_clusters, resolution, seed)
     order = np.unique(labels)
@@ -159,8 +164,9 @@ EXPRESSION_GENES = "hvg:1000"
 
 def domain_features(sections: dict[str, ad.AnnData], kind: str, *, encoder=None, expression_model=None,
                     genes: str | list = EXPRESSION_GENES, locations: dict[str, ad.AnnData] | None = None,
-                    cache_dir=None, progress: bool = False) -> tuple[dict, dict]:
-    """Features per section to cluster on, and the same for ``locations`` (a grid; image and predicted only).
+                    cache_dir=None, progress: bool = False) -> tuple[dict, dict, list[int] | None]:
+    """Features per section to cluster on, the same for ``locations`` (a grid; image and predicted only), and the
+    widths of the feature blocks (image features; None otherwise).
 
     ``image``: encoder + colour/texture of the spot patch and of a twice-wider one; ``expression``: observed
     log-normalised counts of highly variable genes (chosen over all sections); ``predicted``: the expression a
@@ -176,21 +182,25 @@ def domain_features(sections: dict[str, ad.AnnData], kind: str, *, encoder=None,
         if locations:
             raise InputError(None, "--grid-um", "observed expression exists only at the spots")
         gene_list = select_genes(list(sections.values()), genes, TARGET_SUM)
-        return {n: expression_matrix(a, gene_list, TARGET_SUM) for n, a in sections.items()}, {}
+        return {n: expression_matrix(a, gene_list, TARGET_SUM) for n, a in sections.items()}, {}, None
     if kind == "predicted":
         if expression_model is None:
             raise InputError(None, "--expression-model", "clustering on predicted expression needs a fitted model")
 
         def f(a):
             return np.asarray(expression_model.predict(a, cache_dir=cache_dir, progress=progress).X)
-    elif kind == "image":
+
+        return {n: f(a) for n, a in sections.items()}, {n: f(a) for n, a in locations.items()}, None
+    if kind == "image":
         from spafoundation.tasks.expression import DEFAULT_ENCODER, resolve_encoder
         from spafoundation.tasks.spot_features import spot_features
 
         enc = resolve_encoder(encoder or DEFAULT_ENCODER)
 
         def f(a):
-            return spot_features(a, IMAGE_RECIPE, enc, cache_dir=cache_dir, progress=progress)
-    else:
-        raise InputError(None, "--features", f"unknown features {kind!r}; choose from {FEATURE_KINDS}")
-    return {n: f(a) for n, a in sections.items()}, {n: f(a) for n, a in locations.items()}
+            return spot_features(a, IMAGE_RECIPE, enc, cache_dir=cache_dir, progress=progress, with_blocks=True)
+
+        spots = {n: f(a) for n, a in sections.items()}
+        grid = {n: f(a)[0] for n, a in locations.items()}
+        return {n: v[0] for n, v in spots.items()}, grid, next(iter(spots.values()))[1]
+    raise InputError(None, "--features", f"unknown features {kind!r}; choose from {FEATURE_KINDS}")

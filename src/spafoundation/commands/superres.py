@@ -1,0 +1,106 @@
+"""``spafoundation superres DATA --out DIR``: expression on a superpixel grid (16 um by default) over the tissue.
+
+Trains on the selected sections with counts (or loads ``--model``), then maps every selected imaged section:
+``DIR/<section>.h5ad`` (superpixels x genes), ``DIR/<section>_maps.npz`` (genes x rows x cols, NaN off tissue),
+``DIR/<section>_superres.png`` and the model in ``DIR/model``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spafoundation.commands._common import parse_sections
+from spafoundation.errors import InputError
+from spafoundation.utils.atomic import atomic_dir
+
+
+def draw(path: Path, spa, genes: list[str], name: str) -> None:
+    from spafoundation.report.spatial_maps import plot_panels
+
+    d = spa.uns["superres"]["step_um"] / next(iter(spa.uns["spatial"].values()))["scalefactors"]["microns_per_pixel"]
+    panels = []
+    for g in genes:
+        v = np.asarray(spa[:, g].X).ravel()
+        lo, hi = np.percentile(v, [1, 99])
+        panels.append({"adata": spa, "values": v, "title": f"{g}, {spa.uns['superres']['step_um']:g} um",
+                       "vmin": lo, "vmax": hi, "diameter_px": d})
+    plot_panels(panels, path, title=f"{name}: super-resolution expression (log1p normalised)")
+
+
+def run(args) -> int:
+    from spafoundation.io.anndata_spec import image_path
+    from spafoundation.io.readers import read_dataset
+    from spafoundation.tasks.superres import (
+        SuperresModel,
+        fit_superres,
+        grid_images,
+        superpixels,
+        superres_adata,
+    )
+
+    out = Path(args.out)
+    data = read_dataset(args.data, parse_sections(args.sections))
+    imaged = {n: a for n, a in data.items() if image_path(a)}
+    if not imaged:
+        raise InputError(args.data, "image", "no selected section has an H&E image")
+    train_names = parse_sections(args.train_sections)
+    for s in train_names or []:
+        if s not in imaged or imaged[s].n_vars == 0:
+            raise InputError(args.data, "--train-sections", f"section {s} is not a selected imaged section with counts")
+    if args.model:
+        model = SuperresModel.load(args.model, encoder=args.encoder)
+        cached = {}
+    else:
+        train = {n: a for n, a in imaged.items() if a.n_vars > 0 and (not train_names or n in train_names)}
+        if not train:
+            raise InputError(args.data, "counts", "no selected imaged section has counts to train on; give --model")
+        t0 = time.perf_counter()
+        from spafoundation.tasks.expression import resolve_encoder
+
+        enc = resolve_encoder(args.encoder or "spafoundation-default")
+        cached = {n: superpixels(a, enc, step_um=args.step_um, progress=not args.quiet) for n, a in train.items()}
+        model = fit_superres(train, enc, genes=args.genes, step_um=args.step_um, cached=cached)
+        print(f"fitted on {', '.join(train)} ({model.training['n_spots']} spots, {len(model.genes)} genes) in "
+              f"{time.perf_counter() - t0:.0f} s")
+    with atomic_dir(out) as tmp:
+        if not args.model:
+            model.save(tmp / "model")
+        for n, a in imaged.items():
+            t0 = time.perf_counter()
+            sp = cached.get(n) or superpixels(a, model.encoder, step_um=model.step_um, progress=not args.quiet)
+            spa = superres_adata(a, sp, model.predict(sp), model, image_weight=args.image_weight)
+            spa.write_h5ad(tmp / f"{n}.h5ad")
+            np.savez_compressed(tmp / f"{n}_maps.npz", maps=grid_images(spa), genes=np.array(model.genes),
+                                step_um=spa.uns["superres"]["step_um"])
+            if not args.no_figure:
+                genes = args.genes_to_draw.split(",") if args.genes_to_draw else model.genes[:4]
+                draw(tmp / f"{n}_superres.png", spa, [g for g in genes if g in model.genes], n)
+            extra = ""
+            if "counts" in spa.layers:
+                extra = "; spot counts redistributed over their superpixels (layers['counts'])"
+            print(f"{n}: {spa.n_obs} superpixels of {spa.uns['superres']['step_um']:g} um x {spa.n_vars} genes in "
+                  f"{time.perf_counter() - t0:.0f} s{extra}")
+    print(f"wrote {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("superres", help="expression maps on a superpixel grid much finer than the spots")
+    p.add_argument("data", help="dataset folder, manifest or .h5ad")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--sections", help="comma-separated sections to map (default: every imaged section)")
+    p.add_argument("--train-sections", help="sections with counts to train on (default: every selected one)")
+    p.add_argument("--model", help="a model folder from an earlier superres run (DIR/model)")
+    p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
+    p.add_argument("--genes", default="hvg:50", help="hvg:K, mean:K or a gene-list file (default hvg:50)")
+    p.add_argument("--step-um", type=float, help="superpixel pitch: one encoder token (16 um by default) divided "
+                   "by a whole number, e.g. 8")
+    p.add_argument("--image-weight", type=float, default=1.0,
+                   help="inside measured spots, how much of the image's pattern to keep around the measurement "
+                        "(0: flat at the measurement, 1: the full image pattern; default 1)")
+    p.add_argument("--genes-to-draw", help="comma-separated genes for the figure (default: the first 4)")
+    p.add_argument("--no-figure", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)

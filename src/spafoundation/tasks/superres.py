@@ -1,0 +1,327 @@
+"""Super-resolution expression maps: expression on a regular grid of superpixels far finer than the spots.
+
+Superpixels are the encoder's patch tokens: the tissue is tiled with the encoder's field of view (112 um for the
+registered encoders) and one forward pass gives a grid of tokens (7 x 7 of 16 um for a /16 ViT at 112 px);
+``step_um`` finer than a token upsamples the token map bilinearly (8 um = 2x). Each superpixel's features are
+its token, its tile's class embedding (112 um of context) and its own mean colour.
+
+Training follows iStar's forward-sum idea with a linear head: a spot's measured expression is modelled as the
+mean of its superpixels' expression, and since the ridge head is affine, the mean of the superpixel predictions
+equals the head applied to the mean superpixel features. So the head is fitted on spot-averaged superpixel
+features, then applied to every superpixel: the predictions of the superpixels inside a spot average exactly to
+that spot's prediction (no post-hoc rescaling), and the map needs one ridge fit, not a network per gene.
+
+Where a section has counts, the map is anchored to them (regression kriging): each spot's residual (measured
+minus the mean prediction of its superpixels) is interpolated over the tissue by inverse-distance weighting and
+added, so the image supplies the pattern and the measurements the level; the image-only map stays in
+``layers['image_only']``. ``layers['counts']`` redistributes each spot's measured counts over its superpixels in
+proportion to the anchored (expm1) expression, so the superpixels of a spot sum to its counts (relative
+tolerance 1e-4, float32). Sections without counts get the image-only map.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+
+from spafoundation.errors import InputError
+from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
+from spafoundation.io.anndata_spec import library_id, microns_per_pixel, spot_diameter_fullres
+from spafoundation.io.patches import (
+    extract_patches,
+    open_section_slide,
+    section_tissue,
+    tissue_grid,
+    tissue_share,
+)
+from spafoundation.utils.atomic import atomic_dir
+
+FORMAT = "spafoundation-superres"
+MIN_TISSUE = 0.25  # superpixels with less tissue than this are left out of the map
+TILE_MIN_TISSUE = 0.05
+
+
+@dataclass
+class Superpixels:
+    """Superpixels of one section: centres (full-resolution px), grid indices, features, tissue share."""
+
+    xy: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    features: np.ndarray
+    tissue: np.ndarray
+    step_um: float
+    blocks: list[int]
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+
+def token_grid(encoder) -> int:
+    from spafoundation.models.objectives.vit_tokens import patch_size
+
+    return encoder.input_size // patch_size(encoder.model)
+
+
+def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min_tissue: float = MIN_TISSUE,
+                batch_size: int = 32, progress: bool = False) -> Superpixels:
+    """Superpixels over the tissue of ``adata``'s image at ``step_um`` (default: one per encoder token)."""
+    g = token_grid(encoder)
+    tile_um = encoder.patch_um
+    token_um = tile_um / g
+    up = 1 if not step_um else round(token_um / float(step_um))
+    if up < 1 or abs(token_um / up - float(step_um or token_um)) > 1e-6 * token_um:
+        raise InputError(None, "--step-um", f"must be {token_um:g} um (one encoder token) divided by a whole "
+                         f"number, e.g. {token_um:g} or {token_um / 2:g}")
+    n = g * up  # superpixels per tile side
+    mpp = microns_per_pixel(adata)
+    tile_px = tile_um / mpp
+    tissue_map = section_tissue(adata)
+    centres = tissue_grid(adata, tile_um, min_tissue=TILE_MIN_TISSUE)
+    if len(centres) == 0:
+        raise InputError(None, "image", f"section {library_id(adata)}: no tissue found for super-resolution")
+    feats, xy, grid_rc = [], [], []
+    offsets = ((np.arange(n) + 0.5) / n - 0.5) * tile_px
+    tile_col = np.round((centres[:, 0] - tile_px / 2) / tile_px).astype(int)
+    tile_row = np.round((centres[:, 1] - tile_px / 2) / tile_px).astype(int)
+    encoder.eval()
+    it = range(0, len(centres), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"{library_id(adata)}: superpixels", unit="batch")
+    with open_section_slide(adata) as slide, torch.inference_mode():
+        for start in it:
+            xy_b = centres[start:start + batch_size]
+            patches = extract_patches(adata, tile_um, encoder.input_size, xy=xy_b, slide=slide)
+            x = encoder.preprocess(patches)
+            feats_all = encoder._features(x)  # one pass: tokens and class embedding together
+            tok = feats_all[:, encoder.num_prefix_tokens:]
+            cls = feats_all[:, 0] if encoder.num_prefix_tokens else tok.mean(dim=1)
+            tok = tok.transpose(1, 2).reshape(len(x), -1, g, g)
+            if up > 1:
+                tok = F.interpolate(tok, size=(n, n), mode="bilinear", align_corners=False)
+            img = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255
+            colour = F.adaptive_avg_pool2d(img, n)
+            tok = tok.permute(0, 2, 3, 1).reshape(len(x), n * n, -1).cpu().numpy()
+            colour = colour.permute(0, 2, 3, 1).reshape(len(x), n * n, 3).numpy()
+            cls = cls.cpu().numpy()
+            for b in range(len(x)):
+                f = np.concatenate([tok[b], np.repeat(cls[b][None], n * n, 0), colour[b]], axis=1)
+                feats.append(f)
+                ox, oy = np.meshgrid(offsets, offsets)
+                xy.append(np.stack([xy_b[b, 0] + ox.ravel(), xy_b[b, 1] + oy.ravel()], 1))
+                rr, cc = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+                gi = start + b
+                grid_rc.append(np.stack([tile_row[gi] * n + rr.ravel(), tile_col[gi] * n + cc.ravel()], 1))
+    feats, xy, grid_rc = (np.concatenate(v) for v in (feats, xy, grid_rc))
+    tissue = tissue_share(tissue_map, xy, token_um / up, mpp)
+    keep = tissue >= min_tissue
+    d = feats.shape[1] - 3
+    return Superpixels(xy=xy[keep], row=grid_rc[keep, 0], col=grid_rc[keep, 1], features=feats[keep].astype(np.float32),
+                       tissue=tissue[keep], step_um=token_um / up, blocks=[d // 2, d // 2, 3])
+
+
+def spot_members(sp_xy: np.ndarray, spot_xy: np.ndarray, radius_px: float) -> np.ndarray:
+    """For each superpixel, the index of the spot whose disc holds its centre (nearest spot), or -1."""
+    if len(spot_xy) == 0:
+        return np.full(len(sp_xy), -1)
+    d, idx = cKDTree(spot_xy).query(sp_xy)
+    return np.where(d <= radius_px, idx, -1)
+
+
+def footprint_means(features: np.ndarray, members: np.ndarray, n_spots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean superpixel feature of each spot's footprint and the number of its superpixels."""
+    inside = members >= 0
+    counts = np.bincount(members[inside], minlength=n_spots)
+    sums = np.zeros((n_spots, features.shape[1]), dtype=np.float64)
+    np.add.at(sums, members[inside], features[inside])
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32), counts
+
+
+def redistribute(pred_log: np.ndarray, members: np.ndarray, spot_counts: np.ndarray) -> np.ndarray:
+    """Counts per superpixel: each spot's counts shared among its superpixels in proportion to expm1(prediction);
+    NaN outside spots. Superpixels of a spot sum to its counts."""
+    w = np.clip(np.expm1(pred_log.astype(np.float64)), 0, None) + 1e-6
+    out = np.full(pred_log.shape, np.nan, dtype=np.float64)
+    inside = members >= 0
+    totals = np.zeros((len(spot_counts), pred_log.shape[1]))
+    np.add.at(totals, members[inside], w[inside])
+    out[inside] = w[inside] / totals[members[inside]] * spot_counts[members[inside]]
+    return out.astype(np.float32)
+
+
+def spot_radius_px(adata: ad.AnnData) -> float:
+    return spot_diameter_fullres(adata) / 2
+
+
+class SuperresModel:
+    """A ridge head from superpixel features to log-normalised expression, with its encoder reference."""
+
+    def __init__(self, genes: Sequence[str], head, encoder=None, *, step_um: float | None = None,
+                 target_sum: float | None = TARGET_SUM, training: dict | None = None, encoder_ref: dict | None = None):
+        from spafoundation.tasks.expression import _encoder_reference
+
+        self.genes, self.head, self.encoder = list(genes), head, encoder
+        self.step_um, self.target_sum, self.training = step_um, target_sum, dict(training or {})
+        self.encoder_ref = encoder_ref or (_encoder_reference(encoder) if encoder is not None else None)
+
+    def predict(self, sp: Superpixels) -> np.ndarray:
+        return self.head.predict(sp.features)
+
+    def save(self, folder) -> Path:
+        cfg = {"format": FORMAT, "version": 1, "genes": self.genes, "step_um": self.step_um,
+               "target": {"normalize": "log1p", "target_sum": self.target_sum}, "encoder": self.encoder_ref,
+               "head_params": self.head.hp, "training": self.training}
+        with atomic_dir(folder) as tmp:
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+            np.savez(tmp / "head.npz", **self.head.state())
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder, encoder=None) -> SuperresModel:
+        from spafoundation.tasks.expression import resolve_encoder
+        from spafoundation.tasks.heads import RidgeHead
+
+        folder = Path(folder)
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+            with np.load(folder / "head.npz") as z:
+                state = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise InputError(folder, "model", f"not a readable super-resolution model folder ({e})") from None
+        if cfg.get("format") != FORMAT:
+            raise InputError(folder / "config.json", "format", f"expected {FORMAT!r}")
+        enc = resolve_encoder(encoder or cfg["encoder"]["name"])
+        return cls(cfg["genes"], RidgeHead.from_state(state, cfg["head_params"]), enc, step_um=cfg["step_um"],
+                   target_sum=cfg["target"]["target_sum"], training=cfg["training"], encoder_ref=cfg["encoder"])
+
+
+def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes="hvg:50", step_um: float | None = None,
+                 target_sum: float | None = TARGET_SUM, footprints: dict | None = None,
+                 cached: dict[str, Superpixels] | None = None, progress: bool = False) -> SuperresModel:
+    """Fit on sections with counts: the ridge head maps each spot's mean superpixel features to its expression.
+
+    ``footprints``: {section: (members, targets)} replaces the spots (``members`` gives each superpixel's row of
+    ``targets`` or -1; the benchmark's coarse pseudo-spots); ``genes`` must then be a list. ``cached``: superpixels
+    already computed, by section."""
+    from spafoundation.tasks.expression import resolve_encoder
+    from spafoundation.tasks.heads import RidgeHead
+
+    enc = resolve_encoder(encoder)
+    gene_list = list(genes) if isinstance(genes, (list, tuple)) else select_genes(list(train.values()), genes,
+                                                                                 target_sum)
+    X, Y, groups, blocks = [], [], [], None
+    for n, a in train.items():
+        sp = (cached or {}).get(n) or superpixels(a, enc, step_um=step_um, progress=progress)
+        if footprints and n in footprints:
+            members, targets = footprints[n]
+        else:
+            if a.n_vars == 0:
+                raise InputError(None, f"section {n}", "has no counts to train super-resolution on")
+            members = spot_members(sp.xy, np.asarray(a.obsm["spatial"], float), spot_radius_px(a))
+            targets = expression_matrix(a, gene_list, target_sum)
+        means, k = footprint_means(sp.features, members, len(targets))
+        ok = k > 0
+        X.append(means[ok])
+        Y.append(targets[ok])
+        groups += [n] * int(ok.sum())
+        blocks = sp.blocks
+    head = RidgeHead().fit(np.concatenate(X), np.concatenate(Y), np.asarray(groups), blocks)
+    training = {"sections": list(train), "n_spots": len(groups), "alpha": head.alpha}
+    return SuperresModel(gene_list, head, enc, step_um=step_um, target_sum=target_sum, training=training)
+
+
+def idw(src_xy: np.ndarray, values: np.ndarray, dst_xy: np.ndarray, k: int = 4, power: float = 2.0,
+        src_colour: np.ndarray | None = None, dst_colour: np.ndarray | None = None) -> np.ndarray:
+    """Inverse-distance weighting of ``values`` at ``src_xy`` onto ``dst_xy`` over the ``k`` nearest sources.
+    With colours (TESLA's idea), each weight is also multiplied by exp(-|colour difference|^2 / 2 sigma^2),
+    sigma the median colour difference, so expression does not bleed across a tissue boundary."""
+    k = min(k, len(src_xy))
+    d, idx = cKDTree(src_xy).query(dst_xy, k=k)
+    d, idx = d.reshape(len(dst_xy), k), idx.reshape(len(dst_xy), k)
+    w = 1.0 / np.maximum(d, 1e-6) ** power
+    if src_colour is not None:
+        diff = ((src_colour[idx] - dst_colour[:, None, :]) ** 2).sum(-1)
+        sim = np.exp(-diff / (2 * max(float(np.median(diff)), 1e-12)))
+        sim[sim.sum(axis=1) < 1e-12] = 1.0  # every neighbour unlike this point: fall back to distance alone
+        w = w * sim
+    w = w / w.sum(axis=1, keepdims=True)
+    return np.einsum("nk,nkg->ng", w, values[idx]).astype(np.float32)
+
+
+def anchor_to_measurements(sp_xy: np.ndarray, pred: np.ndarray, members: np.ndarray, centres: np.ndarray,
+                           observed: np.ndarray, shrink: float = 1.0) -> np.ndarray:
+    """The image prediction anchored to the measured spots (regression kriging). A spot's residual is its
+    observed expression minus the mean prediction of its superpixels; inside a spot the residual is the spot's
+    own, so its superpixels average exactly to the measurement; between spots the residuals are interpolated
+    by inverse-distance weighting. ``shrink`` (0-1) scales the image's deviations from the spot mean: 0 gives
+    the measurement itself inside each spot, 1 keeps the full image pattern."""
+    means, k = footprint_means(pred, members, len(observed))
+    ok = k > 0
+    if not ok.any():
+        return pred
+    residual = np.zeros_like(observed, dtype=np.float32)
+    residual[ok] = observed[ok] - means[ok]
+    inside = members >= 0
+    out = pred + idw(centres[ok], residual[ok], sp_xy)
+    out[inside] = (means[members[inside]] + shrink * (pred[inside] - means[members[inside]])
+                   + residual[members[inside]])
+    return out.astype(np.float32)
+
+
+def superres_adata(section: ad.AnnData, sp: Superpixels, pred: np.ndarray, model: SuperresModel, *,
+                   image_weight: float = 1.0) -> ad.AnnData:
+    """The superpixel AnnData: X = predicted log-normalised expression; obs grid row/col, tissue share and the spot
+    each superpixel lies in. Where the section has counts, X is anchored to them (``anchor_to_measurements``;
+    the image-only prediction stays in layers['image_only']) and layers['counts'] redistributes each spot's
+    counts over its superpixels."""
+    lib = library_id(section)
+    members = spot_members(sp.xy, np.asarray(section.obsm["spatial"], float), spot_radius_px(section))
+    obs = pd.DataFrame({"section": lib, "grid_row": sp.row, "grid_col": sp.col, "tissue_fraction": sp.tissue,
+                        "spot": np.where(members >= 0, np.asarray(section.obs_names)[np.maximum(members, 0)], "")},
+                       index=[f"{lib}_sp{r}_{c}" for r, c in zip(sp.row, sp.col, strict=True)])
+    out = ad.AnnData(pred.astype(np.float32), obs=obs, var=pd.DataFrame(index=model.genes))
+    out.obsm["spatial"] = sp.xy
+    meta = dict(section.uns["spatial"][lib])
+    meta["scalefactors"] = {**meta["scalefactors"], "spot_diameter_fullres": sp.step_um / microns_per_pixel(section)}
+    out.uns["spatial"] = {lib: meta}
+    out.uns["superres"] = {"step_um": sp.step_um, "grid_origin_fullres": [0.0, 0.0],
+                           "spot_diameter_fullres": spot_diameter_fullres(section),
+                           "values": "log1p(counts / library size * target_sum)", "target_sum": model.target_sum,
+                           "encoder": (model.encoder_ref or {}).get("name")}
+    if section.n_vars and all(g in section.var_names for g in model.genes):
+        import scipy.sparse as sparse
+
+        observed = expression_matrix(section, model.genes, model.target_sum)
+        out.layers["image_only"] = out.X.copy()
+        out.X = anchor_to_measurements(sp.xy, pred, members, np.asarray(section.obsm["spatial"], float), observed,
+                                       shrink=image_weight)
+        out.uns["superres"]["anchored"] = ("inside spots: the spot's measurement + image_weight x the image's "
+                                           "deviation from the spot mean; between spots: image prediction + IDW "
+                                           "of the spots' residuals")
+        out.uns["superres"]["image_weight"] = float(image_weight)
+        counts = section[:, model.genes].X
+        counts = np.asarray(counts.toarray() if sparse.issparse(counts) else counts, dtype=np.float64)
+        out.layers["counts"] = redistribute(np.asarray(out.X), members, counts)
+    return out
+
+
+def grid_images(sp_adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+    """(genes, rows, cols) float32 maps of the superpixel grid, NaN off tissue (cropped to the tissue)."""
+    r = sp_adata.obs["grid_row"].to_numpy()
+    c = sp_adata.obs["grid_col"].to_numpy()
+    r0, c0 = r.min(), c.min()
+    vals = np.asarray(sp_adata.layers[layer] if layer else sp_adata.X, dtype=np.float32)
+    img = np.full((sp_adata.n_vars, r.max() - r0 + 1, c.max() - c0 + 1), np.nan, dtype=np.float32)
+    img[:, r - r0, c - c0] = vals.T
+    return img
