@@ -55,3 +55,11 @@ def tiny_folder(tmp_path, tiny_encoder):
     from spafoundation.models.weights import save_model_folder
 
     return save_model_folder(tiny_encoder, tmp_path / "tiny-model", training={"note": "test"}, name="tiny-model")
+
+
+@pytest.fixture(scope="session")
+def c2_small(her2st_c2, tmp_path_factory):
+    """C2 counts (first 300 genes), coordinates and a 1/4-scale tiled TIFF of its H&E (tests/io/layouts.py)."""
+    from tests.io.layouts import C2Small
+
+    return C2Small(her2st_c2, tmp_path_factory.mktemp("c2_small"))

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except InputError as e:
-        print(f"spafoundation: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the message holds (a YAML parser's report...)
+        print(f"spafoundation: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("spafoundation: interrupted", file=sys.stderr)

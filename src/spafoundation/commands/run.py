@@ -88,6 +88,23 @@ def expression_split(data: dict, cfg: dict) -> tuple[list[str], list[str]]:
     return train, predict
 
 
+def check_inputs(data: dict, cfg: dict) -> None:
+    """What would otherwise fail half-way through the run, checked before anything is written: tissue on every
+    image, and a gene selection that the training sections can satisfy."""
+    from spafoundation.eval.genes import TARGET_SUM, select_genes
+    from spafoundation.io.anndata_spec import image_path
+    from spafoundation.io.patches import section_tissue
+
+    for n, a in data.items():
+        if image_path(a) and not section_tissue(a)[0].any():
+            raise InputError(image_path(a), "image", f"section {n}: no tissue found on the image")
+    e = cfg["expression"]
+    if e["enabled"] and e["model"] is None:
+        train, _ = expression_split(data, e)
+        if train:
+            select_genes([data[n] for n in train], e["genes"], TARGET_SUM)
+
+
 def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
     from spafoundation.io.anndata_spec import image_path
 
@@ -176,6 +193,8 @@ def run(args) -> int:
     out = Path(args.out)
     data = read_dataset(data_path, _names(cfg["sections"]), with_images=False)  # bad input fails before any write
     steps = plan(data_path, out, cfg, data)
+    if not args.dry_run:
+        check_inputs(data, cfg)
     print(f"spafoundation run: {len(data)} sections from {data_path} -> {out}")
     for i, s in enumerate(steps, 1):
         print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")

@@ -56,7 +56,8 @@ def run_tumor_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Co
                 Y = np.concatenate([expression_matrix(labelled[n], genes) for n in train])
                 model = RidgeHead().fit(X, Y, groups, store.get(c, train[0])[1])
             else:
-                model = TumorClassifier().fit(X, np.concatenate([labels[n] for n in train]), groups)
+                model = TumorClassifier().fit(X, np.concatenate([labels[n] for n in train]), groups,
+                                              store.get(c, train[0])[1])
             for t in test:
                 feats = store.get(c, t)[0]
                 if c.head == "markers":

@@ -177,6 +177,9 @@ def read_generic_section(
 
     if entry.get("counts") is not None:
         X, ids, genes, counts_path = read_counts(entry["counts"], base, manifest_path)
+        if len(ids) == 0 or len(genes) == 0:
+            raise InputError(counts_path, "spot id" if len(ids) == 0 else "gene",
+                             f"the counts table has {len(ids)} spots and {len(genes)} genes")
         check_unique(ids, counts_path, "spot id")
         check_unique(genes, counts_path, "gene")
         X = validate_counts(X, counts_path)

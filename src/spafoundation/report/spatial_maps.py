@@ -48,10 +48,13 @@ def draw_spots(ax, adata: ad.AnnData, values: np.ndarray, *, title: str = "", cm
     if categorical:
         cats = np.asarray(values).astype(str)
         uniq = sorted(set(cats))
-        palette = __import__("matplotlib").colormaps["tab20"]
+        import matplotlib
+
+        # tab10 while it suffices: tab20 puts near-identical shades side by side
+        palette = matplotlib.colormaps["tab10" if len(uniq) <= 10 else "tab20"]
         for i, c in enumerate(uniq):
             m = cats == c
-            ax.scatter(xy[m, 0], xy[m, 1], s=s, color=palette(i % 20), label=c, linewidths=0)
+            ax.scatter(xy[m, 0], xy[m, 1], s=s, color=palette(i % palette.N), label=c, linewidths=0)
         ax.legend(fontsize=6, markerscale=0.6, loc="lower right", frameon=False)
         sc = None
     else:

@@ -6,7 +6,6 @@ the gene list and the target normalisation. ``predict`` needs only an image and 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.io.anndata_spec import image_path, library_id
 from spafoundation.tasks.heads import HEADS
 from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
-from spafoundation.utils.atomic import atomic_dir
+from spafoundation.utils.model_folder import CONFIG_FILE, read_model_folder, write_model_folder
 
 log = logging.getLogger(__name__)
 FORMAT = "spafoundation-expression"
@@ -28,7 +27,7 @@ DEFAULT_ENCODER = "spafoundation-default"
 # The default features, chosen on leave-one-section-out (BENCHMARKS.md): the encoder's embedding and colour/stain/
 # texture statistics of the spot patch and of a patch twice as wide, each also averaged over the spots within 300 um.
 DEFAULT_FEATURES = {"source": "encoder+colour_texture", "tta": False, "context": 2.0, "neighbours_um": 300.0}
-CONFIG_FILE, HEAD_FILE, EMBEDDED_ENCODER = "config.json", "head.npz", "encoder"
+HEAD_FILE, EMBEDDED_ENCODER = "head.npz", "encoder"
 
 
 def _encoder_reference(encoder) -> dict:
@@ -84,38 +83,22 @@ class ExpressionModel:
         cfg = {"format": FORMAT, "version": 1, "genes": self.genes, "head": self.head.kind,
                "head_params": getattr(self.head, "hp", {}), "recipe": self.recipe, "encoder": self.encoder_ref,
                "target": {"normalize": "log1p", "target_sum": self.target_sum}, "training": self.training}
-        folder = Path(folder)
-        if folder.exists() and not folder.is_dir():
-            raise InputError(folder, "--out", "exists and is not a folder")
-        with atomic_dir(folder) as tmp:
+
+        def embed_encoder(tmp):
             if (self.encoder_ref or {}).get("embedded"):  # a fine-tuned encoder travels inside the model folder
                 from spafoundation.models.weights import save_model_folder
 
                 save_model_folder(self._get_encoder(), tmp / EMBEDDED_ENCODER, name=self.encoder.name)
                 cfg["encoder"] = {**self.encoder_ref, "name": EMBEDDED_ENCODER}
-            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
-            np.savez(tmp / HEAD_FILE, **self.head.state())
-        return folder
+
+        return write_model_folder(folder, cfg, HEAD_FILE, self.head.state(), extra=embed_encoder)
 
     @classmethod
     def load(cls, folder: str | Path, encoder=None) -> ExpressionModel:
         folder = Path(folder)
-        cfg_path = folder / CONFIG_FILE
-        if not cfg_path.is_file():
-            raise InputError(cfg_path, "model", "not an expression model folder (config.json missing)")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(cfg_path, "config.json", f"unreadable ({e})") from None
-        if cfg.get("format") != FORMAT:
-            raise InputError(cfg_path, "format", f"expected {FORMAT!r}, got {cfg.get('format')!r}")
+        cfg, state = read_model_folder(folder, FORMAT, HEAD_FILE, "expression")
         if cfg.get("head") not in HEADS:
-            raise InputError(cfg_path, "head", f"unknown head {cfg.get('head')!r}")
-        try:
-            with np.load(folder / HEAD_FILE, allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise InputError(folder / HEAD_FILE, "head", f"unreadable ({e})") from None
+            raise InputError(folder / CONFIG_FILE, "head", f"unknown head {cfg.get('head')!r}")
         head = HEADS[cfg["head"]].from_state(state, cfg.get("head_params"))
         ref = cfg.get("encoder")
         if ref and ref.get("embedded"):
@@ -123,12 +106,6 @@ class ExpressionModel:
         return cls(cfg["genes"], head, cfg["recipe"], resolve_encoder(encoder),
                    target_sum=cfg["target"]["target_sum"], training=cfg.get("training"),
                    encoder_ref=ref)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o).__name__)
 
 
 def prediction_adata(adata: ad.AnnData, pred: np.ndarray, genes: Sequence[str], info: dict | None = None) -> ad.AnnData:

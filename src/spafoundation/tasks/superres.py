@@ -21,7 +21,6 @@ tolerance 1e-4, float32). Sections without counts get the image-only map.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from spafoundation.io.patches import (
     tissue_grid,
     tissue_share,
 )
-from spafoundation.utils.atomic import atomic_dir
+from spafoundation.utils.model_folder import read_model_folder, write_model_folder
 
 FORMAT = "spafoundation-superres"
 MIN_TISSUE = 0.25  # superpixels with less tissue than this are left out of the map
@@ -182,25 +181,14 @@ class SuperresModel:
         cfg = {"format": FORMAT, "version": 1, "genes": self.genes, "step_um": self.step_um,
                "target": {"normalize": "log1p", "target_sum": self.target_sum}, "encoder": self.encoder_ref,
                "head_params": self.head.hp, "training": self.training}
-        with atomic_dir(folder) as tmp:
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-            np.savez(tmp / "head.npz", **self.head.state())
-        return Path(folder)
+        return write_model_folder(folder, cfg, "head.npz", self.head.state())
 
     @classmethod
     def load(cls, folder, encoder=None) -> SuperresModel:
         from spafoundation.tasks.expression import resolve_encoder
         from spafoundation.tasks.heads import RidgeHead
 
-        folder = Path(folder)
-        try:
-            cfg = json.loads((folder / "config.json").read_text())
-            with np.load(folder / "head.npz") as z:
-                state = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise InputError(folder, "model", f"not a readable super-resolution model folder ({e})") from None
-        if cfg.get("format") != FORMAT:
-            raise InputError(folder / "config.json", "format", f"expected {FORMAT!r}")
+        cfg, state = read_model_folder(folder, FORMAT, "head.npz", "super-resolution")
         enc = resolve_encoder(encoder or cfg["encoder"]["name"])
         return cls(cfg["genes"], RidgeHead.from_state(state, cfg["head_params"]), enc, step_um=cfg["step_um"],
                    target_sum=cfg["target"]["target_sum"], training=cfg["training"], encoder_ref=cfg["encoder"])

@@ -1,0 +1,129 @@
+"""`spafoundation run` on bad inputs (one line, exit 2, no output folder) and after an interrupted run (the next
+run continues from the finished steps; the embedding cache stays readable)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from spafoundation.cli import EXIT_BAD_INPUT, main
+from tests.io.layouts import write_manifest
+from tests.io.test_bad_inputs import CASES, _edit_counts
+
+
+def no_tissue(root, c):
+    root.mkdir(parents=True)
+    tifffile.imwrite(root / "blank.tif", np.full(c.rgb.shape, 242, np.uint8), tile=(256, 256))
+    write_manifest(root, c, section={"image": "blank.tif"})
+    return root, [], "no tissue"
+
+
+def non_numeric_counts(root, c):
+    write_manifest(root, c)
+    path = root / "counts.tsv"
+    path.write_text(path.read_text().replace("\t0\t", "\tmany\t", 1))
+    return root, [], "counts.tsv"
+
+
+def counts_without_spots(root, c):
+    write_manifest(root, c)
+    _edit_counts(root, lambda df: df.drop(index=df.index, inplace=True))
+    return root, [], "counts.tsv"
+
+
+def unknown_section(root, c):
+    write_manifest(root, c)
+    return root, ["--sections", "Z9"], "Z9"
+
+
+def gene_list_without_overlap(root, c):
+    write_manifest(root, c)
+    (root / "genes.txt").write_text("NOTAGENE1\nNOTAGENE2\n")
+    return root, ["--set", f"expression.genes={root / 'genes.txt'}"], "genes"
+
+
+def invalid_config_yaml(root, c):
+    write_manifest(root, c)
+    (root / "run.yaml").write_text("expression: [unclosed\n")
+    return root, ["--config", str(root / "run.yaml")], "run.yaml"
+
+
+def unknown_config_key(root, c):
+    write_manifest(root, c)
+    return root, ["--set", "clusters.colour=3"], "clusters.colour"
+
+
+def from_io_case(make):
+    def case(root, c):
+        path, file_part, _ = make(root, c)
+        return path, [], file_part
+
+    case.__name__ = make.__name__
+    return case
+
+
+RUN_CASES = [from_io_case(m) for m in CASES] + [no_tissue, non_numeric_counts, counts_without_spots, unknown_section,
+                                                gene_list_without_overlap, invalid_config_yaml, unknown_config_key]
+
+
+def test_there_are_at_least_twenty_bad_inputs():
+    assert len(RUN_CASES) >= 20
+
+
+@pytest.mark.parametrize("make", RUN_CASES, ids=[f.__name__ for f in RUN_CASES])
+def test_bad_input_one_line_exit_2_no_output(make, c2_small, tmp_path, capsys):
+    path, extra, expected = make(tmp_path / "data", c2_small)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["run", "--data", str(path), "--out", str(out), *extra]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spafoundation: error:") and expected in err[0], err
+    assert not out.exists()
+
+
+def _run_cmd(root, tiny_folder, out):
+    return [sys.executable, "-m", "spafoundation", "run", "--data", str(root), "--sections", "C3,C4", "--out",
+            str(out), "--quiet", "--set", f"encoder={tiny_folder}", "--set", "expression.genes=hvg:5",
+            "--set", "superres.genes=hvg:3", "--set", "tumor.grid_um=0", "--set", "clusters.n_clusters=3"]
+
+
+def _wait_for(path, proc, timeout=300):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder, tmp_path, sig):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(_run_cmd(her2st_root, tiny_folder, out), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(out / ".steps" / "fit_expression.json", proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+    assert not list(out.rglob("*.tmp")) or sig == signal.SIGKILL  # SIGINT cleans its temporary files
+    done = subprocess.run(_run_cmd(her2st_root, tiny_folder, out), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fit expression: done in an earlier run, skipped" in done.stdout
+    assert (out / "report.html").exists()
+    # every cached embedding is readable
+    import anndata as ad
+
+    assert ad.read_h5ad(out / "expression" / "predicted.h5ad").n_vars == 5
+    caches = list((out / "cache").rglob("*.npz"))
+    assert caches
+    for f in caches:
+        with np.load(f) as z:
+            assert len(z.files) > 0
