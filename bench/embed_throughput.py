@@ -75,6 +75,33 @@ def throughput(encoder, img: int, batch: int, min_seconds: float) -> tuple[float
                 return n / elapsed, n
 
 
+# (label, config, overrides): the shipped default's MAE recipe and an iBOT recipe of the same ViT-Ti/16 at 112 px.
+PRETRAIN = [
+    ("MAE, ViT-Ti/16 112 px, batch 64 (configs/pretrain/tiny_cpu.yaml)", "configs/pretrain/tiny_cpu.yaml", []),
+    ("iBOT, ViT-Ti/16 112 px, 2 global + 4 local crops, batch 32", "configs/pretrain/ibot_vitb16.yaml",
+     ["model.encoder=random-vitt16", "model.overrides={input_size: 112, target_mpp: 1.0}", "augment.n_local=4",
+      "optim.batch_size=32", "objective.params.out_dim=4096", "objective.params.patch_out_dim=4096"]),
+]
+
+
+def pretrain_rate(data: str, config: str, overrides: list[str], steps: int) -> float:
+    """Training images per second of ``Pretrainer.train_step`` (forward, backward, optimiser, EMA) after one
+    warm-up step, on a small preloaded tile bank so that reading is not timed."""
+    import tempfile
+
+    from spafoundation.train.pretrain import Pretrainer, load_config
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / config, [*overrides, "data.n_tiles=256", "optim.steps=100000"])
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Pretrainer(cfg, data, out, progress=False)
+        trainer.train_step(0)
+        t0 = time.perf_counter()
+        for step in range(1, steps + 1):
+            trainer.train_step(step)
+        return steps * trainer.cfg["optim"]["batch_size"] / (time.perf_counter() - t0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -96,11 +123,19 @@ def main(argv=None) -> int:
         print(f"{name:14s} {img:3d}px  {params:5.1f}M  {counted / 1e9:6.2f} GFLOP/img (analytic "
               f"{analytic / 1e9:.2f})  {ips:6.1f} img/s  {ips * counted / 1e9:6.1f} GFLOP/s", flush=True)
         del enc
+    pre_rows = []
+    data = str(Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "her2st")
+    for label, config, overrides in PRETRAIN:
+        ips = pretrain_rate(data, config, overrides, steps=2 if args.quick else 8)
+        pre_rows.append((label, ips))
+        print(f"pre-training {label}: {ips:.1f} img/s", flush=True)
     peak = max(peak0, gemm_gflops())
     print(f"fp32 GEMM peak (2048^3 matmul, best of start/end): {peak:.1f} GFLOP/s; "
           f"total {time.time() - t_start:.0f} s")
 
     lines = [
+        "## Encoder throughput on this CPU",
+        "",
         "Encoder forward throughput on CPU, fp32, batch "
         f"{args.batch}, random weights (speed does not depend on them); one warm-up batch, then >= {min_s:g} s "
         "timed. FLOPs counted with torch.utils.flop_counter (matmuls and attention; the analytic ViT formula "
@@ -115,11 +150,14 @@ def main(argv=None) -> int:
             f"{counted / 1e9:.2f} | {analytic / 1e9:.2f} | {ips:.1f} | {ips * counted / 1e9:.1f} | "
             f"{100 * ips * counted / 1e9 / peak:.0f}% |"
         )
+    lines += ["", "Pre-training step (forward + backward + AdamW + EMA teacher where there is one), fp32, timed over "
+              "8 steps after a warm-up step, tiles already in memory:", "", "| recipe | img/s |", "|---|---|"]
+    lines += [f"| {label} | {ips:.1f} |" for label, ips in pre_rows]
     lines += [
         "",
         f"fp32 GEMM peak: {peak:.1f} GFLOP/s; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}). The machine was shared with other "
-        "jobs while this ran, so absolute numbers are lower bounds; the ratios to the peak measured in the same "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}). Other jobs may share this machine, "
+        "so absolute numbers are lower bounds; the ratios to the peak measured in the same "
         "run are the comparable figure.",
         "",
         "Reproduce: `.venv/bin/python bench/embed_throughput.py`",

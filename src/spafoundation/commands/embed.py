@@ -11,6 +11,9 @@ from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path
 from spafoundation.io.readers import read_dataset
 from spafoundation.utils.atomic import write_h5ad
+from spafoundation.utils.distributed import barrier, current_world, device_for, shard
+
+PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8")  # models/encoder.py PRECISIONS; literal to keep --help fast
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,10 @@ def _default_out(encoder_name: str) -> Path:
 
 
 def run(args) -> int:
+    if args.tiles:
+        from spafoundation.commands._embed_tiles import run as run_tiles
+
+        return run_tiles(args)
     from spafoundation.models.embed import UNS_KEY, embed_adata
     from spafoundation.models.registry import build_encoder
 
@@ -33,11 +40,24 @@ def run(args) -> int:
         raise InputError(args.data, "image", "no section has an H&E image to embed")
     if skipped:
         print(f"skipping {len(skipped)} section(s) without an image: {', '.join(skipped)}")
-    encoder = build_encoder(args.encoder, weights=args.weights, device=args.device)
+    world = current_world()
+    if world.size > 1 and args.no_cache:
+        raise InputError(None, "--no-cache", "under torchrun the ranks hand their sections over through the cache")
+    encoder = build_encoder(args.encoder, weights=args.weights, device=device_for(world, args.device),
+                            overrides={"precision": args.precision} if args.precision else None)
     print(f"encoder {encoder.name}: {encoder.embed_dim}-d, {encoder.input_size} px patches of "
           f"{encoder.patch_um:g} um, tta={'on' if args.tta else 'off'}")
     key = f"X_{encoder.name}"
     cache_dir = False if args.no_cache else args.cache_dir
+    if world.size > 1:
+        # Each rank embeds its share of the sections into the cache; rank 0 then gathers them as cache hits.
+        for name in shard(list(imaged), world):
+            embed_adata(imaged[name].copy(), encoder, cache_dir=cache_dir, tta=args.tta,
+                        batch_size=args.batch_size, progress=not args.quiet, key=key)
+            print(f"[rank {world.rank}] {name}: embedded")
+        barrier(world)
+        if not world.is_main:
+            return 0
     for name, adata in imaged.items():
         embed_adata(adata, encoder, cache_dir=cache_dir, tta=args.tta, batch_size=args.batch_size,
                     progress=not args.quiet, key=key)
@@ -56,17 +76,32 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("embed", help="embed every spot's H&E patch with an encoder, into obsm['X_<name>']")
-    p.add_argument("data", help="dataset folder (legacy ST, Space Ranger outs/, HEST), manifest or .h5ad")
+    p = subparsers.add_parser(
+        "embed", help="embed every spot's H&E patch (or, with --tiles, every tissue tile of whole slides)")
+    p.add_argument("data", help="dataset folder (legacy ST, Space Ranger outs/, HEST), manifest or .h5ad; with "
+                   "--tiles: an image, a folder of images or a CSV/TSV manifest (path[, slide_id][, mpp])")
     p.add_argument("--encoder", required=True,
                    help="spafoundation-vitb16, random-vits16, timm:<arch>, hf-hub:<repo> or a model folder")
     p.add_argument("--weights", help="checkpoint file for the encoder (e.g. spafoundation_1m_vitb16.pth)")
     p.add_argument("--sections", help="comma-separated subset of sections")
-    p.add_argument("--out", help="output .h5ad (default: embeddings_<encoder>.h5ad)")
+    p.add_argument("--out", help="output .h5ad (default: embeddings_<encoder>.h5ad); with --tiles a folder "
+                   "(default: tiles_<encoder>/)")
     p.add_argument("--cache-dir", help="embedding cache (default $SPAFOUNDATION_CACHE or ~/.cache/spafoundation)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips of each patch")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps); under torchrun cuda means "
+                   "one GPU per process")
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="fp32; bf16/fp16 autocast on GPU; int8 = dynamically quantised Linear layers on CPU "
+                   "(default: the encoder's own; with --tiles on CPU int8, the fastest path that keeps accuracy, "
+                   "see BENCHMARKS.md)")
+    tiles = p.add_argument_group("whole slides (--tiles)")
+    tiles.add_argument("--tiles", action="store_true",
+                       help="embed a grid of encoder-sized tiles over each slide's tissue, one h5ad per slide; "
+                       "shards slides across processes under torchrun and skips slides already done")
+    tiles.add_argument("--mpp", type=float, help="microns per pixel for slides whose metadata lacks it")
+    tiles.add_argument("--min-tissue", type=float, default=0.25, help="least tissue share of a kept tile")
+    tiles.add_argument("--workers", type=int, help="DataLoader reader processes (default: spare cores, <= 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

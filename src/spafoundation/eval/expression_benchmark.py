@@ -96,9 +96,10 @@ def benchmark_splits(sections: dict[str, ad.AnnData]) -> list[tuple[str, list[st
 class FeatureStore:
     """Per-section features of each recipe, computed once and shared by every split and head."""
 
-    def __init__(self, sections: dict[str, ad.AnnData], cache_dir=None, progress: bool = False):
+    def __init__(self, sections: dict[str, ad.AnnData], cache_dir=None, progress: bool = False,
+                 encoders: dict | None = None):
         self.sections, self.cache_dir, self.progress = sections, cache_dir, progress
-        self._encoders: dict[str, object] = {}
+        self._encoders: dict[str, object] = dict(encoders or {})  # contender encoder name -> built Encoder
         self._feats: dict[tuple[str, str], tuple[np.ndarray, list[int]]] = {}
         self.seconds: dict[str, float] = {}
 
@@ -126,8 +127,9 @@ class FeatureStore:
 
 def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Contender], *,
                              genes="hvg:50", target_sum: float | None = TARGET_SUM, cache_dir=None,
-                             progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Per (contender, split, test section) metrics, and the gene list of every split.
+                             progress: bool = False, encoders: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """Per (contender, split, test section) metrics, and the gene list of every split. ``encoders`` maps a
+    contender's encoder name to an already built Encoder (e.g. a quantised one); other names are built.
 
     Returns ``(rows, genes_per_split)``; ``summarize`` turns rows into the table (mean over test sections)."""
     splits = benchmark_splits(sections)
@@ -135,7 +137,7 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
         from spafoundation.errors import InputError
 
         raise InputError(None, "sections", "the benchmark needs at least two imaged sections with counts")
-    store = FeatureStore(sections, cache_dir, progress)
+    store = FeatureStore(sections, cache_dir, progress, encoders)
     rows, gene_sets = [], {}
     for kind, test, train in splits:
         candidates = set.intersection(*(set(sections[t].var_names) for t in test))

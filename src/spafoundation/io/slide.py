@@ -22,6 +22,7 @@ PIL_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".ndpi", ".scn", ".bif"}
 OPENSLIDE_ONLY_SUFFIXES = {".mrxs", ".vms", ".vmu"}
 BACKGROUND = 255
+THUMB_BAND_PIXELS = 1 << 25  # level pixels decoded at once while building a thumbnail (~100 MB of RGB)
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
@@ -111,11 +112,19 @@ class Slide:
         scale = min(1.0, max_side / max(self.width, self.height))
         level = self.best_level(1.0 / scale)
         lh, lw = self.level_shapes[level]
-        img = self.read_level_region(level, 0, 0, lw, lh)
         tw, th = max(1, round(self.width * scale)), max(1, round(self.height * scale))
-        if (lw, lh) != (tw, th):
-            img = np.asarray(Image.fromarray(img).resize((tw, th), Image.BILINEAR))
-        return img, tw / self.width
+        if (lw, lh) == (tw, th):
+            return self.read_level_region(level, 0, 0, lw, lh), tw / self.width
+        # Bands of rows keep memory bounded when the coarsest level is still large (a flat TIFF has one level).
+        band = max(1, THUMB_BAND_PIXELS // max(lw, 1))
+        parts = []
+        for y0 in range(0, lh, band):
+            y1 = min(lh, y0 + band)
+            t0, t1 = round(y0 * th / lh), round(y1 * th / lh)
+            if t1 > t0:
+                part = self.read_level_region(level, 0, y0, lw, y1 - y0)
+                parts.append(np.asarray(Image.fromarray(part).resize((tw, t1 - t0), Image.BILINEAR)))
+        return np.concatenate(parts, axis=0), tw / self.width
 
 
 def _to_rgb(arr: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from spafoundation.errors import InputError
-from spafoundation.models.encoder import IDENTITY_MEAN, IDENTITY_STD, Encoder, create_vit
+from spafoundation.models.encoder import IDENTITY_MEAN, IDENTITY_STD, Encoder, create_vit, quantize_int8
 from spafoundation.models.hub import build_hf_hub, build_timm, safe_name
 from spafoundation.models.weights import (
     file_sha256,
@@ -193,4 +193,5 @@ def build_encoder(name_or_path, weights=None, device="cpu", *, overrides: dict |
     else:
         raise InputError(None, "encoder", f"unknown encoder {name!r}; known: {', '.join(list_encoders())}, "
                          "timm:<arch>, hf-hub:<repo> or a model folder")
-    return enc.to(device).eval()
+    enc = enc.to(device).eval()
+    return quantize_int8(enc) if enc.precision == "int8" else enc

@@ -29,6 +29,7 @@ import yaml
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path
 from spafoundation.utils.config import load_yaml_config, merge_config
+from spafoundation.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 # -- distributed ----------------------------------------------------------------------------------------------
 def init_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun: gloo on CPU, NCCL when each rank has a GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    w = current_world()
+    world, rank = w.size, w.rank
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", w.local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
