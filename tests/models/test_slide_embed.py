@@ -159,3 +159,22 @@ def test_thumbnail_in_bands_matches_whole_read(c2_small, monkeypatch):
         banded, scale_b = slide.thumbnail(500)
     assert banded.shape == whole.shape and scale_b == scale
     assert np.abs(banded.astype(int) - whole.astype(int)).mean() < 2
+
+
+def test_predicted_expression_over_whole_slide_tiles(c2_small, her2st_c2, tiny_folder, tmp_path):
+    """The tiles AnnData is a dataset like any other: an expression model predicts every tissue tile."""
+    from spafoundation.models import build_encoder
+    from spafoundation.tasks.expression import fit_expression
+    from spafoundation.utils.atomic import write_h5ad
+
+    model = fit_expression([her2st_c2.copy()], str(tiny_folder), genes="hvg:5", cache_dir=tmp_path / "cache")
+    model.save(tmp_path / "model")
+    tiles = embed_slide(c2_small.tiff, build_encoder(str(tiny_folder)), mpp=c2_small.mpp, num_workers=0,
+                        progress=False)
+    write_h5ad(tiles, tmp_path / "tiles.h5ad")
+    assert main(["predict-expression", str(tmp_path / "model"), str(tmp_path / "tiles.h5ad"), "--out",
+                 str(tmp_path / "pred.h5ad"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert pred.n_obs == tiles.n_obs and pred.n_vars == 5 and np.isfinite(pred.X).all()
+    np.testing.assert_allclose(pred.obsm["spatial"], tiles.obsm["spatial"])
+    assert float(np.asarray(pred.X).std(axis=0).min()) > 0  # a map, not a constant

@@ -98,7 +98,7 @@ def embed_slide(
     adata = build_anndata(
         counts=None, genes=[], spot_ids=[f"{slide_id}_{r}x{c}" for r, c in grid.row_col], xy=grid.xy, obs=obs,
         library=slide_id, mpp=grid.mpp, mpp_source=mpp_source, spot_diameter_um=encoder.patch_um,
-        platform="tiles", image_path=str(path), hires=grid.thumbnail, hires_scalef=grid.thumbnail_scale,
+        platform="tiles", image_path=str(path.resolve()), hires=grid.thumbnail, hires_scalef=grid.thumbnail_scale,
         extra_meta={"tile_um": float(encoder.patch_um), "min_tissue": float(min_tissue),
                     "slide_size": [int(grid.width), int(grid.height)]},
     )
