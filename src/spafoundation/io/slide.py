@@ -139,6 +139,38 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
+class _DecodedImages:
+    """The last few decoded JPEG/PNG images, keyed by file identity (path, size, mtime): a pipeline opens the same
+    section's image once per step and feature, and decoding a 90 Mpx JPEG costs ~0.6 s each time. Read-only
+    arrays, shared by every handle; bounded by ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes, self._items, self._lock = max_bytes, {}, threading.Lock()
+
+    def get(self, path: Path, decode) -> np.ndarray:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            arr = self._items.pop(key, None)
+            if arr is not None:
+                self._items[key] = arr  # most recently used last
+                return arr
+        arr = decode()
+        arr.flags.writeable = False
+        with self._lock:
+            self._items[key] = arr
+            while sum(a.nbytes for a in self._items.values()) > self.max_bytes and len(self._items) > 1:
+                self._items.pop(next(iter(self._items)))
+        return arr
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_DECODED = _DecodedImages()
+
+
 class PILSlide(Slide):
     """JPEG/PNG. These cannot be read by region, so the decoded image is kept once per slide."""
 
@@ -158,13 +190,16 @@ class PILSlide(Slide):
 
     def _load(self) -> np.ndarray:
         if self._array is None:
-            try:
-                with _pil_pixel_limit(self.width * self.height + 1), Image.open(self.path) as img:
-                    img.load()
-                    self._array = _to_rgb(np.asarray(img.convert("RGB")))
-            except (OSError, SyntaxError) as e:
-                raise InputError(self.path, "image", f"truncated or unreadable image ({e})") from None
+            self._array = _DECODED.get(self.path, self._decode)
         return self._array
+
+    def _decode(self) -> np.ndarray:
+        try:
+            with _pil_pixel_limit(self.width * self.height + 1), Image.open(self.path) as img:
+                img.load()
+                return _to_rgb(np.asarray(img.convert("RGB")))
+        except (OSError, SyntaxError) as e:
+            raise InputError(self.path, "image", f"truncated or unreadable image ({e})") from None
 
     def _read_level(self, level, x, y, w, h):
         return self._load()[y : y + h, x : x + w]
