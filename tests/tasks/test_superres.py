@@ -10,11 +10,14 @@ import pytest
 from spafoundation.cli import main
 from spafoundation.errors import InputError
 from spafoundation.tasks.superres import (
+    SuperresModel,
     anchor_to_measurements,
+    calibrate_anchoring,
     fit_superres,
     footprint_means,
     idw,
     redistribute,
+    spot_blocks,
     spot_members,
     spot_radius_px,
     superpixels,
@@ -62,6 +65,67 @@ def test_anchoring_keeps_a_perfect_prediction_and_fixes_a_biased_one():
     biased = truth + 3.0
     fixed = anchor_to_measurements(sp_xy, biased, members, centres, observed)
     assert np.abs(fixed - truth).max() < 1e-4  # a constant bias is removed everywhere
+
+
+def test_anchoring_with_neighbours_keeps_every_spot_mean_and_follows_a_gradient():
+    rng = np.random.default_rng(2)
+    sp_xy = rng.uniform(0, 100, size=(2000, 2))
+    centres = np.array([[x, y] for y in (15, 50, 85) for x in (15, 50, 85)], float)
+    members = spot_members(sp_xy, centres, 15.0)
+    field = (sp_xy[:, :1] / 100).astype(np.float32)  # expression rising left to right
+    observed = footprint_means(field, members, len(centres))[0]
+    flat = np.zeros_like(field)  # an image that sees nothing
+    out = anchor_to_measurements(sp_xy, flat, members, centres, observed, image=0.0, interpolation=1.0)
+    np.testing.assert_allclose(footprint_means(out, members, len(centres))[0], observed, atol=1e-5)
+    inside = members >= 0
+    # the neighbours tilt each spot the way the field rises; without them the spot is flat
+    truth_dev = field[inside, 0] - observed[members[inside], 0]
+    assert np.corrcoef(out[inside, 0] - observed[members[inside], 0], truth_dev)[0, 1] > 0.5
+    flat_out = anchor_to_measurements(sp_xy, flat, members, centres, observed, image=0.0, interpolation=0.0)
+    np.testing.assert_allclose(flat_out[inside], observed[members[inside]], atol=1e-6)
+
+
+def test_spot_blocks_pool_a_jittered_square_lattice_in_twos_and_a_hexagonal_one_compactly():
+    rng = np.random.default_rng(3)
+    r, c = np.meshgrid(np.arange(8), np.arange(10), indexing="ij")
+    square = np.stack([c.ravel() * 290.0, r.ravel() * 290.0], 1) + rng.uniform(-30, 30, size=(80, 2))
+    blocks = spot_blocks(square)
+    np.testing.assert_array_equal(np.bincount(blocks), np.full(20, 4))
+    assert all(len({(a, b) for a, b in zip(r.ravel()[blocks == k] // 2, c.ravel()[blocks == k] // 2,
+                                           strict=True)}) == 1 for k in range(20))
+    hexa = np.array([[x * 100.0 + (50.0 if y % 2 else 0.0), y * 86.6] for y in range(10) for x in range(10)])
+    blocks = spot_blocks(hexa)
+    sizes = np.bincount(blocks)
+    assert sizes.max() <= 6 and np.median(sizes) >= 3
+    spread = max(np.ptp(hexa[blocks == k], axis=0).max() for k in range(len(sizes)))
+    assert spread < 200  # every block lies within one 2-pitch cell
+
+
+def _calibration_levels(image_sees_the_field: bool, seed: int = 4):
+    """One synthetic section: spots on a 200 um lattice, 10 um superpixels, expression = a smooth gradient plus a
+    fine pattern; the superpixel features see the fine pattern (or only noise)."""
+    rng = np.random.default_rng(seed)
+    gx, gy = np.meshgrid(np.arange(0, 2400, 10.0), np.arange(0, 2400, 10.0))
+    sp_xy = np.stack([gx.ravel(), gy.ravel()], 1)
+    fine = np.sin(sp_xy[:, 0] / 37.0) * np.cos(sp_xy[:, 1] / 29.0)
+    field = np.stack([sp_xy[:, 0] / 2400 + fine, sp_xy[:, 1] / 2400 - fine], 1).astype(np.float32)
+    centres = np.array([[x, y] for y in range(100, 2400, 200) for x in range(100, 2400, 200)], float)
+    members = spot_members(sp_xy, centres, 50.0)
+    targets = np.log1p(footprint_means(np.expm1(field), members, len(centres))[0])
+    noise = rng.normal(size=(len(sp_xy), 6))
+    feats = np.concatenate([fine[:, None], noise], 1) if image_sees_the_field else noise
+    return {"S": (feats.astype(np.float32), members, targets, centres)}
+
+
+def test_calibration_learns_to_trust_an_informative_image_and_ignore_a_blind_one():
+    seeing = calibrate_anchoring(_calibration_levels(True))
+    blind = calibrate_anchoring(_calibration_levels(False))
+    assert seeing["method"].startswith("scale transfer") and seeing["n_spots"] == 144
+    assert seeing["image"] > 0.2 and blind["image"] < 0.05  # a blind image is dropped, not amplified
+    assert blind["interpolation"] > 0.2  # the gradient is still there for the neighbours to give
+    feats, members, targets, centres = _calibration_levels(True)["S"]
+    few = {"S": (feats, np.where(members < 12, members, -1), targets, centres)}  # one row of spots imaged
+    assert calibrate_anchoring(few)["method"].startswith("default")  # too few spots to learn from
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +183,9 @@ def test_cli_superres_trains_maps_and_reuses_its_model(her2st_root, tiny_folder,
     maps = np.load(out / "C3_maps.npz")
     assert maps["maps"].shape[0] == 4 and np.isfinite(maps["maps"]).sum() == spa.n_obs * 4
     assert (out / "C3_superres.png").exists() and (out / "model" / "config.json").exists()
+    learned = SuperresModel.load(out / "model", encoder=str(tiny_folder)).anchoring
+    assert learned["method"].startswith("scale transfer") and 0 <= learned["image"] <= 1
+    assert spa.uns["superres"]["anchoring"]["image"] == pytest.approx(learned["image"])
     # an image-only use of the saved model: no counts layer, the image prediction as X
     out2 = tmp_path / "again"
     assert main(["superres", str(her2st_root), "--sections", "C4", "--model", str(out / "model"), "--encoder",

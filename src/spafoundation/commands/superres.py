@@ -62,8 +62,10 @@ def run(args) -> int:
         enc = resolve_encoder(args.encoder or "spafoundation-default")
         cached = {n: superpixels(a, enc, step_um=args.step_um, progress=not args.quiet) for n, a in train.items()}
         model = fit_superres(train, enc, genes=args.genes, step_um=args.step_um, cached=cached)
+        w = model.anchoring
         print(f"fitted on {', '.join(train)} ({model.training['n_spots']} spots, {len(model.genes)} genes) in "
-              f"{time.perf_counter() - t0:.0f} s")
+              f"{time.perf_counter() - t0:.0f} s; anchoring weights image {w['image']:.2f}, neighbours "
+              f"{w['interpolation']:.2f} ({w['method']})")
     with atomic_dir(out) as tmp:
         if not args.model:
             model.save(tmp / "model")
@@ -97,9 +99,10 @@ def register(subparsers) -> None:
     p.add_argument("--genes", default="hvg:50", help="hvg:K, mean:K or a gene-list file (default hvg:50)")
     p.add_argument("--step-um", type=float, help="superpixel pitch: one encoder token (16 um by default) divided "
                    "by a whole number, e.g. 8")
-    p.add_argument("--image-weight", type=float, default=1.0,
+    p.add_argument("--image-weight", type=float,
                    help="inside measured spots, how much of the image's pattern to keep around the measurement "
-                        "(0: flat at the measurement, 1: the full image pattern; default 1)")
+                        "(0: flat at the measurement, 1: the full image pattern; default: the weight the model "
+                        "learned by scale transfer)")
     p.add_argument("--genes-to-draw", help="comma-separated genes for the figure (default: the first 4)")
     p.add_argument("--no-figure", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -112,8 +112,9 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     sr = _task_block(out, "superres", "Super-resolution maps",
                      "Expression on superpixels of the encoder's patch tokens over the whole tissue (X in "
                      "superres/<section>.h5ad, arrays in <section>_maps.npz). Sections with counts are anchored "
-                     "to their spots (image prediction plus interpolated spot residuals); the others come from "
-                     "the image alone.", "superres", lambda _: [])
+                     "to their spots (inside a spot: its measurement plus the image's and the neighbouring spots' "
+                     "deviations, weighted as learned by scale transfer; between spots: the image prediction plus "
+                     "interpolated spot residuals); the others come from the image alone.", "superres", lambda _: [])
     if sr:
         blocks.append(sr)
     t = cfg.get("tumor", {})

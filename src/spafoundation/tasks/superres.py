@@ -14,7 +14,13 @@ that spot's prediction (no post-hoc rescaling), and the map needs one ridge fit,
 Where a section has counts, the map is anchored to them (regression kriging): each spot's residual (measured
 minus the mean prediction of its superpixels) is interpolated over the tissue by inverse-distance weighting and
 added, so the image supplies the pattern and the measurements the level; the image-only map stays in
-``layers['image_only']``. ``layers['counts']`` redistributes each spot's measured counts over its superpixels in
+``layers['image_only']``. Inside a spot, a superpixel is the spot's measurement plus two deviations that average to
+zero over the spot: the image's (its prediction minus the spot's mean prediction) and the neighbours' (the spots
+interpolated to its position minus the spot's own value), with weights learned by scale transfer
+(``calibrate_anchoring``): the training spots are pooled into 2 x 2-pitch blocks, a second head is fitted on the
+blocks, and the two weights that best predict each spot's deviation from its block, from the same two deviations
+one level up, are kept. No finer truth is needed, and a weak image signal gets a small weight instead of adding
+noise. ``layers['counts']`` redistributes each spot's measured counts over its superpixels in
 proportion to the anchored (expm1) expression, so the superpixels of a spot sum to its counts (relative
 tolerance 1e-4, float32). Sections without counts get the image-only map.
 """
@@ -47,6 +53,9 @@ from spafoundation.utils.model_folder import read_model_folder, write_model_fold
 FORMAT = "spafoundation-superres"
 MIN_TISSUE = 0.25  # superpixels with less tissue than this are left out of the map
 TILE_MIN_TISSUE = 0.05
+# The anchoring before calibration (and for too few spots): the full image pattern, no neighbour term.
+ANCHOR_DEFAULT = {"image": 1.0, "interpolation": 0.0, "method": "default"}
+MIN_CALIBRATION_SPOTS = 40  # spots in blocks of two or more, over all training sections
 
 
 @dataclass
@@ -167,10 +176,12 @@ class SuperresModel:
     """A ridge head from superpixel features to log-normalised expression, with its encoder reference."""
 
     def __init__(self, genes: Sequence[str], head, encoder=None, *, step_um: float | None = None,
-                 target_sum: float | None = TARGET_SUM, training: dict | None = None, encoder_ref: dict | None = None):
+                 target_sum: float | None = TARGET_SUM, training: dict | None = None, encoder_ref: dict | None = None,
+                 anchoring: dict | None = None):
         from spafoundation.tasks.expression import _encoder_reference
 
         self.genes, self.head, self.encoder = list(genes), head, encoder
+        self.anchoring = dict(anchoring or ANCHOR_DEFAULT)
         self.step_um, self.target_sum, self.training = step_um, target_sum, dict(training or {})
         self.encoder_ref = encoder_ref or (_encoder_reference(encoder) if encoder is not None else None)
 
@@ -180,7 +191,7 @@ class SuperresModel:
     def save(self, folder) -> Path:
         cfg = {"format": FORMAT, "version": 1, "genes": self.genes, "step_um": self.step_um,
                "target": {"normalize": "log1p", "target_sum": self.target_sum}, "encoder": self.encoder_ref,
-               "head_params": self.head.hp, "training": self.training}
+               "head_params": self.head.hp, "training": self.training, "anchoring": self.anchoring}
         return write_model_folder(folder, cfg, "head.npz", self.head.state())
 
     @classmethod
@@ -191,7 +202,8 @@ class SuperresModel:
         cfg, state = read_model_folder(folder, FORMAT, "head.npz", "super-resolution")
         enc = resolve_encoder(encoder or cfg["encoder"]["name"])
         return cls(cfg["genes"], RidgeHead.from_state(state, cfg["head_params"]), enc, step_um=cfg["step_um"],
-                   target_sum=cfg["target"]["target_sum"], training=cfg["training"], encoder_ref=cfg["encoder"])
+                   target_sum=cfg["target"]["target_sum"], training=cfg["training"], encoder_ref=cfg["encoder"],
+                   anchoring=cfg.get("anchoring"))
 
 
 def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes="hvg:50", step_um: float | None = None,
@@ -199,24 +211,26 @@ def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes="hvg:50", step_
                  cached: dict[str, Superpixels] | None = None, progress: bool = False) -> SuperresModel:
     """Fit on sections with counts: the ridge head maps each spot's mean superpixel features to its expression.
 
-    ``footprints``: {section: (members, targets)} replaces the spots (``members`` gives each superpixel's row of
-    ``targets`` or -1; the benchmark's coarse pseudo-spots); ``genes`` must then be a list. ``cached``: superpixels
-    already computed, by section."""
+    ``footprints``: {section: (members, targets, centres)} replaces the spots (``members`` gives each superpixel's
+    row of ``targets`` or -1, ``centres`` the footprints' full-resolution centres; the benchmark's coarse
+    pseudo-spots); ``genes`` must then be a list. ``cached``: superpixels already computed, by section. The anchoring
+    weights are then learned from the same footprints (``calibrate_anchoring``)."""
     from spafoundation.tasks.expression import resolve_encoder
     from spafoundation.tasks.heads import RidgeHead
 
     enc = resolve_encoder(encoder)
     gene_list = list(genes) if isinstance(genes, (list, tuple)) else select_genes(list(train.values()), genes,
                                                                                  target_sum)
-    X, Y, groups, blocks = [], [], [], None
+    X, Y, groups, blocks, levels = [], [], [], None, {}
     for n, a in train.items():
         sp = (cached or {}).get(n) or superpixels(a, enc, step_um=step_um, progress=progress)
         if footprints and n in footprints:
-            members, targets = footprints[n]
+            members, targets, centres = footprints[n]
         else:
             if a.n_vars == 0:
                 raise InputError(None, f"section {n}", "has no counts to train super-resolution on")
-            members = spot_members(sp.xy, np.asarray(a.obsm["spatial"], float), spot_radius_px(a))
+            centres = np.asarray(a.obsm["spatial"], float)
+            members = spot_members(sp.xy, centres, spot_radius_px(a))
             targets = expression_matrix(a, gene_list, target_sum)
         means, k = footprint_means(sp.features, members, len(targets))
         ok = k > 0
@@ -224,9 +238,93 @@ def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes="hvg:50", step_
         Y.append(targets[ok])
         groups += [n] * int(ok.sum())
         blocks = sp.blocks
+        levels[n] = (sp.features, members, targets, np.asarray(centres, float))
     head = RidgeHead().fit(np.concatenate(X), np.concatenate(Y), np.asarray(groups), blocks)
     training = {"sections": list(train), "n_spots": len(groups), "alpha": head.alpha}
-    return SuperresModel(gene_list, head, enc, step_um=step_um, target_sum=target_sum, training=training)
+    return SuperresModel(gene_list, head, enc, step_um=step_um, target_sum=target_sum, training=training,
+                         anchoring=calibrate_anchoring(levels, blocks))
+
+
+def spot_blocks(xy: np.ndarray, factor: int = 2) -> np.ndarray:
+    """Block id of each spot on a square grid of ``factor`` spot pitches, for any layout (square ST, hexagonal
+    Visium, scattered). The pitch is the median distance to the 4 nearest neighbours (the nearest alone is biased
+    short by jitter); the cell borders sit half a pitch from the lattice the spots lie on (its phase per axis is the
+    circular mean of the coordinates modulo the pitch), so jittered spots on a lattice never straddle a border."""
+    xy = np.asarray(xy, float)
+    if len(xy) < 2:
+        return np.zeros(len(xy), dtype=np.int64)
+    k = min(4, len(xy) - 1)
+    pitch = max(float(np.median(cKDTree(xy).query(xy, k=k + 1)[0][:, 1:])), 1e-9)
+    phase = np.angle(np.exp(2j * np.pi * xy / pitch).mean(0)) / (2 * np.pi) * pitch
+    origin = phase + pitch * np.round((xy.min(0) - phase) / pitch)  # the lattice line nearest the first spot
+    cells = np.floor((xy - origin + pitch / 2) / (factor * pitch)).astype(np.int64)
+    return np.unique(cells, axis=0, return_inverse=True)[1].ravel()
+
+
+def pooled_expression(targets: np.ndarray, parent: np.ndarray, n_parents: int) -> np.ndarray:
+    """Log-normalised expression of pooled spots: log1p of the mean of the members' normalised expression."""
+    sums = np.zeros((n_parents, targets.shape[1]))
+    np.add.at(sums, parent, np.expm1(targets.astype(np.float64)))
+    return np.log1p(sums / np.maximum(np.bincount(parent, minlength=n_parents), 1)[:, None]).astype(np.float32)
+
+
+def calibrate_anchoring(levels: dict[str, tuple], blocks=None) -> dict:
+    """The weights of the two within-spot deviations used by ``anchor_to_measurements``, learned one scale up.
+
+    ``levels``: {section: (superpixel features, members, targets, centres)} for the training spots. Spots are pooled
+    into blocks (``spot_blocks``); a ridge head is fitted on the blocks as the model was on the spots; then, for every
+    spot in a block of two or more, its deviation from its block is regressed (least squares pooled over genes, no
+    intercept) on the image deviation (the head's mean prediction over the spot minus over the block) and the
+    neighbour deviation (the blocks interpolated to the spot minus its block). Weights are shrunk by their
+    t-statistics and clipped to [0, 1]."""
+    from spafoundation.tasks.heads import RidgeHead
+
+    prepared, X, Y, groups = {}, [], [], []
+    for n, (feats, members, targets, centres) in levels.items():
+        seen = np.flatnonzero(np.bincount(members[members >= 0], minlength=len(targets)) > 0)
+        if len(seen) < 2:
+            continue
+        parent = np.full(len(targets), -1)
+        parent[seen] = spot_blocks(centres[seen])
+        n_par = int(parent.max()) + 1
+        siblings = np.bincount(parent[seen], minlength=n_par)
+        par_y = pooled_expression(targets[seen], parent[seen], n_par)
+        par_xy = np.zeros((n_par, 2))
+        np.add.at(par_xy, parent[seen], centres[seen])
+        par_xy /= siblings[:, None]
+        par_members = np.where(members >= 0, parent[np.maximum(members, 0)], -1)
+        means, k = footprint_means(feats, par_members, n_par)
+        X.append(means[k > 0])
+        Y.append(par_y[k > 0])
+        groups += [n] * int((k > 0).sum())
+        child = seen[siblings[parent[seen]] >= 2]
+        prepared[n] = (feats, members, targets, centres, parent, par_y, par_xy, par_members, child)
+    n_child = sum(len(v[-1]) for v in prepared.values())
+    if n_child < MIN_CALIBRATION_SPOTS or len({*groups}) == 0:
+        return {**ANCHOR_DEFAULT, "method": f"default ({n_child} spots in blocks, fewer than {MIN_CALIBRATION_SPOTS})"}
+    block_head = RidgeHead().fit(np.concatenate(X), np.concatenate(Y), np.asarray(groups), blocks)
+    target, f_image, f_interp = [], [], []
+    for feats, members, targets, centres, parent, par_y, par_xy, par_members, child in prepared.values():
+        pred = block_head.predict(feats)
+        spot_mean = footprint_means(pred, members, len(targets))[0]
+        block_mean = footprint_means(pred, par_members, len(par_y))[0]
+        p = parent[child]
+        target.append(targets[child] - par_y[p])
+        f_image.append(spot_mean[child] - block_mean[p])
+        f_interp.append(idw(par_xy, par_y, centres[child]) - par_y[p])
+    A = np.stack([np.concatenate(f_image).ravel(), np.concatenate(f_interp).ravel()], 1).astype(np.float64)
+    t = np.concatenate(target).ravel().astype(np.float64)
+    gram_inv = np.linalg.pinv(A.T @ A)
+    w = gram_inv @ A.T @ t
+    # Positive-part James-Stein shrinkage of each weight by its t-statistic, counting spots (not spot x gene pairs,
+    # which are correlated) as independent: a deviation that fits only by chance (a blind image whose tiny
+    # spot-level deviations get a large coefficient) is dropped rather than amplified at the superpixels.
+    sigma2 = float(np.mean((t - A @ w) ** 2)) * len(t) / max(n_child - 2, 1)
+    t_stat = w / np.sqrt(np.maximum(np.diag(gram_inv) * sigma2, 1e-30))
+    w = w * np.clip(1.0 - 1.0 / np.maximum(t_stat**2, 1e-12), 0.0, 1.0)
+    image, interpolation = (float(np.clip(v, 0.0, 1.0)) + 0.0 for v in w)  # + 0.0: no -0.0
+    return {"image": image, "interpolation": interpolation, "method": "scale transfer, 2 x 2-pitch blocks",
+            "n_spots": int(n_child), "n_blocks": len(groups)}
 
 
 def idw(src_xy: np.ndarray, values: np.ndarray, dst_xy: np.ndarray, k: int = 4, power: float = 2.0,
@@ -248,12 +346,13 @@ def idw(src_xy: np.ndarray, values: np.ndarray, dst_xy: np.ndarray, k: int = 4, 
 
 
 def anchor_to_measurements(sp_xy: np.ndarray, pred: np.ndarray, members: np.ndarray, centres: np.ndarray,
-                           observed: np.ndarray, shrink: float = 1.0) -> np.ndarray:
-    """The image prediction anchored to the measured spots (regression kriging). A spot's residual is its
-    observed expression minus the mean prediction of its superpixels; inside a spot the residual is the spot's
-    own, so its superpixels average exactly to the measurement; between spots the residuals are interpolated
-    by inverse-distance weighting. ``shrink`` (0-1) scales the image's deviations from the spot mean: 0 gives
-    the measurement itself inside each spot, 1 keeps the full image pattern."""
+                           observed: np.ndarray, image: float = 1.0, interpolation: float = 0.0) -> np.ndarray:
+    """The image prediction anchored to the measured spots (regression kriging). Between spots: the prediction plus
+    the spots' residuals (observed minus the mean prediction of their superpixels) interpolated by inverse-distance
+    weighting. Inside a spot: its measurement plus ``image`` x the image's deviation from the spot's mean
+    prediction plus ``interpolation`` x the neighbours' deviation (the spots interpolated to the superpixel minus
+    the spot's own value), that last term centred over the spot, so a spot's superpixels average exactly to its
+    measurement. image=1, interpolation=0 keeps the full image pattern; 0, 0 is flat at the measurement."""
     means, k = footprint_means(pred, members, len(observed))
     ok = k > 0
     if not ok.any():
@@ -261,18 +360,23 @@ def anchor_to_measurements(sp_xy: np.ndarray, pred: np.ndarray, members: np.ndar
     residual = np.zeros_like(observed, dtype=np.float32)
     residual[ok] = observed[ok] - means[ok]
     inside = members >= 0
+    m = members[inside]
     out = pred + idw(centres[ok], residual[ok], sp_xy)
-    out[inside] = (means[members[inside]] + shrink * (pred[inside] - means[members[inside]])
-                   + residual[members[inside]])
+    deviation = image * (pred[inside] - means[m])
+    if interpolation:
+        neighbours = idw(centres[ok], observed[ok], sp_xy[inside]) - observed[m]
+        neighbours -= footprint_means(neighbours, m, len(observed))[0][m]
+        deviation = deviation + interpolation * neighbours
+    out[inside] = observed[m] + deviation
     return out.astype(np.float32)
 
 
 def superres_adata(section: ad.AnnData, sp: Superpixels, pred: np.ndarray, model: SuperresModel, *,
-                   image_weight: float = 1.0) -> ad.AnnData:
+                   image_weight: float | None = None) -> ad.AnnData:
     """The superpixel AnnData: X = predicted log-normalised expression; obs grid row/col, tissue share and the spot
-    each superpixel lies in. Where the section has counts, X is anchored to them (``anchor_to_measurements``;
-    the image-only prediction stays in layers['image_only']) and layers['counts'] redistributes each spot's
-    counts over its superpixels."""
+    each superpixel lies in. Where the section has counts, X is anchored to them (``anchor_to_measurements`` with
+    the model's learned weights, ``image_weight`` overriding the image's; the image-only prediction stays in
+    layers['image_only']) and layers['counts'] redistributes each spot's counts over its superpixels."""
     lib = library_id(section)
     members = spot_members(sp.xy, np.asarray(section.obsm["spatial"], float), spot_radius_px(section))
     obs = pd.DataFrame({"section": lib, "grid_row": sp.row, "grid_col": sp.col, "tissue_fraction": sp.tissue,
@@ -292,12 +396,14 @@ def superres_adata(section: ad.AnnData, sp: Superpixels, pred: np.ndarray, model
 
         observed = expression_matrix(section, model.genes, model.target_sum)
         out.layers["image_only"] = out.X.copy()
+        weights = {**model.anchoring, **({} if image_weight is None else {"image": float(image_weight)})}
         out.X = anchor_to_measurements(sp.xy, pred, members, np.asarray(section.obsm["spatial"], float), observed,
-                                       shrink=image_weight)
-        out.uns["superres"]["anchored"] = ("inside spots: the spot's measurement + image_weight x the image's "
-                                           "deviation from the spot mean; between spots: image prediction + IDW "
-                                           "of the spots' residuals")
-        out.uns["superres"]["image_weight"] = float(image_weight)
+                                       image=weights["image"], interpolation=weights["interpolation"])
+        out.uns["superres"]["anchored"] = ("inside spots: the spot's measurement + image x the image's deviation "
+                                           "from the spot mean + interpolation x the neighbouring spots' deviation; "
+                                           "between spots: image prediction + IDW of the spots' residuals")
+        out.uns["superres"]["anchoring"] = {k: v for k, v in weights.items() if k in ("image", "interpolation",
+                                                                                       "method")}
         counts = section[:, model.genes].X
         counts = np.asarray(counts.toarray() if sparse.issparse(counts) else counts, dtype=np.float64)
         out.layers["counts"] = redistribute(np.asarray(out.X), members, counts)
