@@ -191,9 +191,9 @@ def main(argv=None) -> int:
         lines += [f"| {kind} | {f:.4f} | {q:.4f} | {worst:.4f} |" for kind, f, q, worst in down]
     lines += ["", f"fp32 GEMM peak in the same run: {peak:.1f} GFLOP/s. Total {total:.0f} s.", "",
               "Kept: dynamic int8 (the only variant well above 1x; compile and ONNX Runtime are within noise of "
-              "eager here), the default of `spafoundation embed --tiles` on CPU; `--precision fp32` opts out. The "
-              "spot pipeline (embed, fit/predict, tumour, clusters, superres) stays fp32 by default so its "
-              "embedding caches and the tables above keep one identity; `--precision int8` on `embed` opts in.", "",
+              "eager here), the default on CPU of every command that builds an encoder (embed, embed --tiles, "
+              "fit/predict, tumour, clusters, superres, run; utils/precision.py); `--precision fp32` opts out, and "
+              "a fitted model rebuilds its encoder at the precision it was fitted with.", "",
               "Reproduce: `.venv/bin/python bench/cpu_fast_path.py`"]
     if not args.quick:
         update_section("cpu_fast_path", "\n".join(lines))

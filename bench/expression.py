@@ -16,6 +16,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
 from spafoundation.cli import main
+from spafoundation.utils.precision import REFERENCE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,8 @@ def run(argv=None) -> int:
     ap.add_argument("--sections", default="C2,C3,C4,C5,C6")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
-    cli = ["benchmark", "expression", args.data, "--sections", args.sections, "--out", args.out, "--quiet"]
+    cli = ["benchmark", "expression", args.data, "--sections", args.sections, "--out", args.out,
+           "--quiet", "--precision", REFERENCE]
     code = main(cli)
     if code:
         return code

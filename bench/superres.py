@@ -16,6 +16,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
 from spafoundation.cli import main
+from spafoundation.utils.precision import REFERENCE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,8 @@ def run(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "superres"))
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
-    cli = ["benchmark", "superres", args.data, "--sections", "C2,C3,C4,C5,C6", "--out", args.out, "--quiet"]
+    cli = ["benchmark", "superres", args.data, "--sections", "C2,C3,C4,C5,C6", "--out", args.out,
+           "--quiet", "--precision", REFERENCE]
     code = main(cli)
     if code:
         return code

@@ -17,6 +17,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
 from spafoundation.cli import main
+from spafoundation.utils.precision import REFERENCE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,8 +54,9 @@ def run(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    tumor_cli = ["benchmark", "tumor", args.data, "--sections", "C2,C3,C4,C5,C6", "--out", str(out), "--quiet"]
-    cluster_cli = ["benchmark", "clustering", args.data, "--out", str(out), "--quiet"]
+    tumor_cli = ["benchmark", "tumor", args.data, "--sections", "C2,C3,C4,C5,C6", "--out", str(out),
+                 "--quiet", "--precision", REFERENCE]
+    cluster_cli = ["benchmark", "clustering", args.data, "--out", str(out), "--quiet", "--precision", REFERENCE]
     for cli in (tumor_cli, cluster_cli):
         code = main(cli)
         if code:

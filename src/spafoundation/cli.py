@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from spafoundation.utils.precision import set_default_precision
+
+    set_default_precision(getattr(args, "pipeline_precision", None))  # this command's choice only
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe must surface here, not at interpreter exit
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spafoundation: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        set_default_precision(None)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,27 @@ def add_cache_args(p) -> None:
 
 def cache_dir(args):
     return False if args.no_cache else args.cache_dir
+
+
+def add_precision_option(p) -> None:
+    """``--precision`` for commands that build encoders through the pipeline (utils/precision.py); cli.main applies
+    it for the one command."""
+    from spafoundation.utils.precision import CHOICES
+
+    p.add_argument("--precision", dest="pipeline_precision", choices=CHOICES,
+                   help="encoder precision: int8 = dynamically quantised Linear layers on CPU (the default there: "
+                        "fastest at unchanged accuracy, BENCHMARKS.md), fp32 to opt out; bf16/fp16 autocast on GPU. "
+                        "A fitted model otherwise reuses the precision it was fitted with")
+
+
+def precision_note() -> str:
+    """A sentence for a benchmark's markdown: the precision its encoders ran at (they run on CPU)."""
+    from spafoundation.utils.precision import REFERENCE, chosen_precision, default_precision
+
+    p = default_precision("cpu")
+    if p == REFERENCE and chosen_precision():
+        why = ("the reference for accuracy tables, every baseline at its best; the CPU default, int8, is checked "
+               "against it under 'CPU fast path'")
+    else:
+        why = "chosen with --precision" if chosen_precision() else "the pipeline's default on CPU"
+    return f"Encoders at {p or 'their own'} precision ({why}). "

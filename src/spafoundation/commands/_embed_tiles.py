@@ -19,6 +19,7 @@ from spafoundation.errors import InputError
 from spafoundation.io.slide_list import list_slides
 from spafoundation.utils.atomic import atomic_path, write_h5ad
 from spafoundation.utils.distributed import barrier, current_world, device_for, shard
+from spafoundation.utils.precision import default_precision
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ def run(args) -> int:
     world = current_world()
     slides = list_slides(args.data, mpp=args.mpp)
     device = device_for(world, args.device)
-    # Whole slides default to the fastest path that keeps accuracy (bench/cpu_fast_path.py): int8 on CPU.
-    precision = args.precision or ("int8" if device == "cpu" else None)
+    precision = args.precision or default_precision(device)  # int8 on CPU: bench/cpu_fast_path.py
     encoder = build_encoder(args.encoder, weights=args.weights, device=device,
                             overrides={"precision": precision} if precision else None)
     out = Path(args.out) if args.out else Path(f"tiles_{encoder.name}")

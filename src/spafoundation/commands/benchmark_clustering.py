@@ -10,7 +10,13 @@ import shlex
 import time
 from pathlib import Path
 
-from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections
+from spafoundation.commands._common import (
+    add_cache_args,
+    add_precision_option,
+    cache_dir,
+    parse_sections,
+    precision_note,
+)
 from spafoundation.errors import InputError
 
 
@@ -43,7 +49,7 @@ def run(args) -> int:
                          "no section with counts has reference regions")
     out = Path(args.out)
     command = "spafoundation " + " ".join(shlex.quote(a) for a in args.argv)
-    md = [f"Command: `{command}`\n\nEach section is clustered on its own into k = its number of reference "
+    md = [f"Command: `{command}`\n\n{precision_note()}Each section is clustered on its own into k = its number of reference "
           f"regions; ARI and NMI per section (unknown spots left out), then mean and sd over sections. Smoothing: "
           f"features replaced by (1 - w) x own + w x mean of graph neighbours, w = {args.smooth}."]
     for title, ref, sections, with_images in parts:
@@ -76,4 +82,5 @@ def register(subparsers) -> None:
     p.add_argument("--default-encoder", help="the encoder of the image contenders (default: the shipped one)")
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline")
     add_cache_args(p)
+    add_precision_option(p)
     p.set_defaults(func=run)

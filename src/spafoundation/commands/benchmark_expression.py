@@ -7,7 +7,14 @@ import shlex
 import time
 from pathlib import Path
 
-from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections, parse_target_sum
+from spafoundation.commands._common import (
+    add_cache_args,
+    add_precision_option,
+    cache_dir,
+    parse_sections,
+    parse_target_sum,
+    precision_note,
+)
 from spafoundation.errors import InputError
 
 TARGETS = {
@@ -59,7 +66,7 @@ def run(args) -> int:
                            f"{time.perf_counter() - t0:.0f} s on this machine.")
     splits = benchmark_splits(usable)
     kinds = sorted({k for k, _, _ in splits})
-    header = (f"Command: `{command}`\n\n"
+    header = (f"Command: `{command}`\n\n{precision_note()}"
               f"Sections: {', '.join(usable)}; splits: {', '.join(kinds)} ({len(splits)} folds)"
               + ("" if "leave-one-patient-out" in kinds else "; leave-one-patient-out needs two imaged patients") +
               f".\nGenes: {args.genes}, chosen on the training sections of each fold only (genes detected in >= 10% "
@@ -86,4 +93,5 @@ def register(subparsers) -> None:
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline (default random-vitt16)")
     p.add_argument("--no-options", action="store_true", help="skip the tta / context / neighbour ablations")
     add_cache_args(p)
+    add_precision_option(p)
     p.set_defaults(func=run)

@@ -7,7 +7,7 @@ import shlex
 import time
 from pathlib import Path
 
-from spafoundation.commands._common import parse_sections
+from spafoundation.commands._common import add_precision_option, parse_sections, precision_note
 from spafoundation.errors import InputError
 
 
@@ -32,7 +32,7 @@ def run(args) -> int:
     table = superres_markdown(rows)
     w = timing["anchoring"]
     command = "spafoundation " + " ".join(shlex.quote(a) for a in args.argv)
-    md = (f"Command: `{command}`\n\nSections: {', '.join(usable)}. Coarse pseudo-spots: 2 x 2 blocks of the array "
+    md = (f"Command: `{command}`\n\n{precision_note()}Sections: {', '.join(usable)}. Coarse pseudo-spots: 2 x 2 blocks of the array "
           "grid, counts summed, centre at the mean; every method sees only them. Truth: the real spots. Genes: "
           f"{args.genes} chosen on the coarse counts ({len(genes)}; superres_genes.json). Targets: log1p of "
           "library-size normalised counts. Metrics per section, then averaged: Pearson r per gene across fine "
@@ -61,4 +61,5 @@ def register(subparsers) -> None:
     p.add_argument("--genes", default="hvg:50", help="genes (default hvg:50, chosen on the coarse counts)")
     p.add_argument("--step-um", type=float, help="superpixel pitch (default one encoder token)")
     p.add_argument("--quiet", action="store_true")
+    add_precision_option(p)
     p.set_defaults(func=run)

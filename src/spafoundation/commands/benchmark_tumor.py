@@ -6,7 +6,13 @@ import shlex
 import time
 from pathlib import Path
 
-from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections
+from spafoundation.commands._common import (
+    add_cache_args,
+    add_precision_option,
+    cache_dir,
+    parse_sections,
+    precision_note,
+)
 from spafoundation.errors import InputError
 
 
@@ -39,7 +45,7 @@ def run(args) -> int:
     table = tumor_markdown(summary)
     kinds = sorted({k for k, _, _ in benchmark_splits(usable)})
     command = "spafoundation " + " ".join(shlex.quote(a) for a in args.argv)
-    md = (f"Command: `{command}`\n\nSections: {', '.join(usable)}; splits: {', '.join(kinds)}.\n"
+    md = (f"Command: `{command}`\n\n{precision_note()}Sections: {', '.join(usable)}; splits: {', '.join(kinds)}.\n"
           f"Labels: obs['{args.label_column}'] matching /{args.positive}/ (case-insensitive) is tumour; unknown "
           "spots are left out." + (" On HER2ST these are the authors' annotations of expression clusters: labels "
           "that come from expression, not from a pathologist." if args.label_column == "cluster_annotation" else "")
@@ -62,4 +68,5 @@ def register(subparsers) -> None:
     p.add_argument("--default-encoder", help="the encoder of the pipeline (default: the shipped one)")
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline")
     add_cache_args(p)
+    add_precision_option(p)
     p.set_defaults(func=run)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections
+from spafoundation.commands._common import add_cache_args, add_precision_option, cache_dir, parse_sections
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir
 
@@ -110,4 +110,5 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figure", action="store_true")
     add_cache_args(p)
+    add_precision_option(p)
     p.set_defaults(func=run)

@@ -12,8 +12,7 @@ from spafoundation.io.anndata_spec import image_path
 from spafoundation.io.readers import read_dataset
 from spafoundation.utils.atomic import write_h5ad
 from spafoundation.utils.distributed import barrier, current_world, device_for, shard
-
-PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8")  # models/encoder.py PRECISIONS; literal to keep --help fast
+from spafoundation.utils.precision import CHOICES, default_precision
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,10 @@ def run(args) -> int:
     world = current_world()
     if world.size > 1 and args.no_cache:
         raise InputError(None, "--no-cache", "under torchrun the ranks hand their sections over through the cache")
-    encoder = build_encoder(args.encoder, weights=args.weights, device=device_for(world, args.device),
-                            overrides={"precision": args.precision} if args.precision else None)
+    device = device_for(world, args.device)
+    precision = args.precision or default_precision(device)  # int8 on CPU, as every pipeline command
+    encoder = build_encoder(args.encoder, weights=args.weights, device=device,
+                            overrides={"precision": precision} if precision else None)
     print(f"encoder {encoder.name}: {encoder.embed_dim}-d, {encoder.input_size} px patches of "
           f"{encoder.patch_um:g} um, tta={'on' if args.tta else 'off'}")
     key = f"X_{encoder.name}"
@@ -92,10 +93,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps); under torchrun cuda means "
                    "one GPU per process")
-    p.add_argument("--precision", choices=PRECISION_CHOICES,
+    p.add_argument("--precision", choices=CHOICES,
                    help="fp32; bf16/fp16 autocast on GPU; int8 = dynamically quantised Linear layers on CPU "
-                   "(default: the encoder's own; with --tiles on CPU int8, the fastest path that keeps accuracy, "
-                   "see BENCHMARKS.md)")
+                   "(default on CPU: int8, the fastest path that keeps accuracy, see BENCHMARKS.md; elsewhere the "
+                   "encoder's own)")
     tiles = p.add_argument_group("whole slides (--tiles)")
     tiles.add_argument("--tiles", action="store_true",
                        help="embed a grid of encoder-sized tiles over each slide's tissue, one h5ad per slide; "

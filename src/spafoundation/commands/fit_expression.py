@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections, parse_target_sum
+from spafoundation.commands._common import (
+    add_cache_args,
+    add_precision_option,
+    cache_dir,
+    parse_sections,
+    parse_target_sum,
+)
 from spafoundation.errors import InputError
 from spafoundation.eval.genes import TARGET_SUM
 
@@ -65,4 +71,5 @@ def register(subparsers) -> None:
     p.add_argument("--neighbours-um", type=float,
                    help="also average features over spots within this radius (default 300; 0 = off)")
     add_cache_args(p)
+    add_precision_option(p)
     p.set_defaults(func=run)

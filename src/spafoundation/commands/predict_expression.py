@@ -11,7 +11,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
-from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections
+from spafoundation.commands._common import add_cache_args, add_precision_option, cache_dir, parse_sections
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path, write_h5ad
 
@@ -87,4 +87,5 @@ def register(subparsers) -> None:
                                    "(default: the 4 best predicted)")
     p.add_argument("--no-figure", action="store_true", help="do not draw observed vs predicted maps")
     add_cache_args(p)
+    add_precision_option(p)
     p.set_defaults(func=run)

@@ -17,13 +17,16 @@ from pathlib import Path
 
 import yaml
 
+from spafoundation.commands._common import add_precision_option
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path
+from spafoundation.utils.precision import CHOICES
 
 DEFAULTS: dict = {
     "data": None,  # or --data
     "sections": None,  # all sections of the dataset
     "encoder": "spafoundation-default",
+    "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
     "cache_dir": None,  # default: DIR/cache
     "expression": {"enabled": True, "model": None, "train_sections": None, "predict_sections": None,
                    "genes": "hvg:50", "head": "ridge"},
@@ -113,7 +116,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
         raise InputError(data_path, "image", "no section has an H&E image")
     cache = str(cfg["cache_dir"] or out / "cache")
     common = ["--cache-dir", cache]
-    enc = ["--encoder", str(cfg["encoder"])]
+    precision = ["--precision", str(cfg["precision"])] if cfg["precision"] else []
+    enc = ["--encoder", str(cfg["encoder"]), *precision]
     steps = []
     e = cfg["expression"]
     if e["enabled"]:
@@ -128,7 +132,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
             pred = out / "expression" / "predicted.h5ad"
             steps.append(Step("predict_expression", "predict expression", [
                 "predict-expression", model, data_path, "--sections", ",".join(predict), "--out", str(pred),
-                *common], pred))
+                *precision, *common], pred))
     r = cfg["superres"]
     if r["enabled"]:
         train = expression_split(data, e)[0] if e["enabled"] else [n for n in imaged if data[n].n_vars > 0]
@@ -187,6 +191,10 @@ def run(args) -> int:
         cfg["sections"] = args.sections
     if args.data:
         cfg["data"] = str(args.data)
+    if args.pipeline_precision:
+        cfg["precision"] = args.pipeline_precision
+    if cfg["precision"] is not None and cfg["precision"] not in CHOICES:
+        raise InputError(args.config, "precision", f"must be one of {', '.join(CHOICES)}, got {cfg['precision']!r}")
     if not cfg["data"]:
         raise InputError(args.config, "data", "no dataset: give --data or data: in the config")
     data_path = cfg["data"]
@@ -259,4 +267,5 @@ def register(subparsers) -> None:
     p.add_argument("--sections", help="comma-separated sections (default: all)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (as commands) and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_precision_option(p)
     p.set_defaults(func=run)

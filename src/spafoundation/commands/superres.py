@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spafoundation.commands._common import parse_sections
+from spafoundation.commands._common import add_precision_option, parse_sections
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir
 
@@ -106,4 +106,5 @@ def register(subparsers) -> None:
     p.add_argument("--genes-to-draw", help="comma-separated genes for the figure (default: the first 4)")
     p.add_argument("--no-figure", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_precision_option(p)
     p.set_defaults(func=run)

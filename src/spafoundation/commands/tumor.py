@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from spafoundation.commands._common import add_cache_args, cache_dir, parse_sections
+from spafoundation.commands._common import add_cache_args, add_precision_option, cache_dir, parse_sections
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir
 
@@ -114,4 +114,5 @@ def register(subparsers) -> None:
     p.add_argument("--grid-um", type=float, default=100.0, help="pitch of the tissue grid (0: spots only)")
     p.add_argument("--no-figure", action="store_true", help="do not draw heatmaps")
     add_cache_args(p)
+    add_precision_option(p)
     p.set_defaults(func=run)

@@ -31,21 +31,40 @@ HEAD_FILE, EMBEDDED_ENCODER = "head.npz", "encoder"
 
 
 def _encoder_reference(encoder) -> dict:
-    """How to rebuild the encoder at prediction time: its registry name or folder, plus the identity to check."""
+    """How to rebuild the encoder at prediction time: its registry name or folder and precision, plus the identity
+    to check."""
     source = encoder.config.get("source_ref") if hasattr(encoder, "config") else None
-    return {"name": source or encoder.name, "identity": encoder.identity}
+    return {"name": source or encoder.name, "identity": encoder.identity,
+            "precision": getattr(encoder, "precision", "fp32")}
 
 
-def resolve_encoder(encoder, device: str = "cpu"):
+def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None):
+    """An encoder object as is; a name or model folder built on ``device`` at ``precision`` (default: the pipeline's,
+    ``utils/precision.py``: int8 on CPU unless the user chose)."""
     if encoder is None:
         return None
     if isinstance(encoder, (str, Path)):
         from spafoundation.models.registry import build_encoder
+        from spafoundation.utils.precision import default_precision
 
-        enc = build_encoder(str(encoder), device=device)
+        precision = precision or default_precision(device)
+        enc = build_encoder(str(encoder), device=device, overrides={"precision": precision} if precision else None)
         enc.config["source_ref"] = str(Path(encoder).resolve()) if Path(str(encoder)).exists() else str(encoder)
         return enc
     return encoder
+
+
+def encoder_from_reference(ref: dict, device: str = "cpu"):
+    """The encoder a fitted model refers to, at the precision it was fitted with (models written before precision
+    was recorded: int8 if the identity says so, else fp32) unless the user chose one; warns if it is not the same."""
+    from spafoundation.utils.precision import chosen_precision
+
+    recorded = ref.get("precision") or ("int8" if str(ref.get("identity", "")).endswith("+int8") else "fp32")
+    enc = resolve_encoder(ref["name"], device=device, precision=chosen_precision() or recorded)
+    if not ref.get("embedded") and enc.identity != ref.get("identity"):
+        log.warning("encoder %s differs from the one this model was trained with (%s vs %s)", ref["name"],
+                    enc.identity, ref.get("identity"))
+    return enc
 
 
 class ExpressionModel:
@@ -68,10 +87,7 @@ class ExpressionModel:
 
     def _get_encoder(self):
         if self.encoder is None and self.encoder_ref is not None:
-            self.encoder = resolve_encoder(self.encoder_ref["name"])
-            if not self.encoder_ref.get("embedded") and self.encoder.identity != self.encoder_ref["identity"]:
-                log.warning("encoder %s differs from the one this model was trained with (%s vs %s)",
-                            self.encoder_ref["name"], self.encoder.identity, self.encoder_ref["identity"])
+            self.encoder = encoder_from_reference(self.encoder_ref)
         return self.encoder
 
     def describe(self) -> dict:
@@ -150,7 +166,8 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     if head not in HEADS:
         raise InputError(None, "head", f"unknown head {head!r}; choose from {sorted(HEADS)}")
     if head == "finetune":
-        return _fit_finetuned(train, resolve_encoder(encoder), select_genes(train, genes, target_sum, candidate_genes),
+        tuned_from = resolve_encoder(encoder, precision="fp32")  # training needs float weights
+        return _fit_finetuned(train, tuned_from, select_genes(train, genes, target_sum, candidate_genes),
                               target_sum, head_params, progress, genes)
     recipe = make_recipe(**{**DEFAULT_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
     enc = resolve_encoder(encoder) if needs_encoder(recipe) else None

@@ -196,11 +196,11 @@ class SuperresModel:
 
     @classmethod
     def load(cls, folder, encoder=None) -> SuperresModel:
-        from spafoundation.tasks.expression import resolve_encoder
+        from spafoundation.tasks.expression import encoder_from_reference, resolve_encoder
         from spafoundation.tasks.heads import RidgeHead
 
         cfg, state = read_model_folder(folder, FORMAT, "head.npz", "super-resolution")
-        enc = resolve_encoder(encoder or cfg["encoder"]["name"])
+        enc = resolve_encoder(encoder) if encoder else encoder_from_reference(cfg["encoder"])
         return cls(cfg["genes"], RidgeHead.from_state(state, cfg["head_params"]), enc, step_um=cfg["step_um"],
                    target_sum=cfg["target"]["target_sum"], training=cfg["training"], encoder_ref=cfg["encoder"],
                    anchoring=cfg.get("anchoring"))

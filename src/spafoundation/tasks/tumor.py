@@ -117,14 +117,15 @@ class TumorModel:
                  encoder_ref: dict | None = None):
         self.classifier, self.recipe, self.encoder = classifier, recipe, encoder
         self.training = dict(training or {})
-        self.encoder_ref = encoder_ref or ({"name": encoder.config.get("source_ref") or encoder.name,
-                                            "identity": encoder.identity} if encoder is not None else None)
+        from spafoundation.tasks.expression import _encoder_reference
+
+        self.encoder_ref = encoder_ref or (_encoder_reference(encoder) if encoder is not None else None)
 
     def _encoder(self):
         if self.encoder is None and self.encoder_ref is not None:
-            from spafoundation.tasks.expression import resolve_encoder
+            from spafoundation.tasks.expression import encoder_from_reference
 
-            self.encoder = resolve_encoder(self.encoder_ref["name"])
+            self.encoder = encoder_from_reference(self.encoder_ref)
         return self.encoder
 
     def predict(self, adata: ad.AnnData, *, cache_dir=None, progress: bool = False) -> np.ndarray:
