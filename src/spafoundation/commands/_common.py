@@ -49,10 +49,10 @@ def precision_note() -> str:
     """A sentence for a benchmark's markdown: the precision its encoders ran at (they run on CPU)."""
     from spafoundation.utils.precision import REFERENCE, chosen_precision, default_precision
 
-    p = default_precision("cpu")
-    if p == REFERENCE and chosen_precision():
+    chosen = chosen_precision()
+    if chosen == REFERENCE:
         why = ("the reference for accuracy tables, every baseline at its best; the CPU default, int8, is checked "
                "against it under 'CPU fast path'")
     else:
-        why = "chosen with --precision" if chosen_precision() else "the pipeline's default on CPU"
-    return f"Encoders at {p or 'their own'} precision ({why}). "
+        why = "chosen with --precision" if chosen else "the pipeline's default on CPU"
+    return f"Encoders at {default_precision('cpu') or 'their own'} precision ({why}). "

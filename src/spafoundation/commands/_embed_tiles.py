@@ -19,7 +19,6 @@ from spafoundation.errors import InputError
 from spafoundation.io.slide_list import list_slides
 from spafoundation.utils.atomic import atomic_path, write_h5ad
 from spafoundation.utils.distributed import barrier, current_world, device_for, shard
-from spafoundation.utils.precision import default_precision
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,8 @@ def _write_record(out: Path, slide_id: str, record: dict) -> None:
 
 
 def run(args) -> int:
-    from spafoundation.models.registry import build_encoder
     from spafoundation.models.slide_embed import embed_slide
+    from spafoundation.tasks.expression import resolve_encoder
 
     for flag, value in (("--sections", args.sections), ("--tta", args.tta), ("--no-cache", args.no_cache),
                         ("--cache-dir", args.cache_dir)):
@@ -61,9 +60,7 @@ def run(args) -> int:
     world = current_world()
     slides = list_slides(args.data, mpp=args.mpp)
     device = device_for(world, args.device)
-    precision = args.precision or default_precision(device)  # int8 on CPU: bench/cpu_fast_path.py
-    encoder = build_encoder(args.encoder, weights=args.weights, device=device,
-                            overrides={"precision": precision} if precision else None)
+    encoder = resolve_encoder(args.encoder, device=device, weights=args.weights)  # int8 on CPU: utils/precision.py
     out = Path(args.out) if args.out else Path(f"tiles_{encoder.name}")
     out.mkdir(parents=True, exist_ok=True)
     want = {"encoder": encoder.identity, "tile_um": float(encoder.patch_um), "input_size": encoder.input_size,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import anndata as ad
 
+from spafoundation.commands._common import add_precision_option
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path
 from spafoundation.io.readers import read_dataset
 from spafoundation.utils.atomic import write_h5ad
 from spafoundation.utils.distributed import barrier, current_world, device_for, shard
-from spafoundation.utils.precision import CHOICES, default_precision
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def run(args) -> int:
 
         return run_tiles(args)
     from spafoundation.models.embed import UNS_KEY, embed_adata
-    from spafoundation.models.registry import build_encoder
+    from spafoundation.tasks.expression import resolve_encoder
 
     if args.batch_size < 1:
         raise InputError(None, "--batch-size", "must be >= 1")
@@ -42,10 +42,7 @@ def run(args) -> int:
     world = current_world()
     if world.size > 1 and args.no_cache:
         raise InputError(None, "--no-cache", "under torchrun the ranks hand their sections over through the cache")
-    device = device_for(world, args.device)
-    precision = args.precision or default_precision(device)  # int8 on CPU, as every pipeline command
-    encoder = build_encoder(args.encoder, weights=args.weights, device=device,
-                            overrides={"precision": precision} if precision else None)
+    encoder = resolve_encoder(args.encoder, device=device_for(world, args.device), weights=args.weights)
     print(f"encoder {encoder.name}: {encoder.embed_dim}-d, {encoder.input_size} px patches of "
           f"{encoder.patch_um:g} um, tta={'on' if args.tta else 'off'}")
     key = f"X_{encoder.name}"
@@ -93,10 +90,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps); under torchrun cuda means "
                    "one GPU per process")
-    p.add_argument("--precision", choices=CHOICES,
-                   help="fp32; bf16/fp16 autocast on GPU; int8 = dynamically quantised Linear layers on CPU "
-                   "(default on CPU: int8, the fastest path that keeps accuracy, see BENCHMARKS.md; elsewhere the "
-                   "encoder's own)")
+    add_precision_option(p)
     tiles = p.add_argument_group("whole slides (--tiles)")
     tiles.add_argument("--tiles", action="store_true",
                        help="embed a grid of encoder-sized tiles over each slide's tissue, one h5ad per slide; "

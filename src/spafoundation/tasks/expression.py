@@ -38,9 +38,9 @@ def _encoder_reference(encoder) -> dict:
             "precision": getattr(encoder, "precision", "fp32")}
 
 
-def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None):
-    """An encoder object as is; a name or model folder built on ``device`` at ``precision`` (default: the pipeline's,
-    ``utils/precision.py``: int8 on CPU unless the user chose)."""
+def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None, weights=None):
+    """An encoder object as is; a name or model folder (with ``weights``, a checkpoint, if given) built on ``device``
+    at ``precision`` (default: the pipeline's, ``utils/precision.py``: int8 on CPU unless the user chose)."""
     if encoder is None:
         return None
     if isinstance(encoder, (str, Path)):
@@ -48,7 +48,8 @@ def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None):
         from spafoundation.utils.precision import default_precision
 
         precision = precision or default_precision(device)
-        enc = build_encoder(str(encoder), device=device, overrides={"precision": precision} if precision else None)
+        enc = build_encoder(str(encoder), weights=weights, device=device,
+                            overrides={"precision": precision} if precision else None)
         enc.config["source_ref"] = str(Path(encoder).resolve()) if Path(str(encoder)).exists() else str(encoder)
         return enc
     return encoder

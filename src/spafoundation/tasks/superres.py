@@ -261,13 +261,6 @@ def spot_blocks(xy: np.ndarray, factor: int = 2) -> np.ndarray:
     return np.unique(cells, axis=0, return_inverse=True)[1].ravel()
 
 
-def pooled_expression(targets: np.ndarray, parent: np.ndarray, n_parents: int) -> np.ndarray:
-    """Log-normalised expression of pooled spots: log1p of the mean of the members' normalised expression."""
-    sums = np.zeros((n_parents, targets.shape[1]))
-    np.add.at(sums, parent, np.expm1(targets.astype(np.float64)))
-    return np.log1p(sums / np.maximum(np.bincount(parent, minlength=n_parents), 1)[:, None]).astype(np.float32)
-
-
 def calibrate_anchoring(levels: dict[str, tuple], blocks=None) -> dict:
     """The weights of the two within-spot deviations used by ``anchor_to_measurements``, learned one scale up.
 
@@ -287,11 +280,9 @@ def calibrate_anchoring(levels: dict[str, tuple], blocks=None) -> dict:
         parent = np.full(len(targets), -1)
         parent[seen] = spot_blocks(centres[seen])
         n_par = int(parent.max()) + 1
-        siblings = np.bincount(parent[seen], minlength=n_par)
-        par_y = pooled_expression(targets[seen], parent[seen], n_par)
-        par_xy = np.zeros((n_par, 2))
-        np.add.at(par_xy, parent[seen], centres[seen])
-        par_xy /= siblings[:, None]
+        # a block's expression: log1p of its spots' mean normalised expression; its centre: their mean
+        par_y = np.log1p(footprint_means(np.expm1(targets[seen].astype(np.float64)), parent[seen], n_par)[0])
+        par_xy, siblings = footprint_means(centres[seen], parent[seen], n_par)
         par_members = np.where(members >= 0, parent[np.maximum(members, 0)], -1)
         means, k = footprint_means(feats, par_members, n_par)
         X.append(means[k > 0])
@@ -300,7 +291,7 @@ def calibrate_anchoring(levels: dict[str, tuple], blocks=None) -> dict:
         child = seen[siblings[parent[seen]] >= 2]
         prepared[n] = (feats, members, targets, centres, parent, par_y, par_xy, par_members, child)
     n_child = sum(len(v[-1]) for v in prepared.values())
-    if n_child < MIN_CALIBRATION_SPOTS or len({*groups}) == 0:
+    if n_child < MIN_CALIBRATION_SPOTS:
         return {**ANCHOR_DEFAULT, "method": f"default ({n_child} spots in blocks, fewer than {MIN_CALIBRATION_SPOTS})"}
     block_head = RidgeHead().fit(np.concatenate(X), np.concatenate(Y), np.asarray(groups), blocks)
     target, f_image, f_interp = [], [], []
