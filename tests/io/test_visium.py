@@ -2,6 +2,7 @@ import h5py
 import numpy as np
 import pytest
 
+from spafoundation.errors import InputError
 from spafoundation.io import detect_format, read_dataset
 from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta
 from spafoundation.io.visium import read_visium
@@ -64,3 +65,20 @@ def test_visium_image_given_or_absent(c2_small, tmp_path):
     assert image_path(adata) == str(c2_small.tiff)
     assert adata.obs["section"].iloc[0] == "S9" and adata.obs["patient"].iloc[0] == "P"
     assert list(adata.uns["spatial"]) == ["S9"]
+
+
+def test_visium_cohort_folder_reads_one_section_per_sample(c2_small, tmp_path):
+    cohort = tmp_path / "cohort"
+    for name in ("S1", "S2"):
+        write_visium(cohort / name, c2_small)
+    (cohort / "notes").mkdir()  # a folder that is not a sample is ignored
+    assert detect_format(cohort) == "visium_cohort"
+    data = read_dataset(cohort)
+    assert list(data) == ["S1", "S2"]
+    assert_round_trip(data["S2"], c2_small, visium_barcodes(c2_small))
+    assert image_path(data["S1"]).endswith("C2_small.tif") and data["S1"].obs["section"].iloc[0] == "S1"
+    assert list(read_dataset(cohort, ["S2"])) == ["S2"]
+    with pytest.raises(InputError, match="unknown section"):
+        read_dataset(cohort, ["S3"])
+    with pytest.raises(InputError, match="image"):
+        read_dataset(cohort, image=c2_small.tiff)

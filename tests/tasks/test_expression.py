@@ -91,3 +91,17 @@ def test_finetune_head_trains_saves_and_reloads(small_sections, tiny_encoder, tm
     assert (tmp_path / "ft" / "encoder" / "model.safetensors").is_file()
     again = ExpressionModel.load(tmp_path / "ft").predict(test, cache_dir=tmp_path / "cache")
     np.testing.assert_allclose(again.X, pred.X, rtol=1e-4, atol=1e-4)
+
+
+def test_a_section_on_another_panel_is_scored_on_the_model_genes_it_has(small_sections):
+    from types import SimpleNamespace
+
+    from spafoundation.commands.predict_expression import _evaluate
+
+    a = small_sections[2]
+    genes = list(a.var_names[:4])
+    model = SimpleNamespace(genes=[*genes[:2], "NOT_MEASURED", *genes[2:]], target_sum=1e4)
+    pred = ad.AnnData(np.random.default_rng(0).random((a.n_obs, 5)).astype(np.float32))
+    m = _evaluate(model, a, pred)
+    assert m["n_genes"] == 4 and list(m["per_gene_r"]) == genes
+    assert _evaluate(SimpleNamespace(genes=["NOT_MEASURED"], target_sum=1e4), a, pred[:, :1]) is None

@@ -146,13 +146,23 @@ def test_superpixels_tile_the_tissue_on_a_regular_grid(c3_sp):
     np.testing.assert_allclose(sp.xy[:, 0], (sp.col + 0.5) * step_px, rtol=1e-6)
     np.testing.assert_allclose(sp.xy[:, 1], (sp.row + 0.5) * step_px, rtol=1e-6)
     assert len(np.unique(np.stack([sp.row, sp.col], 1), axis=0)) == len(sp)
-    assert sp.features.shape == (len(sp), 32 + 32 + 3) and (sp.tissue >= 0.25).all()
-    # most spots lie on tissue: nearly all get superpixels
-    k = footprint_means(sp.features, spot_members(sp.xy, np.asarray(a.obsm["spatial"]), spot_radius_px(a)),
-                        a.n_obs)[1]
-    assert (k > 0).mean() > 0.9
+    assert sp.features.shape == (len(sp), 32 + 32 + 3)
+    # every measured spot gets superpixels, and only spots keep superpixels the tissue mask would drop
+    members = spot_members(sp.xy, np.asarray(a.obsm["spatial"]), spot_radius_px(a))
+    assert (footprint_means(sp.features, members, a.n_obs)[1] > 0).all()
+    assert (members[sp.tissue < 0.25] >= 0).all()
     with pytest.raises(InputError, match="step-um"):
         superpixels(a, enc, step_um=20)
+
+
+def test_a_spot_on_background_still_gets_superpixels(c3_sp):
+    a, enc, _ = c3_sp
+    moved = a.copy()
+    moved.obsm["spatial"] = np.asarray(a.obsm["spatial"], float).copy()
+    moved.obsm["spatial"][0] = [300.0, 300.0]  # the slide's corner: glass, not tissue
+    sp = superpixels(moved, enc)
+    members = spot_members(sp.xy, moved.obsm["spatial"], spot_radius_px(moved))
+    assert (members == 0).sum() >= 1 and (sp.tissue[members == 0] < 0.25).all()
 
 
 def test_superpixel_predictions_average_to_the_spot_prediction(c3_sp):
@@ -203,3 +213,39 @@ def test_superres_benchmark_runs_every_method(her2st_root, tiny_folder):
     rows, genes, _ = run_superres_benchmark(sections, str(tiny_folder), genes="hvg:5")
     assert len(genes) == 5 and set(rows["method"]) == set(METHODS) and len(rows) == 2 * len(METHODS)
     assert rows["mean_r"].notna().all() and rows["ssim"].between(-1, 1).all()
+
+
+def _hex_section(rows: int = 4, cols: int = 8) -> ad.AnnData:
+    rc = np.array([(r, c) for r in range(rows) for c in range(cols) if (r + c) % 2 == 0])
+    a = ad.AnnData(np.ones((len(rc), 3), dtype=np.float32))
+    a.obs["array_row"], a.obs["array_col"] = rc[:, 0], rc[:, 1]
+    a.obsm["spatial"] = np.stack([rc[:, 1] * 50.0, rc[:, 0] * 86.6], 1)
+    a.uns["spatial"] = {"S": {}}
+    return a
+
+
+def test_coarsening_takes_2_x_2_spots_on_square_and_hexagonal_arrays():
+    from spafoundation.eval.superres_benchmark import array_image, coarsen
+
+    hexa = _hex_section()
+    block, coarse = coarsen(hexa)
+    assert np.bincount(block).tolist() == [4] * 4 and coarse.X.sum() == hexa.X.sum()
+    img = array_image(hexa, np.arange(hexa.n_obs, dtype=float)[:, None])
+    assert img.shape == (1, 4, 4) and np.isfinite(img).all()  # a row's spots are neighbouring pixels
+    square = hexa.copy()
+    square.obs["array_col"] = square.obs["array_col"] // 2  # the same spots on a square array
+    square.obs["array_row"] = np.arange(square.n_obs) // 4
+    assert np.bincount(coarsen(square)[0]).tolist() == [4] * 4
+
+
+def test_benchmark_verdict_reads_the_run():
+    import pandas as pd
+
+    from spafoundation.commands.benchmark_superres import verdict
+    from spafoundation.eval.superres_benchmark import METHODS
+
+    r = {METHODS[0]: [0.50, 0.60], METHODS[1]: [0.40, 0.50], METHODS[5]: [0.55, 0.58]}
+    rows = pd.DataFrame([{"method": m, "test": t, "mean_r": v, "ssim": 0.3} for m, vs in r.items()
+                         for t, v in zip(("A", "B"), vs, strict=True)])
+    text = verdict(rows)
+    assert "nearest coarse spot" in text and "+0.0150" in text and "1 of 2 sections" in text

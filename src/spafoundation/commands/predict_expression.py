@@ -20,12 +20,14 @@ def _evaluate(model, adata, pred) -> dict | None:
     from spafoundation.eval.genes import expression_matrix
     from spafoundation.eval.metrics import evaluate_expression
 
-    if adata.n_vars == 0 or any(g not in adata.var_names for g in model.genes):
+    # a section measured on another panel is scored on the model's genes it has (m['n_genes'] says how many)
+    shared = [i for i, g in enumerate(model.genes) if g in adata.var_names]
+    if adata.n_vars == 0 or not shared:
         return None
-    obs = expression_matrix(adata, model.genes, model.target_sum)
-    m = evaluate_expression(obs, pred.X)
-    m["per_gene_r"] = dict(zip(model.genes, [None if not np.isfinite(v) else float(v) for v in m.pop("r")],
-                               strict=True))
+    genes = [model.genes[i] for i in shared]
+    obs = expression_matrix(adata, genes, model.target_sum)
+    m = evaluate_expression(obs, np.asarray(pred.X)[:, shared])
+    m["per_gene_r"] = dict(zip(genes, [None if not np.isfinite(v) else float(v) for v in m.pop("r")], strict=True))
     return m
 
 
@@ -49,7 +51,9 @@ def run(args) -> int:
         if m is not None:
             metrics[name] = m
             print(f"{name}: {adata.n_obs} spots; mean per-gene r {m['mean_r']:.3f}, median {m['median_r']:.3f}, "
-                  f"{m['n_significant']}/{m['n_genes']} genes significant (BH 5%)")
+                  f"{m['n_significant']}/{m['n_genes']} genes significant (BH 5%)"
+                  + (f"; scored on the {m['n_genes']} of {len(model.genes)} model genes it has"
+                     if m["n_genes"] < len(model.genes) else ""))
         else:
             print(f"{name}: {adata.n_obs} spots predicted (no counts to compare with)")
     merged = next(iter(preds.values())) if len(preds) == 1 else ad.concat(

@@ -1,7 +1,7 @@
 """Super-resolution benchmark by pseudo-low-resolution: no superpixel ground truth exists, so neighbouring spots
-are merged into coarse pseudo-spots (2 x 2 blocks on the array grid, counts summed, centre at the mean), every
-method sees only the coarse pseudo-spots, and predictions at the original spots are compared with their real
-counts (per-gene Pearson per section, RMSE, SSIM of the gene maps on the array grid).
+are merged into coarse pseudo-spots (2 x 2 spots on the array grid, square or hexagonal; counts summed, centre at
+the mean), every method sees only the coarse pseudo-spots, and predictions at the original spots are compared with
+their real counts (per-gene Pearson per section, RMSE, SSIM of the gene maps on the array grid).
 
 Methods, all in one run: nearest coarse spot; inverse-distance weighting (image-unaware); colour-aware IDW
 (TESLA's idea); the spot-level expression model applied at the fine spots; our superpixel model alone (image
@@ -42,8 +42,10 @@ def coarsen(adata: ad.AnnData, factor: int = 2) -> tuple[np.ndarray, ad.AnnData]
         from spafoundation.errors import InputError
 
         raise InputError(None, "obs['array_row'/'array_col']", f"section {library_id(adata)} has no array grid")
-    keys = list(zip(adata.obs["array_row"].to_numpy() // factor, adata.obs["array_col"].to_numpy() // factor,
-                    strict=True))
+    row, col = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
+    # on a hexagonal array (Visium) a row's spots are two array columns apart: factor x factor spots span
+    # factor rows and 2 x factor columns
+    keys = list(zip(row // factor, col // (factor * col_step(adata)), strict=True))
     uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     block = np.array([uniq[k] for k in keys])
     onehot = sp.csr_matrix((np.ones(len(block)), (block, np.arange(len(block)))), shape=(len(uniq), len(block)))
@@ -55,10 +57,17 @@ def coarsen(adata: ad.AnnData, factor: int = 2) -> tuple[np.ndarray, ad.AnnData]
     return block, coarse
 
 
+def col_step(adata: ad.AnnData) -> int:
+    """2 on a hexagonal array (Visium: every array_row + array_col has the same parity), else 1."""
+    parity = (adata.obs["array_row"].to_numpy().astype(int) + adata.obs["array_col"].to_numpy().astype(int)) % 2
+    return 2 if adata.n_obs > 1 and len(np.unique(parity)) == 1 else 1
+
+
 def array_image(adata: ad.AnnData, values: np.ndarray) -> np.ndarray:
-    """(genes, rows, cols) maps of spot values on the array grid, NaN where there is no spot."""
+    """(genes, rows, cols) maps of spot values on the array grid, NaN where there is no spot; a hexagonal
+    array's columns are halved, so neighbouring spots of a row are neighbouring pixels."""
     r = adata.obs["array_row"].to_numpy().astype(int)
-    c = adata.obs["array_col"].to_numpy().astype(int)
+    c = adata.obs["array_col"].to_numpy().astype(int) // col_step(adata)
     img = np.full((values.shape[1], r.max() - r.min() + 1, c.max() - c.min() + 1), np.nan, dtype=np.float32)
     img[:, r - r.min(), c - c.min()] = values.T
     return img

@@ -9,7 +9,7 @@ import anndata as ad
 from spafoundation.errors import InputError
 from spafoundation.io import legacy_st
 
-FORMATS = ("legacy_st", "visium", "hest", "generic", "h5ad")
+FORMATS = ("legacy_st", "visium", "visium_cohort", "hest", "generic", "h5ad")
 
 
 def detect_format(path: str | Path) -> str:
@@ -29,17 +29,19 @@ def detect_format(path: str | Path) -> str:
         return "legacy_st"
     if (path / "st").is_dir() and ((path / "wsis").is_dir() or (path / "metadata").is_dir()):
         return "hest"
-    for base in (path, path / "outs"):
-        if (base / "filtered_feature_bc_matrix.h5").exists() or (
-            base / "filtered_feature_bc_matrix"
-        ).is_dir():
-            return "visium"
+    from spafoundation.io.visium import is_visium_sample, visium_samples
+
+    if is_visium_sample(path):
+        return "visium"
     if (path / "spafoundation.yaml").exists() or (path / "manifest.yaml").exists():
         return "generic"
+    if visium_samples(path):
+        return "visium_cohort"
     raise InputError(
         path,
         "data",
-        "unsupported format: expected a legacy ST folder (ST-cnts/), Space Ranger outs/, a HEST folder "
+        "unsupported format: expected a legacy ST folder (ST-cnts/), Space Ranger outs/ (or a folder of Space "
+        "Ranger samples), a HEST folder "
         "(st/, wsis/, metadata/), a generic manifest (.yaml) or an .h5ad",
     )
 
@@ -54,6 +56,10 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, **kwargs) 
 
         adata = read_visium(path, **kwargs)
         return _select({adata.obs["section"].iloc[0]: adata}, sections, path)
+    if fmt == "visium_cohort":
+        from spafoundation.io.visium import read_visium_cohort
+
+        return read_visium_cohort(path, sections, **kwargs)
     if fmt == "hest":
         from spafoundation.io.hest import read_hest
 

@@ -8,6 +8,8 @@
     outs/spatial/tissue_hires_image.png         thumbnail (used as ``images['hires']``)
     full-resolution H&E                         ``image=`` or any .tif/.tiff/.btf/.svs/.jpg in the folder or outs/
 
+A cohort is a folder of such sample folders (``read_visium_cohort``): one section per subfolder, named by it.
+
 Pixel size: ``mpp=`` if given, else the 55 um spot diameter over ``spot_diameter_fullres``, else estimated from
 the 100 um centre-to-centre pitch; ``metadata['mpp_source']`` says which.
 """
@@ -61,6 +63,34 @@ SPACERANGER_IMAGES = {
 
 def outs_dir(path: Path) -> Path:
     return path / "outs" if (path / "outs").is_dir() else path
+
+
+def is_visium_sample(path: Path) -> bool:
+    """A Space Ranger sample: the folder or its ``outs/`` holds the filtered count matrix."""
+    outs = outs_dir(path)
+    return (outs / "filtered_feature_bc_matrix.h5").exists() or (outs / "filtered_feature_bc_matrix").is_dir()
+
+
+def visium_samples(path: Path) -> list[Path]:
+    """The sample folders of a Visium cohort: the subfolders of ``path`` that are Space Ranger samples."""
+    return sorted(d for d in path.iterdir() if d.is_dir() and d.name != "outs" and is_visium_sample(d))
+
+
+def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, image=None,
+                       **kwargs) -> dict[str, ad.AnnData]:
+    """A folder of Space Ranger samples, one section per subfolder (named by it); each sample's full-resolution
+    image is found in its own folder. Only the requested sections are read."""
+    path = Path(path)
+    if image is not None:
+        raise InputError(path, "image", "a cohort folder finds each sample's image in its own folder; "
+                         "give one sample folder to pass image=")
+    samples = {d.name: d for d in visium_samples(path)}
+    if sections is not None:
+        unknown = [s for s in sections if s not in samples]
+        if unknown:
+            raise InputError(path, "section", f"unknown section(s) {unknown}; available: {sorted(samples)}")
+        samples = {s: samples[s] for s in sections}
+    return {name: read_visium(folder, section=name, **kwargs) for name, folder in samples.items()}
 
 
 def read_text_rows(path: Path) -> list[list[str]]:

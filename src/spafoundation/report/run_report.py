@@ -63,7 +63,7 @@ def _expression_block(out: Path, top_genes: int) -> Block | None:
     for n in sorted(set(pred.obs["section"].astype(str))) if "section" in pred.obs else []:
         if n in metrics:
             continue
-        sub = pred[pred.obs["section"].astype(str) == n]
+        sub = pred[pred.obs["section"].astype(str) == n].copy()
         sub.uns["spatial"] = {n: pred.uns["spatial"][n]} if n in pred.uns.get("spatial", {}) else sub.uns["spatial"]
         genes = list(sub.var_names[np.argsort(-np.asarray(sub.X).std(axis=0))[:top_genes]])
         fig = plot_panels([{"adata": sub, "values": np.asarray(sub[:, g].X).ravel(), "title": f"{g} predicted"}

@@ -94,7 +94,16 @@ def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min
     mpp = microns_per_pixel(adata)
     tile_px = tile_um / mpp
     tissue_map = section_tissue(adata)
+    spot_xy = np.asarray(adata.obsm["spatial"], float) if "spatial" in adata.obsm else np.zeros((0, 2))
+    radius = spot_radius_px(adata) if len(spot_xy) else 0.0
     centres = tissue_grid(adata, tile_um, min_tissue=TILE_MIN_TISSUE)
+    if len(spot_xy):
+        # A measured spot is tissue whatever the thumbnail's mask says (faint or folded tissue, a spot at the
+        # edge): the tiles and superpixels under its footprint are kept, so each spot has superpixels to anchor
+        # and to redistribute its counts over.
+        cells = np.round(np.concatenate([centres, tiles_under_spots(spot_xy, radius, tile_px)]) / tile_px - 0.5)
+        centres = (np.unique(cells, axis=0) + 0.5) * tile_px
+        centres = centres[(centres < np.asarray(tissue_map[2:], float)).all(1)]  # inside the image
     if len(centres) == 0:
         raise InputError(None, "image", f"section {library_id(adata)}: no tissue found for super-resolution")
     feats, xy, grid_rc = [], [], []
@@ -134,9 +143,22 @@ def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min
     feats, xy, grid_rc = (np.concatenate(v) for v in (feats, xy, grid_rc))
     tissue = tissue_share(tissue_map, xy, token_um / up, mpp)
     keep = tissue >= min_tissue
+    if len(spot_xy):
+        keep |= spot_members(xy, spot_xy, radius) >= 0
     d = feats.shape[1] - 3
     return Superpixels(xy=xy[keep], row=grid_rc[keep, 0], col=grid_rc[keep, 1], features=feats[keep].astype(np.float32),
                        tissue=tissue[keep], step_um=token_um / up, blocks=[d // 2, d // 2, 3])
+
+
+def tiles_under_spots(spot_xy: np.ndarray, radius_px: float, tile_px: float) -> np.ndarray:
+    """Centres of the cells of the ``tile_px`` grid (cell (row, col) centred at ((col + 0.5) * tile_px, ...), as
+    ``tissue_grid``) that overlap a spot's disc."""
+    lo = np.floor((spot_xy - radius_px) / tile_px).astype(np.int64)
+    hi = np.floor((spot_xy + radius_px) / tile_px).astype(np.int64)
+    span = int((hi - lo).max()) + 1
+    cells = np.concatenate([lo + np.array([dx, dy]) for dx in range(span) for dy in range(span)])
+    cells = np.unique(cells[(cells >= 0).all(1)], axis=0)
+    return (cells + 0.5) * tile_px
 
 
 def spot_members(sp_xy: np.ndarray, spot_xy: np.ndarray, radius_px: float) -> np.ndarray:
