@@ -47,6 +47,9 @@ def test_forward_shapes_and_pooling(tiny_encoder):
     out = both(x)
     assert both.embed_dim == 64 and out.shape == (3, 64)
     torch.testing.assert_close(out[:, 32:], both.forward_tokens(x).mean(1))
+    mean = build_encoder("random-vitt16", overrides={**TINY, "pooling": "mean"})
+    assert mean.embed_dim == 32
+    torch.testing.assert_close(mean(x), mean.forward_tokens(x).mean(1))
 
 
 def test_preprocess_accepts_nhwc_array_and_nchw_tensor():

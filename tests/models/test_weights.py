@@ -107,6 +107,18 @@ def test_model_folder_round_trip(tmp_path):
     assert build_encoder(folder).identity != back.identity
 
 
+@pytest.mark.parametrize(("field", "value"), [("pooling", "max"), ("precision", "int4"), ("input_size", 0),
+                                              ("target_mpp", "fine")])
+def test_model_folder_config_values_are_checked(tiny_folder, field, value):
+    cfg_path = tiny_folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg[field] = value
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match=field) as err:
+        build_encoder(tiny_folder)
+    assert "config.json" in str(err.value)
+
+
 def test_bad_model_folders(tmp_path, tiny_folder):
     (tiny_folder / "model.safetensors").unlink()
     with pytest.raises(InputError, match="no weights"):

@@ -164,6 +164,16 @@ def read_folder_config(folder: str | os.PathLike) -> dict:
     for field in ("arch", "input_size"):
         if field not in cfg:
             raise InputError(cfg_path, field, "missing")
+    from spafoundation.models.encoder import POOLINGS, PRECISIONS
+
+    choices = {"pooling": POOLINGS, "precision": (*PRECISIONS, "int8")}
+    for field, allowed in choices.items():
+        if field in cfg and cfg[field] not in allowed:
+            raise InputError(cfg_path, field, f"must be one of {', '.join(allowed)}, got {cfg[field]!r}")
+    for field in ("input_size", "target_mpp"):
+        value = cfg.get(field, 1)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise InputError(cfg_path, field, f"must be a positive number, got {value!r}")
     return cfg
 
 

@@ -82,7 +82,8 @@ def token_grid(encoder) -> int:
 
 def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min_tissue: float = MIN_TISSUE,
                 batch_size: int = 32, progress: bool = False) -> Superpixels:
-    """Superpixels over the tissue of ``adata``'s image at ``step_um`` (default: one per encoder token)."""
+    """Superpixels over the tissue of ``adata``'s image, and under every spot of ``adata`` whatever the tissue
+    mask says, at ``step_um`` (default: one per encoder token)."""
     g = token_grid(encoder)
     tile_um = encoder.patch_um
     token_um = tile_um / g
