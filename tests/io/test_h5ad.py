@@ -69,3 +69,27 @@ def test_h5ad_round_trip_of_expression_only_section(her2st_root, tmp_path):
     back = read_dataset(tmp_path / "a1.h5ad")["A1"]
     assert back.n_obs == a1.n_obs and back.obs["label"].notna().sum() == 346
     assert spatial_meta(back)["metadata"]["image_path"] == ""
+
+
+@pytest.mark.parametrize("keep", ["layers", "raw", "nothing"])
+def test_h5ad_processed_by_scanpy_reads_its_raw_counts(her2st_c2, tmp_path, keep, caplog):
+    """X normalised and log-transformed (sc.pp.normalize_total + sc.pp.log1p); the counts kept in
+    layers['counts'] or .raw are what the reader returns, else X is kept with a warning."""
+    import scipy.sparse as sp
+
+    a = her2st_c2[:30, :40].copy()
+    counts = sp.csr_matrix(a.X).astype(np.float32)
+    if keep == "raw":
+        a.raw = a.copy()
+    lib = np.maximum(np.asarray(counts.sum(1)), 1)
+    a.X = sp.csr_matrix(np.log1p(counts.toarray() / lib * 1e4))
+    if keep == "layers":
+        a.layers["counts"] = counts
+    a.write_h5ad(tmp_path / "processed.h5ad")
+    back = read_dataset(tmp_path / "processed.h5ad")["C2"]
+    if keep == "nothing":
+        assert not np.allclose(back.X.toarray(), counts.toarray())
+        assert "non-integer" in caplog.text and "processed.h5ad" in caplog.text
+    else:
+        np.testing.assert_array_equal(back.X.toarray(), counts.toarray())
+        assert list(back.var_names) == list(a.var_names) and back.X.dtype == np.int32

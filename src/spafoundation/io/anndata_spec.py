@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -18,6 +20,8 @@ import scipy.sparse as sp
 
 from spafoundation.errors import InputError
 from spafoundation.io.slide import open_slide
+
+log = logging.getLogger(__name__)
 
 HIRES_MAX_SIDE = 2000
 FIRST_RING = 1.3  # neighbours within this factor of the nearest one count as the grid step
@@ -55,10 +59,19 @@ def validate_counts(X, path, field: str = "counts"):
         raise InputError(path, field, f"{int((~np.isfinite(data)).sum())} NaN or infinite values")
     if data.size and data.min() < 0:
         raise InputError(path, field, f"negative counts (min {data.min()})")
-    if data.size and np.all(np.equal(np.mod(data, 1), 0)):
+    if data.size and is_integral(data):
         X = X.astype(np.int32)
+    elif data.size:
+        # kept (ambient-corrected counts are fractional), but normalised or log data would be normalised twice
+        log.warning("%s: %s holds non-integer values (max %.3g): spafoundation expects raw counts, and "
+                    "normalises them itself", path, field, float(data.max()))
     X.eliminate_zeros()
     return X
+
+
+def is_integral(values) -> bool:
+    values = values.data if sp.issparse(values) else np.asarray(values)
+    return bool(np.all(np.equal(np.mod(values, 1), 0)))
 
 
 def check_unique(ids: pd.Index | list, path, field: str) -> None:

@@ -145,6 +145,9 @@ def read_counts_h5ad(path: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
         src = ad.read_h5ad(path)
     except Exception as e:
         raise InputError(path, "counts", f"unreadable .h5ad ({e})") from None
+    from spafoundation.io.h5ad import raw_counts
+
+    src = raw_counts(src)[0]  # a scanpy-processed file: its counts, not its normalised X
     return sp.csr_matrix(src.X), src.obs_names.astype(str).tolist(), src.var_names.astype(str).tolist()
 
 

@@ -4,6 +4,7 @@ Sections come from ``obs['section']``, else ``obs['library_id']`` (squidpy), els
 ``uns['spatial']``. Each section keeps only its own ``uns['spatial']`` entry. Files from scanpy's
 ``read_visium`` lack ``microns_per_pixel``: it is taken from the 55 um Visium spot diameter when the metadata
 says Space Ranger made it, else given by ``mpp=``, else the file is an InputError (unknown pixel size).
+Counts: X, unless X is normalised (not integral) and ``layers['counts']`` or ``.raw`` holds integer counts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import anndata as ad
 import numpy as np
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import check_unique, validate_counts
+from spafoundation.io.anndata_spec import check_unique, is_integral, validate_counts
 from spafoundation.io.visium import SPOT_DIAMETER_UM as VISIUM_SPOT_DIAMETER_UM
 
 SECTION_COLUMNS = ("section", "library_id")
@@ -53,6 +54,22 @@ def _complete_library(lib: dict, path: Path, section: str, mpp: float | None) ->
     return lib
 
 
+def raw_counts(adata: ad.AnnData) -> tuple[ad.AnnData, str]:
+    """The AnnData with raw counts in X, and where they came from. A scanpy-processed file keeps normalised or
+    log values in X and the counts in ``layers['counts']`` or ``.raw``: those are taken when X is not integral
+    and they are."""
+    if adata.n_vars == 0 or is_integral(adata.X):
+        return adata, "X"
+    if "counts" in adata.layers and is_integral(adata.layers["counts"]):
+        out = adata.copy()
+        out.X = out.layers["counts"]
+        return out, "layers['counts']"
+    if adata.raw is not None and is_integral(adata.raw.X):
+        out = ad.AnnData(adata.raw.X, obs=adata.obs, var=adata.raw.var, obsm=adata.obsm, uns=adata.uns)
+        return out, "raw.X"
+    return adata, "X"
+
+
 def read_spafoundation_h5ad(
     path: str | Path, *, mpp: float | None = None, with_images: bool = True
 ) -> dict[str, ad.AnnData]:
@@ -70,6 +87,7 @@ def read_spafoundation_h5ad(
     if xy.ndim != 2 or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
         raise InputError(path, "obsm['spatial']", "expected finite (n, 2) spot centres")
     check_unique(adata.obs_names, path, "obs_names")
+    adata, counts_field = raw_counts(adata)
     spatial = dict(adata.uns.get("spatial", {}))
     libraries = list(spatial)
     col = _section_column(adata)
@@ -94,7 +112,7 @@ def read_spafoundation_h5ad(
     out = {}
     for section, rows in groups.items():
         part = adata[rows].copy()
-        part.X = validate_counts(part.X, path, "X")
+        part.X = validate_counts(part.X, path, counts_field)
         part.obs["section"] = section
         if "patient" not in part.obs:
             part.obs["patient"] = section
