@@ -18,7 +18,7 @@ IDENTITY_MEAN = (0.0, 0.0, 0.0)
 IDENTITY_STD = (1.0, 1.0, 1.0)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-POOLINGS = ("cls", "mean", "cls+mean")  # mean: of the patch tokens (what MAE-trained encoders probe best with)
+POOLINGS = ("cls", "mean", "cls+mean")  # mean: of the patch tokens
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
