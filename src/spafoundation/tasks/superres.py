@@ -82,8 +82,8 @@ def token_grid(encoder) -> int:
 
 def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min_tissue: float = MIN_TISSUE,
                 batch_size: int = 32, progress: bool = False) -> Superpixels:
-    """Superpixels over the tissue of ``adata``'s image, and under every spot of ``adata`` whatever the tissue
-    mask says, at ``step_um`` (default: one per encoder token)."""
+    """Superpixels over the tissue of ``adata``'s image (and over the footprint of any spot of ``adata`` that the
+    tissue mask leaves without one) at ``step_um`` (default: one per encoder token)."""
     g = token_grid(encoder)
     tile_um = encoder.patch_um
     token_um = tile_um / g
@@ -100,8 +100,8 @@ def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min
     centres = tissue_grid(adata, tile_um, min_tissue=TILE_MIN_TISSUE)
     if len(spot_xy):
         # A measured spot is tissue whatever the thumbnail's mask says (faint or folded tissue, a spot at the
-        # edge): the tiles and superpixels under its footprint are kept, so each spot has superpixels to anchor
-        # and to redistribute its counts over.
+        # edge): where the mask leaves a spot no superpixel, its whole footprint is kept, so each spot has
+        # superpixels to anchor and to redistribute its counts over.
         cells = np.round(np.concatenate([centres, tiles_under_spots(spot_xy, radius, tile_px)]) / tile_px - 0.5)
         centres = (np.unique(cells, axis=0) + 0.5) * tile_px
         centres = centres[(centres < np.asarray(tissue_map[2:], float)).all(1)]  # inside the image
@@ -144,8 +144,10 @@ def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min
     feats, xy, grid_rc = (np.concatenate(v) for v in (feats, xy, grid_rc))
     tissue = tissue_share(tissue_map, xy, token_um / up, mpp)
     keep = tissue >= min_tissue
-    if len(spot_xy):
-        keep |= spot_members(xy, spot_xy, radius) >= 0
+    if len(spot_xy):  # a spot the mask misses keeps its whole footprint (see above); others only their tissue
+        members = spot_members(xy, spot_xy, radius)
+        covered = np.bincount(members[keep & (members >= 0)], minlength=len(spot_xy)) > 0
+        keep |= (members >= 0) & ~covered[np.maximum(members, 0)]
     d = feats.shape[1] - 3
     return Superpixels(xy=xy[keep], row=grid_rc[keep, 0], col=grid_rc[keep, 1], features=feats[keep].astype(np.float32),
                        tissue=tissue[keep], step_um=token_um / up, blocks=[d // 2, d // 2, 3])
