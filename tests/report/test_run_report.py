@@ -40,6 +40,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(her2st_root, tmp_path, capsy
     assert "fit-expression" in text and "--sections C2,C3 " in text  # the last imaged section is held out
     assert "predict-expression" in text and "--sections C4 " in text
     assert "spafoundation tumor" in text and "spafoundation cluster" in text and not out.exists()
+    assert "left out" not in text
+    # sections without an image are named as left out, and are in no step
+    assert main(["run", "--data", str(her2st_root), "--sections", "A1,C2,C3", "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    steps = [line for line in text.splitlines() if line.lstrip().startswith("[")]
+    assert "without an H&E image, left out of every step: A1" in text and not any("A1" in s for s in steps)
 
 
 @pytest.mark.parametrize("setting, field", [("nope=1", "nope"), ("tumor.colour=1", "tumor.colour"),

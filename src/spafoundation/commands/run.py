@@ -204,6 +204,12 @@ def run(args) -> int:
     if not args.dry_run:
         check_inputs(data, cfg)
     print(f"spafoundation run: {len(data)} sections from {data_path} -> {out}")
+    from spafoundation.io.anndata_spec import image_path
+
+    no_image = [n for n, a in data.items() if not image_path(a)]
+    if no_image:
+        shown = ", ".join(no_image[:10]) + (f", ... ({len(no_image)} in all)" if len(no_image) > 10 else "")
+        print(f"  without an H&E image, left out of every step: {shown}")
     for i, s in enumerate(steps, 1):
         print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
     print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {out / 'report.html'}")
