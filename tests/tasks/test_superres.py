@@ -165,6 +165,35 @@ def test_a_spot_on_background_still_gets_superpixels(c3_sp):
     assert (members == 0).sum() >= 1 and (sp.tissue[members == 0] < 0.25).all()
 
 
+def test_superpixels_are_cached_by_section_encoder_and_geometry(c3_sp, tmp_path, monkeypatch):
+    import spafoundation.tasks.superres as superres
+
+    a, enc, sp = c3_sp
+    first = superpixels(a, enc, cache_dir=tmp_path)
+    np.testing.assert_array_equal(first.features, sp.features)
+    files = list((tmp_path / "superpixels").glob("*.npz"))
+    assert len(files) == 1
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder ran although the superpixels were cached")
+
+    monkeypatch.setattr(superres, "_encode_superpixels", no_encoder)
+    again = superpixels(a, enc, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.xy, sp.xy)
+    np.testing.assert_array_equal(again.features, sp.features)
+    assert again.blocks == sp.blocks and again.step_um == sp.step_um
+    # another geometry or other spots are other entries; a damaged entry is recomputed
+    with pytest.raises(AssertionError, match="encoder ran"):
+        superpixels(a, enc, step_um=28, cache_dir=tmp_path)
+    moved = a.copy()
+    moved.obsm["spatial"] = np.asarray(a.obsm["spatial"], float) + 1.0
+    with pytest.raises(AssertionError, match="encoder ran"):
+        superpixels(moved, enc, cache_dir=tmp_path)
+    files[0].write_bytes(b"not an npz")
+    with pytest.raises(AssertionError, match="encoder ran"):
+        superpixels(a, enc, cache_dir=tmp_path)
+
+
 def test_superpixel_predictions_average_to_the_spot_prediction(c3_sp):
     a, enc, sp = c3_sp
     model = fit_superres({"C3": a}, enc, genes="hvg:5", cached={"C3": sp})
@@ -177,7 +206,8 @@ def test_superpixel_predictions_average_to_the_spot_prediction(c3_sp):
 def test_cli_superres_trains_maps_and_reuses_its_model(her2st_root, tiny_folder, tmp_path, capsys):
     out = tmp_path / "sr"
     assert main(["superres", str(her2st_root), "--sections", "C3", "--encoder", str(tiny_folder), "--genes", "hvg:4",
-                 "--step-um", "28", "--out", str(out), "--quiet"]) == 0
+                 "--step-um", "28", "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert len(list((tmp_path / "cache" / "superpixels").glob("*.npz"))) == 1
     spa = ad.read_h5ad(out / "C3.h5ad")
     assert spa.uns["superres"]["step_um"] == pytest.approx(28.0) and spa.n_vars == 4
     counts = spa.layers["counts"]  # the spots' counts, summed back from their superpixels
@@ -199,7 +229,7 @@ def test_cli_superres_trains_maps_and_reuses_its_model(her2st_root, tiny_folder,
     # an image-only use of the saved model: no counts layer, the image prediction as X
     out2 = tmp_path / "again"
     assert main(["superres", str(her2st_root), "--sections", "C4", "--model", str(out / "model"), "--encoder",
-                 str(tiny_folder), "--no-figure", "--out", str(out2), "--quiet"]) == 0
+                 str(tiny_folder), "--no-figure", "--out", str(out2), "--quiet", "--no-cache"]) == 0
     assert ad.read_h5ad(out2 / "C4.h5ad").n_vars == 4
 
 

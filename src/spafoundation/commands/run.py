@@ -138,7 +138,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
         train = expression_split(data, e)[0] if e["enabled"] else [n for n in imaged if data[n].n_vars > 0]
         if train:
             argv = ["superres", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(train),
-                    "--out", str(out / "superres"), "--genes", str(r["genes"]), *enc]
+                    "--out", str(out / "superres"), "--genes", str(r["genes"]), *enc, *common]
             if r["step_um"]:
                 argv += ["--step-um", str(r["step_um"])]
             steps.append(Step("superres", "super-resolution maps", argv, out / "superres"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spafoundation.commands._common import add_precision_option, parse_sections
+from spafoundation.commands._common import add_cache_args, add_precision_option, cache_dir, parse_sections
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir
 
@@ -60,7 +60,8 @@ def run(args) -> int:
         from spafoundation.tasks.expression import resolve_encoder
 
         enc = resolve_encoder(args.encoder or "spafoundation-default")
-        cached = {n: superpixels(a, enc, step_um=args.step_um, progress=not args.quiet) for n, a in train.items()}
+        cached = {n: superpixels(a, enc, step_um=args.step_um, progress=not args.quiet, cache_dir=cache_dir(args))
+                  for n, a in train.items()}
         model = fit_superres(train, enc, genes=args.genes, step_um=args.step_um, cached=cached)
         w = model.anchoring
         print(f"fitted on {', '.join(train)} ({model.training['n_spots']} spots, {len(model.genes)} genes) in "
@@ -71,7 +72,8 @@ def run(args) -> int:
             model.save(tmp / "model")
         for n, a in imaged.items():
             t0 = time.perf_counter()
-            sp = cached.get(n) or superpixels(a, model.encoder, step_um=model.step_um, progress=not args.quiet)
+            sp = cached.get(n) or superpixels(a, model.encoder, step_um=model.step_um, progress=not args.quiet,
+                                              cache_dir=cache_dir(args))
             spa = superres_adata(a, sp, model.predict(sp), model, image_weight=args.image_weight)
             spa.write_h5ad(tmp / f"{n}.h5ad")
             np.savez_compressed(tmp / f"{n}_maps.npz", maps=grid_images(spa), genes=np.array(model.genes),
@@ -105,6 +107,6 @@ def register(subparsers) -> None:
                         "learned by scale transfer)")
     p.add_argument("--genes-to-draw", help="comma-separated genes for the figure (default: the first 4)")
     p.add_argument("--no-figure", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_cache_args(p)  # --cache-dir, --no-cache, --quiet: superpixel features are cached like spot embeddings
     add_precision_option(p)
     p.set_defaults(func=run)

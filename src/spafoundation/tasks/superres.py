@@ -56,6 +56,7 @@ TILE_MIN_TISSUE = 0.05
 # The anchoring before calibration (and for too few spots): the full image pattern, no neighbour term.
 ANCHOR_DEFAULT = {"image": 1.0, "interpolation": 0.0, "method": "default"}
 MIN_CALIBRATION_SPOTS = 40  # spots in blocks of two or more, over all training sections
+SUPERPIXEL_CACHE_VERSION = 1  # bump when the superpixels of a section change for the same inputs
 
 
 @dataclass
@@ -81,9 +82,11 @@ def token_grid(encoder) -> int:
 
 
 def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min_tissue: float = MIN_TISSUE,
-                batch_size: int = 32, progress: bool = False) -> Superpixels:
+                batch_size: int = 32, progress: bool = False, cache_dir=False) -> Superpixels:
     """Superpixels over the tissue of ``adata``'s image (and over the footprint of any spot of ``adata`` that the
-    tissue mask leaves without one) at ``step_um`` (default: one per encoder token)."""
+    tissue mask leaves without one) at ``step_um`` (default: one per encoder token). ``cache_dir``: False (no
+    cache), None (``$SPAFOUNDATION_CACHE`` or ``~/.cache/spafoundation``) or a folder: the superpixels are then
+    read from / written to ``<cache>/superpixels/<key>.npz`` (``superpixel_cache_path``)."""
     g = token_grid(encoder)
     tile_um = encoder.patch_um
     token_um = tile_um / g
@@ -91,6 +94,21 @@ def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min
     if up < 1 or abs(token_um / up - float(step_um or token_um)) > 1e-6 * token_um:
         raise InputError(None, "--step-um", f"must be {token_um:g} um (one encoder token) divided by a whole "
                          f"number, e.g. {token_um:g} or {token_um / 2:g}")
+    cached = superpixel_cache_path(adata, encoder, up, min_tissue, cache_dir)
+    if cached is not None and cached.exists():
+        sp = load_superpixels(cached)
+        if sp is not None:
+            return sp
+    sp = _encode_superpixels(adata, encoder, g, up, min_tissue, batch_size, progress)
+    if cached is not None:
+        save_superpixels(sp, cached)
+    return sp
+
+
+def _encode_superpixels(adata: ad.AnnData, encoder, g: int, up: int, min_tissue: float, batch_size: int,
+                        progress: bool) -> Superpixels:
+    tile_um = encoder.patch_um
+    token_um = tile_um / g
     n = g * up  # superpixels per tile side
     mpp = microns_per_pixel(adata)
     tile_px = tile_um / mpp
@@ -151,6 +169,55 @@ def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min
     d = feats.shape[1] - 3
     return Superpixels(xy=xy[keep], row=grid_rc[keep, 0], col=grid_rc[keep, 1], features=feats[keep].astype(np.float32),
                        tissue=tissue[keep], step_um=token_um / up, blocks=[d // 2, d // 2, 3])
+
+
+def superpixel_cache_path(adata: ad.AnnData, encoder, up: int, min_tissue: float, cache_dir) -> Path | None:
+    """Where the superpixels of this section, encoder and geometry are cached (``cache_dir`` False: nowhere).
+    The key holds everything they depend on: the image file (path, size, mtime), pixel size, encoder identity
+    and precision, tile and superpixel geometry, tissue thresholds, and the spots (footprints are kept)."""
+    if cache_dir is False:
+        return None
+    import hashlib
+    import json
+
+    from spafoundation.io.anndata_spec import image_path
+    from spafoundation.models.cache import cache_root, slide_identity
+
+    spot_xy = np.ascontiguousarray(np.asarray(adata.obsm.get("spatial", np.zeros((0, 2))), dtype=np.float64))
+    desc = {"version": SUPERPIXEL_CACHE_VERSION, "slide": slide_identity(image_path(adata)),
+            "mpp": round(float(microns_per_pixel(adata)), 9), "encoder": encoder.identity,
+            "precision": encoder.precision, "input_size": int(encoder.input_size),
+            "patch_um": round(float(encoder.patch_um), 6), "up": int(up), "min_tissue": float(min_tissue),
+            "tile_min_tissue": TILE_MIN_TISSUE, "spots": hashlib.sha256(spot_xy.tobytes()).hexdigest(),
+            "radius": round(float(spot_radius_px(adata)), 6) if len(spot_xy) else 0.0}
+    key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_root(cache_dir) / "superpixels" / f"{key}.npz"
+
+
+def save_superpixels(sp: Superpixels, path: Path) -> None:
+    from spafoundation.utils.atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, xy=sp.xy, row=sp.row, col=sp.col, features=sp.features, tissue=sp.tissue,
+                 step_um=np.float64(sp.step_um), blocks=np.asarray(sp.blocks, dtype=np.int64))
+
+
+def load_superpixels(path: Path) -> Superpixels | None:
+    """The cached superpixels, or None when the file is unreadable or inconsistent (then they are recomputed)."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            sp = Superpixels(xy=z["xy"], row=z["row"], col=z["col"], features=z["features"], tissue=z["tissue"],
+                             step_um=float(z["step_um"]), blocks=[int(b) for b in z["blocks"]])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    n = len(sp.xy)
+    if not (sp.features.ndim == 2 and len(sp.features) == n == len(sp.row) == len(sp.col) == len(sp.tissue)
+            and sp.features.shape[1] == sum(sp.blocks) and np.isfinite(sp.features).all()):
+        return None
+    return sp
 
 
 def tiles_under_spots(spot_xy: np.ndarray, radius_px: float, tile_px: float) -> np.ndarray:
