@@ -265,7 +265,16 @@ def test_coarsening_takes_2_x_2_spots_on_square_and_hexagonal_arrays():
     square = hexa.copy()
     square.obs["array_col"] = square.obs["array_col"] // 2  # the same spots on a square array
     square.obs["array_row"] = np.arange(square.n_obs) // 4
+    square.obsm["spatial"] = np.stack([square.obs["array_col"] * 100.0, square.obs["array_row"] * 100.0], 1)
     assert np.bincount(coarsen(square)[0]).tolist() == [4] * 4
+    # without array coordinates the lattice comes from the spot centres, jittered, shifted and scaled
+    rng = np.random.default_rng(0)
+    for grid in (hexa, square):
+        bare = grid.copy()
+        bare.obs = bare.obs.drop(columns=["array_row", "array_col"])
+        bare.obsm["spatial"] = 3.1 * grid.obsm["spatial"] + 1234.0 + rng.normal(0, 5.0, grid.obsm["spatial"].shape)
+        np.testing.assert_array_equal(coarsen(bare)[0], coarsen(grid)[0])
+        np.testing.assert_array_equal(array_image(bare, grid.X[:, :1]), array_image(grid, grid.X[:, :1]))
 
 
 def test_benchmark_verdict_reads_the_run():

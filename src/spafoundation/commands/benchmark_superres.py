@@ -68,7 +68,8 @@ def verdict(rows) -> str:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("superres", help="pseudo-low-resolution benchmark of super-resolution maps")
-    p.add_argument("data", help="dataset with imaged sections with counts and an array grid")
+    p.add_argument("data", help="dataset with imaged sections with counts on a spot array (array_row/array_col, "
+                   "or a regular lattice of spot centres)")
     p.add_argument("--out", required=True, help="folder for the tables")
     p.add_argument("--sections", help="comma-separated sections (default: every imaged section with counts)")
     p.add_argument("--encoder", help="encoder (default: spafoundation-default)")

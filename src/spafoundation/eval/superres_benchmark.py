@@ -15,10 +15,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.spatial import cKDTree
 
 from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.eval.metrics import evaluate_expression, pearson_per_gene, ssim_grid
-from spafoundation.io.anndata_spec import library_id
 from spafoundation.tasks.heads import RidgeHead
 from spafoundation.tasks.spot_features import locations_adata, spot_features
 from spafoundation.tasks.superres import (
@@ -37,15 +37,10 @@ METHODS = ("nearest coarse spot", "inverse-distance weighting", "colour-aware ID
 
 
 def coarsen(adata: ad.AnnData, factor: int = 2) -> tuple[np.ndarray, ad.AnnData]:
-    """(block id of every spot, the coarse AnnData: counts summed per block, centre at the mean)."""
-    if not {"array_row", "array_col"} <= set(adata.obs):
-        from spafoundation.errors import InputError
-
-        raise InputError(None, "obs['array_row'/'array_col']", f"section {library_id(adata)} has no array grid")
-    row, col = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
-    # on a hexagonal array (Visium) a row's spots are two array columns apart: factor x factor spots span
-    # factor rows and 2 x factor columns
-    keys = list(zip(row // factor, col // (factor * col_step(adata)), strict=True))
+    """(block id of every spot, the coarse AnnData: counts summed per block, centre at the mean). A block is
+    ``factor`` x ``factor`` spots of the array (``lattice``)."""
+    row, col = lattice(adata)
+    keys = list(zip(row // factor, col // factor, strict=True))
     uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     block = np.array([uniq[k] for k in keys])
     onehot = sp.csr_matrix((np.ones(len(block)), (block, np.arange(len(block)))), shape=(len(uniq), len(block)))
@@ -57,17 +52,38 @@ def coarsen(adata: ad.AnnData, factor: int = 2) -> tuple[np.ndarray, ad.AnnData]
     return block, coarse
 
 
-def col_step(adata: ad.AnnData) -> int:
-    """2 on a hexagonal array (Visium: every array_row + array_col has the same parity), else 1."""
-    parity = (adata.obs["array_row"].to_numpy().astype(int) + adata.obs["array_col"].to_numpy().astype(int)) % 2
-    return 2 if adata.n_obs > 1 and len(np.unique(parity)) == 1 else 1
+def lattice(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """Integer (row, column) of each spot on its array, a hexagonal array's columns halved so that neighbouring
+    spots of a row are neighbouring columns. From obs['array_row'/'array_col'] (hexagonal when every row + col has
+    the same parity, as on Visium); without them, from the spot centres: pitch = median distance to the 4 nearest
+    spots, rows = the y spacing of neighbours off the spot's own row (a pitch on a square lattice, 0.87 pitch on a
+    hexagonal one), columns = x over the pitch (half a pitch on a hexagonal lattice, then halved). Lattices
+    rotated against the image axes are not recovered."""
+    if {"array_row", "array_col"} <= set(adata.obs):
+        row = adata.obs["array_row"].to_numpy().astype(np.int64)
+        col = adata.obs["array_col"].to_numpy().astype(np.int64)
+        hexagonal = adata.n_obs > 1 and len(np.unique((row + col) % 2)) == 1
+        return row, col // 2 if hexagonal else col
+    xy = np.asarray(adata.obsm["spatial"], float)
+    if len(xy) < 3:
+        return np.zeros(len(xy), np.int64), np.arange(len(xy), dtype=np.int64)
+    d, idx = cKDTree(xy).query(xy, k=min(5, len(xy)))
+    pitch = float(np.median(d[:, 1:]))
+    dy = np.abs(xy[idx[:, 1:], 1] - xy[:, None, 1])
+    off_row = dy[(dy > 0.3 * pitch) & (d[:, 1:] < 1.3 * pitch)]
+    row_step = float(np.median(off_row)) if off_row.size else pitch
+    hexagonal = row_step < 0.95 * pitch
+    row = np.round((xy[:, 1] - xy[:, 1].min()) / row_step).astype(np.int64)
+    col = np.round((xy[:, 0] - xy[:, 0].min()) / (pitch / 2 if hexagonal else pitch)).astype(np.int64)
+    if not hexagonal:
+        return row, col
+    col += int(np.round(np.mean((row + col) % 2)))  # Visium's convention: row + col even, then halve
+    return row, col // 2
 
 
 def array_image(adata: ad.AnnData, values: np.ndarray) -> np.ndarray:
-    """(genes, rows, cols) maps of spot values on the array grid, NaN where there is no spot; a hexagonal
-    array's columns are halved, so neighbouring spots of a row are neighbouring pixels."""
-    r = adata.obs["array_row"].to_numpy().astype(int)
-    c = adata.obs["array_col"].to_numpy().astype(int) // col_step(adata)
+    """(genes, rows, cols) maps of spot values on the array (``lattice``), NaN where there is no spot."""
+    r, c = lattice(adata)
     img = np.full((values.shape[1], r.max() - r.min() + 1, c.max() - c.min() + 1), np.nan, dtype=np.float32)
     img[:, r - r.min(), c - c.min()] = values.T
     return img
