@@ -173,6 +173,8 @@ def test_superpixels_are_cached_by_section_encoder_and_geometry(c3_sp, tmp_path,
     np.testing.assert_array_equal(first.features, sp.features)
     files = list((tmp_path / "superpixels").glob("*.npz"))
     assert len(files) == 1
+    with np.load(files[0]) as z:  # a tile's class embedding is stored once, not once per superpixel
+        assert len(z["shared"]) < len(sp) / 2 and z["own"].shape == (len(sp), 32 + 3)
 
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder ran although the superpixels were cached")

@@ -195,12 +195,18 @@ def superpixel_cache_path(adata: ad.AnnData, encoder, up: int, min_tissue: float
 
 
 def save_superpixels(sp: Superpixels, path: Path) -> None:
+    """Lossless, at about half the size of the features: the tile's class embedding (the middle feature block)
+    is the same for all superpixels of a tile, so it is stored once per run of equal rows."""
     from spafoundation.utils.atomic import atomic_path
 
+    a, b = sp.blocks[0], sp.blocks[0] + sp.blocks[1]
+    shared = sp.features[:, a:b]
+    starts = np.flatnonzero(np.r_[True, (shared[1:] != shared[:-1]).any(axis=1)]) if len(shared) else np.zeros(0, int)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, xy=sp.xy, row=sp.row, col=sp.col, features=sp.features, tissue=sp.tissue,
-                 step_um=np.float64(sp.step_um), blocks=np.asarray(sp.blocks, dtype=np.int64))
+        np.savez(f, xy=sp.xy, row=sp.row, col=sp.col, tissue=sp.tissue, step_um=np.float64(sp.step_um),
+                 blocks=np.asarray(sp.blocks, dtype=np.int64), own=np.delete(sp.features, np.s_[a:b], axis=1),
+                 shared=shared[starts], run_length=np.diff(np.r_[starts, len(shared)]))
 
 
 def load_superpixels(path: Path) -> Superpixels | None:
@@ -209,9 +215,12 @@ def load_superpixels(path: Path) -> Superpixels | None:
 
     try:
         with np.load(path, allow_pickle=False) as z:
-            sp = Superpixels(xy=z["xy"], row=z["row"], col=z["col"], features=z["features"], tissue=z["tissue"],
-                             step_um=float(z["step_um"]), blocks=[int(b) for b in z["blocks"]])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+            blocks = [int(v) for v in z["blocks"]]
+            own, shared = z["own"], np.repeat(z["shared"], z["run_length"], axis=0)
+            features = np.concatenate([own[:, :blocks[0]], shared, own[:, blocks[0]:]], axis=1)
+            sp = Superpixels(xy=z["xy"], row=z["row"], col=z["col"], features=features, tissue=z["tissue"],
+                             step_um=float(z["step_um"]), blocks=blocks)
+    except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile, EOFError):
         return None
     n = len(sp.xy)
     if not (sp.features.ndim == 2 and len(sp.features) == n == len(sp.row) == len(sp.col) == len(sp.tissue)
