@@ -257,12 +257,12 @@ def _hex_section(rows: int = 4, cols: int = 8) -> ad.AnnData:
 
 
 def test_coarsening_takes_2_x_2_spots_on_square_and_hexagonal_arrays():
-    from spafoundation.eval.superres_benchmark import array_image, coarsen
+    from spafoundation.eval.superres_benchmark import array_image, coarsen, lattice
 
     hexa = _hex_section()
     block, coarse = coarsen(hexa)
     assert np.bincount(block).tolist() == [4] * 4 and coarse.X.sum() == hexa.X.sum()
-    img = array_image(hexa, np.arange(hexa.n_obs, dtype=float)[:, None])
+    img = array_image(lattice(hexa), np.arange(hexa.n_obs, dtype=float)[:, None])
     assert img.shape == (1, 4, 4) and np.isfinite(img).all()  # a row's spots are neighbouring pixels
     square = hexa.copy()
     square.obs["array_col"] = square.obs["array_col"] // 2  # the same spots on a square array
@@ -276,7 +276,8 @@ def test_coarsening_takes_2_x_2_spots_on_square_and_hexagonal_arrays():
         bare.obs = bare.obs.drop(columns=["array_row", "array_col"])
         bare.obsm["spatial"] = 3.1 * grid.obsm["spatial"] + 1234.0 + rng.normal(0, 5.0, grid.obsm["spatial"].shape)
         np.testing.assert_array_equal(coarsen(bare)[0], coarsen(grid)[0])
-        np.testing.assert_array_equal(array_image(bare, grid.X[:, :1]), array_image(grid, grid.X[:, :1]))
+        np.testing.assert_array_equal(array_image(lattice(bare), grid.X[:, :1]),
+                                      array_image(lattice(grid), grid.X[:, :1]))
 
 
 def test_benchmark_verdict_reads_the_run():

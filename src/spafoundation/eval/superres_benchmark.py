@@ -81,9 +81,10 @@ def lattice(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
     return row, col // 2
 
 
-def array_image(adata: ad.AnnData, values: np.ndarray) -> np.ndarray:
-    """(genes, rows, cols) maps of spot values on the array (``lattice``), NaN where there is no spot."""
-    r, c = lattice(adata)
+def array_image(rows_cols: tuple[np.ndarray, np.ndarray], values: np.ndarray) -> np.ndarray:
+    """(genes, rows, cols) maps of spot values on the array (``rows_cols``: ``lattice(adata)``), NaN where there
+    is no spot."""
+    r, c = rows_cols
     img = np.full((values.shape[1], r.max() - r.min() + 1, c.max() - c.min() + 1), np.nan, dtype=np.float32)
     img[:, r - r.min(), c - c.min()] = values.T
     return img
@@ -144,12 +145,13 @@ def run_superres_benchmark(sections: dict[str, ad.AnnData], encoder, *, genes: s
         block = coarse[n][0]
         image_dev = preds[METHODS[4]] - footprint_means(pred_sp, coarse_members[n], c.n_obs)[0][block]
         within.append(float(np.nanmean(pearson_per_gene(truth[n] - coarse_y[n][block], image_dev))))
-        obs_img = array_image(a, truth[n])
+        grid = lattice(a)
+        obs_img = array_image(grid, truth[n])
         for method, P in preds.items():
             m = evaluate_expression(truth[n], P)
             m.pop("r")
             rows.append({"method": method, "test": n, "mean_r": m["mean_r"], "median_r": m["median_r"],
-                         "rmse": m["rmse"], "ssim": ssim_grid(obs_img, array_image(a, P)),
+                         "rmse": m["rmse"], "ssim": ssim_grid(obs_img, array_image(grid, P)),
                          "n_fine": a.n_obs, "n_coarse": c.n_obs})
     timing["image_within_block_r"] = float(np.mean(within))
     return pd.DataFrame(rows), gene_list, timing

@@ -38,24 +38,34 @@ def slide_identity(path: str | os.PathLike) -> dict:
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def coords_digest(xy: np.ndarray) -> str:
+    """A digest of spot coordinates (as float64), for cache keys."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(xy, dtype=np.float64)).tobytes()).hexdigest()
+
+
+def cache_key(desc: dict) -> str:
+    """The entry name of everything an output depends on (a JSON-able dict)."""
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def embedding_key(*, slide: dict, mpp: float, xy: np.ndarray, encoder: str, patch_um: float, input_size: int,
                   tta: bool) -> str:
-    coords = np.ascontiguousarray(np.asarray(xy, dtype=np.float64))
     desc = {
         "version": CACHE_VERSION,
         "slide": slide,
         "mpp": round(float(mpp), 9),
-        "coords": hashlib.sha256(coords.tobytes()).hexdigest(),
-        "n": len(coords),
+        "coords": coords_digest(xy),
+        "n": len(xy),
         "encoder": encoder,
         "patch_um": round(float(patch_um), 6),
         "input_size": int(input_size),
         "tta": bool(tta),
     }
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_key(desc)
 
 
-def _save_npz(path: Path, **arrays) -> None:
+def save_npz(path: Path, **arrays) -> None:
+    """``np.savez`` to a temporary name, then renamed: a reader never sees half a file."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
@@ -98,12 +108,12 @@ class EmbeddingCache:
 
     def save_chunk(self, i: int, embeddings: np.ndarray, tissue_fraction: np.ndarray) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _save_npz(self._chunk_path(i), embeddings=embeddings, tissue_fraction=tissue_fraction)
+        save_npz(self._chunk_path(i), embeddings=embeddings, tissue_fraction=tissue_fraction)
 
     def finalize(self, embeddings: np.ndarray, tissue_fraction: np.ndarray) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.dir / META) as tmp:
             tmp.write_text(json.dumps(self.meta, indent=2, default=str))
-        _save_npz(self.dir / COMPLETE, embeddings=embeddings, tissue_fraction=tissue_fraction)
+        save_npz(self.dir / COMPLETE, embeddings=embeddings, tissue_fraction=tissue_fraction)
         for i in range(self.n_chunks):
             self._chunk_path(i).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spafoundation.errors import InputError
+from spafoundation.utils.precision import CHOICES
 
 IDENTITY_MEAN = (0.0, 0.0, 0.0)
 IDENTITY_STD = (1.0, 1.0, 1.0)
@@ -67,8 +68,8 @@ class Encoder(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if precision not in (*PRECISIONS, "int8"):
-            raise ValueError(f"precision must be one of {(*PRECISIONS, 'int8')}, got {precision!r}")
+        if precision not in CHOICES:
+            raise ValueError(f"precision must be one of {CHOICES}, got {precision!r}")
         self.model = model
         self.name = name
         self.input_size = int(input_size)

@@ -164,9 +164,10 @@ def read_folder_config(folder: str | os.PathLike) -> dict:
     for field in ("arch", "input_size"):
         if field not in cfg:
             raise InputError(cfg_path, field, "missing")
-    from spafoundation.models.encoder import POOLINGS, PRECISIONS
+    from spafoundation.models.encoder import POOLINGS
+    from spafoundation.utils.precision import CHOICES
 
-    choices = {"pooling": POOLINGS, "precision": (*PRECISIONS, "int8")}
+    choices = {"pooling": POOLINGS, "precision": CHOICES}
     for field, allowed in choices.items():
         if field in cfg and cfg[field] not in allowed:
             raise InputError(cfg_path, field, f"must be one of {', '.join(allowed)}, got {cfg[field]!r}")

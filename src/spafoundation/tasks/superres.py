@@ -177,36 +177,31 @@ def superpixel_cache_path(adata: ad.AnnData, encoder, up: int, min_tissue: float
     and precision, tile and superpixel geometry, tissue thresholds, and the spots (footprints are kept)."""
     if cache_dir is False:
         return None
-    import hashlib
-    import json
-
     from spafoundation.io.anndata_spec import image_path
-    from spafoundation.models.cache import cache_root, slide_identity
+    from spafoundation.models.cache import cache_key, cache_root, coords_digest, slide_identity
 
-    spot_xy = np.ascontiguousarray(np.asarray(adata.obsm.get("spatial", np.zeros((0, 2))), dtype=np.float64))
+    spot_xy = adata.obsm.get("spatial", np.zeros((0, 2)))
     desc = {"version": SUPERPIXEL_CACHE_VERSION, "slide": slide_identity(image_path(adata)),
             "mpp": round(float(microns_per_pixel(adata)), 9), "encoder": encoder.identity,
             "precision": encoder.precision, "input_size": int(encoder.input_size),
             "patch_um": round(float(encoder.patch_um), 6), "up": int(up), "min_tissue": float(min_tissue),
-            "tile_min_tissue": TILE_MIN_TISSUE, "spots": hashlib.sha256(spot_xy.tobytes()).hexdigest(),
+            "tile_min_tissue": TILE_MIN_TISSUE, "spots": coords_digest(spot_xy),
             "radius": round(float(spot_radius_px(adata)), 6) if len(spot_xy) else 0.0}
-    key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_root(cache_dir) / "superpixels" / f"{key}.npz"
+    return cache_root(cache_dir) / "superpixels" / f"{cache_key(desc)}.npz"
 
 
 def save_superpixels(sp: Superpixels, path: Path) -> None:
     """Lossless, at about half the size of the features: the tile's class embedding (the middle feature block)
     is the same for all superpixels of a tile, so it is stored once per run of equal rows."""
-    from spafoundation.utils.atomic import atomic_path
+    from spafoundation.models.cache import save_npz
 
     a, b = sp.blocks[0], sp.blocks[0] + sp.blocks[1]
     shared = sp.features[:, a:b]
     starts = np.flatnonzero(np.r_[True, (shared[1:] != shared[:-1]).any(axis=1)]) if len(shared) else np.zeros(0, int)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, xy=sp.xy, row=sp.row, col=sp.col, tissue=sp.tissue, step_um=np.float64(sp.step_um),
-                 blocks=np.asarray(sp.blocks, dtype=np.int64), own=np.delete(sp.features, np.s_[a:b], axis=1),
-                 shared=shared[starts], run_length=np.diff(np.r_[starts, len(shared)]))
+    save_npz(path, xy=sp.xy, row=sp.row, col=sp.col, tissue=sp.tissue, step_um=np.float64(sp.step_um),
+             blocks=np.asarray(sp.blocks, dtype=np.int64), own=np.delete(sp.features, np.s_[a:b], axis=1),
+             shared=shared[starts], run_length=np.diff(np.r_[starts, len(shared)]))
 
 
 def load_superpixels(path: Path) -> Superpixels | None:
