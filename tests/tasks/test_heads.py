@@ -29,6 +29,15 @@ def test_head_learns_and_round_trips(kind):
     np.testing.assert_allclose(again.predict(X[180:]), head.predict(X[180:]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["ridge", "mlp"])
+def test_one_training_spot_is_a_clear_input_error(kind):
+    from spafoundation.errors import InputError
+
+    X, Y, groups = _signal()
+    with pytest.raises(InputError, match="at least 2"):
+        HEADS[kind]().fit(X[:1], Y[:1], groups[:1])
+
+
 def test_ridge_alpha_tracks_noise():
     clean = RidgeHead().fit(*_signal(noise=0.05)).alpha
     # few spots, many features, weak signal: cross-validation must pick stronger shrinkage

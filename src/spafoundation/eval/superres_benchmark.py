@@ -55,15 +55,16 @@ def coarsen(adata: ad.AnnData, factor: int = 2) -> tuple[np.ndarray, ad.AnnData]
 def lattice(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
     """Integer (row, column) of each spot on its array, a hexagonal array's columns halved so that neighbouring
     spots of a row are neighbouring columns. From obs['array_row'/'array_col'] (hexagonal when every row + col has
-    the same parity, as on Visium); without them, from the spot centres: pitch = median distance to the 4 nearest
-    spots, rows = the y spacing of neighbours off the spot's own row (a pitch on a square lattice, 0.87 pitch on a
-    hexagonal one), columns = x over the pitch (half a pitch on a hexagonal lattice, then halved). Lattices
-    rotated against the image axes are not recovered."""
+    the same parity, as on Visium); without them (or with the readers' -1), from the spot centres: pitch = median
+    distance to the 4 nearest spots, rows = the y spacing of neighbours off the spot's own row (a pitch on a square
+    lattice, 0.87 pitch on a hexagonal one), columns = x over the pitch (half a pitch on a hexagonal lattice, then
+    halved). Lattices rotated against the image axes are not recovered."""
     if {"array_row", "array_col"} <= set(adata.obs):
         row = adata.obs["array_row"].to_numpy().astype(np.int64)
         col = adata.obs["array_col"].to_numpy().astype(np.int64)
-        hexagonal = adata.n_obs > 1 and len(np.unique((row + col) % 2)) == 1
-        return row, col // 2 if hexagonal else col
+        if (row >= 0).all() and (col >= 0).all():  # -1: the readers' "no array position" (a manifest without it)
+            hexagonal = adata.n_obs > 1 and len(np.unique((row + col) % 2)) == 1
+            return row, col // 2 if hexagonal else col
     xy = np.asarray(adata.obsm["spatial"], float)
     if len(xy) < 3:
         return np.zeros(len(xy), np.int64), np.arange(len(xy), dtype=np.int64)

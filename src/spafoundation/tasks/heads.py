@@ -23,6 +23,10 @@ N_PCS = 256
 
 
 def _folds(groups: np.ndarray, n: int):
+    if n < 2:  # every head chooses its settings on held-out spots
+        from spafoundation.errors import InputError
+
+        raise InputError(None, "spots", f"{n} training spot(s) with features: at least 2 are needed to fit a head")
     uniq = np.unique(groups)
     if len(uniq) >= 2:
         return list(GroupKFold(n_splits=min(5, len(uniq))).split(np.zeros(n), groups=groups))
@@ -67,14 +71,15 @@ class RidgeHead:
         if blocks is not None:
             self.blocks = [int(b) for b in blocks]
         scores = np.zeros(len(self.alphas))
-        for tr, va in _folds(groups, len(X)):
+        folds = _folds(groups, len(X))
+        for tr, va in folds:
             scaler, pca, Ztr = self._transform_fit(X[tr])
             Zva = scaler.transform(X[va])
             Zva = pca.transform(Zva) if pca is not None else Zva
             for i, a in enumerate(self.alphas):
                 scores[i] += _score(Y[va], Ridge(alpha=a).fit(Ztr, Y[tr]).predict(Zva))
         self.alpha = self.alphas[int(np.argmax(scores))]
-        self.cv_scores = (scores / max(1, len(_folds(groups, len(X))))).tolist()
+        self.cv_scores = (scores / len(folds)).tolist()
         self.scaler, self.pca, Z = self._transform_fit(X)
         self.ridge = Ridge(alpha=self.alpha).fit(Z, Y)
         return self
