@@ -47,9 +47,9 @@ class C2Small:
         tifffile.imwrite(self.tiff, self.rgb, tile=(256, 256), compression="zlib", photometric="rgb")
 
 
-def write_counts_h5(path: Path, c: C2Small, barcodes: list[str]) -> None:
-    """The 10x HDF5 layout: genes x barcodes CSC stored as CSR of barcodes x genes."""
-    X = c.counts.tocsr()
+def write_counts_h5(path: Path, c: C2Small, barcodes: list[str], counts: sp.csr_matrix | None = None) -> None:
+    """The 10x HDF5 layout: genes x barcodes CSC stored as CSR of barcodes x genes (``counts``: else C2's)."""
+    X = (c.counts if counts is None else counts).tocsr()
     with h5py.File(path, "w") as f:
         m = f.create_group("matrix")
         m["data"], m["indices"], m["indptr"] = X.data, X.indices, X.indptr
@@ -189,3 +189,48 @@ def write_manifest(root: Path, c: C2Small, *, counts: str = "tsv", section: dict
     manifest = {"platform": "legacy_st", "spot_diameter_um": 100, "sections": [entry]}
     (root / "spafoundation.yaml").write_text(yaml.safe_dump(manifest))
     return root / "spafoundation.yaml"
+
+
+def split_counts(counts: sp.csr_matrix, parts: int, seed: int = 0) -> list[sp.csr_matrix]:
+    """``parts`` count matrices that sum to ``counts``: every count falls in one part, uniformly at random."""
+    rng = np.random.default_rng(seed)
+    coo = counts.tocoo()
+    shares = rng.multinomial(coo.data.astype(np.int64), np.full(parts, 1.0 / parts))
+    return [sp.csr_matrix((shares[:, i], (coo.row, coo.col)), shape=counts.shape) for i in range(parts)]
+
+
+def write_visium_hd(root: Path, c: C2Small, levels: tuple[int, ...] = (100,)) -> Path:
+    """A Visium HD outs/ folder from C2: at level 200 um each C2 spot (200 um pitch) is one bin; at 100 um it is
+    split into its 2 x 2 bins (counts shared out at random, bin centres a quarter pitch off the spot centre), so
+    summing 2 x 2 blocks of the 100 um bins gives back C2. Two bins off tissue check the in_tissue filter."""
+    pitch_px = 200.0 / c.mpp
+    for level in levels:
+        k = 200 // level
+        folder = root / "outs" / "binned_outputs" / f"square_{level:03d}um"
+        (folder / "spatial").mkdir(parents=True, exist_ok=True)
+        parts = split_counts(c.counts, k * k)
+        rows, cols, xs, ys, mats = [], [], [], [], []
+        for i, (dr, dc) in enumerate((a, b) for a in range(k) for b in range(k)):
+            rows.append(c.array_rc[:, 0] * k + dr)
+            cols.append(c.array_rc[:, 1] * k + dc)
+            xs.append(c.xy[:, 0] + (dc - (k - 1) / 2) * pitch_px / k)
+            ys.append(c.xy[:, 1] + (dr - (k - 1) / 2) * pitch_px / k)
+            mats.append(parts[i])
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        barcodes = [f"s_{level:03d}um_{r:05d}_{q:05d}-1" for r, q in zip(rows, cols, strict=True)]
+        counts = sp.vstack(mats).tocsr().astype(np.int32)
+        write_counts_h5(folder / "filtered_feature_bc_matrix.h5", c, barcodes, counts)
+        pos = pd.DataFrame({"barcode": [*barcodes, "s_off_1-1", "s_off_2-1"],
+                            "in_tissue": [1] * len(barcodes) + [0, 0],
+                            "array_row": [*rows, 0, 0], "array_col": [*cols, 0, 1],
+                            "pxl_row_in_fullres": [*np.concatenate(ys), 5.0, 5.0],
+                            "pxl_col_in_fullres": [*np.concatenate(xs), 5.0, 9.0]})
+        pos.to_parquet(folder / "spatial" / "tissue_positions.parquet", index=False)
+        Image.fromarray(c.rgb).resize((c.rgb.shape[1] // 4, c.rgb.shape[0] // 4)).save(
+            folder / "spatial" / "tissue_hires_image.png")
+        (folder / "spatial" / "scalefactors_json.json").write_text(json.dumps({
+            "microns_per_pixel": c.mpp, "bin_size_um": float(level), "spot_diameter_fullres": level / c.mpp,
+            "tissue_hires_scalef": 0.25, "tissue_lowres_scalef": 0.05}))
+    (root / "C2_small.tif").symlink_to(c.tiff)
+    return root
+

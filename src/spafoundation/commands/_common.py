@@ -56,3 +56,15 @@ def precision_note() -> str:
     else:
         why = "chosen with --precision" if chosen else "the pipeline's default on CPU"
     return f"Encoders at {default_precision('cpu') or 'their own'} precision ({why}). "
+
+
+def add_data_options(p) -> None:
+    """Reader options for commands that read a dataset."""
+    p.add_argument("--bin-um", type=float, metavar="UM",
+                   help="Visium HD: spot size in microns, a bin size Space Ranger wrote or a multiple of one (bins "
+                        "summed into k x k blocks); default its 16 um bins")
+
+
+def data_options(args) -> dict:
+    """The keyword arguments of ``read_dataset`` that ``add_data_options`` collected."""
+    return {} if getattr(args, "bin_um", None) is None else {"bin_um": args.bin_um}

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from spafoundation.commands._common import (
     add_cache_args,
+    add_data_options,
     add_precision_option,
     cache_dir,
+    data_options,
     parse_sections,
     precision_note,
 )
@@ -33,12 +35,12 @@ def run(args) -> int:
     from spafoundation.utils.atomic import atomic_path
 
     wanted = parse_sections(args.sections)
-    data = read_dataset(args.data, wanted, with_images=False)
+    data = read_dataset(args.data, wanted, with_images=False, **data_options(args))
     parts = []
     imaged = [n for n, a in data.items() if image_path(a) and a.n_vars > 0 and args.reference in a.obs]
     if imaged:
         parts.append((f"imaged sections against obs['{args.reference}']", args.reference,
-                      read_dataset(args.data, imaged), True))
+                      read_dataset(args.data, imaged, **data_options(args)), True))
     labelled = {n: a for n, a in data.items() if a.n_vars > 0 and args.pathologist_column in a.obs
                 and a.obs[args.pathologist_column].notna().any()}
     if labelled:
@@ -74,6 +76,7 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("clustering", help="spatial clustering against reference regions (ARI, NMI)")
     p.add_argument("data", help="dataset with reference regions in obs")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="folder for the tables")
     p.add_argument("--sections", help="comma-separated sections (default: all)")
     p.add_argument("--reference", default="cluster_annotation", help="reference column of the imaged sections")

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from spafoundation.commands._common import (
     add_cache_args,
+    add_data_options,
     add_precision_option,
     cache_dir,
+    data_options,
     parse_sections,
     parse_target_sum,
     precision_note,
@@ -36,7 +38,7 @@ def run(args) -> int:
     from spafoundation.tasks.expression import DEFAULT_ENCODER
     from spafoundation.utils.atomic import atomic_path
 
-    data = read_dataset(args.data, parse_sections(args.sections))
+    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     usable = {n: a for n, a in data.items() if image_path(a) and a.n_vars > 0}
     if len(usable) < 2:
         raise InputError(args.data, "sections", "the benchmark needs at least two sections with images and counts")
@@ -83,6 +85,7 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("expression", help="held-out-section benchmark of expression prediction")
     p.add_argument("data", help="dataset with at least two imaged sections with counts")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="folder for the tables")
     p.add_argument("--sections", help="comma-separated sections (default: every imaged section with counts)")
     p.add_argument("--genes", default="hvg:50", help="hvg:K, mean:K or a gene-list file (default hvg:50)")

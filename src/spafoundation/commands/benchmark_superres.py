@@ -7,7 +7,13 @@ import shlex
 import time
 from pathlib import Path
 
-from spafoundation.commands._common import add_precision_option, parse_sections, precision_note
+from spafoundation.commands._common import (
+    add_data_options,
+    add_precision_option,
+    data_options,
+    parse_sections,
+    precision_note,
+)
 from spafoundation.errors import InputError
 
 
@@ -17,7 +23,7 @@ def run(args) -> int:
     from spafoundation.io.readers import read_dataset
     from spafoundation.utils.atomic import atomic_path
 
-    data = read_dataset(args.data, parse_sections(args.sections), with_images=False)
+    data = read_dataset(args.data, parse_sections(args.sections), with_images=False, **data_options(args))
     usable = {n: a for n, a in data.items() if image_path(a) and a.n_vars > 0}
     if not usable:
         raise InputError(args.data, "sections", "the benchmark needs imaged sections with counts")
@@ -70,6 +76,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("superres", help="pseudo-low-resolution benchmark of super-resolution maps")
     p.add_argument("data", help="dataset with imaged sections with counts on a spot array (array_row/array_col, "
                    "or a regular lattice of spot centres)")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="folder for the tables")
     p.add_argument("--sections", help="comma-separated sections (default: every imaged section with counts)")
     p.add_argument("--encoder", help="encoder (default: spafoundation-default)")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from spafoundation.commands._common import (
     add_cache_args,
+    add_data_options,
     add_precision_option,
     cache_dir,
+    data_options,
     parse_sections,
     precision_note,
 )
@@ -29,7 +31,7 @@ def run(args) -> int:
     from spafoundation.tasks.expression import DEFAULT_ENCODER
     from spafoundation.utils.atomic import atomic_path
 
-    data = read_dataset(args.data, parse_sections(args.sections))
+    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     usable = {n: a for n, a in data.items() if image_path(a) and a.n_vars > 0 and args.label_column in a.obs}
     if len(usable) < 2:
         raise InputError(args.data, f"obs['{args.label_column}']",
@@ -61,6 +63,7 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("tumor", help="held-out-section benchmark of tumour detection")
     p.add_argument("data", help="dataset with at least two imaged, labelled sections with counts")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="folder for the tables")
     p.add_argument("--sections", help="comma-separated sections")
     p.add_argument("--label-column", default="cluster_annotation", help="obs column of the labels")

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import anndata as ad
 
-from spafoundation.commands._common import add_cache_args, add_precision_option, cache_dir, parse_sections
+from spafoundation.commands._common import (
+    add_cache_args,
+    add_data_options,
+    add_precision_option,
+    cache_dir,
+    data_options,
+    parse_sections,
+)
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir
 
@@ -42,7 +49,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     wanted = parse_sections(args.sections)
-    data = read_dataset(args.data, wanted, with_images=args.features != "expression")
+    data = read_dataset(args.data, wanted, with_images=args.features != "expression", **data_options(args))
     sections = {n: a.copy() for n, a in data.items() if args.features == "expression" or image_path(a)}
     if not sections:
         raise InputError(args.data, "image", "no selected section has an H&E image to cluster from")
@@ -90,6 +97,7 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("cluster", help="spatial domains from image features or (predicted) expression")
     p.add_argument("data", help="dataset folder, manifest or .h5ad")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, metrics.json, figures)")
     p.add_argument("--sections", help="comma-separated sections (default: all; image features need an image)")
     p.add_argument("--features", choices=["image", "expression", "predicted"], default="image",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from spafoundation.commands._common import add_precision_option
+from spafoundation.commands._common import add_data_options, add_precision_option, data_options
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path
 from spafoundation.io.readers import read_dataset
@@ -32,7 +32,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise InputError(None, "--batch-size", "must be >= 1")
     sections = [s for s in args.sections.split(",") if s] if args.sections else None
-    data = read_dataset(args.data, sections)
+    data = read_dataset(args.data, sections, **data_options(args))
     imaged = {name: a for name, a in data.items() if image_path(a)}
     skipped = sorted(set(data) - set(imaged))
     if not imaged:
@@ -78,6 +78,7 @@ def register(subparsers) -> None:
         "embed", help="embed every spot's H&E patch (or, with --tiles, every tissue tile of whole slides)")
     p.add_argument("data", help="dataset folder (legacy ST, Space Ranger outs/, HEST), manifest or .h5ad; with "
                    "--tiles: an image, a folder of images or a CSV/TSV manifest (path[, slide_id][, mpp])")
+    add_data_options(p)
     p.add_argument("--encoder", required=True,
                    help="spafoundation-vitb16, random-vits16, timm:<arch>, hf-hub:<repo> or a model folder")
     p.add_argument("--weights", help="checkpoint file for the encoder (e.g. spafoundation_1m_vitb16.pth)")

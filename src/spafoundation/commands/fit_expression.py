@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from spafoundation.commands._common import (
     add_cache_args,
+    add_data_options,
     add_precision_option,
     cache_dir,
+    data_options,
     parse_sections,
     parse_target_sum,
 )
@@ -17,7 +19,7 @@ def run(args) -> int:
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.expression import fit_expression
 
-    data = read_dataset(args.data, parse_sections(args.sections))
+    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     train = [a for a in data.values() if a.n_vars > 0]
     if not train:
         raise InputError(args.data, "counts", "no selected section has counts to train on")
@@ -49,6 +51,7 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("fit-expression", help="fit a model of spot gene expression from H&E patches")
     p.add_argument("data", help="dataset folder (legacy ST, Space Ranger outs/, HEST), manifest or .h5ad")
+    add_data_options(p)
     p.add_argument("--sections", help="comma-separated training sections (default: all with counts and images)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--encoder", default="spafoundation-default",

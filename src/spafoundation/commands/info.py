@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from spafoundation.commands._common import add_data_options
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import spatial_meta
 from spafoundation.io.readers import detect_format, read_dataset
@@ -11,8 +12,8 @@ from spafoundation.io.readers import detect_format, read_dataset
 LABEL_COLUMNS = ("label", "cluster_annotation")
 
 
-def summarize(path, sections=None, mpp: float | None = None) -> pd.DataFrame:
-    data = read_dataset(path, sections, with_images=False, **({} if mpp is None else {"mpp": mpp}))
+def summarize(path, sections=None, mpp: float | None = None, bin_um: float | None = None) -> pd.DataFrame:
+    data = read_dataset(path, sections, with_images=False, bin_um=bin_um, **({} if mpp is None else {"mpp": mpp}))
     rows = []
     for name, adata in data.items():
         meta = spatial_meta(adata)
@@ -28,8 +29,13 @@ def summarize(path, sections=None, mpp: float | None = None) -> pd.DataFrame:
                 "um/px": round(float(meta["scalefactors"]["microns_per_pixel"]), 4),
                 "um/px source": meta["metadata"].get("mpp_source", ""),
                 "labels": ",".join(labels) or "-",
+                "spot um": f"{meta['metadata'].get('spot_diameter_um', float('nan')):g}",
             }
         )
+        levels = meta["metadata"].get("bin_levels_um")
+        if levels is not None:
+            rows[-1]["bins"] = (f"{meta['metadata']['bins_read_um']:g} um of "
+                                f"{', '.join(f'{v:g}' for v in levels)} (--bin-um)")
     return pd.DataFrame(rows)
 
 
@@ -37,7 +43,7 @@ def run(args) -> int:
     fmt = detect_format(args.path)
     if args.mpp is not None and not args.mpp > 0:
         raise InputError(None, "--mpp", f"must be a positive number of microns per pixel, got {args.mpp}")
-    table = summarize(args.path, args.sections.split(",") if args.sections else None, args.mpp)
+    table = summarize(args.path, args.sections.split(",") if args.sections else None, args.mpp, args.bin_um)
     n_img = int((table["image"] != "-").sum())
     print(f"{args.path}  format: {fmt}")
     print(table.to_string(index=False))
@@ -52,9 +58,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "info", help="summarise a dataset: sections, spots, genes, image size, um/px, labels"
     )
-    p.add_argument("path", help="dataset folder (legacy ST, Space Ranger outs/, HEST), manifest or .h5ad")
+    p.add_argument("path", help="dataset folder (legacy ST, Space Ranger outs/ of Visium or Visium HD, HEST), manifest or .h5ad")
     p.add_argument("--sections", help="comma-separated subset of sections")
     p.add_argument(
         "--mpp", type=float, help="microns per pixel of the full-resolution images, when the data cannot tell"
     )
+    add_data_options(p)
     p.set_defaults(func=run)

@@ -11,7 +11,14 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
-from spafoundation.commands._common import add_cache_args, add_precision_option, cache_dir, parse_sections
+from spafoundation.commands._common import (
+    add_cache_args,
+    add_data_options,
+    add_precision_option,
+    cache_dir,
+    data_options,
+    parse_sections,
+)
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path, write_h5ad
 
@@ -40,7 +47,7 @@ def run(args) -> int:
     if out.suffix != ".h5ad":
         raise InputError(out, "--out", "the prediction is written as .h5ad")
     model = ExpressionModel.load(args.model, encoder=args.encoder)
-    data = read_dataset(args.data, parse_sections(args.sections))
+    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     imaged = {n: a for n, a in data.items() if image_path(a)}
     if not imaged:
         raise InputError(args.data, "image", "no selected section has an H&E image to predict from")
@@ -84,6 +91,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("predict-expression", help="predict spot gene expression from H&E with a fitted model")
     p.add_argument("model", help="model folder written by fit-expression")
     p.add_argument("data", help="dataset folder, manifest (image + spot coordinates) or .h5ad")
+    add_data_options(p)
     p.add_argument("--sections", help="comma-separated sections (default: every imaged section)")
     p.add_argument("--out", required=True, help="predicted expression, .h5ad")
     p.add_argument("--encoder", help="override the encoder the model refers to (name or model folder)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from spafoundation.commands._common import add_precision_option
+from spafoundation.commands._common import add_data_options, add_precision_option
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path
 from spafoundation.utils.precision import CHOICES
@@ -25,6 +25,7 @@ from spafoundation.utils.precision import CHOICES
 DEFAULTS: dict = {
     "data": None,  # or --data
     "sections": None,  # all sections of the dataset
+    "bin_um": None,  # Visium HD: spot size in microns (io/visium_hd.py); or --bin-um
     "encoder": "spafoundation-default",
     "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
     "cache_dir": None,  # default: DIR/cache
@@ -115,7 +116,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
     if not imaged:
         raise InputError(data_path, "image", "no section has an H&E image")
     cache = str(cfg["cache_dir"] or out / "cache")
-    common = ["--cache-dir", cache]
+    common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else [])]
     precision = ["--precision", str(cfg["precision"])] if cfg["precision"] else []
     enc = ["--encoder", str(cfg["encoder"]), *precision]
     steps = []
@@ -193,13 +194,19 @@ def run(args) -> int:
         cfg["data"] = str(args.data)
     if args.pipeline_precision:
         cfg["precision"] = args.pipeline_precision
+    if args.bin_um is not None:
+        cfg["bin_um"] = args.bin_um
+    if cfg["bin_um"] is not None and (isinstance(cfg["bin_um"], bool) or not isinstance(cfg["bin_um"], int | float)
+                                      or cfg["bin_um"] <= 0):
+        raise InputError(args.config, "bin_um", f"must be a positive number of microns, got {cfg['bin_um']!r}")
     if cfg["precision"] is not None and cfg["precision"] not in CHOICES:
         raise InputError(args.config, "precision", f"must be one of {', '.join(CHOICES)}, got {cfg['precision']!r}")
     if not cfg["data"]:
         raise InputError(args.config, "data", "no dataset: give --data or data: in the config")
     data_path = cfg["data"]
     out = Path(args.out)
-    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False)  # bad input fails before any write
+    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False,  # bad input fails before any write
+                        **({} if cfg["bin_um"] is None else {"bin_um": float(cfg["bin_um"])}))
     steps = plan(data_path, out, cfg, data)
     if not args.dry_run:
         check_inputs(data, cfg)
@@ -274,4 +281,5 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (as commands) and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_precision_option(p)
+    add_data_options(p)
     p.set_defaults(func=run)

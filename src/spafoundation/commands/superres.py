@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from spafoundation.commands._common import add_cache_args, add_precision_option, cache_dir, parse_sections
+from spafoundation.commands._common import (
+    add_cache_args,
+    add_data_options,
+    add_precision_option,
+    cache_dir,
+    data_options,
+    parse_sections,
+)
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir
 
@@ -41,7 +48,7 @@ def run(args) -> int:
     )
 
     out = Path(args.out)
-    data = read_dataset(args.data, parse_sections(args.sections))
+    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     imaged = {n: a for n, a in data.items() if image_path(a)}
     if not imaged:
         raise InputError(args.data, "image", "no selected section has an H&E image")
@@ -93,6 +100,7 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("superres", help="expression maps on a superpixel grid much finer than the spots")
     p.add_argument("data", help="dataset folder, manifest or .h5ad")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--sections", help="comma-separated sections to map (default: every imaged section)")
     p.add_argument("--train-sections", help="sections with counts to train on (default: every selected one)")

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import anndata as ad
 
-from spafoundation.commands._common import add_cache_args, add_precision_option, cache_dir, parse_sections
+from spafoundation.commands._common import (
+    add_cache_args,
+    add_data_options,
+    add_precision_option,
+    cache_dir,
+    data_options,
+    parse_sections,
+)
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir
 
@@ -53,7 +60,7 @@ def run(args) -> int:
     from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, TumorModel, tumor_maps
 
     out = Path(args.out)
-    data = read_dataset(args.data)
+    data = read_dataset(args.data, **data_options(args))
     wanted = parse_sections(args.sections)
     missing = [s for s in wanted or [] if s not in data]
     if missing:
@@ -98,6 +105,7 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("tumor", help="tumour probability per spot and over the tissue, with heatmaps")
     p.add_argument("data", help="dataset folder, manifest or .h5ad")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, metrics.json, figures)")
     p.add_argument("--sections", help="comma-separated sections to score (default: every imaged section)")
     p.add_argument("--train-sections", help="sections to train on (default: every imaged section with labels "

@@ -9,7 +9,7 @@ import anndata as ad
 from spafoundation.errors import InputError
 from spafoundation.io import legacy_st
 
-FORMATS = ("legacy_st", "visium", "visium_cohort", "hest", "generic", "h5ad")
+FORMATS = ("legacy_st", "visium", "visium_hd", "visium_cohort", "hest", "generic", "h5ad")
 
 
 def detect_format(path: str | Path) -> str:
@@ -30,7 +30,10 @@ def detect_format(path: str | Path) -> str:
     if (path / "st").is_dir() and ((path / "wsis").is_dir() or (path / "metadata").is_dir()):
         return "hest"
     from spafoundation.io.visium import is_visium_sample, visium_samples
+    from spafoundation.io.visium_hd import is_visium_hd
 
+    if is_visium_hd(path):
+        return "visium_hd"
     if is_visium_sample(path):
         return "visium"
     if (path / "spafoundation.yaml").exists() or (path / "manifest.yaml").exists():
@@ -40,15 +43,28 @@ def detect_format(path: str | Path) -> str:
     raise InputError(
         path,
         "data",
-        "unsupported format: expected a legacy ST folder (ST-cnts/), Space Ranger outs/ (or a folder of Space "
-        "Ranger samples), a HEST folder "
+        "unsupported format: expected a legacy ST folder (ST-cnts/), Space Ranger outs/ of Visium or Visium HD "
+        "(or a folder of Space Ranger samples), a HEST folder "
         "(st/, wsis/, metadata/), a generic manifest (.yaml) or an .h5ad",
     )
 
 
-def read_dataset(path: str | Path, sections: list[str] | None = None, **kwargs) -> dict[str, ad.AnnData]:
-    """Read any supported layout into one AnnData per section, keyed by section (library) id."""
+def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um: float | None = None,
+                 **kwargs) -> dict[str, ad.AnnData]:
+    """Read any supported layout into one AnnData per section, keyed by section (library) id. ``bin_um``: the spot
+    size of Visium HD data (``visium_hd.py``); an InputError for any other format."""
     fmt = detect_format(path)
+    if bin_um is not None and fmt not in ("visium_hd", "visium_cohort"):
+        raise InputError(path, "bin_um", f"only Visium HD data has bins to choose; this is {fmt} data")
+    if fmt == "visium_hd":
+        from spafoundation.io.visium_hd import read_visium_hd
+
+        adata = read_visium_hd(path, bin_um=bin_um, **kwargs)
+        return _select({adata.obs["section"].iloc[0]: adata}, sections, path)
+    if fmt == "visium_cohort":
+        from spafoundation.io.visium import read_visium_cohort
+
+        return read_visium_cohort(path, sections, bin_um=bin_um, **kwargs)
     if fmt == "legacy_st":
         return legacy_st.read_legacy_st(path, sections, **kwargs)
     if fmt == "visium":
@@ -56,10 +72,6 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, **kwargs) 
 
         adata = read_visium(path, **kwargs)
         return _select({adata.obs["section"].iloc[0]: adata}, sections, path)
-    if fmt == "visium_cohort":
-        from spafoundation.io.visium import read_visium_cohort
-
-        return read_visium_cohort(path, sections, **kwargs)
     if fmt == "hest":
         from spafoundation.io.hest import read_hest
 

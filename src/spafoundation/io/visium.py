@@ -3,12 +3,14 @@
     outs/filtered_feature_bc_matrix.h5          counts (10x HDF5: matrix/{data,indices,indptr,shape,barcodes,features})
       or outs/filtered_feature_bc_matrix/       matrix.mtx(.gz), barcodes.tsv(.gz), features.tsv(.gz) / genes.tsv
     outs/spatial/tissue_positions.csv           barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,pxl_col_in_fullres
+      or outs/spatial/tissue_positions.parquet  the same table as Parquet
       or outs/spatial/tissue_positions_list.csv the same columns without a header (Space Ranger < 2.0)
     outs/spatial/scalefactors_json.json         spot_diameter_fullres, tissue_hires_scalef
     outs/spatial/tissue_hires_image.png         thumbnail (used as ``images['hires']``)
     full-resolution H&E                         ``image=`` or any .tif/.tiff/.btf/.svs/.jpg in the folder or outs/
 
-A cohort is a folder of such sample folders (``read_visium_cohort``): one section per subfolder, named by it.
+A cohort is a folder of such sample folders (``read_visium_cohort``): one section per subfolder, named by it;
+Visium HD samples (``visium_hd.py``) may sit among them.
 
 Pixel size: ``mpp=`` if given, else the 55 um spot diameter over ``spot_diameter_fullres``, else estimated from
 the 100 um centre-to-centre pitch; ``metadata['mpp_source']`` says which.
@@ -66,9 +68,13 @@ def outs_dir(path: Path) -> Path:
 
 
 def is_visium_sample(path: Path) -> bool:
-    """A Space Ranger sample: the folder or its ``outs/`` holds the filtered count matrix."""
+    """A Space Ranger sample: the folder or its ``outs/`` holds the filtered count matrix (Visium) or bin folders
+    (Visium HD)."""
+    from spafoundation.io.visium_hd import is_visium_hd
+
     outs = outs_dir(path)
-    return (outs / "filtered_feature_bc_matrix.h5").exists() or (outs / "filtered_feature_bc_matrix").is_dir()
+    return ((outs / "filtered_feature_bc_matrix.h5").exists() or (outs / "filtered_feature_bc_matrix").is_dir()
+            or is_visium_hd(path))
 
 
 def visium_samples(path: Path) -> list[Path]:
@@ -90,7 +96,18 @@ def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, i
         if unknown:
             raise InputError(path, "section", f"unknown section(s) {unknown}; available: {sorted(samples)}")
         samples = {s: samples[s] for s in sections}
-    return {name: read_visium(folder, section=name, **kwargs) for name, folder in samples.items()}
+    return {name: read_visium_sample(folder, section=name, **kwargs) for name, folder in samples.items()}
+
+
+def read_visium_sample(path: Path, *, bin_um: float | None = None, **kwargs) -> ad.AnnData:
+    """One Space Ranger sample, Visium or Visium HD (``bin_um``: the HD spot size; an error for round spots)."""
+    from spafoundation.io.visium_hd import is_visium_hd, read_visium_hd
+
+    if is_visium_hd(path):
+        return read_visium_hd(path, bin_um=bin_um, **kwargs)
+    if bin_um is not None:
+        raise InputError(path, "bin_um", "only Visium HD data has bins to choose; this is a Visium sample")
+    return read_visium(path, **kwargs)
 
 
 def read_text_rows(path: Path) -> list[list[str]]:
@@ -166,14 +183,17 @@ def read_counts(outs: Path) -> tuple[sp.csr_matrix, list[str], list[str], Path]:
 
 
 def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
-    """Tissue positions indexed by barcode, with or without the Space Ranger 2.0 header."""
-    path, header = spatial / "tissue_positions.csv", 0
+    """Tissue positions indexed by barcode: tissue_positions.parquet (Visium HD), tissue_positions.csv, or the
+    headerless tissue_positions_list.csv of Space Ranger < 2.0."""
+    path, header = spatial / "tissue_positions.parquet", 0
+    if not path.exists():
+        path = spatial / "tissue_positions.csv"
     if not path.exists():
         path, header = spatial / "tissue_positions_list.csv", None
     if not path.exists():
         raise InputError(spatial / "tissue_positions.csv", "spot coordinates", "file not found")
     try:
-        pos = pd.read_csv(path, header=header)
+        pos = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, header=header)
     except Exception as e:
         raise InputError(path, "spot coordinates", f"unreadable table ({e})") from None
     if header is None:
@@ -198,6 +218,17 @@ def read_scalefactors(spatial: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(path, "scalefactors", f"unreadable JSON ({e})") from None
+
+
+def spaceranger_hires(spatial: Path, scalefactors: dict) -> tuple[np.ndarray, float] | None:
+    """Space Ranger's own thumbnail and its scale factor (what scanpy plots on), or None without them."""
+    png = spatial / "tissue_hires_image.png"
+    if not (png.exists() and scalefactors.get("tissue_hires_scalef")):
+        return None
+    try:
+        return np.asarray(Image.open(png).convert("RGB")), float(scalefactors["tissue_hires_scalef"])
+    except OSError as e:
+        raise InputError(png, "hires image", f"unreadable image ({e})") from None
 
 
 def find_fullres_image(path: Path, outs: Path) -> Path | None:
@@ -265,11 +296,8 @@ def read_visium(
         hires, scalef, image_size = read_section_image(
             image, xy, mpp_value, pos_path, "pxl_col_in_fullres/pxl_row_in_fullres", with_image=with_images
         )
-    hires_png = spatial / "tissue_hires_image.png"
-    if with_images and hires_png.exists() and scalefactors.get("tissue_hires_scalef"):
-        # Space Ranger's own thumbnail, with its scale factor, is what scanpy plots on.
-        hires = np.asarray(Image.open(hires_png).convert("RGB"))
-        scalef = float(scalefactors["tissue_hires_scalef"])
+    if with_images:
+        hires, scalef = spaceranger_hires(spatial, scalefactors) or (hires, scalef)
 
     obs = pd.DataFrame(
         {

@@ -15,12 +15,13 @@ def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _overview(out: Path, data_path: str, names: list[str]) -> Path:
-    """H&E thumbnails with the spots, coloured by log total counts where counts exist."""
+def _overview(out: Path, data_path: str, names: list[str], bin_um: float | None = None) -> Path:
+    """H&E thumbnails with the spots, coloured by log total counts where counts exist (``bin_um``: the run's Visium
+    HD spot size)."""
     from spafoundation.io.readers import read_dataset
     from spafoundation.report.spatial_maps import plot_panels
 
-    sections = read_dataset(data_path, names)
+    sections = read_dataset(data_path, names, bin_um=bin_um)
     panels = []
     for n, a in sections.items():
         total = np.log1p(np.asarray(a.X.sum(axis=1)).ravel()) if a.n_vars else np.zeros(a.n_obs)
@@ -97,14 +98,15 @@ def _cluster_rows(metrics: dict) -> list[dict]:
 
 def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: list[dict], *,
                      top_genes: int = 4) -> Path:
-    from spafoundation.io.anndata_spec import image_path, microns_per_pixel
+    from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta
 
     out = Path(out)
     imaged = [n for n, a in data.items() if image_path(a)]
     ds = Block("Dataset", paragraphs=[f"{len(data)} sections, {len(imaged)} with an H&E image."])
     ds.tables.append([{"section": n, "spots": a.n_obs, "genes": a.n_vars, "image": "yes" if image_path(a) else "no",
-                       "um/px": microns_per_pixel(a)} for n, a in data.items()])
-    ds.figures.append((_overview(out, data_path, imaged), "H&E of each imaged section with its spots"))
+                       "um/px": microns_per_pixel(a), "spot um": spatial_meta(a)["metadata"].get("spot_diameter_um")}
+                      for n, a in data.items()])
+    ds.figures.append((_overview(out, data_path, imaged, cfg.get("bin_um")), "H&E of each imaged section with its spots"))
     blocks = [ds]
     expr = _expression_block(out, top_genes)
     if expr:
