@@ -14,6 +14,20 @@ HER2ST = Path(os.environ.get("SPAFOUNDATION_HER2ST", REPO.parent / "shared" / "d
 IMAGED_SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """Embedding, superpixel and feature caches of the tests go to a folder of this session, not the user's
+    ~/.cache/spafoundation (a test that passes cache_dir explicitly still uses its own)."""
+    root = tmp_path_factory.mktemp("spafoundation-cache")
+    old = os.environ.get("SPAFOUNDATION_CACHE")
+    os.environ["SPAFOUNDATION_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("SPAFOUNDATION_CACHE", None)
+    else:
+        os.environ["SPAFOUNDATION_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def her2st_root() -> Path:
     if not (HER2ST / "ST-cnts").is_dir():

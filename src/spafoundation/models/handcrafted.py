@@ -12,6 +12,7 @@ import numpy as np
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 PERCENTILES = (10, 50, 90)
+FEATURES_VERSION = 1  # part of the cache key of stored features (embed_handcrafted.py): bump when a feature changes
 # Bin edges of haematoxylin and eosin concentration (natural-log OD units), spread over the range seen in H&E.
 STAIN_BIN_EDGES = {0: (0.0, 0.5, 1.0, 2.0), 1: (0.0, 0.05, 0.15, 0.3)}
 

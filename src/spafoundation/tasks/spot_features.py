@@ -4,8 +4,8 @@ A feature recipe is a small dict (JSON-serialisable, saved with every model):
 ``{"source": "encoder" | "mean_colour" | "colour_texture" | "encoder+colour_texture", "tta": bool,
 "context": float, "neighbours_um": float}``.
 - ``encoder``: the encoder's embedding of the spot patch (cached on disk by ``embed_adata``);
-- ``mean_colour`` / ``colour_texture``: hand-crafted colour, stain and texture statistics of the same patch;
-  sources joined by ``+`` are concatenated;
+- ``mean_colour`` / ``colour_texture``: hand-crafted colour, stain and texture statistics of the same patch
+  (cached too, ``embed_handcrafted.py``); sources joined by ``+`` are concatenated;
 - ``context`` > 1: concatenates the features of a patch ``context`` times wider, resampled to the same input size;
 - ``neighbours_um`` > 0: concatenates the mean feature of the spots within that radius (tissue context that a
   single patch does not see).
@@ -20,7 +20,6 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from spafoundation.io.anndata_spec import microns_per_pixel
-from spafoundation.io.patches import extract_patches
 
 SOURCES = ("encoder", "mean_colour", "colour_texture")
 HANDCRAFTED_PATCH_PX = 64  # colour statistics do not need the encoder's resolution
@@ -97,12 +96,10 @@ def _source_features(adata, source: str, encoder, factor: float, tta: bool, cach
             return embed_adata(adata, encoder, cache_dir=cache_dir, tta=tta, progress=progress)
         return embed_adata(adata, context_encoder(encoder, factor), cache_dir=cache_dir, tta=tta, progress=progress,
                            key=f"X_{encoder.name}_context{factor:g}")
-    from spafoundation.models import handcrafted
+    from spafoundation.models.embed_handcrafted import handcrafted_features
 
     size_um = (encoder.patch_um if encoder is not None else HANDCRAFTED_PATCH_UM) * factor
-    patches = extract_patches(adata, size_um, HANDCRAFTED_PATCH_PX)
-    fn = handcrafted.mean_colour if source == "mean_colour" else handcrafted.colour_texture_features
-    return fn(patches).astype(np.float32)
+    return handcrafted_features(adata, source, size_um, HANDCRAFTED_PATCH_PX, cache_dir=cache_dir)
 
 
 def locations_adata(section: ad.AnnData, xy: np.ndarray) -> ad.AnnData:
