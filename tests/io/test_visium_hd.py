@@ -98,3 +98,15 @@ def test_run_passes_bin_um_to_every_step(c2_small, tmp_path, capsys):
     steps = [line for line in capsys.readouterr().out.splitlines() if ": spafoundation " in line]
     assert len(steps) >= 4 and all("--bin-um 200" in line for line in steps)
     assert main(["run", "--data", str(root), "--out", str(tmp_path / "run"), "--set", "bin_um=-5", "--dry-run"]) == 2
+
+
+def test_run_leaves_superres_out_for_bins_finer_than_superpixels(c2_small, tiny_folder, tmp_path, capsys):
+    root = write_visium_hd(tmp_path / "HD6", c2_small, levels=(50,))  # the tiny encoder's superpixels are 56 um
+    args = ["run", "--data", str(root), "--out", str(tmp_path / "run"), "--set", f"encoder={tiny_folder}", "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "super-resolution left out HD6: spots span fewer than 1.5 superpixels of 56 um" in out
+    assert "spafoundation superres" not in out
+    assert main([*args, "--bin-um", "100"]) == 0
+    assert "spafoundation superres" in capsys.readouterr().out
+

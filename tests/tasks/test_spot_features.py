@@ -22,6 +22,16 @@ def test_neighbour_mean_radius():
     np.testing.assert_allclose(neighbour_mean(xy, f, 150.0)[:, 0], [2.0, 2.0, 10.0])
 
 
+def test_neighbour_mean_in_chunks_equals_every_ball():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 500, size=(300, 2))
+    f = rng.normal(size=(300, 5)).astype(np.float32)
+    expected = np.stack([f[np.hypot(*(xy - p).T) <= 60.0].mean(axis=0) for p in xy])
+    got = neighbour_mean(xy, f, 60.0, chunk=7)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_features_blocks(her2st_c2, tiny_encoder, tmp_path):
     a = her2st_c2[:12].copy()
     recipe = {"source": "encoder+colour_texture", "context": 2.0, "neighbours_um": 300.0}

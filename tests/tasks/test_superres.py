@@ -9,10 +9,12 @@ import pytest
 
 from spafoundation.cli import main
 from spafoundation.errors import InputError
+from spafoundation.io.anndata_spec import microns_per_pixel
 from spafoundation.tasks.superres import (
     SuperresModel,
     anchor_to_measurements,
     calibrate_anchoring,
+    check_spots_resolvable,
     fit_superres,
     footprint_means,
     idw,
@@ -20,6 +22,7 @@ from spafoundation.tasks.superres import (
     spot_blocks,
     spot_members,
     spot_radius_px,
+    superpixel_step_um,
     superpixels,
 )
 
@@ -294,3 +297,15 @@ def test_benchmark_verdict_reads_the_run():
                          for t, v in zip(("A", "B"), vs, strict=True)])
     text = verdict(rows)
     assert "nearest coarse spot" in text and "+0.0150" in text and "1 of 2 sections" in text
+
+
+def test_spots_finer_than_superpixels_are_refused(her2st_c2, tiny_encoder):
+    a = her2st_c2[:40].copy()
+    step = superpixel_step_um(tiny_encoder)
+    check_spots_resolvable({"C2": a}, tiny_encoder, None)  # 100 um spots over 56 um superpixels: trained on
+    a.uns["spatial"]["C2"]["scalefactors"]["spot_diameter_fullres"] = step / microns_per_pixel(a)  # one step wide
+    with pytest.raises(InputError, match=r"spot_diameter_fullres.*span fewer than 1.5 superpixels"):
+        check_spots_resolvable({"C2": a}, tiny_encoder, None)
+    with pytest.raises(InputError, match="nothing to super-resolve"):
+        fit_superres({"C2": a}, tiny_encoder, genes=list(a.var_names[:3]))
+

@@ -109,7 +109,8 @@ def check_inputs(data: dict, cfg: dict) -> None:
             select_genes([data[n] for n in train], e["genes"], TARGET_SUM)
 
 
-def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
+def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[Step]:
+    """The steps of the run, as subcommands; ``notes`` collects what was left out and why."""
     from spafoundation.io.anndata_spec import image_path
 
     imaged = [n for n, a in data.items() if image_path(a)]
@@ -137,6 +138,17 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict) -> list[Step]:
     r = cfg["superres"]
     if r["enabled"]:
         train = expression_split(data, e)[0] if e["enabled"] else [n for n in imaged if data[n].n_vars > 0]
+        if train:
+            from spafoundation.tasks.expression import resolve_encoder
+            from spafoundation.tasks.superres import MIN_SPOT_STEPS, spots_resolvable, superpixel_step_um
+
+            step = superpixel_step_um(resolve_encoder(cfg["encoder"]), r["step_um"])
+            too_fine = [n for n in train if not spots_resolvable(data[n], step)]
+            train = [n for n in train if n not in too_fine]
+            if too_fine and notes is not None:
+                notes.append(f"super-resolution {'left out' if not train else 'not trained on'} "
+                             f"{', '.join(too_fine)}: spots span fewer than {MIN_SPOT_STEPS:g} superpixels of "
+                             f"{step:g} um (Visium HD: --bin-um {MIN_SPOT_STEPS * step:g} or more)")
         if train:
             argv = ["superres", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(train),
                     "--out", str(out / "superres"), "--genes", str(r["genes"]), *enc, *common]
@@ -207,7 +219,8 @@ def run(args) -> int:
     out = Path(args.out)
     data = read_dataset(data_path, _names(cfg["sections"]), with_images=False,  # bad input fails before any write
                         **({} if cfg["bin_um"] is None else {"bin_um": float(cfg["bin_um"])}))
-    steps = plan(data_path, out, cfg, data)
+    notes: list[str] = []
+    steps = plan(data_path, out, cfg, data, notes)
     if not args.dry_run:
         check_inputs(data, cfg)
     print(f"spafoundation run: {len(data)} sections from {data_path} -> {out}")
@@ -217,6 +230,8 @@ def run(args) -> int:
     if no_image:
         shown = ", ".join(no_image[:10]) + (f", ... ({len(no_image)} in all)" if len(no_image) > 10 else "")
         print(f"  without an H&E image, left out of every step: {shown}")
+    for note in notes:
+        print(f"  {note}")
     for i, s in enumerate(steps, 1):
         print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
     print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {out / 'report.html'}")

@@ -41,6 +41,7 @@ def run(args) -> int:
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.superres import (
         SuperresModel,
+        check_spots_resolvable,
         fit_superres,
         grid_images,
         superpixels,
@@ -67,6 +68,7 @@ def run(args) -> int:
         from spafoundation.tasks.expression import resolve_encoder
 
         enc = resolve_encoder(args.encoder or "spafoundation-default")
+        check_spots_resolvable(train, enc, args.step_um)  # before any superpixel is computed
         cached = {n: superpixels(a, enc, step_um=args.step_um, progress=not args.quiet, cache_dir=cache_dir(args))
                   for n, a in train.items()}
         model = fit_superres(train, enc, genes=args.genes, step_um=args.step_um, cached=cached)

@@ -14,9 +14,11 @@ A feature recipe is a small dict (JSON-serialisable, saved with every model):
 from __future__ import annotations
 
 import copy
+import itertools
 
 import anndata as ad
 import numpy as np
+import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from spafoundation.io.anndata_spec import microns_per_pixel
@@ -48,12 +50,21 @@ def context_encoder(encoder, factor: float):
     return wide
 
 
-def neighbour_mean(xy_um: np.ndarray, feats: np.ndarray, radius_um: float) -> np.ndarray:
-    """Mean of ``feats`` over the spots within ``radius_um`` of each spot (itself included)."""
+def neighbour_mean(xy_um: np.ndarray, feats: np.ndarray, radius_um: float, chunk: int = 1024) -> np.ndarray:
+    """Mean of ``feats`` over the spots within ``radius_um`` of each spot (itself included).
+
+    Chunks of ``chunk`` spots at a time: on dense arrays (Visium HD bins) a radius holds thousands of spots, and all
+    neighbour lists at once took 21 GB for 108k bins."""
     tree = cKDTree(xy_um)
-    out = np.empty_like(feats)
-    for i, nb in enumerate(tree.query_ball_point(xy_um, r=radius_um)):
-        out[i] = feats[nb].mean(axis=0)
+    values = np.asarray(feats, dtype=np.float64)
+    out = np.empty(feats.shape, dtype=feats.dtype)
+    for start in range(0, len(xy_um), chunk):
+        nb = tree.query_ball_point(xy_um[start:start + chunk], r=radius_um)
+        counts = np.fromiter(map(len, nb), np.int64, len(nb))
+        cols = np.fromiter(itertools.chain.from_iterable(nb), np.int64, int(counts.sum()))
+        rows = np.repeat(np.arange(len(nb)), counts)
+        member = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(nb), len(xy_um)))
+        out[start:start + chunk] = (member @ values) / counts[:, None]
     return out
 
 

@@ -56,6 +56,9 @@ TILE_MIN_TISSUE = 0.05
 # The anchoring before calibration (and for too few spots): the full image pattern, no neighbour term.
 ANCHOR_DEFAULT = {"image": 1.0, "interpolation": 0.0, "method": "default"}
 MIN_CALIBRATION_SPOTS = 40  # spots in blocks of two or more, over all training sections
+# A spot must be at least this many superpixel steps across to be super-resolved (and to train on): it then holds
+# about 1.8 superpixels (pi / 4 x 1.5^2); finer spots (Visium HD bins) hold one superpixel or none.
+MIN_SPOT_STEPS = 1.5
 SUPERPIXEL_CACHE_VERSION = 1  # bump when the superpixels of a section change for the same inputs
 
 
@@ -81,25 +84,52 @@ def token_grid(encoder) -> int:
     return encoder.input_size // patch_size(encoder.model)
 
 
+def _token_and_upsampling(encoder, step_um: float | None) -> tuple[float, int]:
+    """(encoder token size in um, how many superpixels per token side) for ``step_um`` (default: one per token)."""
+    token_um = encoder.patch_um / token_grid(encoder)
+    up = 1 if not step_um else round(token_um / float(step_um))
+    if up < 1 or abs(token_um / up - float(step_um or token_um)) > 1e-6 * token_um:
+        raise InputError(None, "--step-um", f"must be {token_um:g} um (one encoder token) divided by a whole "
+                         f"number, e.g. {token_um:g} or {token_um / 2:g}")
+    return token_um, up
+
+
+def superpixel_step_um(encoder, step_um: float | None = None) -> float:
+    """The superpixel step that ``superpixels`` uses for ``step_um`` (None: one per encoder token)."""
+    token_um, up = _token_and_upsampling(encoder, step_um)
+    return token_um / up
+
+
+def spots_resolvable(adata: ad.AnnData, step_um: float) -> bool:
+    """Whether ``adata``'s spots span at least ``MIN_SPOT_STEPS`` superpixels of ``step_um``."""
+    return spot_diameter_fullres(adata) * microns_per_pixel(adata) >= MIN_SPOT_STEPS * step_um - 1e-9
+
+
+def check_spots_resolvable(train: dict[str, ad.AnnData], encoder, step_um: float | None) -> None:
+    """An InputError naming the first training section whose spots are too fine to train super-resolution on."""
+    step = superpixel_step_um(encoder, step_um)
+    for n, a in train.items():
+        if not spots_resolvable(a, step):
+            d = spot_diameter_fullres(a) * microns_per_pixel(a)
+            raise InputError(None, f"section {n}: spot_diameter_fullres",
+                             f"spots of {d:g} um span fewer than {MIN_SPOT_STEPS:g} superpixels of {step:g} um, so "
+                             f"there is nothing to super-resolve: train on larger spots (Visium HD: --bin-um "
+                             f"{MIN_SPOT_STEPS * step:g} or more), a smaller --step-um, or give --model")
+
+
 def superpixels(adata: ad.AnnData, encoder, *, step_um: float | None = None, min_tissue: float = MIN_TISSUE,
                 batch_size: int = 32, progress: bool = False, cache_dir=False) -> Superpixels:
     """Superpixels over the tissue of ``adata``'s image (and over the footprint of any spot of ``adata`` that the
     tissue mask leaves without one) at ``step_um`` (default: one per encoder token). ``cache_dir``: False (no
     cache), None (``$SPAFOUNDATION_CACHE`` or ``~/.cache/spafoundation``) or a folder: the superpixels are then
     read from / written to ``<cache>/superpixels/<key>.npz`` (``superpixel_cache_path``)."""
-    g = token_grid(encoder)
-    tile_um = encoder.patch_um
-    token_um = tile_um / g
-    up = 1 if not step_um else round(token_um / float(step_um))
-    if up < 1 or abs(token_um / up - float(step_um or token_um)) > 1e-6 * token_um:
-        raise InputError(None, "--step-um", f"must be {token_um:g} um (one encoder token) divided by a whole "
-                         f"number, e.g. {token_um:g} or {token_um / 2:g}")
+    _, up = _token_and_upsampling(encoder, step_um)
     cached = superpixel_cache_path(adata, encoder, up, min_tissue, cache_dir)
     if cached is not None and cached.exists():
         sp = load_superpixels(cached)
         if sp is not None:
             return sp
-    sp = _encode_superpixels(adata, encoder, g, up, min_tissue, batch_size, progress)
+    sp = _encode_superpixels(adata, encoder, token_grid(encoder), up, min_tissue, batch_size, progress)
     if cached is not None:
         save_superpixels(sp, cached)
     return sp
@@ -317,6 +347,7 @@ def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes="hvg:50", step_
     enc = resolve_encoder(encoder)
     gene_list = list(genes) if isinstance(genes, (list, tuple)) else select_genes(list(train.values()), genes,
                                                                                  target_sum)
+    check_spots_resolvable({n: a for n, a in train.items() if not (footprints and n in footprints)}, enc, step_um)
     X, Y, groups, blocks, levels = [], [], [], None, {}
     for n, a in train.items():
         sp = (cached or {}).get(n) or superpixels(a, enc, step_um=step_um, progress=progress)
