@@ -92,6 +92,14 @@ def test_damaged_parquet_names_the_file(c2_small, tmp_path, capsys):
         read_dataset(root)
 
 
+def test_bad_pixel_size_names_the_scale_factor(c2_small, tmp_path):
+    root = write_visium_hd(tmp_path / "HD7", c2_small, levels=(100,))
+    scale = root / "outs" / "binned_outputs" / "square_100um" / "spatial" / "scalefactors_json.json"
+    scale.write_text('{"microns_per_pixel": "n/a", "bin_size_um": 100}')
+    with pytest.raises(InputError, match=r"scalefactors_json.json.*microns_per_pixel.*'n/a'"):
+        read_dataset(root, with_images=False)
+
+
 def test_run_passes_bin_um_to_every_step(c2_small, tmp_path, capsys):
     root = write_visium_hd(tmp_path / "HD5", c2_small, levels=(100,))
     assert main(["run", "--data", str(root), "--out", str(tmp_path / "run"), "--bin-um", "200", "--dry-run"]) == 0

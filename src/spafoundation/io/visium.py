@@ -210,6 +210,28 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
     return pos.set_index("barcode"), path
 
 
+def read_spots_under_tissue(counts_dir: Path, spatial: Path) -> tuple:
+    """(counts, genes, positions, counts path, positions path) of the spots (or bins) under tissue: the count matrix
+    in ``counts_dir`` joined by barcode to ``spatial``'s tissue positions."""
+    X, barcodes, genes, counts_path = read_counts(counts_dir)
+    check_unique(barcodes, counts_path, "barcode")
+    X = validate_counts(X, counts_path)
+    pos, pos_path = read_positions(spatial)
+    missing = [b for b in barcodes if b not in pos.index]
+    if missing:
+        raise InputError(
+            pos_path,
+            "barcode",
+            f"{len(missing)} of {len(barcodes)} count barcodes have no position (first: {missing[0]!r})",
+        )
+    pos = pos.loc[barcodes]
+    in_tissue = pos["in_tissue"].to_numpy() == 1
+    X, pos = sp.csr_matrix(X[in_tissue]), pos[in_tissue]
+    if not len(pos):
+        raise InputError(pos_path, "in_tissue", "no spot under tissue")
+    return X, genes, pos, counts_path, pos_path
+
+
 def read_scalefactors(spatial: Path) -> dict:
     path = spatial / "scalefactors_json.json"
     if not path.exists():
@@ -259,23 +281,7 @@ def read_visium(
     section = section or (path.parent.name if path.name == "outs" else path.name)
     spatial = outs / "spatial"
 
-    X, barcodes, genes, counts_path = read_counts(outs)
-    check_unique(barcodes, counts_path, "barcode")
-    X = validate_counts(X, counts_path)
-    pos, pos_path = read_positions(spatial)
-    missing = [b for b in barcodes if b not in pos.index]
-    if missing:
-        raise InputError(
-            pos_path,
-            "barcode",
-            f"{len(missing)} of {len(barcodes)} count barcodes have no position (first: {missing[0]!r})",
-        )
-    pos = pos.loc[barcodes]
-    in_tissue = pos["in_tissue"].to_numpy() == 1
-    X, pos = X[in_tissue], pos[in_tissue]
-    if not len(pos):
-        raise InputError(pos_path, "in_tissue", "no spot under tissue")
-
+    X, genes, pos, counts_path, pos_path = read_spots_under_tissue(outs, spatial)
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
     scalefactors = read_scalefactors(spatial)
     if mpp is not None:

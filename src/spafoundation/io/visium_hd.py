@@ -28,19 +28,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import (
-    build_anndata,
-    check_unique,
-    estimate_mpp_from_pitch,
-    read_section_image,
-    validate_counts,
-)
+from spafoundation.io.anndata_spec import build_anndata, estimate_mpp_from_pitch, read_section_image
 from spafoundation.io.visium import (
     find_fullres_image,
     outs_dir,
-    read_counts,
-    read_positions,
     read_scalefactors,
+    read_spots_under_tissue,
     spaceranger_hires,
 )
 
@@ -78,6 +71,16 @@ def _level_um(folder: Path) -> float:
         raise InputError(folder / "spatial" / "scalefactors_json.json", "bin_size_um",
                          "a bin folder not named square_<N>um needs its bin size here")
     return float(size)
+
+
+def _positive(scalefactors: dict, key: str, path: Path) -> float:
+    try:
+        value = float(scalefactors[key])
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise InputError(path, key, f"must be a positive number, got {scalefactors[key]!r}")
+    return value
 
 
 def sample_root(folder: Path) -> Path:
@@ -146,19 +149,7 @@ def read_visium_hd(
     section = section or (root.parent.name if root.name == "outs" else root.name)
     spatial = folder / "spatial"
 
-    X, barcodes, genes, counts_path = read_counts(folder)
-    check_unique(barcodes, counts_path, "barcode")
-    X = validate_counts(X, counts_path)
-    pos, pos_path = read_positions(spatial)
-    missing = [b for b in barcodes if b not in pos.index]
-    if missing:
-        raise InputError(pos_path, "barcode",
-                         f"{len(missing)} of {len(barcodes)} count barcodes have no position (first: {missing[0]!r})")
-    pos = pos.loc[barcodes]
-    in_tissue = pos["in_tissue"].to_numpy() == 1
-    X, pos = sp.csr_matrix(X[in_tissue]), pos[in_tissue]
-    if not len(pos):
-        raise InputError(pos_path, "in_tissue", "no bin under tissue")
+    X, genes, pos, counts_path, pos_path = read_spots_under_tissue(folder, spatial)
     pos = pos.assign(n_bins=1)
     if k > 1:
         X, pos = aggregate_bins(X, pos, k, level)
@@ -169,16 +160,15 @@ def read_visium_hd(
     scale_path = spatial / "scalefactors_json.json"
     if mpp is not None:
         mpp_value, mpp_source = float(mpp), "given"
-    elif scalefactors.get("microns_per_pixel"):
-        mpp_value, mpp_source = float(scalefactors["microns_per_pixel"]), "microns_per_pixel (scalefactors_json.json)"
-    elif scalefactors.get("spot_diameter_fullres"):
-        mpp_value = level / float(scalefactors["spot_diameter_fullres"])
+    elif scalefactors.get("microns_per_pixel") is not None:
+        mpp_value = _positive(scalefactors, "microns_per_pixel", scale_path)
+        mpp_source = "microns_per_pixel (scalefactors_json.json)"
+    elif scalefactors.get("spot_diameter_fullres") is not None:
+        mpp_value = level / _positive(scalefactors, "spot_diameter_fullres", scale_path)
         mpp_source = f"from the {level:g} um bin side (scalefactors_json.json)"
     else:
         mpp_value = estimate_mpp_from_pitch(pos[["array_row", "array_col"]].to_numpy(), xy, spot_um, pos_path)
         mpp_source = f"estimated from the {spot_um:g} um bin array"
-    if not np.isfinite(mpp_value) or mpp_value <= 0:
-        raise InputError(scale_path, "microns_per_pixel", f"must be a positive number, got {mpp_value}")
 
     image = Path(image) if image else find_fullres_image(root, outs_dir(root))
     hires, scalef, image_size = None, 1.0, []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path
 
 CACHE_VERSION = 1
@@ -33,8 +34,12 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def slide_identity(path: str | os.PathLike) -> dict:
+    """Resolved path, size and modification time of an image file (an InputError when it is missing)."""
     p = Path(path).resolve()
-    st = p.stat()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(path, "image", "file not found") from None
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 

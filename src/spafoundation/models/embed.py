@@ -78,10 +78,7 @@ def embed_adata(
 
     cache = None
     if cache_dir is not False:
-        try:
-            slide = slide_identity(path)
-        except FileNotFoundError:
-            raise InputError(path, "image", "file not found") from None
+        slide = slide_identity(path)
         meta = {"section": section, "slide": slide, "encoder": encoder.identity, "patch_um": encoder.patch_um,
                 "input_size": encoder.input_size, "tta": tta, "n_spots": n}
         k = embedding_key(slide=slide, mpp=mpp, xy=xy, encoder=encoder.identity, patch_um=encoder.patch_um,

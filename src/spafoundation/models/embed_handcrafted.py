@@ -51,10 +51,7 @@ def handcrafted_features(adata: ad.AnnData, kind: str, patch_um: float, patch_px
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     entry = None
     if cache_dir is not False:
-        try:
-            slide = slide_identity(path)
-        except FileNotFoundError:
-            raise InputError(path, "image", "file not found") from None
+        slide = slide_identity(path)
         key = handcrafted_key(slide=slide, mpp=microns_per_pixel(adata), xy=xy, kind=kind, patch_um=patch_um,
                               patch_px=patch_px)
         entry = cache_root(cache_dir) / "handcrafted" / f"{key}.npz"
