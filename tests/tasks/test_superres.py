@@ -24,6 +24,7 @@ from spafoundation.tasks.superres import (
     spot_radius_px,
     superpixel_step_um,
     superpixels,
+    values_at_spots,
 )
 
 
@@ -308,4 +309,13 @@ def test_spots_finer_than_superpixels_are_refused(her2st_c2, tiny_encoder):
         check_spots_resolvable({"C2": a}, tiny_encoder, None)
     with pytest.raises(InputError, match="nothing to super-resolve"):
         fit_superres({"C2": a}, tiny_encoder, genes=list(a.var_names[:3]))
+
+
+def test_values_at_spots_fall_back_on_the_nearest_superpixel():
+    sp_xy = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0]])
+    values = np.array([[1.0], [3.0], [7.0]], dtype=np.float32)
+    spot_xy = np.array([[1.0, 0.0], [9.0, 1.0]])
+    members = spot_members(sp_xy, spot_xy, radius_px=1.0)  # spot 0 holds the first two; spot 1 (radius 1) none
+    assert members.tolist() == [0, 0, -1]
+    np.testing.assert_allclose(values_at_spots(values, sp_xy, members, spot_xy), [[2.0], [7.0]])
 

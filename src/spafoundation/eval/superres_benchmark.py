@@ -24,11 +24,11 @@ from spafoundation.tasks.spot_features import locations_adata, spot_features
 from spafoundation.tasks.superres import (
     anchor_to_measurements,
     fit_superres,
-    footprint_means,
     idw,
     spot_members,
     spot_radius_px,
     superpixels,
+    values_at_spots,
 )
 
 SPOT_RECIPE = {"source": "encoder+colour_texture", "context": 2.0, "neighbours_um": 0.0}
@@ -128,8 +128,8 @@ def run_superres_benchmark(sections: dict[str, ad.AnnData], encoder, *, genes: s
         s, c = sps[n], coarse[n][1]
         fine_xy, coarse_xy = np.asarray(a.obsm["spatial"], float), np.asarray(c.obsm["spatial"], float)
         colour = s.features[:, -3:]
-        fine_colour = footprint_means(colour, fine_members[n], a.n_obs)[0]
-        coarse_colour = footprint_means(colour, coarse_members[n], c.n_obs)[0]
+        fine_colour = values_at_spots(colour, s.xy, fine_members[n], fine_xy)
+        coarse_colour = values_at_spots(colour, s.xy, coarse_members[n], coarse_xy)
         pred_sp = model.predict(s)
         anchored = anchor_to_measurements(s.xy, pred_sp, coarse_members[n], coarse_xy, coarse_y[n],
                                           image=model.anchoring["image"],
@@ -139,12 +139,12 @@ def run_superres_benchmark(sections: dict[str, ad.AnnData], encoder, *, genes: s
             METHODS[1]: idw(coarse_xy, coarse_y[n], fine_xy),
             METHODS[2]: idw(coarse_xy, coarse_y[n], fine_xy, src_colour=coarse_colour, dst_colour=fine_colour),
             METHODS[3]: spot_head.predict(spot_features(a, SPOT_RECIPE, enc)),
-            METHODS[4]: footprint_means(pred_sp, fine_members[n], a.n_obs)[0],
-            METHODS[5]: footprint_means(anchored, fine_members[n], a.n_obs)[0],
+            METHODS[4]: values_at_spots(pred_sp, s.xy, fine_members[n], fine_xy),
+            METHODS[5]: values_at_spots(anchored, s.xy, fine_members[n], fine_xy),
         }
         # the ceiling of any image method: how well the image's deviation of a spot from its block follows the truth's
         block = coarse[n][0]
-        image_dev = preds[METHODS[4]] - footprint_means(pred_sp, coarse_members[n], c.n_obs)[0][block]
+        image_dev = preds[METHODS[4]] - values_at_spots(pred_sp, s.xy, coarse_members[n], coarse_xy)[block]
         within.append(float(np.nanmean(pearson_per_gene(truth[n] - coarse_y[n][block], image_dev))))
         grid = lattice(a)
         obs_img = array_image(grid, truth[n])

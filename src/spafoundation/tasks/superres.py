@@ -282,6 +282,16 @@ def footprint_means(features: np.ndarray, members: np.ndarray, n_spots: int) -> 
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32), counts
 
 
+def values_at_spots(values: np.ndarray, sp_xy: np.ndarray, members: np.ndarray, spot_xy: np.ndarray) -> np.ndarray:
+    """Each spot's value from the superpixels: the mean over its footprint, or, for a spot that holds none (spots
+    about as fine as the superpixels, e.g. Visium HD bins), the superpixel nearest its centre."""
+    out, k = footprint_means(values, members, len(spot_xy))
+    empty = k == 0
+    if empty.any() and len(sp_xy):
+        out[empty] = values[cKDTree(sp_xy).query(spot_xy[empty])[1]]
+    return out
+
+
 def redistribute(pred_log: np.ndarray, members: np.ndarray, spot_counts: np.ndarray) -> np.ndarray:
     """Counts per superpixel: each spot's counts shared among its superpixels in proportion to expm1(prediction);
     NaN outside spots. Superpixels of a spot sum to its counts."""
