@@ -34,7 +34,7 @@ def test_one_training_spot_is_a_clear_input_error(kind):
     from spafoundation.errors import InputError
 
     X, Y, groups = _signal()
-    with pytest.raises(InputError, match="at least 2"):
+    with pytest.raises(InputError, match=rf"1 training spot\(s\) with features \(sections: {groups[0]}\): at least 2"):
         HEADS[kind]().fit(X[:1], Y[:1], groups[:1])
 
 

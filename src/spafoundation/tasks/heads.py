@@ -26,7 +26,9 @@ def _folds(groups: np.ndarray, n: int):
     if n < 2:  # every head chooses its settings on held-out spots
         from spafoundation.errors import InputError
 
-        raise InputError(None, "spots", f"{n} training spot(s) with features: at least 2 are needed to fit a head")
+        sections = ", ".join(str(g) for g in np.unique(np.asarray(groups))) or "none"
+        raise InputError(None, "spots", f"{n} training spot(s) with features (sections: {sections}): at least 2 "
+                         "are needed to fit a head")
     uniq = np.unique(groups)
     if len(uniq) >= 2:
         return list(GroupKFold(n_splits=min(5, len(uniq))).split(np.zeros(n), groups=groups))
