@@ -67,4 +67,4 @@ def add_data_options(p) -> None:
 
 def data_options(args) -> dict:
     """The keyword arguments of ``read_dataset`` that ``add_data_options`` collected."""
-    return {} if getattr(args, "bin_um", None) is None else {"bin_um": args.bin_um}
+    return {"bin_um": getattr(args, "bin_um", None)}

@@ -217,8 +217,8 @@ def run(args) -> int:
         raise InputError(args.config, "data", "no dataset: give --data or data: in the config")
     data_path = cfg["data"]
     out = Path(args.out)
-    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False,  # bad input fails before any write
-                        **({} if cfg["bin_um"] is None else {"bin_um": float(cfg["bin_um"])}))
+    # bad input fails before any write
+    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, bin_um=cfg["bin_um"])
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
     if not args.dry_run:

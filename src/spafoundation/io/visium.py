@@ -296,21 +296,34 @@ def read_visium(
         mpp_value = estimate_mpp_from_pitch(cols, xy, ARRAY_COL_STEP_UM, pos_path)
         mpp_source = f"estimated from the {SPOT_PITCH_UM:.0f} um spot pitch"
 
-    image = Path(image) if image else find_fullres_image(path, outs)
+    return spaceranger_anndata(
+        X, genes, pos, xy, section=section, patient=patient,
+        image=Path(image) if image else find_fullres_image(path, outs), spatial=spatial, scalefactors=scalefactors, mpp=mpp_value, mpp_source=mpp_source, pos_path=pos_path,
+        with_images=with_images, spot_diameter_um=SPOT_DIAMETER_UM, platform="visium",
+        extra_meta={"spot_pitch_um": SPOT_PITCH_UM, "counts_path": str(counts_path)},
+    )
+
+
+def spaceranger_anndata(X, genes, pos: pd.DataFrame, xy: np.ndarray, *, section: str, patient: str | None, image,
+                        spatial: Path, scalefactors: dict, mpp: float, mpp_source: str, pos_path: Path,
+                        with_images: bool, spot_diameter_um: float, platform: str, extra_obs: dict | None = None,
+                        extra_meta: dict | None = None) -> ad.AnnData:
+    """The section AnnData of a Space Ranger run (Visium or Visium HD) from its spots under tissue: the
+    full-resolution ``image`` checked against the spots, Space Ranger's own thumbnail preferred for plotting."""
     hires, scalef, image_size = None, 1.0, []
     if image is not None:
         hires, scalef, image_size = read_section_image(
-            image, xy, mpp_value, pos_path, "pxl_col_in_fullres/pxl_row_in_fullres", with_image=with_images
+            image, xy, mpp, pos_path, "pxl_col_in_fullres/pxl_row_in_fullres", with_image=with_images
         )
     if with_images:
         hires, scalef = spaceranger_hires(spatial, scalefactors) or (hires, scalef)
-
     obs = pd.DataFrame(
         {
             "section": section,
             "patient": patient or section,
             "array_row": pos["array_row"].to_numpy(dtype=np.int64),
             "array_col": pos["array_col"].to_numpy(dtype=np.int64),
+            **(extra_obs or {}),
         }
     )
     return build_anndata(
@@ -320,16 +333,12 @@ def read_visium(
         xy=xy,
         obs=obs,
         library=section,
-        mpp=mpp_value,
+        mpp=mpp,
         mpp_source=mpp_source,
-        spot_diameter_um=SPOT_DIAMETER_UM,
-        platform="visium",
+        spot_diameter_um=spot_diameter_um,
+        platform=platform,
         image_path=str(image) if image else None,
         hires=hires,
         hires_scalef=scalef,
-        extra_meta={
-            "spot_pitch_um": SPOT_PITCH_UM,
-            "counts_path": str(counts_path),
-            "image_size": image_size,
-        },
+        extra_meta={**(extra_meta or {}), "image_size": image_size},
     )

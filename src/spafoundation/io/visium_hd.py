@@ -28,13 +28,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import build_anndata, estimate_mpp_from_pitch, read_section_image
+from spafoundation.io.anndata_spec import estimate_mpp_from_pitch
 from spafoundation.io.visium import (
     find_fullres_image,
     outs_dir,
     read_scalefactors,
     read_spots_under_tissue,
-    spaceranger_hires,
+    spaceranger_anndata,
 )
 
 DEFAULT_BIN_UM = 16.0
@@ -170,42 +170,12 @@ def read_visium_hd(
         mpp_value = estimate_mpp_from_pitch(pos[["array_row", "array_col"]].to_numpy(), xy, spot_um, pos_path)
         mpp_source = f"estimated from the {spot_um:g} um bin array"
 
-    image = Path(image) if image else find_fullres_image(root, outs_dir(root))
-    hires, scalef, image_size = None, 1.0, []
-    if image is not None:
-        hires, scalef, image_size = read_section_image(
-            image, xy, mpp_value, pos_path, "pxl_col_in_fullres/pxl_row_in_fullres", with_image=with_images)
-    if with_images:
-        hires, scalef = spaceranger_hires(spatial, scalefactors) or (hires, scalef)
-
-    obs = pd.DataFrame({
-        "section": section,
-        "patient": patient or section,
-        "array_row": pos["array_row"].to_numpy(dtype=np.int64),
-        "array_col": pos["array_col"].to_numpy(dtype=np.int64),
-        "n_bins": pos["n_bins"].to_numpy(dtype=np.int64),
-    })
-    return build_anndata(
-        counts=X,
-        genes=ad.utils.make_index_unique(pd.Index(genes)),
-        spot_ids=[f"{section}_{b}" for b in pos.index],
-        xy=xy,
-        obs=obs,
-        library=section,
-        mpp=mpp_value,
-        mpp_source=mpp_source,
-        spot_diameter_um=spot_um,
-        platform="visium_hd",
-        image_path=str(image) if image else None,
-        hires=hires,
-        hires_scalef=scalef,
-        extra_meta={
-            "spot_pitch_um": spot_um,
-            "bin_size_um": spot_um,
-            "bins_read_um": level,
-            "bin_levels_um": sorted(levels),
-            "spot_shape": "square",
-            "counts_path": str(counts_path),
-            "image_size": image_size,
-        },
+    return spaceranger_anndata(
+        X, genes, pos, xy, section=section, patient=patient,
+        image=Path(image) if image else find_fullres_image(root, outs_dir(root)), spatial=spatial,
+        scalefactors=scalefactors, mpp=mpp_value, mpp_source=mpp_source, pos_path=pos_path, with_images=with_images,
+        spot_diameter_um=spot_um, platform="visium_hd",
+        extra_obs={"n_bins": pos["n_bins"].to_numpy(dtype=np.int64)},
+        extra_meta={"spot_pitch_um": spot_um, "bin_size_um": spot_um, "bins_read_um": level,
+                    "bin_levels_um": sorted(levels), "spot_shape": "square", "counts_path": str(counts_path)},
     )

@@ -75,13 +75,22 @@ def save_npz(path: Path, **arrays) -> None:
         np.savez(f, **arrays)
 
 
-def _load_npz(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(embeddings, tissue_fraction) with ``n`` rows, or None when absent, unreadable or of the wrong shape."""
+def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays ``keys`` of a cache file, or None when it is absent, damaged or lacks one (then the caller
+    recomputes it)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            emb, tf = z["embeddings"], z["tissue_fraction"]
-    except (FileNotFoundError, OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+            return {k: z[k] for k in keys}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):  # FileNotFoundError is an OSError
         return None
+
+
+def _load_npz(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(embeddings, tissue_fraction) with ``n`` rows, or None when absent, unreadable or of the wrong shape."""
+    z = load_npz(path, ("embeddings", "tissue_fraction"))
+    if z is None:
+        return None
+    emb, tf = z["embeddings"], z["tissue_fraction"]
     if emb.ndim != 2 or len(emb) != n or tf.shape != (n,) or not np.isfinite(emb).all():
         return None
     return emb, tf

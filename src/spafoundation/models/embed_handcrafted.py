@@ -9,7 +9,6 @@ coordinates, feature kind and version, and patch geometry; a damaged entry is re
 from __future__ import annotations
 
 import logging
-import zipfile
 
 import anndata as ad
 import numpy as np
@@ -18,7 +17,14 @@ from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel
 from spafoundation.io.patches import extract_patches, open_section_slide
 from spafoundation.models import handcrafted
-from spafoundation.models.cache import cache_key, cache_root, coords_digest, save_npz, slide_identity
+from spafoundation.models.cache import (
+    cache_key,
+    cache_root,
+    coords_digest,
+    load_npz,
+    save_npz,
+    slide_identity,
+)
 
 log = logging.getLogger(__name__)
 FUNCTIONS = {"mean_colour": handcrafted.mean_colour, "colour_texture": handcrafted.colour_texture_features}
@@ -32,11 +38,10 @@ def handcrafted_key(*, slide: dict, mpp: float, xy: np.ndarray, kind: str, patch
 
 
 def _load(path, n: int) -> np.ndarray | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            feats = z["features"]
-    except (FileNotFoundError, OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+    z = load_npz(path, ("features",))
+    if z is None:
         return None
+    feats = z["features"]
     return feats if feats.ndim == 2 and len(feats) == n and np.isfinite(feats).all() else None
 
 

@@ -236,16 +236,18 @@ def save_superpixels(sp: Superpixels, path: Path) -> None:
 
 def load_superpixels(path: Path) -> Superpixels | None:
     """The cached superpixels, or None when the file is unreadable or inconsistent (then they are recomputed)."""
-    import zipfile
+    from spafoundation.models.cache import load_npz
 
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            blocks = [int(v) for v in z["blocks"]]
-            own, shared = z["own"], np.repeat(z["shared"], z["run_length"], axis=0)
-            features = np.concatenate([own[:, :blocks[0]], shared, own[:, blocks[0]:]], axis=1)
-            sp = Superpixels(xy=z["xy"], row=z["row"], col=z["col"], features=features, tissue=z["tissue"],
-                             step_um=float(z["step_um"]), blocks=blocks)
-    except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile, EOFError):
+    z = load_npz(path, ("xy", "row", "col", "tissue", "step_um", "blocks", "own", "shared", "run_length"))
+    if z is None:
+        return None
+    try:  # the stored pieces must fit together
+        blocks = [int(v) for v in z["blocks"]]
+        own, shared = z["own"], np.repeat(z["shared"], z["run_length"], axis=0)
+        features = np.concatenate([own[:, :blocks[0]], shared, own[:, blocks[0]:]], axis=1)
+        sp = Superpixels(xy=z["xy"], row=z["row"], col=z["col"], features=features, tissue=z["tissue"],
+                         step_um=float(z["step_um"]), blocks=blocks)
+    except (ValueError, IndexError):
         return None
     n = len(sp.xy)
     if not (sp.features.ndim == 2 and len(sp.features) == n == len(sp.row) == len(sp.col) == len(sp.tissue)
