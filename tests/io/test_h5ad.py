@@ -1,6 +1,7 @@
 import anndata as ad
 import numpy as np
 import pytest
+from PIL import Image
 
 from spafoundation.errors import InputError
 from spafoundation.io import detect_format, read_dataset
@@ -93,3 +94,47 @@ def test_h5ad_processed_by_scanpy_reads_its_raw_counts(her2st_c2, tmp_path, keep
     else:
         np.testing.assert_array_equal(back.X.toarray(), counts.toarray())
         assert list(back.var_names) == list(a.var_names) and back.X.dtype == np.int32
+
+
+def scanpy_visium_h5ad(c2_small, path, **metadata):
+    """What scanpy's read_visium(source_image_path=...) writes: one library, Space Ranger metadata, its hires
+    thumbnail, the image's path in metadata['source_image_path'], no microns_per_pixel."""
+    hires = np.zeros((8, 8, 3), np.uint8)
+    a = ad.AnnData(c2_small.counts.astype(np.float32))
+    a.obsm["spatial"] = c2_small.xy
+    a.uns["spatial"] = {"lib1": {
+        "images": {"hires": hires},
+        "scalefactors": {"spot_diameter_fullres": 55.0 / c2_small.mpp, "tissue_hires_scalef": 0.01},
+        "metadata": {"software_version": "spaceranger-2.0.0", **metadata}}}
+    a.write_h5ad(path)
+    return path
+
+
+def test_h5ad_from_scanpy_takes_its_source_image_path(c2_small, tmp_path, caplog):
+    path = scanpy_visium_h5ad(c2_small, tmp_path / "sc.h5ad", source_image_path=str(c2_small.tiff))
+    back = read_dataset(path)["lib1"]
+    meta = spatial_meta(back)
+    assert meta["metadata"]["image_path"] == str(c2_small.tiff.resolve())
+    assert meta["metadata"]["image_size"] == [c2_small.rgb.shape[1], c2_small.rgb.shape[0]]
+    # scanpy's own thumbnail stays the one plotted
+    assert meta["images"]["hires"].shape == (8, 8, 3) and meta["scalefactors"]["tissue_hires_scalef"] == 0.01
+    # moved from another machine: no image, a warning saying how to give it
+    path = scanpy_visium_h5ad(c2_small, tmp_path / "moved.h5ad", source_image_path="/elsewhere/image.tif")
+    back = read_dataset(path)["lib1"]
+    assert spatial_meta(back)["metadata"]["image_path"] == ""
+    assert "/elsewhere/image.tif not found" in caplog.text and "--image" in caplog.text
+
+
+def test_h5ad_image_given_for_one_library(c2_small, her2st_imaged, tmp_path):
+    path = scanpy_visium_h5ad(c2_small, tmp_path / "sc.h5ad")
+    assert spatial_meta(read_dataset(path)["lib1"])["metadata"]["image_path"] == ""
+    back = read_dataset(path, image=c2_small.tiff)["lib1"]
+    assert spatial_meta(back)["metadata"]["image_path"] == str(c2_small.tiff.resolve())
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tiny)
+    with pytest.raises(InputError, match=r"obsm\['spatial'\]"):  # the spots do not lie on this image
+        read_dataset(path, image=tiny)
+    merged = ad.concat({s: her2st_imaged[s] for s in ("C2", "C3")}, uns_merge="unique")
+    write_h5ad(merged, tmp_path / "two.h5ad")
+    with pytest.raises(InputError, match="image of one section; this file has 2"):
+        read_dataset(tmp_path / "two.h5ad", image=c2_small.tiff)

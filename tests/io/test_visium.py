@@ -82,3 +82,49 @@ def test_visium_cohort_folder_reads_one_section_per_sample(c2_small, tmp_path):
         read_dataset(cohort, ["S3"])
     with pytest.raises(InputError, match="image"):
         read_dataset(cohort, image=c2_small.tiff)
+
+
+def test_visium_image_kept_elsewhere_is_given_with_image(c2_small, tmp_path, capsys):
+    from spafoundation.cli import main
+
+    root = write_visium(tmp_path / "V5", c2_small)
+    (root / "C2_small.tif").unlink()
+    assert image_path(read_dataset(root)["V5"]) is None
+    # a command that needs the image says how to give it, before any encoder is built
+    assert main(["embed", str(root), "--encoder", "spafoundation-default", "--out", str(tmp_path / "e.h5ad")]) == 2
+    assert "--image" in capsys.readouterr().err and not (tmp_path / "e.h5ad").exists()
+    adata = read_dataset(root, image=c2_small.tiff)["V5"]
+    assert image_path(adata) == str(c2_small.tiff)
+    assert spatial_meta(adata)["metadata"]["image_size"] == [c2_small.rgb.shape[1], c2_small.rgb.shape[0]]
+    assert main(["info", str(root), "--image", str(c2_small.tiff)]) == 0
+    assert f"{c2_small.rgb.shape[1]}x{c2_small.rgb.shape[0]}" in capsys.readouterr().out
+    with pytest.raises(InputError, match="file not found") as e:
+        read_dataset(root, image=tmp_path / "missing.tif")
+    assert e.value.path.endswith("missing.tif")
+
+
+def test_visium_folder_with_two_images_asks_which(c2_small, tmp_path):
+    root = write_visium(tmp_path / "V6", c2_small)
+    (root / "IF_stain.tif").symlink_to(c2_small.tiff)
+    with pytest.raises(InputError, match=r"2 candidate full-resolution images \(C2_small.tif, IF_stain.tif\).*--image"):
+        read_dataset(root)
+    assert image_path(read_dataset(root, image=root / "C2_small.tif")["V6"]).endswith("C2_small.tif")
+
+
+def test_image_option_is_an_error_where_each_section_names_its_image(her2st_root):
+    with pytest.raises(InputError, match=r"image.*legacy_st data finds each section's image itself"):
+        read_dataset(her2st_root, image="x.tif")
+
+
+def test_run_passes_image_to_every_step(c2_small, tmp_path, capsys):
+    from spafoundation.cli import main
+
+    root = write_visium(tmp_path / "V7", c2_small)
+    (root / "C2_small.tif").unlink()
+    run = ["run", "--data", str(root), "--out", str(tmp_path / "run"), "--dry-run"]
+    assert main(run) == 2 and "--image" in capsys.readouterr().err
+    assert main([*run, "--image", str(c2_small.tiff)]) == 0
+    steps = [line for line in capsys.readouterr().out.splitlines() if ": spafoundation " in line]
+    assert len(steps) >= 3 and all(f"--image {c2_small.tiff}" in line for line in steps)
+    assert main([*run, "--set", "image=5"]) == 2
+    assert "image: must be the path of an image file" in capsys.readouterr().err

@@ -52,6 +52,10 @@ def test_hd_bin_level_default_choice_and_bad_size(c2_small, tmp_path):
     assert list(level) == ["HD2"] and level["HD2"].n_obs == fine.n_obs
     with pytest.raises(InputError, match=r"bin_um.*150 um is not a multiple of a bin size of this run \(100, 200 um\)"):
         read_dataset(root, bin_um=150)
+    # the H&E kept elsewhere, given with --image
+    (root / "C2_small.tif").unlink()
+    assert image_path(read_dataset(root, with_images=False)["HD2"]) is None
+    assert image_path(read_dataset(root, bin_um=400, image=c2_small.tiff)["HD2"]) == str(c2_small.tiff)
 
 
 def test_bin_um_is_an_error_for_round_spots(c2_small, tmp_path, capsys):
@@ -104,7 +108,7 @@ def test_run_passes_bin_um_to_every_step(c2_small, tmp_path, capsys):
     root = write_visium_hd(tmp_path / "HD5", c2_small, levels=(100,))
     assert main(["run", "--data", str(root), "--out", str(tmp_path / "run"), "--bin-um", "200", "--dry-run"]) == 0
     steps = [line for line in capsys.readouterr().out.splitlines() if ": spafoundation " in line]
-    assert len(steps) >= 4 and all("--bin-um 200" in line for line in steps)
+    assert len(steps) >= 3 and all("--bin-um 200" in line for line in steps)
     assert main(["run", "--data", str(root), "--out", str(tmp_path / "run"), "--set", "bin_um=-5", "--dry-run"]) == 2
 
 

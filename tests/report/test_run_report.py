@@ -101,3 +101,32 @@ def _check_in_chromium(report, tmp_path):
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2400", report.as_uri()],
                    capture_output=True, text=True, timeout=120)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_run_on_a_visium_sample_whose_image_is_elsewhere_and_no_tumour_markers(c2_small, tiny_folder, tmp_path,
+                                                                                capsys):
+    """The default run on tissue without the breast-cancer markers (the first 300 genes of C2 hold none) and no
+    labels leaves the tumour map out with a note, in the printout and the report, instead of failing in that step;
+    an explicit marker route is an error before anything is written."""
+    from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS
+    from tests.io.layouts import write_visium
+
+    assert not set(BREAST_TUMOR_MARKERS) & set(c2_small.genes)
+    root = write_visium(tmp_path / "V1", c2_small)
+    (root / "C2_small.tif").unlink()
+    out = tmp_path / "run"
+    args = ["run", "--data", str(root), "--image", str(c2_small.tiff), "--out", str(out), "--quiet",
+            "--set", f"encoder={tiny_folder}", "--set", "expression.genes=hvg:4", "--set", "superres.genes=hvg:4",
+            "--set", "clusters.n_clusters=3"]
+    assert main([*args, "--set", "tumor.route=markers"]) == 2
+    assert "tumor.markers: route markers: no imaged section with counts measures" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "tumour map left out: no labels" in text and "spafoundation tumor" not in text
+    assert not (out / "tumor").exists() and (out / "clusters" / "spots.h5ad").exists()
+    page = (out / "report.html").read_text()
+    assert "Tumour map left out: no labels" in page and ">Tumour map</h2>" not in page
+    # with markers this panel has, the step is planned, trained on the run's imaged sections
+    assert main([*args, "--set", f"tumor.markers=[{c2_small.genes[0]}]", "--dry-run"]) == 0
+    assert "spafoundation tumor" in capsys.readouterr().out

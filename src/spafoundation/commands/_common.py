@@ -63,8 +63,25 @@ def add_data_options(p) -> None:
     p.add_argument("--bin-um", type=float, metavar="UM",
                    help="Visium HD: spot size in microns, a bin size Space Ranger wrote or a multiple of one (bins "
                         "summed into k x k blocks); default its 16 um bins")
+    p.add_argument("--image", metavar="PATH",
+                   help="the full-resolution H&E of one Space Ranger sample (Visium or HD) or of a one-library "
+                        ".h5ad, when it is not in the sample folder (spatial/ holds only Space Ranger's thumbnails)")
 
 
 def data_options(args) -> dict:
     """The keyword arguments of ``read_dataset`` that ``add_data_options`` collected."""
-    return {"bin_um": getattr(args, "bin_um", None)}
+    from spafoundation.io.readers import data_options as read_options
+
+    return read_options(args)
+
+
+def imaged_sections(data: dict, data_path, purpose: str = "") -> dict:
+    """The sections of ``data`` that have an H&E image; none: an InputError saying how to give one."""
+    from spafoundation.io.anndata_spec import image_path
+
+    imaged = {n: a for n, a in data.items() if image_path(a)}
+    if not imaged:
+        raise InputError(data_path, "image", f"no selected section has an H&E image{' ' + purpose if purpose else ''}"
+                         " (a Space Ranger sample's full-resolution H&E goes in its folder or is given with --image; "
+                         "a manifest names each section's image)")
+    return imaged

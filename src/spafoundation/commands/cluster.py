@@ -16,6 +16,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     data_options,
+    imaged_sections,
     parse_sections,
 )
 from spafoundation.errors import InputError
@@ -40,7 +41,7 @@ def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: s
 
 def run(args) -> int:
     from spafoundation.eval.metrics import clustering_agreement
-    from spafoundation.io.anndata_spec import image_path, microns_per_pixel
+    from spafoundation.io.anndata_spec import microns_per_pixel
     from spafoundation.io.patches import tissue_grid
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.clustering import domain_features, spatial_clusters
@@ -50,9 +51,8 @@ def run(args) -> int:
     out = Path(args.out)
     wanted = parse_sections(args.sections)
     data = read_dataset(args.data, wanted, with_images=args.features != "expression", **data_options(args))
-    sections = {n: a.copy() for n, a in data.items() if args.features == "expression" or image_path(a)}
-    if not sections:
-        raise InputError(args.data, "image", "no selected section has an H&E image to cluster from")
+    usable = data if args.features == "expression" else imaged_sections(data, args.data, "to cluster from")
+    sections = {n: a.copy() for n, a in usable.items()}
     if args.reference_column and not any(args.reference_column in a.obs for a in sections.values()):
         raise InputError(args.data, f"obs['{args.reference_column}']", "no selected section has this column")
     grids = {}

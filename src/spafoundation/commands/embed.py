@@ -7,9 +7,13 @@ from pathlib import Path
 
 import anndata as ad
 
-from spafoundation.commands._common import add_data_options, add_precision_option, data_options
+from spafoundation.commands._common import (
+    add_data_options,
+    add_precision_option,
+    data_options,
+    imaged_sections,
+)
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import image_path
 from spafoundation.io.readers import read_dataset
 from spafoundation.utils.atomic import write_h5ad
 from spafoundation.utils.distributed import barrier, current_world, device_for, shard
@@ -33,10 +37,8 @@ def run(args) -> int:
         raise InputError(None, "--batch-size", "must be >= 1")
     sections = [s for s in args.sections.split(",") if s] if args.sections else None
     data = read_dataset(args.data, sections, **data_options(args))
-    imaged = {name: a for name, a in data.items() if image_path(a)}
+    imaged = imaged_sections(data, args.data, "to embed")
     skipped = sorted(set(data) - set(imaged))
-    if not imaged:
-        raise InputError(args.data, "image", "no section has an H&E image to embed")
     if skipped:
         print(f"skipping {len(skipped)} section(s) without an image: {', '.join(skipped)}")
     world = current_world()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from spafoundation.commands._common import add_data_options
+from spafoundation.commands._common import add_data_options, data_options
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import spatial_meta
 from spafoundation.io.readers import detect_format, read_dataset
@@ -12,8 +12,9 @@ from spafoundation.io.readers import detect_format, read_dataset
 LABEL_COLUMNS = ("label", "cluster_annotation")
 
 
-def summarize(path, sections=None, mpp: float | None = None, bin_um: float | None = None) -> pd.DataFrame:
-    data = read_dataset(path, sections, with_images=False, bin_um=bin_um, **({} if mpp is None else {"mpp": mpp}))
+def summarize(path, sections=None, mpp: float | None = None, **options) -> pd.DataFrame:
+    """One row per section; ``options``: ``read_dataset``'s (bin_um, image)."""
+    data = read_dataset(path, sections, with_images=False, **options, **({} if mpp is None else {"mpp": mpp}))
     rows = []
     for name, adata in data.items():
         meta = spatial_meta(adata)
@@ -43,7 +44,8 @@ def run(args) -> int:
     fmt = detect_format(args.path)
     if args.mpp is not None and not args.mpp > 0:
         raise InputError(None, "--mpp", f"must be a positive number of microns per pixel, got {args.mpp}")
-    table = summarize(args.path, args.sections.split(",") if args.sections else None, args.mpp, args.bin_um)
+    table = summarize(args.path, args.sections.split(",") if args.sections else None, args.mpp,
+                      **data_options(args))
     n_img = int((table["image"] != "-").sum())
     print(f"{args.path}  format: {fmt}")
     print(table.to_string(index=False))
@@ -51,6 +53,9 @@ def run(args) -> int:
         f"\n{len(table)} sections, {n_img} with images, {int(table['spots'].sum())} spots, "
         f"{int(table['genes'].max()) if len(table) else 0} genes at most"
     )
+    if n_img < len(table):
+        print("image -: no H&E found for the section (a Space Ranger sample's full-resolution H&E goes in its "
+              "folder or is given with --image)")
     return 0
 
 

@@ -17,6 +17,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     data_options,
+    imaged_sections,
     parse_sections,
 )
 from spafoundation.errors import InputError
@@ -39,7 +40,6 @@ def _evaluate(model, adata, pred) -> dict | None:
 
 
 def run(args) -> int:
-    from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.expression import ExpressionModel
 
@@ -48,9 +48,7 @@ def run(args) -> int:
         raise InputError(out, "--out", "the prediction is written as .h5ad")
     model = ExpressionModel.load(args.model, encoder=args.encoder)
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
-    imaged = {n: a for n, a in data.items() if image_path(a)}
-    if not imaged:
-        raise InputError(args.data, "image", "no selected section has an H&E image to predict from")
+    imaged = imaged_sections(data, args.data, "to predict from")
     preds, metrics = {}, {}
     for name, adata in imaged.items():
         preds[name] = model.predict(adata, cache_dir=cache_dir(args), progress=not args.quiet)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from spafoundation.commands._common import add_data_options, add_precision_option
+from spafoundation.commands._common import add_data_options, add_precision_option, imaged_sections
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path
 from spafoundation.utils.precision import CHOICES
@@ -26,6 +26,7 @@ DEFAULTS: dict = {
     "data": None,  # or --data
     "sections": None,  # all sections of the dataset
     "bin_um": None,  # Visium HD: spot size in microns (io/visium_hd.py); or --bin-um
+    "image": None,  # the H&E of one Space Ranger sample (or one-library .h5ad) kept elsewhere; or --image
     "encoder": "spafoundation-default",
     "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
     "cache_dir": None,  # default: DIR/cache
@@ -109,15 +110,27 @@ def check_inputs(data: dict, cfg: dict) -> None:
             select_genes([data[n] for n in train], e["genes"], TARGET_SUM)
 
 
+_NO_MARKERS = ("no imaged section with counts measures any of the marker genes (tumor.markers, default HER2+ breast "
+               "cancer's)")
+
+
+def _tumor_markers_usable(data: dict, imaged: list[str], t: dict) -> bool:
+    """Whether the tumour step's label-free route, when the config leads to it, has marker genes to train on (the
+    supervised route alone, from labels, needs none)."""
+    from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, marker_training
+
+    uses_markers = t["route"] in ("markers", "both") or (not t["route"] and not t["label_column"])
+    markers = t["markers"] or BREAST_TUMOR_MARKERS
+    markers = [m.strip() for m in markers.split(",") if m.strip()] if isinstance(markers, str) else list(markers)
+    return not uses_markers or bool(marker_training({n: data[n] for n in imaged}, markers)[1])
+
+
 def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[Step]:
     """The steps of the run, as subcommands; ``notes`` collects what was left out and why."""
-    from spafoundation.io.anndata_spec import image_path
-
-    imaged = [n for n, a in data.items() if image_path(a)]
-    if not imaged:
-        raise InputError(data_path, "image", "no section has an H&E image")
+    imaged = list(imaged_sections(data, data_path))
     cache = str(cfg["cache_dir"] or out / "cache")
-    common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else [])]
+    common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else []),
+              *(["--image", str(cfg["image"])] if cfg["image"] else [])]
     precision = ["--precision", str(cfg["precision"])] if cfg["precision"] else []
     enc = ["--encoder", str(cfg["encoder"]), *precision]
     steps = []
@@ -156,9 +169,14 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
                 argv += ["--step-um", str(r["step_um"])]
             steps.append(Step("superres", "super-resolution maps", argv, out / "superres"))
     t = cfg["tumor"]
-    if t["enabled"]:
-        argv = ["tumor", data_path, "--sections", ",".join(imaged), "--out", str(out / "tumor"), "--grid-um",
-                str(t["grid_um"] or 0), *enc, *common]
+    if t["enabled"] and not _tumor_markers_usable(data, imaged, t):
+        if t["route"]:
+            raise InputError(None, "tumor.markers", f"route {t['route']}: {_NO_MARKERS}")
+        if notes is not None:
+            notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
+    elif t["enabled"]:
+        argv = ["tumor", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(imaged), "--out",
+                str(out / "tumor"), "--grid-um", str(t["grid_um"] or 0), *enc, *common]
         for key, flag in (("route", "--route"), ("label_column", "--label-column"), ("markers", "--markers")):
             if t[key]:
                 argv += [flag, ",".join(t[key]) if isinstance(t[key], list) else str(t[key])]
@@ -195,7 +213,7 @@ def _mark_done(out: Path, step: Step, seconds: float) -> None:
 
 def run(args) -> int:
     from spafoundation.cli import main as cli_main
-    from spafoundation.io.readers import read_dataset
+    from spafoundation.io.readers import DATA_OPTIONS, data_options, read_dataset
     from spafoundation.utils.config import load_yaml_config
 
     cfg = load_yaml_config(DEFAULTS, args.config, args.set)
@@ -206,11 +224,14 @@ def run(args) -> int:
         cfg["data"] = str(args.data)
     if args.pipeline_precision:
         cfg["precision"] = args.pipeline_precision
-    if args.bin_um is not None:
-        cfg["bin_um"] = args.bin_um
+    for key in DATA_OPTIONS:
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
     if cfg["bin_um"] is not None and (isinstance(cfg["bin_um"], bool) or not isinstance(cfg["bin_um"], int | float)
                                       or cfg["bin_um"] <= 0):
         raise InputError(args.config, "bin_um", f"must be a positive number of microns, got {cfg['bin_um']!r}")
+    if cfg["image"] is not None and not isinstance(cfg["image"], str):
+        raise InputError(args.config, "image", f"must be the path of an image file, got {cfg['image']!r}")
     if cfg["precision"] is not None and cfg["precision"] not in CHOICES:
         raise InputError(args.config, "precision", f"must be one of {', '.join(CHOICES)}, got {cfg['precision']!r}")
     if not cfg["data"]:
@@ -218,7 +239,7 @@ def run(args) -> int:
     data_path = cfg["data"]
     out = Path(args.out)
     # bad input fails before any write
-    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, bin_um=cfg["bin_um"])
+    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
     if not args.dry_run:
@@ -262,7 +283,8 @@ def run(args) -> int:
             from spafoundation.report.run_report import build_run_report
 
             print(f"[{len(steps) + 1}/{len(steps) + 1}] report ...", flush=True)
-            report = build_run_report(out, data_path, data, cfg, summary, top_genes=int(cfg["report"]["top_genes"]))
+            report = build_run_report(out, data_path, data, cfg, summary, top_genes=int(cfg["report"]["top_genes"]),
+                                      notes=notes)
             summary.append({"step": "report", "status": "done", "seconds": round(time.perf_counter() - t0, 1)})
     except _StepFailed as e:
         if fresh and not any(r["status"] == "done" for r in summary):

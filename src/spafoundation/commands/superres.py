@@ -17,6 +17,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     data_options,
+    imaged_sections,
     parse_sections,
 )
 from spafoundation.errors import InputError
@@ -37,7 +38,6 @@ def draw(path: Path, spa, genes: list[str], name: str) -> None:
 
 
 def run(args) -> int:
-    from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.superres import (
         SuperresModel,
@@ -50,9 +50,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
-    imaged = {n: a for n, a in data.items() if image_path(a)}
-    if not imaged:
-        raise InputError(args.data, "image", "no selected section has an H&E image")
+    imaged = imaged_sections(data, args.data)
     train_names = parse_sections(args.train_sections)
     for s in train_names or []:
         if s not in imaged or imaged[s].n_vars == 0:

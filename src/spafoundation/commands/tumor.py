@@ -17,6 +17,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     data_options,
+    imaged_sections,
     parse_sections,
 )
 from spafoundation.errors import InputError
@@ -66,9 +67,7 @@ def run(args) -> int:
     if missing:
         raise InputError(args.data, "--sections", f"no section {', '.join(missing)} (have: {', '.join(data)})")
     imaged = {n: a for n, a in data.items() if image_path(a)}
-    targets = {n: a for n, a in imaged.items() if not wanted or n in wanted}
-    if not targets:
-        raise InputError(args.data, "image", "no selected section has an H&E image to score")
+    targets = imaged_sections({n: a for n, a in data.items() if not wanted or n in wanted}, args.data, "to score")
     train_names = parse_sections(args.train_sections)
     train = {n: a for n, a in imaged.items() if not train_names or n in train_names}
     markers = [g.strip() for g in args.markers.split(",") if g.strip()] if args.markers else BREAST_TUMOR_MARKERS

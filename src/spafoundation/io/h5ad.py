@@ -5,18 +5,23 @@ Sections come from ``obs['section']``, else ``obs['library_id']`` (squidpy), els
 ``read_visium`` lack ``microns_per_pixel``: it is taken from the 55 um Visium spot diameter when the metadata
 says Space Ranger made it, else given by ``mpp=``, else the file is an InputError (unknown pixel size).
 Counts: X, unless X is normalised (not integral) and ``layers['counts']`` or ``.raw`` holds integer counts.
+The full-resolution H&E: ``image=`` (a file of one section), else the stored ``metadata['image_path']``, else the
+``metadata['source_image_path']`` that scanpy's and squidpy's ``read_visium(source_image_path=...)`` record.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import check_unique, is_integral, validate_counts
+from spafoundation.io.anndata_spec import check_unique, is_integral, read_section_image, validate_counts
 from spafoundation.io.visium import SPOT_DIAMETER_UM as VISIUM_SPOT_DIAMETER_UM
+
+log = logging.getLogger(__name__)
 
 SECTION_COLUMNS = ("section", "library_id")
 
@@ -54,6 +59,28 @@ def _complete_library(lib: dict, path: Path, section: str, mpp: float | None) ->
     return lib
 
 
+def _attach_image(lib: dict, xy: np.ndarray, path: Path, section: str, image, with_images: bool) -> None:
+    """Point ``lib`` at the section's full-resolution H&E (see the module docstring), checked as the readers check
+    theirs (readable, every spot on it). A ``source_image_path`` that does not exist (a file from another machine)
+    leaves the section without an image, with a warning."""
+    meta = lib["metadata"]
+    if image is None and not meta.get("image_path") and meta.get("source_image_path"):
+        image = Path(str(meta["source_image_path"]))
+        if not image.exists():
+            log.warning("%s: section %s: source_image_path %s not found; the section has no H&E image (give it "
+                        "with --image)", path, section, image)
+            return
+    if image is None:
+        return
+    own_thumbnail = with_images and "hires" not in lib["images"]
+    hires, scalef, size = read_section_image(image, xy, float(lib["scalefactors"]["microns_per_pixel"]), path,
+                                             "obsm['spatial']", with_image=own_thumbnail)
+    meta["image_path"], meta["image_size"] = str(Path(image).resolve()), size
+    if own_thumbnail:
+        lib["images"]["hires"] = hires
+        lib["scalefactors"]["tissue_hires_scalef"] = scalef
+
+
 def raw_counts(adata: ad.AnnData) -> tuple[ad.AnnData, str]:
     """The AnnData with raw counts in X, and where they came from. A scanpy-processed file keeps normalised or
     log values in X and the counts in ``layers['counts']`` or ``.raw``: those are taken when X is not integral
@@ -71,7 +98,7 @@ def raw_counts(adata: ad.AnnData) -> tuple[ad.AnnData, str]:
 
 
 def read_spafoundation_h5ad(
-    path: str | Path, *, mpp: float | None = None, with_images: bool = True
+    path: str | Path, *, mpp: float | None = None, with_images: bool = True, image: str | Path | None = None
 ) -> dict[str, ad.AnnData]:
     """One AnnData per section of an .h5ad, keyed by section (library) id."""
     path = Path(path)
@@ -108,6 +135,8 @@ def read_spafoundation_h5ad(
     missing = [s for s in groups if s not in spatial]
     if missing:
         raise InputError(path, "uns['spatial']", f"no entry for section(s) {missing}")
+    if image is not None and len(groups) > 1:
+        raise InputError(path, "image", f"--image gives the image of one section; this file has {len(groups)}")
 
     out = {}
     for section, rows in groups.items():
@@ -117,6 +146,7 @@ def read_spafoundation_h5ad(
         if "patient" not in part.obs:
             part.obs["patient"] = section
         lib = _complete_library(spatial[section], path, section, mpp)
+        _attach_image(lib, xy[rows, :2], path, section, image, with_images)
         if not with_images:
             lib["images"] = {}
         part.uns["spatial"] = {section: lib}

@@ -10,6 +10,15 @@ from spafoundation.errors import InputError
 from spafoundation.io import legacy_st
 
 FORMATS = ("legacy_st", "visium", "visium_hd", "visium_cohort", "hest", "generic", "h5ad")
+# read_dataset's options a user sets for a whole dataset (command line, run config); None = not given
+DATA_OPTIONS = ("bin_um", "image")
+
+
+def data_options(values) -> dict:
+    """``read_dataset``'s keyword arguments from ``values``: a mapping (a run config) or an object with attributes
+    (parsed command-line arguments)."""
+    get = values.get if isinstance(values, dict) else lambda k: getattr(values, k, None)
+    return {k: get(k) for k in DATA_OPTIONS}
 
 
 def detect_format(path: str | Path) -> str:
@@ -50,12 +59,19 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um: float | None = None,
-                 **kwargs) -> dict[str, ad.AnnData]:
+                 image: str | Path | None = None, **kwargs) -> dict[str, ad.AnnData]:
     """Read any supported layout into one AnnData per section, keyed by section (library) id. ``bin_um``: the spot
-    size of Visium HD data (``visium_hd.py``); an InputError for any other format."""
+    size of Visium HD data (``visium_hd.py``); an InputError for any other format. ``image``: the full-resolution
+    H&E of a dataset of one section whose image is not with it (a Space Ranger sample, an .h5ad of one library);
+    formats that name each section's image (legacy ST, HEST, a manifest, a cohort) are an InputError."""
     fmt = detect_format(path)
     if bin_um is not None and fmt not in ("visium_hd", "visium_cohort"):
         raise InputError(path, "bin_um", f"only Visium HD data has bins to choose; this is {fmt} data")
+    if image is not None and fmt in ("legacy_st", "hest", "generic"):
+        raise InputError(path, "image", f"--image is for one Space Ranger sample or a one-library .h5ad; {fmt} "
+                         "data finds each section's image itself")
+    if image is not None:
+        kwargs["image"] = image
     if fmt == "visium_hd":
         from spafoundation.io.visium_hd import read_visium_hd
 

@@ -89,7 +89,7 @@ def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, i
     path = Path(path)
     if image is not None:
         raise InputError(path, "image", "a cohort folder finds each sample's image in its own folder; "
-                         "give one sample folder to pass image=")
+                         "give --image with one sample folder")
     samples = {d.name: d for d in visium_samples(path)}
     if sections is not None:
         unknown = [s for s in sections if s not in samples]
@@ -254,11 +254,18 @@ def spaceranger_hires(spatial: Path, scalefactors: dict) -> tuple[np.ndarray, fl
 
 
 def find_fullres_image(path: Path, outs: Path) -> Path | None:
+    """The one image (not one of Space Ranger's thumbnails) in the sample folder, else in outs/, else in
+    outs/spatial/. Several in the first folder that has any: an InputError naming them (which one is the H&E is not
+    ours to guess: a CytAssist capture or an IF image may sit beside it); the way out is ``--image``."""
     suffixes = PIL_SUFFIXES | TIFF_SUFFIXES | OPENSLIDE_ONLY_SUFFIXES
     for folder in dict.fromkeys((path, outs, outs / "spatial")):
         hits = sorted(
             p for p in folder.glob("*") if p.suffix.lower() in suffixes and p.stem not in SPACERANGER_IMAGES
         )
+        if len(hits) > 1:
+            raise InputError(folder, "image", f"{len(hits)} candidate full-resolution images "
+                             f"({', '.join(p.name for p in hits[:5])}{', ...' if len(hits) > 5 else ''}): "
+                             "give the H&E with --image (or keep only it in the folder)")
         if hits:
             return hits[0]
     return None

@@ -4,6 +4,7 @@ self-contained HTML page (report.html). Parts whose step was disabled or wrote n
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,13 @@ def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _overview(out: Path, data_path: str, names: list[str], bin_um: float | None = None) -> Path:
-    """H&E thumbnails with the spots, coloured by log total counts where counts exist (``bin_um``: the run's Visium
-    HD spot size)."""
+def _overview(out: Path, data_path: str, names: list[str], options: dict) -> Path:
+    """H&E thumbnails with the spots, coloured by log total counts where counts exist (``options``: the run's
+    ``read_dataset`` options, e.g. its Visium HD spot size)."""
     from spafoundation.io.readers import read_dataset
     from spafoundation.report.spatial_maps import plot_panels
 
-    sections = read_dataset(data_path, names, bin_um=bin_um)
+    sections = read_dataset(data_path, names, **options)
     panels = []
     for n, a in sections.items():
         total = np.log1p(np.asarray(a.X.sum(axis=1)).ravel()) if a.n_vars else np.zeros(a.n_obs)
@@ -97,8 +98,10 @@ def _cluster_rows(metrics: dict) -> list[dict]:
 
 
 def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: list[dict], *,
-                     top_genes: int = 4) -> Path:
+                     top_genes: int = 4, notes: Sequence[str] = ()) -> Path:
+    """``notes``: what the run left out and why (shown under Run)."""
     from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta
+    from spafoundation.io.readers import data_options
 
     out = Path(out)
     imaged = [n for n, a in data.items() if image_path(a)]
@@ -106,7 +109,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     ds.tables.append([{"section": n, "spots": a.n_obs, "genes": a.n_vars, "image": "yes" if image_path(a) else "no",
                        "um/px": microns_per_pixel(a), "spot um": spatial_meta(a)["metadata"].get("spot_diameter_um")}
                       for n, a in data.items()])
-    ds.figures.append((_overview(out, data_path, imaged, cfg.get("bin_um")), "H&E of each imaged section with its spots"))
+    ds.figures.append((_overview(out, data_path, imaged, data_options(cfg)), "H&E of each imaged section with its spots"))
     blocks = [ds]
     expr = _expression_block(out, top_genes)
     if expr:
@@ -136,7 +139,8 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     if clusters:
         blocks.append(clusters)
     blocks.append(Block("Run", paragraphs=["Steps, times and the config (config.yaml in the run folder repeats the "
-                                           "run: spafoundation run --config DIR/config.yaml --out DIR)."],
+                                           "run: spafoundation run --config DIR/config.yaml --out DIR).",
+                                           *(n[:1].upper() + n[1:] + "." for n in notes)],
                         tables=[summary] if summary else []))
     return write_report(out / "report.html", "spafoundation report", blocks,
                         subtitle=f"data: {data_path}; encoder: {cfg.get('encoder')}")

@@ -163,6 +163,13 @@ def held_out_models(targets: Sequence[str], train: Sequence[str], fit) -> tuple[
     return models, full
 
 
+def marker_training(train: dict[str, ad.AnnData], markers: Sequence[str]) -> tuple[list[str], list[str]]:
+    """What the label-free route trains on: (the training sections with counts of at least one marker, the markers
+    that all of them measure)."""
+    names = [n for n, a in train.items() if a.n_vars and any(g in a.var_names for g in markers)]
+    return names, [g for g in markers if names and all(g in train[n].var_names for n in names)]
+
+
 def _zscore_like(P: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Mean over genes of ``P`` z-scored with the mean and sd of ``ref`` (the section's spots)."""
     return ((P - ref.mean(0)) / (ref.std(0) + 1e-9)).mean(axis=1).astype(np.float32)
@@ -251,11 +258,10 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
                                             "held_out": held_out}
 
     if "markers" in routes:
-        count_train = [n for n in train if sections[n].n_vars and any(g in sections[n].var_names for g in markers)]
-        genes = [g for g in markers if count_train and all(g in sections[n].var_names for n in count_train)]
+        count_train, genes = marker_training(train, markers)
         if not genes:
-            raise InputError(None, "--markers", f"no training section with counts measures all of a marker gene "
-                             f"among {list(markers)}")
+            raise InputError(None, "--markers", f"no training section has counts of any marker gene among "
+                             f"{list(markers)}: give markers of this tissue, or labels with --label-column")
 
         def fit_ridge(names):
             return RidgeHead().fit(np.concatenate([feats(n)[0] for n in names]),
