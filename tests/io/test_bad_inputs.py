@@ -105,6 +105,16 @@ def unknown_pixel_size(root, c):
     return root, "spafoundation.yaml", "mpp"
 
 
+def manifest_section_without_id(root, c):
+    write_manifest(root, c, section={"id": None})
+    return root, "spafoundation.yaml", "sections[].id"
+
+
+def manifest_misspelt_key(root, c):
+    write_manifest(root, c, section={"imgae": "C2_small.tif"})  # ignored, it would leave the section imageless
+    return root, "spafoundation.yaml", "sections[S1].imgae"
+
+
 def unsupported_folder(root, c):
     root.mkdir(parents=True)
     (root / "notes.txt").write_text("hello")
@@ -131,6 +141,8 @@ CASES = [
     truncated_jpeg,
     unreadable_image,
     unknown_pixel_size,
+    manifest_section_without_id,
+    manifest_misspelt_key,
     unsupported_folder,
     unsupported_file,
 ]

@@ -130,3 +130,15 @@ def test_run_on_a_visium_sample_whose_image_is_elsewhere_and_no_tumour_markers(c
     # with markers this panel has, the step is planned, trained on the run's imaged sections
     assert main([*args, "--set", f"tumor.markers=[{c2_small.genes[0]}]", "--dry-run"]) == 0
     assert "spafoundation tumor" in capsys.readouterr().out
+
+
+def test_dry_run_of_an_image_only_dataset_says_what_it_leaves_out(c2_small, tmp_path, capsys):
+    from tests.io.layouts import write_manifest
+
+    manifest = write_manifest(tmp_path / "m", c2_small, counts="none")
+    assert main(["run", "--data", str(manifest), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    for step in ("expression", "super-resolution", "tumour map"):
+        assert f"{step} left out: no " in text
+    steps = [line for line in text.splitlines() if ": spafoundation " in line]
+    assert len(steps) == 1 and "spafoundation cluster" in steps[0]

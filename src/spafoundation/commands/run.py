@@ -110,6 +110,7 @@ def check_inputs(data: dict, cfg: dict) -> None:
             select_genes([data[n] for n in train], e["genes"], TARGET_SUM)
 
 
+_NO_COUNTS = "left out: no imaged section has counts to train on"
 _NO_MARKERS = ("no imaged section with counts measures any of the marker genes (tumor.markers, default HER2+ breast "
                "cancer's)")
 
@@ -127,6 +128,7 @@ def _tumor_markers_usable(data: dict, imaged: list[str], t: dict) -> bool:
 
 def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[Step]:
     """The steps of the run, as subcommands; ``notes`` collects what was left out and why."""
+    notes = [] if notes is None else notes
     imaged = list(imaged_sections(data, data_path))
     cache = str(cfg["cache_dir"] or out / "cache")
     common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else []),
@@ -138,6 +140,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     if e["enabled"]:
         train, predict = expression_split(data, e)
         model = e["model"]
+        if model is None and not train:
+            notes.append(f"expression {_NO_COUNTS} (or give expression.model, a fitted model folder)")
         if model is None and train:
             model = str(out / "expression" / "model")
             steps.append(Step("fit_expression", "fit expression", [
@@ -151,6 +155,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     r = cfg["superres"]
     if r["enabled"]:
         train = expression_split(data, e)[0] if e["enabled"] else [n for n in imaged if data[n].n_vars > 0]
+        if not train:
+            notes.append(f"super-resolution {_NO_COUNTS}")
         if train:
             from spafoundation.tasks.expression import resolve_encoder
             from spafoundation.tasks.superres import MIN_SPOT_STEPS, spots_resolvable, superpixel_step_um
@@ -158,7 +164,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
             step = superpixel_step_um(resolve_encoder(cfg["encoder"]), r["step_um"])
             too_fine = [n for n in train if not spots_resolvable(data[n], step)]
             train = [n for n in train if n not in too_fine]
-            if too_fine and notes is not None:
+            if too_fine:
                 notes.append(f"super-resolution {'left out' if not train else 'not trained on'} "
                              f"{', '.join(too_fine)}: spots span fewer than {MIN_SPOT_STEPS:g} superpixels of "
                              f"{step:g} um (Visium HD: --bin-um {MIN_SPOT_STEPS * step:g} or more)")
@@ -172,8 +178,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     if t["enabled"] and not _tumor_markers_usable(data, imaged, t):
         if t["route"]:
             raise InputError(None, "tumor.markers", f"route {t['route']}: {_NO_MARKERS}")
-        if notes is not None:
-            notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
+        notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
     elif t["enabled"]:
         argv = ["tumor", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(imaged), "--out",
                 str(out / "tumor"), "--grid-um", str(t["grid_um"] or 0), *enc, *common]

@@ -17,7 +17,8 @@ Schema (paths are relative to the manifest's folder; top-level ``mpp``, ``pitch_
         mpp: 0.5                  # microns per pixel; else estimated from pitch_um
         pitch_um: 100             # centre-to-centre spot distance, used only when mpp is absent
 
-Without ``mpp`` or ``pitch_um`` the pixel size is unknown and the section is an InputError. Every spot id in the
+Without ``mpp`` or ``pitch_um`` the pixel size is unknown and the section is an InputError; so is a key outside this
+schema (a misspelt one would otherwise be ignored). Every spot id in the
 counts must be in the spots table; spots without counts are dropped.
 """
 
@@ -46,6 +47,7 @@ from spafoundation.io.visium import read_text_rows
 MANIFEST_NAMES = ("spafoundation.yaml", "manifest.yaml")
 DEFAULT_SPOT_DIAMETER_UM = 55.0
 SECTION_DEFAULTS = ("mpp", "pitch_um", "spot_diameter_um", "platform", "patient")
+SECTION_KEYS = ("id", "image", "spots", "counts", *SECTION_DEFAULTS)
 
 
 def load_manifest(path: Path) -> tuple[dict, Path]:
@@ -72,7 +74,15 @@ def load_manifest(path: Path) -> tuple[dict, Path]:
         or not manifest["sections"]
     ):
         raise InputError(path, "sections", "the manifest needs a non-empty 'sections' list")
+    _check_known(manifest, ("sections", *SECTION_DEFAULTS), path, "")
     return manifest, path
+
+
+def _check_known(entry: dict, known: tuple, path: Path, where: str) -> None:
+    """A misspelt key (``imgae:``) would otherwise be ignored and change the result silently."""
+    unknown = [str(k) for k in entry if k not in known]
+    if unknown:
+        raise InputError(path, f"{where}{unknown[0]}", f"unknown key (known: {', '.join(known)})")
 
 
 def _resolve(base: Path, value, manifest_path: Path, field: str) -> Path:
@@ -174,6 +184,7 @@ def read_generic_section(
     if not isinstance(entry, dict) or not entry.get("id"):
         raise InputError(manifest_path, "sections[].id", "every section needs an id")
     section = str(entry["id"])
+    _check_known(entry, SECTION_KEYS, manifest_path, f"sections[{section}].")
     opt = {k: entry.get(k, defaults.get(k)) for k in SECTION_DEFAULTS}
     spots_path = _resolve(base, entry.get("spots"), manifest_path, f"sections[{section}].spots")
     spots = read_spots(spots_path)
@@ -273,9 +284,6 @@ def read_generic_manifest(
     defaults = {k: manifest.get(k) for k in SECTION_DEFAULTS}
     ids = [str(e.get("id")) if isinstance(e, dict) else None for e in manifest["sections"]]
     check_unique(ids, manifest_path, "sections[].id")
-    return {
-        str(entry["id"]): read_generic_section(
-            entry, defaults, base, manifest_path, mpp=mpp, with_images=with_images
-        )
-        for entry in manifest["sections"]
-    }
+    # keyed by the ids above: an entry without one raises in read_generic_section, naming the field
+    return {i: read_generic_section(e, defaults, base, manifest_path, mpp=mpp, with_images=with_images)
+            for i, e in zip(ids, manifest["sections"], strict=True)}
