@@ -79,4 +79,32 @@ def test_info_mpp_option_supplies_unknown_pixel_size(her2st_c2, tmp_path, capsys
     assert main(["info", str(manifest), "--mpp", "2.5"]) == 0
     row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["S1"])
     assert row[5] == "2.5" and row[6] == "given"
-    assert main(["info", str(manifest), "--mpp", "-1"]) == EXIT_BAD_INPUT
+    with pytest.raises(SystemExit) as e:  # argparse's usage error, exit code 2 like every bad input
+        main(["info", str(manifest), "--mpp", "-1"])
+    assert e.value.code == EXIT_BAD_INPUT
+    assert "argument --mpp: must be a positive number, got '-1'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cluster", "DATA", "--out", "o", "--smooth", "2"], "--smooth: must be a number from 0 to 1, got '2'"),
+    (["cluster", "DATA", "--out", "o", "--n-clusters", "0"], "--n-clusters: must be a whole number >= 1"),
+    (["fit-expression", "DATA", "--out", "o", "--epochs", "-1"], "--epochs: must be a whole number >= 1"),
+    (["fit-expression", "DATA", "--out", "o", "--lr", "nan"], "--lr: must be a positive number, got 'nan'"),
+    (["superres", "DATA", "--out", "o", "--step-um", "0"], "--step-um: must be a positive number"),
+    (["tumor", "DATA", "--out", "o", "--grid-um", "-5"], "--grid-um: must be a number >= 0"),
+    (["embed", "DATA", "--out", "o", "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
+])
+def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
+    """Before: --smooth 2 extrapolated past the neighbours' mean, --n-clusters 0 silently meant 7, --step-um 0 meant
+    the default and --epochs -1 trained nothing; each is now refused with exit code 2 before any data is read."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == EXIT_BAD_INPUT and message in capsys.readouterr().err
+
+
+def test_run_refuses_a_config_value_a_step_would_refuse_before_writing(her2st_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--data", str(her2st_root), "--sections", "C3,C4", "--out", str(out), "--set", "clusters.smooth=2"]
+    assert main(args) == EXIT_BAD_INPUT
+    assert "config (spatial domains): argument --smooth: must be a number from 0 to 1" in capsys.readouterr().err
+    assert not out.exists()

@@ -121,3 +121,11 @@ def test_cli_cluster_bad_reference_leaves_nothing(her2st_root, tmp_path):
     assert main(["cluster", str(her2st_root), "--sections", "C3", "--features", "expression",
                  "--reference-column", "nope", "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_more_domains_than_spots_is_an_input_error():
+    from spafoundation.errors import InputError
+    from spafoundation.tasks.clustering import cluster_features
+
+    with pytest.raises(InputError, match="12 domains asked of 10 spots"):
+        cluster_features(np.random.default_rng(0).normal(size=(10, 5)), n_clusters=12)

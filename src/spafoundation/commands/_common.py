@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
+
 from spafoundation.errors import InputError
+
+
+def _number(kind, ok, wanted: str):
+    """An argparse type: ``kind(text)`` that satisfies ``ok``, else the usage error 'must be <wanted>'."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if not ok(value):  # NaN fails every comparison, so it is refused too
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
+non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+unit_interval = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def parse_sections(text: str | None) -> list[str] | None:

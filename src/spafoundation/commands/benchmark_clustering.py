@@ -18,6 +18,7 @@ from spafoundation.commands._common import (
     data_options,
     parse_sections,
     precision_note,
+    unit_interval,
 )
 from spafoundation.errors import InputError
 
@@ -81,7 +82,7 @@ def register(subparsers) -> None:
     p.add_argument("--sections", help="comma-separated sections (default: all)")
     p.add_argument("--reference", default="cluster_annotation", help="reference column of the imaged sections")
     p.add_argument("--pathologist-column", default="label", help="pathologist label column (expression part)")
-    p.add_argument("--smooth", type=float, default=0.5, help="smoothing weight of the smoothed contenders")
+    p.add_argument("--smooth", type=unit_interval, default=0.5, help="smoothing weight of the smoothed contenders")
     p.add_argument("--default-encoder", help="the encoder of the image contenders (default: the shipped one)")
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline")
     add_cache_args(p)

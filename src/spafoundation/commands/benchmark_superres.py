@@ -12,6 +12,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     data_options,
     parse_sections,
+    positive_float,
     precision_note,
 )
 from spafoundation.errors import InputError
@@ -81,7 +82,7 @@ def register(subparsers) -> None:
     p.add_argument("--sections", help="comma-separated sections (default: every imaged section with counts)")
     p.add_argument("--encoder", help="encoder (default: spafoundation-default)")
     p.add_argument("--genes", default="hvg:50", help="genes (default hvg:50, chosen on the coarse counts)")
-    p.add_argument("--step-um", type=float, help="superpixel pitch (default one encoder token)")
+    p.add_argument("--step-um", type=positive_float, help="superpixel pitch (default one encoder token)")
     p.add_argument("--quiet", action="store_true")
     add_precision_option(p)
     p.set_defaults(func=run)

@@ -17,7 +17,11 @@ from spafoundation.commands._common import (
     cache_dir,
     data_options,
     imaged_sections,
+    non_negative_float,
     parse_sections,
+    positive_float,
+    positive_int,
+    unit_interval,
 )
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir
@@ -107,13 +111,13 @@ def register(subparsers) -> None:
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
     p.add_argument("--genes", default="hvg:1000", help="genes for --features expression (default hvg:1000)")
     p.add_argument("--method", choices=["kmeans", "leiden"], default="kmeans")
-    p.add_argument("--n-clusters", type=int, default=7, help="number of domains (Leiden: found by bisection)")
-    p.add_argument("--resolution", type=float, help="Leiden resolution (instead of --n-clusters)")
-    p.add_argument("--smooth", type=float, default=0.5,
+    p.add_argument("--n-clusters", type=positive_int, default=7, help="number of domains (Leiden: found by bisection)")
+    p.add_argument("--resolution", type=positive_float, help="Leiden resolution (instead of --n-clusters)")
+    p.add_argument("--smooth", type=unit_interval, default=0.5,
                    help="weight of the neighbours' mean in the smoothed features (0: no smoothing)")
-    p.add_argument("--radius-um", type=float, help="neighbour radius (default 1.5 x the nearest-spot distance)")
+    p.add_argument("--radius-um", type=positive_float, help="neighbour radius (default 1.5 x the nearest-spot distance)")
     p.add_argument("--reference-column", help="obs column of reference regions: ARI and NMI per section")
-    p.add_argument("--grid-um", type=float, default=0.0, help="also assign a tissue grid of this pitch to domains")
+    p.add_argument("--grid-um", type=non_negative_float, default=0.0, help="also assign a tissue grid of this pitch to domains")
     p.add_argument("--per-section", action="store_true", help="cluster each section on its own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figure", action="store_true")

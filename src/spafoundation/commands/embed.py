@@ -12,6 +12,10 @@ from spafoundation.commands._common import (
     add_precision_option,
     data_options,
     imaged_sections,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    unit_interval,
 )
 from spafoundation.errors import InputError
 from spafoundation.io.readers import read_dataset
@@ -33,8 +37,6 @@ def run(args) -> int:
     from spafoundation.models.embed import UNS_KEY, embed_adata
     from spafoundation.tasks.expression import resolve_encoder
 
-    if args.batch_size < 1:
-        raise InputError(None, "--batch-size", "must be >= 1")
     sections = [s for s in args.sections.split(",") if s] if args.sections else None
     data = read_dataset(args.data, sections, **data_options(args))
     imaged = imaged_sections(data, args.data, "to embed")
@@ -90,7 +92,7 @@ def register(subparsers) -> None:
     p.add_argument("--cache-dir", help="embedding cache (default $SPAFOUNDATION_CACHE or ~/.cache/spafoundation)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations/flips of each patch")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps); under torchrun cuda means "
                    "one GPU per process")
     add_precision_option(p)
@@ -98,8 +100,9 @@ def register(subparsers) -> None:
     tiles.add_argument("--tiles", action="store_true",
                        help="embed a grid of encoder-sized tiles over each slide's tissue, one h5ad per slide; "
                        "shards slides across processes under torchrun and skips slides already done")
-    tiles.add_argument("--mpp", type=float, help="microns per pixel for slides whose metadata lacks it")
-    tiles.add_argument("--min-tissue", type=float, default=0.25, help="least tissue share of a kept tile")
-    tiles.add_argument("--workers", type=int, help="DataLoader reader processes (default: spare cores, <= 4)")
+    tiles.add_argument("--mpp", type=positive_float, help="microns per pixel for slides whose metadata lacks it")
+    tiles.add_argument("--min-tissue", type=unit_interval, default=0.25, help="least tissue share of a kept tile")
+    tiles.add_argument("--workers", type=non_negative_int,
+                       help="DataLoader reader processes (default: spare cores, <= 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

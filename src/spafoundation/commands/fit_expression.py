@@ -8,8 +8,11 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     data_options,
+    non_negative_float,
     parse_sections,
     parse_target_sum,
+    positive_float,
+    positive_int,
 )
 from spafoundation.errors import InputError
 from spafoundation.eval.genes import TARGET_SUM
@@ -62,16 +65,16 @@ def register(subparsers) -> None:
                    help="ridge: scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
                         "layer; finetune: the whole encoder + LayerNorm/Linear on the class token, MSE (the "
                         "authors' protocol, meant for a GPU); mean: the training-mean baseline")
-    p.add_argument("--epochs", type=int, help="epochs of the finetune head (default 20) / maximum for mlp")
-    p.add_argument("--lr", type=float, help="learning rate of the mlp / finetune head")
+    p.add_argument("--epochs", type=positive_int, help="epochs of the finetune head (default 20) / maximum for mlp")
+    p.add_argument("--lr", type=positive_float, help="learning rate of the mlp / finetune head")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda, mps)")
     p.add_argument("--target-sum", default=str(TARGET_SUM),
                    help="targets are log1p(counts / library size * target-sum); 'none' for log1p of raw counts")
     p.add_argument("--features", help="feature source: encoder, colour_texture, mean_colour, or joined with '+' "
                                       "(default encoder+colour_texture)")
     p.add_argument("--tta", action="store_true", help="average embeddings over the 8 rotations/flips")
-    p.add_argument("--context", type=float, help="also embed a patch this many times wider (default 2; 1 = off)")
-    p.add_argument("--neighbours-um", type=float,
+    p.add_argument("--context", type=positive_float, help="also embed a patch this many times wider (default 2; 1 = off)")
+    p.add_argument("--neighbours-um", type=non_negative_float,
                    help="also average features over spots within this radius (default 300; 0 = off)")
     add_cache_args(p)
     add_precision_option(p)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from spafoundation.commands._common import add_data_options, data_options
-from spafoundation.errors import InputError
+from spafoundation.commands._common import add_data_options, data_options, positive_float
 from spafoundation.io.anndata_spec import spatial_meta
 from spafoundation.io.readers import detect_format, read_dataset
 
@@ -42,8 +41,6 @@ def summarize(path, sections=None, mpp: float | None = None, **options) -> pd.Da
 
 def run(args) -> int:
     fmt = detect_format(args.path)
-    if args.mpp is not None and not args.mpp > 0:
-        raise InputError(None, "--mpp", f"must be a positive number of microns per pixel, got {args.mpp}")
     table = summarize(args.path, args.sections.split(",") if args.sections else None, args.mpp,
                       **data_options(args))
     n_img = int((table["image"] != "-").sum())
@@ -66,7 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("path", help="dataset folder (legacy ST, Space Ranger outs/ of Visium or Visium HD, HEST), manifest or .h5ad")
     p.add_argument("--sections", help="comma-separated subset of sections")
     p.add_argument(
-        "--mpp", type=float, help="microns per pixel of the full-resolution images, when the data cannot tell"
+        "--mpp", type=positive_float, help="microns per pixel of the full-resolution images, when the data cannot tell"
     )
     add_data_options(p)
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spafoundation.commands._common import parse_sections
+from spafoundation.commands._common import parse_sections, positive_int
 
 
 def run(args) -> int:
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--sections", help="comma-separated sections to take tiles from (default: all imaged)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--name", help="name the final encoder loads under (default pretrained-<objective>)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest for small models on a busy "
-                   "machine: several threads spinning against other processes can be 10x slower)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (1 is fastest for small models on a "
+                   "busy machine: several threads spinning against other processes can be 10x slower)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)

@@ -199,6 +199,25 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     return steps
 
 
+def check_step_arguments(steps: list[Step]) -> None:
+    """Each step's arguments parsed as its command will parse them, before any step runs: a config value the command
+    refuses (clusters.smooth: 2) is an InputError now, not a failure after the steps before it."""
+    import contextlib
+    import io
+
+    from spafoundation.cli import build_parser
+
+    parser = build_parser()
+    for s in steps:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                parser.parse_args(s.argv)
+        except SystemExit:
+            reason = err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+            raise InputError(None, f"config ({s.title})", reason) from None
+
+
 def _marker(out: Path, step: Step) -> Path:
     return out / ".steps" / f"{step.name}.json"
 
@@ -247,6 +266,7 @@ def run(args) -> int:
     data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
+    check_step_arguments(steps)
     if not args.dry_run:
         check_inputs(data, cfg)
     print(f"spafoundation run: {len(data)} sections from {data_path} -> {out}")

@@ -18,6 +18,7 @@ from spafoundation.commands._common import (
     cache_dir,
     data_options,
     imaged_sections,
+    non_negative_float,
     parse_sections,
 )
 from spafoundation.errors import InputError
@@ -118,7 +119,7 @@ def register(subparsers) -> None:
                    "cancer markers ERBB2, GRB7, STARD3, PGAP3, KRT8/18/19, EPCAM, CDH1, MUC1, CD24)")
     p.add_argument("--model", help="a tumour model folder written by an earlier run (DIR/model)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
-    p.add_argument("--grid-um", type=float, default=100.0, help="pitch of the tissue grid (0: spots only)")
+    p.add_argument("--grid-um", type=non_negative_float, default=100.0, help="pitch of the tissue grid (0: spots only)")
     p.add_argument("--no-figure", action="store_true", help="do not draw heatmaps")
     add_cache_args(p)
     add_precision_option(p)

@@ -89,7 +89,9 @@ def _leiden(Z: np.ndarray, resolution: float, seed: int) -> np.ndarray:
 
 def _cluster(Z: np.ndarray, method: str, n_clusters: int | None, resolution: float | None, seed: int) -> np.ndarray:
     if method == "kmeans":
-        k = min(int(n_clusters or 7), len(Z))
+        k = int(n_clusters or 7)
+        if k > len(Z):
+            raise InputError(None, "--n-clusters", f"{k} domains asked of {len(Z)} spots")
         return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
     if method != "leiden":
         raise InputError(None, "--method", f"unknown clustering method {method!r}; use kmeans or leiden")
