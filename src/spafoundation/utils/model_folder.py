@@ -40,7 +40,7 @@ def read_model_folder(folder, fmt: str, arrays_file: str, what: str) -> tuple[di
     folder = Path(folder)
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
-        raise InputError(cfg_path, "model", f"not a {what} model folder (config.json missing)")
+        raise InputError(cfg_path, "model", f"no {what} model in this folder (config.json missing)")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
