@@ -49,7 +49,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(her2st_root, tmp_path, capsy
 
 
 @pytest.mark.parametrize("setting, field", [("nope=1", "nope"), ("tumor.colour=1", "tumor.colour"),
-                                           ("expression.train_sections=[C9]", "C9")])
+                                           ("expression.train_sections=[C9]", "C9"),
+                                           ("tumor.label_column=nope", "tumor.label_column"),
+                                           ("clusters.reference_column=nope", "clusters.reference_column")])
 def test_bad_config_exits_2_and_leaves_no_folder(her2st_root, tmp_path, capsys, setting, field):
     out = tmp_path / "run"
     assert main(["run", "--data", str(her2st_root), "--sections", "C3,C4", "--out", str(out), "--set", setting]) == 2

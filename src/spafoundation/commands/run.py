@@ -95,7 +95,7 @@ def expression_split(data: dict, cfg: dict) -> tuple[list[str], list[str]]:
 
 def check_inputs(data: dict, cfg: dict) -> None:
     """What would otherwise fail half-way through the run, checked before anything is written: tissue on every
-    image, and a gene selection that the training sections can satisfy."""
+    image, a gene selection that the training sections can satisfy, and the label columns the config names."""
     from spafoundation.eval.genes import TARGET_SUM, select_genes
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.patches import section_tissue
@@ -108,6 +108,13 @@ def check_inputs(data: dict, cfg: dict) -> None:
         train, _ = expression_split(data, e)
         if train:
             select_genes([data[n] for n in train], e["genes"], TARGET_SUM)
+    imaged = [a for a in data.values() if image_path(a)]
+    columns = {"tumor.label_column": cfg["tumor"]["enabled"] and cfg["tumor"]["route"] != "markers"
+               and cfg["tumor"]["label_column"],
+               "clusters.reference_column": cfg["clusters"]["enabled"] and cfg["clusters"]["reference_column"]}
+    for key, col in columns.items():
+        if col and not any(col in a.obs and a.obs[col].notna().any() for a in imaged):
+            raise InputError(None, key, f"no imaged section has values in obs['{col}']")
 
 
 _NO_COUNTS = "left out: no imaged section has counts to train on"
