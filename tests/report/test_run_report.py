@@ -144,3 +144,15 @@ def test_dry_run_of_an_image_only_dataset_says_what_it_leaves_out(c2_small, tmp_
         assert f"{step} left out: no " in text
     steps = [line for line in text.splitlines() if ": spafoundation " in line]
     assert len(steps) == 1 and "spafoundation cluster" in steps[0]
+
+
+def test_commands_never_replace_a_folder_of_the_users(her2st_root, tmp_path, capsys):
+    mine = tmp_path / "analysis"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    for argv in (["cluster", str(her2st_root), "--sections", "C3", "--out", str(mine)],
+                 ["fit-expression", str(her2st_root), "--sections", "C3", "--out", str(mine)],
+                 ["run", "--data", str(her2st_root), "--sections", "C3,C4", "--out", str(mine)]):
+        assert main(argv) == 2
+        assert "--out: this folder holds files spafoundation did not write" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

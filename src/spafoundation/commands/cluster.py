@@ -24,7 +24,7 @@ from spafoundation.commands._common import (
     unit_interval,
 )
 from spafoundation.errors import InputError
-from spafoundation.utils.atomic import atomic_dir
+from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 KEY = "spatial_domain"
 
@@ -53,6 +53,7 @@ def run(args) -> int:
     from spafoundation.tasks.spot_features import locations_adata
 
     out = Path(args.out)
+    check_output_dir(out)  # before the work: never replace a folder of the user's
     wanted = parse_sections(args.sections)
     data = read_dataset(args.data, wanted, with_images=args.features != "expression", **data_options(args))
     usable = data if args.features == "expression" else imaged_sections(data, args.data, "to cluster from")

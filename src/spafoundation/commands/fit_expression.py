@@ -21,7 +21,9 @@ from spafoundation.eval.genes import TARGET_SUM
 def run(args) -> int:
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.expression import fit_expression
+    from spafoundation.utils.atomic import check_output_dir
 
+    check_output_dir(args.out)  # before the work: never replace a folder of the user's
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     train = [a for a in data.values() if a.n_vars > 0]
     if not train:

@@ -19,7 +19,7 @@ import yaml
 
 from spafoundation.commands._common import add_data_options, add_precision_option, imaged_sections
 from spafoundation.errors import InputError
-from spafoundation.utils.atomic import atomic_path
+from spafoundation.utils.atomic import OUTPUT_MARKER, atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
 
 DEFAULTS: dict = {
@@ -270,6 +270,8 @@ def run(args) -> int:
     data_path = cfg["data"]
     out = Path(args.out)
     # bad input fails before any write
+    if not (out / ".steps").is_dir():  # a run folder this command wrote can be continued or redone
+        check_output_dir(out)
     data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
@@ -292,6 +294,7 @@ def run(args) -> int:
         return 0
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).touch()  # the run folder and what its steps write in it are ours to replace
     with atomic_path(out / "config.yaml") as tmp:
         Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
     quiet = ["--quiet"] if args.quiet else []
@@ -303,6 +306,11 @@ def run(args) -> int:
                 summary.append({"step": s.title, "status": "reused", "seconds": 0.0})
                 continue
             print(f"[{i}/{len(steps) + 1}] {s.title} ...", flush=True)
+            # an output of this step from a run whose config differed (or from before output folders were marked)
+            if s.output.is_dir():
+                shutil.rmtree(s.output)
+            elif s.output.exists():
+                s.output.unlink()
             t0 = time.perf_counter()
             code = cli_main([*s.argv, *quiet])
             if code != 0:

@@ -23,7 +23,7 @@ from spafoundation.commands._common import (
     unit_interval,
 )
 from spafoundation.errors import InputError
-from spafoundation.utils.atomic import atomic_dir
+from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
 def draw(path: Path, spa, genes: list[str], name: str) -> None:
@@ -51,6 +51,7 @@ def run(args) -> int:
     )
 
     out = Path(args.out)
+    check_output_dir(out)  # before the work: never replace a folder of the user's
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     imaged = imaged_sections(data, args.data)
     train_names = parse_sections(args.train_sections)

@@ -22,7 +22,7 @@ from spafoundation.commands._common import (
     parse_sections,
 )
 from spafoundation.errors import InputError
-from spafoundation.utils.atomic import atomic_dir
+from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 SCORES = {"tumor_probability": ("tumour probability", "magma", 0.0, 1.0),
           "tumor_marker_score": ("marker score (z)", "magma", None, None)}
@@ -62,6 +62,7 @@ def run(args) -> int:
     from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, TumorModel, tumor_maps
 
     out = Path(args.out)
+    check_output_dir(out)  # before the work: never replace a folder of the user's
     data = read_dataset(args.data, **data_options(args))
     wanted = parse_sections(args.sections)
     missing = [s for s in wanted or [] if s not in data]
