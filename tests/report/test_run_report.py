@@ -121,7 +121,7 @@ def test_run_on_a_visium_sample_whose_image_is_elsewhere_and_no_tumour_markers(c
             "--set", f"encoder={tiny_folder}", "--set", "expression.genes=hvg:4", "--set", "superres.genes=hvg:4",
             "--set", "clusters.n_clusters=3"]
     assert main([*args, "--set", "tumor.route=markers"]) == 2
-    assert "tumor.markers: route markers: no imaged section with counts measures" in capsys.readouterr().err
+    assert "tumor.markers: route markers: no marker gene (tumor.markers" in capsys.readouterr().err
     assert not out.exists()
     assert main(args) == 0
     text = capsys.readouterr().out

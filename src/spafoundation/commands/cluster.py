@@ -116,9 +116,11 @@ def register(subparsers) -> None:
     p.add_argument("--resolution", type=positive_float, help="Leiden resolution (instead of --n-clusters)")
     p.add_argument("--smooth", type=unit_interval, default=0.5,
                    help="weight of the neighbours' mean in the smoothed features (0: no smoothing)")
-    p.add_argument("--radius-um", type=positive_float, help="neighbour radius (default 1.5 x the nearest-spot distance)")
+    p.add_argument("--radius-um", type=positive_float,
+                   help="neighbour radius (default 1.5 x the nearest-spot distance)")
     p.add_argument("--reference-column", help="obs column of reference regions: ARI and NMI per section")
-    p.add_argument("--grid-um", type=non_negative_float, default=0.0, help="also assign a tissue grid of this pitch to domains")
+    p.add_argument("--grid-um", type=non_negative_float, default=0.0,
+                   help="also assign a tissue grid of this pitch to domains")
     p.add_argument("--per-section", action="store_true", help="cluster each section on its own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figure", action="store_true")

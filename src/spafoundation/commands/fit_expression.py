@@ -75,7 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("--features", help="feature source: encoder, colour_texture, mean_colour, or joined with '+' "
                                       "(default encoder+colour_texture)")
     p.add_argument("--tta", action="store_true", help="average embeddings over the 8 rotations/flips")
-    p.add_argument("--context", type=positive_float, help="also embed a patch this many times wider (default 2; 1 = off)")
+    p.add_argument("--context", type=positive_float,
+                   help="also embed a patch this many times wider (default 2; 1 = off)")
     p.add_argument("--neighbours-um", type=non_negative_float,
                    help="also average features over spots within this radius (default 300; 0 = off)")
     add_cache_args(p)

@@ -118,8 +118,8 @@ def check_inputs(data: dict, cfg: dict) -> None:
 
 
 _NO_COUNTS = "left out: no imaged section has counts to train on"
-_NO_MARKERS = ("no imaged section with counts measures any of the marker genes (tumor.markers, default HER2+ breast "
-               "cancer's)")
+_NO_MARKERS = ("no marker gene (tumor.markers, default HER2+ breast cancer's) is measured in every imaged section "
+               "with counts")
 
 
 def _tumor_markers_usable(data: dict, imaged: list[str], t: dict) -> bool:

@@ -110,8 +110,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="a model folder from an earlier superres run (DIR/model)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
     p.add_argument("--genes", default="hvg:50", help="hvg:K, mean:K or a gene-list file (default hvg:50)")
-    p.add_argument("--step-um", type=positive_float, help="superpixel pitch: one encoder token (16 um by default) divided "
-                   "by a whole number, e.g. 8")
+    p.add_argument("--step-um", type=positive_float,
+                   help="superpixel pitch: one encoder token (16 um by default) divided by a whole number, e.g. 8")
     p.add_argument("--image-weight", type=unit_interval,
                    help="inside measured spots, how much of the image's pattern to keep around the measurement "
                         "(0: flat at the measurement, 1: the full image pattern; default: the weight the model "

@@ -18,8 +18,8 @@ Schema (paths are relative to the manifest's folder; top-level ``mpp``, ``pitch_
         pitch_um: 100             # centre-to-centre spot distance, used only when mpp is absent
 
 Without ``mpp`` or ``pitch_um`` the pixel size is unknown and the section is an InputError; so is a key outside this
-schema (a misspelt one would otherwise be ignored). Every spot id in the
-counts must be in the spots table; spots without counts are dropped.
+schema (a misspelt one would otherwise be ignored). Every spot id in the counts must be in the spots table; spots
+without counts are dropped.
 """
 
 from __future__ import annotations

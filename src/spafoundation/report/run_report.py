@@ -109,7 +109,8 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     ds.tables.append([{"section": n, "spots": a.n_obs, "genes": a.n_vars, "image": "yes" if image_path(a) else "no",
                        "um/px": microns_per_pixel(a), "spot um": spatial_meta(a)["metadata"].get("spot_diameter_um")}
                       for n, a in data.items()])
-    ds.figures.append((_overview(out, data_path, imaged, data_options(cfg)), "H&E of each imaged section with its spots"))
+    ds.figures.append((_overview(out, data_path, imaged, data_options(cfg)),
+                       "H&E of each imaged section with its spots"))
     blocks = [ds]
     expr = _expression_block(out, top_genes)
     if expr:

@@ -260,8 +260,8 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
     if "markers" in routes:
         count_train, genes = marker_training(train, markers)
         if not genes:
-            raise InputError(None, "--markers", f"no training section has counts of any marker gene among "
-                             f"{list(markers)}: give markers of this tissue, or labels with --label-column")
+            raise InputError(None, "--markers", f"no marker gene among {list(markers)} is measured in every "
+                             "training section with counts: give markers of this tissue, or labels with --label-column")
 
         def fit_ridge(names):
             return RidgeHead().fit(np.concatenate([feats(n)[0] for n in names]),
