@@ -15,7 +15,7 @@ def test_info_on_real_data(her2st_root, capsys):
     assert "format: legacy_st" in out
     rows = [line.split() for line in out.splitlines()]
     lines = {r[0]: r for r in rows if r and r[0] in ("C2", "C3")}
-    assert lines["C2"][2] == "187" and lines["C2"][4] == "9274x9911"
+    assert lines["C2"][2] == "187" and lines["C2"][4].endswith("_C2.jpg") and lines["C2"][5] == "9274x9911"
     assert lines["C3"][2] == "180"
     assert "2 sections, 2 with images, 367 spots" in out
 
@@ -78,7 +78,7 @@ def test_info_mpp_option_supplies_unknown_pixel_size(her2st_c2, tmp_path, capsys
     assert "unknown pixel size" in capsys.readouterr().err
     assert main(["info", str(manifest), "--mpp", "2.5"]) == 0
     row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["S1"])
-    assert row[5] == "2.5" and row[6] == "given"
+    assert row[4] == "C2_small.tif" and row[6] == "2.5" and row[7] == "given"
     with pytest.raises(SystemExit) as e:  # argparse's usage error, exit code 2 like every bad input
         main(["info", str(manifest), "--mpp", "-1"])
     assert e.value.code == EXIT_BAD_INPUT

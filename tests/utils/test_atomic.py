@@ -36,3 +36,18 @@ def test_new_empty_and_own_folders_are_written_and_rewritten(tmp_path, monkeypat
     monkeypatch.chdir(empty)
     _write(".")  # '.' has no name of its own; an empty current folder is written in place
     assert sorted(p.name for p in empty.iterdir()) == [OUTPUT_MARKER, "result.txt"]
+
+
+def test_a_file_output_given_a_folder_is_an_input_error(tmp_path, capsys):
+    from spafoundation.cli import main
+    from spafoundation.utils.atomic import atomic_path
+
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="is a folder; give a file name in it"), atomic_path(tmp_path):
+        pass
+    # before: embed computed every embedding, then failed renaming its file onto the folder (IsADirectoryError)
+    assert main(["embed", "DATA", "--encoder", "random-vitt16", "--out", str(tmp_path)]) == 2
+    assert "is a folder; give a file name in it ending in .h5ad" in capsys.readouterr().err
+    assert main(["embed", "DATA", "--encoder", "random-vitt16", "--out", str(tmp_path / "emb.csv")]) == 2
+    assert "the output is written as .h5ad" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

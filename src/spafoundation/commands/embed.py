@@ -19,7 +19,7 @@ from spafoundation.commands._common import (
 )
 from spafoundation.errors import InputError
 from spafoundation.io.readers import read_dataset
-from spafoundation.utils.atomic import write_h5ad
+from spafoundation.utils.atomic import check_output_file, write_h5ad
 from spafoundation.utils.distributed import barrier, current_world, device_for, shard
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def run(args) -> int:
     from spafoundation.models.embed import UNS_KEY, embed_adata
     from spafoundation.tasks.expression import resolve_encoder
 
+    if args.out:
+        check_output_file(args.out, ".h5ad")
     sections = [s for s in args.sections.split(",") if s] if args.sections else None
     data = read_dataset(args.data, sections, **data_options(args))
     imaged = imaged_sections(data, args.data, "to embed")

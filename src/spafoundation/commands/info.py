@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from spafoundation.commands._common import add_data_options, data_options, positive_float
@@ -18,6 +20,7 @@ def summarize(path, sections=None, mpp: float | None = None, **options) -> pd.Da
     for name, adata in data.items():
         meta = spatial_meta(adata)
         size = meta["metadata"].get("image_size")
+        has_image = size is not None and len(size) > 0
         labels = [c for c in LABEL_COLUMNS if c in adata.obs and adata.obs[c].notna().any()]
         rows.append(
             {
@@ -25,7 +28,9 @@ def summarize(path, sections=None, mpp: float | None = None, **options) -> pd.Da
                 "patient": adata.obs["patient"].iloc[0] if "patient" in adata.obs else "",
                 "spots": adata.n_obs,
                 "genes": adata.n_vars,
-                "image": "x".join(str(int(v)) for v in size) if size is not None and len(size) else "-",
+                # the file too: a Space Ranger sample's image is found in its folder, and the user should see which
+                "image": Path(meta["metadata"]["image_path"]).name if has_image else "-",
+                "image px": "x".join(str(int(v)) for v in size) if has_image else "-",
                 "um/px": round(float(meta["scalefactors"]["microns_per_pixel"]), 4),
                 "um/px source": meta["metadata"].get("mpp_source", ""),
                 "labels": ",".join(labels) or "-",
@@ -58,7 +63,7 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "info", help="summarise a dataset: sections, spots, genes, image size, um/px, labels"
+        "info", help="summarise a dataset: sections, spots, genes, image file and size, um/px, labels"
     )
     p.add_argument("path", help="dataset folder (legacy ST, Space Ranger outs/ of Visium or Visium HD, HEST), manifest or .h5ad")
     p.add_argument("--sections", help="comma-separated subset of sections")

@@ -20,8 +20,7 @@ from spafoundation.commands._common import (
     imaged_sections,
     parse_sections,
 )
-from spafoundation.errors import InputError
-from spafoundation.utils.atomic import atomic_path, write_h5ad
+from spafoundation.utils.atomic import atomic_path, check_output_file, write_h5ad
 
 
 def _evaluate(model, adata, pred) -> dict | None:
@@ -44,8 +43,7 @@ def run(args) -> int:
     from spafoundation.tasks.expression import ExpressionModel
 
     out = Path(args.out)
-    if out.suffix != ".h5ad":
-        raise InputError(out, "--out", "the prediction is written as .h5ad")
+    check_output_file(out, ".h5ad")
     model = ExpressionModel.load(args.model, encoder=args.encoder)
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     imaged = imaged_sections(data, args.data, "to predict from")

@@ -9,10 +9,23 @@ import tempfile
 from pathlib import Path
 
 
+def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> None:
+    """An InputError unless ``path`` can be written as a file (with ``suffix``, when given): an existing folder
+    cannot be replaced by a file."""
+    from spafoundation.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "--out", f"is a folder; give a file name in it{f' ending in {suffix}' if suffix else ''}")
+    if suffix and path.suffix != suffix:
+        raise InputError(path, "--out", f"the output is written as {suffix}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure remove it."""
     path = Path(path)
+    check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
