@@ -47,3 +47,46 @@ def test_cluster_annotations(her2st_c2):
     ann = her2st_c2.obs["cluster_annotation"]
     assert ann.notna().mean() > 0.95
     assert ann.str.startswith("cancer").mean() == pytest.approx(0.45, abs=0.1)
+
+
+def _st_pipeline_folder(root, folder, names):
+    """HER2ST sections written as a GEO series of ST Pipeline files ships them (GSE144240's naming): a GSM prefix,
+    <S>_stdata.tsv.gz, spot_data-selection-<S>.tsv, <S>.jpg."""
+    from spafoundation.io.legacy_st import find_image
+
+    folder.mkdir()
+    for i, (section, name) in enumerate(names.items()):
+        gsm = f"GSM42843{i:02d}_"
+        (folder / f"{gsm}{name}_stdata.tsv.gz").symlink_to(root / "ST-cnts" / f"{section}.tsv.gz")
+        (folder / f"{gsm}spot_data-selection-{name}.tsv").symlink_to(root / "ST-spotfiles" / f"{section}_selection.tsv")
+        image = find_image(root, section)
+        if image is not None:
+            (folder / f"{gsm}{name}{image.suffix}").symlink_to(image)
+    return folder
+
+
+def test_st_pipeline_folder_reads_as_the_her2st_layout(her2st_root, her2st_imaged, tmp_path):
+    from spafoundation.io import detect_format
+
+    folder = _st_pipeline_folder(her2st_root, tmp_path / "GSE1", {"C2": "P2_ST_rep1", "A1": "P9_ST_rep1"})
+    assert detect_format(folder) == "st_pipeline"
+    data = read_dataset(folder, with_images=False)
+    assert sorted(data) == ["P2_ST_rep1", "P9_ST_rep1"]
+    flat, ref = data["P2_ST_rep1"], her2st_imaged["C2"]
+    np.testing.assert_array_equal(flat.X.toarray(), ref.X.toarray())
+    np.testing.assert_array_equal(flat.obsm["spatial"], ref.obsm["spatial"])
+    assert (flat.obs[["array_row", "array_col"]].to_numpy() == ref.obs[["array_row", "array_col"]].to_numpy()).all()
+    assert list(flat.var_names) == list(ref.var_names) and microns_per_pixel(flat) == microns_per_pixel(ref)
+    assert image_path(flat).endswith("P2_ST_rep1.jpg") and (flat.obs["patient"] == "P2").all()
+    assert image_path(data["P9_ST_rep1"]) is None  # A1 has no image: counts only
+    assert list(read_dataset(folder, ["P9_ST_rep1"], with_images=False)) == ["P9_ST_rep1"]
+
+
+def test_st_pipeline_count_file_without_its_selection_names_it(her2st_root, tmp_path):
+    from spafoundation.errors import InputError
+
+    folder = _st_pipeline_folder(her2st_root, tmp_path / "GSE2", {"C3": "P3_ST_rep1", "C4": "P4_ST_rep1"})
+    next(folder.glob("*spot_data-selection-P4*")).unlink()
+    with pytest.raises(InputError, match="no spot_data-selection file for section P4_ST_rep1") as e:
+        read_dataset(folder, with_images=False)
+    assert e.value.path.endswith("P4_ST_rep1_stdata.tsv.gz")

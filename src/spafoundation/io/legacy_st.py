@@ -1,10 +1,21 @@
-"""Legacy Spatial Transcriptomics (100 um spots on a 200 um grid), laid out as the HER2ST release.
+"""Legacy Spatial Transcriptomics (100 um spots on a 200 um grid), in two layouts.
+
+The HER2ST release:
 
 ST-cnts/<S>.tsv.gz                     counts, spots x genes, first column "<x>x<y>"
 ST-spotfiles/<S>_selection.tsv         x y new_x new_y pixel_x pixel_y selected
 ST-imgs/<patient>/<S>/*.jpg            full-resolution H&E (optional)
 ST-pat/lbl/<S>_labeled_coordinates.tsv pathologist labels (optional)
 ST-cluster/lbl/<S>-cluster-annotation.tsv.gz + ST-cluster/cluster_label_map.tsv (optional)
+
+One folder of ST Pipeline / ST spot detector files, as GEO series of legacy ST (e.g. the cSCC series GSE144240)
+ship them; a GEO sample prefix (``GSM<n>_``) is optional and, when present, ties a sample's files together:
+
+[GSM<n>_]<S>_stdata.tsv[.gz]                 counts, as above
+[GSM<n>_]spot_data-selection-<S>.tsv[.gz]    spot detector output, as above
+[GSM<n>_]<S>.jpg|.tif|...                    full-resolution H&E (optional)
+
+The section is <S>; its patient the part of <S> before the first underscore (P2_ST_rep1 -> P2).
 """
 
 from __future__ import annotations
@@ -37,8 +48,41 @@ SPOT_DIAMETER_UM = 100.0
 MIN_MATCHED_FRACTION = 0.5
 
 
+FLAT_COUNTS = re.compile(r"^(?P<gsm>GSM\d+_)?(?P<name>.+?)_stdata\.tsv(\.gz)?$")
+FLAT_SPOTS = re.compile(r"^(?P<gsm>GSM\d+_)?spot_data-selection-(?P<name>.+?)\.tsv(\.gz)?$")
+
+
 def is_legacy_st(root: Path) -> bool:
     return (root / "ST-cnts").is_dir() and (root / "ST-spotfiles").is_dir()
+
+
+def is_st_pipeline_folder(root: Path) -> bool:
+    """A folder of ST Pipeline count files beside spot detector selections (see the module docstring)."""
+    return root.is_dir() and any(FLAT_COUNTS.match(p.name) for p in root.iterdir()) and any(
+        FLAT_SPOTS.match(p.name) for p in root.iterdir())
+
+
+def st_pipeline_samples(root: Path) -> dict[str, tuple[Path, Path, Path | None]]:
+    """{section: (counts, spot selection, image or None)} of an ST Pipeline folder. A sample's files share its GEO
+    prefix when they have one, else its name; a counts file without a selection file is an InputError."""
+    files = sorted(p for p in root.iterdir() if p.is_file())
+    spots = {(m["gsm"] or "", m["name"]): p for p in files if (m := FLAT_SPOTS.match(p.name))}
+    images = [p for p in files if p.suffix.lower() in PIL_SUFFIXES | TIFF_SUFFIXES]
+    out = {}
+    for p in files:
+        m = FLAT_COUNTS.match(p.name)
+        if not m:
+            continue
+        gsm, name = m["gsm"] or "", m["name"]
+        sel = spots.get((gsm, name)) or next((q for (g, _), q in spots.items() if gsm and g == gsm), None)
+        if sel is None:
+            raise InputError(p, "spot coordinates", f"no spot_data-selection file for section {name} beside it")
+        stems = {f"{gsm}{name}", name}
+        image = next((q for q in images if q.stem in stems), None)
+        if name in out:
+            raise InputError(p, "section", f"two count files for section {name}")
+        out[name] = (p, sel, image)
+    return out
 
 
 def list_sections(root: Path) -> list[str]:
@@ -148,12 +192,29 @@ def _read_clusters(root: Path, section: str, patient: str, index: pd.Index) -> p
 def read_legacy_st_section(
     root: str | Path, section: str, *, with_image: bool = True, mpp: float | None = None
 ) -> ad.AnnData:
+    """One section of the HER2ST layout, with its pathologist labels and cluster annotations where they exist."""
     root = Path(root)
     counts_path = root / "ST-cnts" / f"{section}.tsv.gz"
     if not counts_path.exists():
         alt = root / "ST-cnts" / f"{section}.tsv"
         counts_path = alt if alt.exists() else counts_path
-    spot_path = root / "ST-spotfiles" / f"{section}_selection.tsv"
+    patient = patient_of(section)
+
+    def annotations(ids: pd.Index) -> pd.DataFrame:
+        obs = pd.DataFrame(index=ids)
+        labels = _read_labels(root, section, ids)
+        if labels is not None:
+            obs["label"] = labels
+        clusters = _read_clusters(root, section, patient, ids)
+        return obs if clusters is None else obs.join(clusters)
+
+    return read_st_section(section, patient, counts_path, root / "ST-spotfiles" / f"{section}_selection.tsv",
+                           find_image(root, section), with_image=with_image, mpp=mpp, annotations=annotations)
+
+
+def read_st_section(section: str, patient: str, counts_path: Path, spot_path: Path, image: Path | None, *,
+                    with_image: bool = True, mpp: float | None = None, annotations=None) -> ad.AnnData:
+    """A legacy ST section from its counts, spot selection and image files; ``annotations(ids)``: extra obs."""
     ids, genes, values = read_counts_table(counts_path)
     spots = read_spot_table(spot_path)
 
@@ -179,7 +240,6 @@ def read_legacy_st_section(
     else:
         mpp_value, mpp_source = float(mpp), "given"
 
-    patient = patient_of(section)
     obs = pd.DataFrame(
         {
             "section": section,
@@ -189,14 +249,9 @@ def read_legacy_st_section(
         },
         index=ids,
     )
-    labels = _read_labels(root, section, ids)
-    if labels is not None:
-        obs["label"] = labels
-    clusters = _read_clusters(root, section, patient, ids)
-    if clusters is not None:
-        obs = obs.join(clusters)
+    if annotations is not None:
+        obs = obs.join(annotations(ids))
 
-    image = find_image(root, section)
     hires, scalef, image_size = None, 1.0, []
     if image is not None:
         hires, scalef, image_size = read_section_image(
@@ -247,3 +302,15 @@ def read_legacy_st(
     if require_image:
         wanted = [s for s in wanted if find_image(root, s) is not None]
     return {s: read_legacy_st_section(root, s, with_image=with_images, mpp=mpp) for s in wanted}
+
+
+def read_st_pipeline_folder(root: str | Path, sections: list[str] | None = None, *, with_images: bool = True,
+                            mpp: float | None = None) -> dict[str, ad.AnnData]:
+    """Sections of a folder of ST Pipeline files (module docstring); sections without an image are counts-only."""
+    root = Path(root)
+    samples = st_pipeline_samples(root)
+    wanted = list(samples) if sections is None else list(sections)
+    unknown = [s for s in wanted if s not in samples]
+    if unknown:
+        raise InputError(root, "section", f"unknown section(s) {unknown}; available: {sorted(samples)}")
+    return {s: read_st_section(s, s.split("_", 1)[0], *samples[s], with_image=with_images, mpp=mpp) for s in wanted}

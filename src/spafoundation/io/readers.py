@@ -9,7 +9,7 @@ import anndata as ad
 from spafoundation.errors import InputError
 from spafoundation.io import legacy_st
 
-FORMATS = ("legacy_st", "visium", "visium_hd", "visium_cohort", "hest", "generic", "h5ad")
+FORMATS = ("legacy_st", "st_pipeline", "visium", "visium_hd", "visium_cohort", "hest", "generic", "h5ad")
 # read_dataset's options a user sets for a whole dataset (command line, run config); None = not given
 DATA_OPTIONS = ("bin_um", "image")
 
@@ -36,6 +36,8 @@ def detect_format(path: str | Path) -> str:
         )
     if legacy_st.is_legacy_st(path):
         return "legacy_st"
+    if legacy_st.is_st_pipeline_folder(path):
+        return "st_pipeline"
     if (path / "st").is_dir() and ((path / "wsis").is_dir() or (path / "metadata").is_dir()):
         return "hest"
     from spafoundation.io.visium import is_visium_sample, visium_samples
@@ -52,7 +54,8 @@ def detect_format(path: str | Path) -> str:
     raise InputError(
         path,
         "data",
-        "unsupported format: expected a legacy ST folder (ST-cnts/), Space Ranger outs/ of Visium or Visium HD "
+        "unsupported format: expected a legacy ST folder (ST-cnts/, or *_stdata.tsv beside "
+        "spot_data-selection-*.tsv), Space Ranger outs/ of Visium or Visium HD "
         "(or a folder of Space Ranger samples), a HEST folder "
         "(st/, wsis/, metadata/), a generic manifest (.yaml) or an .h5ad",
     )
@@ -67,7 +70,7 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um:
     fmt = detect_format(path)
     if bin_um is not None and fmt not in ("visium_hd", "visium_cohort"):
         raise InputError(path, "bin_um", f"only Visium HD data has bins to choose; this is {fmt} data")
-    if image is not None and fmt in ("legacy_st", "hest", "generic"):
+    if image is not None and fmt in ("legacy_st", "st_pipeline", "hest", "generic"):
         raise InputError(path, "image", f"--image is for one Space Ranger sample or a one-library .h5ad; {fmt} "
                          "data finds each section's image itself")
     if image is not None:
@@ -83,6 +86,8 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um:
         return read_visium_cohort(path, sections, bin_um=bin_um, **kwargs)
     if fmt == "legacy_st":
         return legacy_st.read_legacy_st(path, sections, **kwargs)
+    if fmt == "st_pipeline":
+        return legacy_st.read_st_pipeline_folder(path, sections, **kwargs)
     if fmt == "visium":
         from spafoundation.io.visium import read_visium
 
