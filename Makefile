@@ -24,10 +24,12 @@ install: $(STAMP)
 
 # The main job on the default data: one `spafoundation run` fits expression on C2-C5 with the shipped encoder,
 # predicts C6 from its H&E alone, maps tumour and spatial domains, and writes $(DEMO_OUT)/report.html.
+# The section names and region annotations are HER2ST's: other data (make demo DATA=...) runs with run's defaults.
+HER2ST_ARGS := --sections C2,C3,C4,C5,C6 --set tumor.label_column=cluster_annotation --set tumor.route=both \
+	--set clusters.reference_column=cluster_annotation
+DEMO_ARGS ?= $(if $(wildcard $(DATA)/ST-cluster/lbl/C6-cluster-annotation.tsv.gz),$(HER2ST_ARGS),)
 demo: install
-	$(VENV)/bin/spafoundation run --data $(DATA) --out $(DEMO_OUT) --sections C2,C3,C4,C5,C6 \
-		--set tumor.label_column=cluster_annotation --set tumor.route=both \
-		--set clusters.reference_column=cluster_annotation
+	$(VENV)/bin/spafoundation run --data $(DATA) --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ruff check src tests bench
