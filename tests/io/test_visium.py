@@ -128,3 +128,10 @@ def test_run_passes_image_to_every_step(c2_small, tmp_path, capsys):
     assert len(steps) >= 3 and all(f"--image {c2_small.tiff}" in line for line in steps)
     assert main([*run, "--set", "image=5"]) == 2
     assert "image: must be the path of an image file" in capsys.readouterr().err
+
+
+def test_space_rangers_thumbnail_given_as_the_image_is_named_as_downscaled(c2_small, tmp_path):
+    root = write_visium(tmp_path / "V8", c2_small)
+    with pytest.raises(InputError, match=r"outside the \d+x\d+ px image tissue_hires_image.png .*reach [0-9.]+x the "
+                       r"image's size: spot coordinates are full-resolution pixels, and this looks like a downscaled"):
+        read_dataset(root, image=root / "outs" / "spatial" / "tissue_hires_image.png")

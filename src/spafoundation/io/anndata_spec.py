@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -81,17 +82,25 @@ def check_unique(ids: pd.Index | list, path, field: str) -> None:
         raise InputError(path, field, f"duplicated ids: {dup}")
 
 
-def check_inside(xy: np.ndarray, width: int, height: int, path, field: str = "spot coordinates") -> None:
+def check_inside(xy: np.ndarray, width: int, height: int, path, field: str = "spot coordinates",
+                 image=None) -> None:
+    """An InputError naming the coordinates' file and field unless every spot centre lies on the image (``image``:
+    its path, named in the message)."""
     if not np.all(np.isfinite(xy)):
         raise InputError(path, field, "non-finite spot coordinates")
     outside = (xy[:, 0] < 0) | (xy[:, 0] >= width) | (xy[:, 1] < 0) | (xy[:, 1] >= height)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
+        # spots spread far past the image: most likely a downscaled copy (Space Ranger's hires or lowres PNG, an
+        # export) given for the full-resolution H&E the coordinates refer to
+        scale = max(float(xy[:, 0].max()) / max(width, 1), float(xy[:, 1].max()) / max(height, 1))
+        hint = (f"; the spots reach {scale:.1f}x the image's size: spot coordinates are full-resolution pixels, "
+                "and this looks like a downscaled copy of the H&E" if scale > 1.5 else "")
         raise InputError(
             path,
             field,
-            f"{int(outside.sum())} spot centres fall outside the {width}x{height} px image "
-            f"(first: x={xy[i, 0]:.1f}, y={xy[i, 1]:.1f})",
+            f"{int(outside.sum())} spot centres fall outside the {width}x{height} px image"
+            f"{f' {Path(image).name}' if image else ''} (first: x={xy[i, 0]:.1f}, y={xy[i, 1]:.1f}){hint}",
         )
 
 
@@ -103,7 +112,7 @@ def read_section_image(
     Returns (hires thumbnail or None, its scale factor, [width, height]). ``with_image=False`` skips the
     thumbnail but still checks the file, so ``spafoundation info`` reports a truncated image."""
     with open_slide(image, mpp=mpp) as slide:
-        check_inside(xy, slide.width, slide.height, coords_path, coords_field)
+        check_inside(xy, slide.width, slide.height, coords_path, coords_field, image)
         size = [int(slide.width), int(slide.height)]
         if not with_image:
             slide.verify()
