@@ -123,8 +123,14 @@ def unsupported_folder(root, c):
 
 def unsupported_file(root, c):
     root.mkdir(parents=True)
-    (root / "data.csv").write_text("a,b\n1,2\n")
-    return root / "data.csv", "data.csv", "data"
+    (root / "data.xlsx").write_text("a,b\n1,2\n")
+    return root / "data.xlsx", "data.xlsx", "data"
+
+
+def spots_table_without_image(root, c):
+    root.mkdir(parents=True)
+    (root / "spots.csv").write_text("id,x,y\ns1,10,10\n")
+    return root / "spots.csv", "spots.csv", "image"
 
 
 CASES = [
@@ -145,6 +151,7 @@ CASES = [
     manifest_misspelt_key,
     unsupported_folder,
     unsupported_file,
+    spots_table_without_image,
 ]
 
 

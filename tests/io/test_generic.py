@@ -50,3 +50,28 @@ def test_generic_unknown_pixel_size(c2_small, tmp_path):
     with pytest.raises(InputError, match="unknown pixel size") as e:
         read_dataset(manifest)
     assert e.value.path == str(manifest) and "mpp" in e.value.field
+
+
+def test_spots_table_with_its_image_is_a_section_without_counts(c2_small, tmp_path, capsys):
+    """An H&E and a CSV of its spots, no manifest: what predict-expression needs."""
+    import tifffile
+
+    from spafoundation.cli import main
+
+    write_manifest(tmp_path, c2_small)  # writes spots.csv (id, x, y, array_row, array_col) beside the image
+    spots = tmp_path / "spots.csv"
+    with pytest.raises(InputError, match=r"unknown pixel size.*--mpp \(the image records none\)"):
+        read_dataset(spots, image=c2_small.tiff)
+    data = read_dataset(spots, image=c2_small.tiff, mpp=c2_small.mpp)
+    a = data["spots"]
+    assert a.n_obs == len(c2_small.ids) and a.n_vars == 0 and image_path(a) == str(c2_small.tiff.resolve())
+    np.testing.assert_allclose(a.obsm["spatial"], c2_small.xy)
+    # an OME-TIFF records its pixel size: no --mpp needed
+    ome = tmp_path / "he.ome.tif"
+    tifffile.imwrite(ome, c2_small.rgb, photometric="rgb", metadata={"axes": "YXS", "PhysicalSizeX": c2_small.mpp,
+                                                                     "PhysicalSizeY": c2_small.mpp})
+    a = read_dataset(spots, image=ome)["spots"]
+    assert microns_per_pixel(a) == pytest.approx(c2_small.mpp)
+    assert spatial_meta(a)["metadata"]["mpp_source"] == "the image's metadata"
+    assert main(["info", str(spots), "--image", str(ome)]) == 0
+    assert "format: spots_table" in capsys.readouterr().out

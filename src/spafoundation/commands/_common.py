@@ -88,8 +88,12 @@ def add_data_options(p) -> None:
                    help="Visium HD: spot size in microns, a bin size Space Ranger wrote or a multiple of one (bins "
                         "summed into k x k blocks); default its 16 um bins")
     p.add_argument("--image", metavar="PATH",
-                   help="the full-resolution H&E of one Space Ranger sample (Visium or HD) or of a one-library "
-                        ".h5ad, when it is not in the sample folder (spatial/ holds only Space Ranger's thumbnails)")
+                   help="the full-resolution H&E of one Space Ranger sample (Visium or HD), of a one-library .h5ad "
+                        "or of a table of spots, when it is not in the sample folder (spatial/ holds only Space "
+                        "Ranger's thumbnails)")
+    p.add_argument("--mpp", type=positive_float, metavar="UM",
+                   help="microns per pixel of the full-resolution images, over what the data says (with --tiles: "
+                        "for slides whose metadata lacks it)")
 
 
 def data_options(args) -> dict:

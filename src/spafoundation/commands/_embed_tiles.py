@@ -55,8 +55,6 @@ def run(args) -> int:
         raise InputError(None, "--batch-size", "must be >= 1")
     if not 0 <= args.min_tissue <= 1:
         raise InputError(None, "--min-tissue", f"must be in [0, 1], got {args.min_tissue}")
-    if args.mpp is not None and not args.mpp > 0:
-        raise InputError(None, "--mpp", f"must be positive, got {args.mpp}")
     world = current_world()
     slides = list_slides(args.data, mpp=args.mpp)
     device = device_for(world, args.device)

@@ -13,7 +13,6 @@ from spafoundation.commands._common import (
     data_options,
     imaged_sections,
     non_negative_int,
-    positive_float,
     positive_int,
     unit_interval,
 )
@@ -102,7 +101,6 @@ def register(subparsers) -> None:
     tiles.add_argument("--tiles", action="store_true",
                        help="embed a grid of encoder-sized tiles over each slide's tissue, one h5ad per slide; "
                        "shards slides across processes under torchrun and skips slides already done")
-    tiles.add_argument("--mpp", type=positive_float, help="microns per pixel for slides whose metadata lacks it")
     tiles.add_argument("--min-tissue", type=unit_interval, default=0.25, help="least tissue share of a kept tile")
     tiles.add_argument("--workers", type=non_negative_int,
                        help="DataLoader reader processes (default: spare cores, <= 4)")

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from spafoundation.commands._common import add_data_options, data_options, positive_float
+from spafoundation.commands._common import add_data_options, data_options
 from spafoundation.io.anndata_spec import spatial_meta
 from spafoundation.io.readers import detect_format, read_dataset
 
 LABEL_COLUMNS = ("label", "cluster_annotation")
 
 
-def summarize(path, sections=None, mpp: float | None = None, **options) -> pd.DataFrame:
-    """One row per section; ``options``: ``read_dataset``'s (bin_um, image)."""
-    data = read_dataset(path, sections, with_images=False, **options, **({} if mpp is None else {"mpp": mpp}))
+def summarize(path, sections=None, **options) -> pd.DataFrame:
+    """One row per section; ``options``: ``read_dataset``'s (bin_um, image, mpp)."""
+    data = read_dataset(path, sections, with_images=False, **options)
     rows = []
     for name, adata in data.items():
         meta = spatial_meta(adata)
@@ -46,8 +46,7 @@ def summarize(path, sections=None, mpp: float | None = None, **options) -> pd.Da
 
 def run(args) -> int:
     fmt = detect_format(args.path)
-    table = summarize(args.path, args.sections.split(",") if args.sections else None, args.mpp,
-                      **data_options(args))
+    table = summarize(args.path, args.sections.split(",") if args.sections else None, **data_options(args))
     n_img = int((table["image"] != "-").sum())
     print(f"{args.path}  format: {fmt}")
     print(table.to_string(index=False))
@@ -67,8 +66,5 @@ def register(subparsers) -> None:
     )
     p.add_argument("path", help="dataset folder (legacy ST, Space Ranger outs/ of Visium or Visium HD, HEST), manifest or .h5ad")
     p.add_argument("--sections", help="comma-separated subset of sections")
-    p.add_argument(
-        "--mpp", type=positive_float, help="microns per pixel of the full-resolution images, when the data cannot tell"
-    )
     add_data_options(p)
     p.set_defaults(func=run)

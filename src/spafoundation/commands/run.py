@@ -27,6 +27,7 @@ DEFAULTS: dict = {
     "sections": None,  # all sections of the dataset
     "bin_um": None,  # Visium HD: spot size in microns (io/visium_hd.py); or --bin-um
     "image": None,  # the H&E of one Space Ranger sample (or one-library .h5ad) kept elsewhere; or --image
+    "mpp": None,  # microns per pixel of the images, over what the data says; or --mpp
     "encoder": "spafoundation-default",
     "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
     "cache_dir": None,  # default: DIR/cache
@@ -139,7 +140,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     imaged = list(imaged_sections(data, data_path))
     cache = str(cfg["cache_dir"] or out / "cache")
     common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else []),
-              *(["--image", str(cfg["image"])] if cfg["image"] else [])]
+              *(["--image", str(cfg["image"])] if cfg["image"] else []),
+              *(["--mpp", repr(float(cfg["mpp"]))] if cfg["mpp"] else [])]
     precision = ["--precision", str(cfg["precision"])] if cfg["precision"] else []
     enc = ["--encoder", str(cfg["encoder"]), *precision]
     steps = []
@@ -258,9 +260,10 @@ def run(args) -> int:
     for key in DATA_OPTIONS:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    if cfg["bin_um"] is not None and (isinstance(cfg["bin_um"], bool) or not isinstance(cfg["bin_um"], int | float)
-                                      or cfg["bin_um"] <= 0):
-        raise InputError(args.config, "bin_um", f"must be a positive number of microns, got {cfg['bin_um']!r}")
+    for key in ("bin_um", "mpp"):
+        v = cfg[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf")):
+            raise InputError(args.config, key, f"must be a positive number of microns, got {v!r}")
     if cfg["image"] is not None and not isinstance(cfg["image"], str):
         raise InputError(args.config, "image", f"must be the path of an image file, got {cfg['image']!r}")
     if cfg["precision"] is not None and cfg["precision"] not in CHOICES:

@@ -17,8 +17,9 @@ Schema (paths are relative to the manifest's folder; top-level ``mpp``, ``pitch_
         mpp: 0.5                  # microns per pixel; else estimated from pitch_um
         pitch_um: 100             # centre-to-centre spot distance, used only when mpp is absent
 
-Without ``mpp`` or ``pitch_um`` the pixel size is unknown and the section is an InputError; so is a key outside this
-schema (a misspelt one would otherwise be ignored). Every spot id in the counts must be in the spots table; spots
+Without ``mpp`` or ``pitch_um`` the pixel size is what the image records (OME-XML, Aperio, OpenSlide, plausible
+resolution tags); without that either, the section is an InputError; so is a key outside this schema (a misspelt
+one would otherwise be ignored). Every spot id in the counts must be in the spots table; spots
 without counts are dropped.
 """
 
@@ -83,6 +84,15 @@ def _check_known(entry: dict, known: tuple, path: Path, where: str) -> None:
     unknown = [str(k) for k in entry if k not in known]
     if unknown:
         raise InputError(path, f"{where}{unknown[0]}", f"unknown key (known: {', '.join(known)})")
+
+
+def image_mpp(image: Path) -> float | None:
+    """The pixel size an image records itself (OME-XML, an Aperio description, OpenSlide's property, plausible
+    resolution tags), or None."""
+    from spafoundation.io.slide import open_slide
+
+    with open_slide(image) as slide:
+        return getattr(slide, "mpp", None)
 
 
 def _resolve(base: Path, value, manifest_path: Path, field: str) -> Path:
@@ -210,6 +220,8 @@ def read_generic_section(
 
     xy = spots[["x", "y"]].to_numpy(dtype=np.float64)
     has_grid = {"array_row", "array_col"} <= set(spots.columns)
+    image = entry.get("image")
+    image = _resolve(base, image, manifest_path, f"sections[{section}].image") if image else None
     if mpp is not None:
         mpp, mpp_source = float(mpp), "given"
     elif opt["mpp"] is not None:
@@ -229,13 +241,12 @@ def read_generic_section(
         else:
             mpp = estimate_mpp_from_neighbours(xy, pitch, spots_path)
         mpp_source = f"estimated from the {pitch:g} um spot pitch"
+    elif image is not None and (mpp := image_mpp(image)) is not None:
+        mpp_source = "the image's metadata"
     else:
-        raise InputError(
-            manifest_path, f"sections[{section}].mpp", "unknown pixel size: give mpp or pitch_um"
-        )
+        raise InputError(manifest_path, f"sections[{section}].mpp", "unknown pixel size: give mpp or pitch_um, or "
+                         f"--mpp ({'the image records none' if image else 'no image to read it from'})")
 
-    image = entry.get("image")
-    image = _resolve(base, image, manifest_path, f"sections[{section}].image") if image else None
     hires, scalef, image_size = None, 1.0, []
     if image is not None:
         hires, scalef, image_size = read_section_image(
@@ -287,3 +298,16 @@ def read_generic_manifest(
     # keyed by the ids above: an entry without one raises in read_generic_section, naming the field
     return {i: read_generic_section(e, defaults, base, manifest_path, mpp=mpp, with_images=with_images)
             for i, e in zip(ids, manifest["sections"], strict=True)}
+
+
+def read_spots_table(path: str | Path, *, image: str | Path | None = None, mpp: float | None = None,
+                     with_images: bool = True) -> dict[str, ad.AnnData]:
+    """An H&E with a table of its spots (.csv/.tsv: columns id, x, y in the image's full-resolution pixels
+    [, array_row, array_col]) and no counts: one section named by the table's file, for what needs only the image
+    (predict-expression with a fitted model, embed, cluster, tumour with a model). The image is ``image``
+    (``--image``); the pixel size ``mpp``, else the image's own metadata. Counts need a manifest."""
+    path = Path(path)
+    if image is None:
+        raise InputError(path, "image", "a table of spots is read with its H&E: give --image")
+    entry = {"id": path.stem, "spots": str(path.resolve()), "image": str(Path(image).resolve())}
+    return {path.stem: read_generic_section(entry, {}, path.parent, path, mpp=mpp, with_images=with_images)}

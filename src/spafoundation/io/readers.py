@@ -9,9 +9,10 @@ import anndata as ad
 from spafoundation.errors import InputError
 from spafoundation.io import legacy_st
 
-FORMATS = ("legacy_st", "st_pipeline", "visium", "visium_hd", "visium_cohort", "hest", "generic", "h5ad")
+FORMATS = ("legacy_st", "st_pipeline", "visium", "visium_hd", "visium_cohort", "hest", "generic", "h5ad",
+           "spots_table")
 # read_dataset's options a user sets for a whole dataset (command line, run config); None = not given
-DATA_OPTIONS = ("bin_um", "image")
+DATA_OPTIONS = ("bin_um", "image", "mpp")
 
 
 def data_options(values) -> dict:
@@ -31,8 +32,11 @@ def detect_format(path: str | Path) -> str:
             return "h5ad"
         if suffix in (".yaml", ".yml", ".json"):
             return "generic"
+        if suffix in (".csv", ".tsv"):
+            return "spots_table"
         raise InputError(
-            path, "data", f"unsupported format '{suffix}': give a folder, an .h5ad or a generic manifest"
+            path, "data", f"unsupported format '{suffix}': give a folder, an .h5ad, a generic manifest or a .csv "
+            "of spots with --image"
         )
     if legacy_st.is_legacy_st(path):
         return "legacy_st"
@@ -97,6 +101,10 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um:
         from spafoundation.io.hest import read_hest
 
         return read_hest(path, sections, **kwargs)
+    if fmt == "spots_table":
+        from spafoundation.io.generic import read_spots_table
+
+        return _select(read_spots_table(path, **kwargs), sections, path)
     if fmt == "generic":
         from spafoundation.io.generic import read_generic_manifest
 

@@ -226,6 +226,9 @@ class PILSlide(Slide):
         self._array = None
 
 
+MPP_PLAUSIBLE = (0.05, 20.0)  # um/px: from a 100x objective to a coarse overview scan
+
+
 def _tiff_mpp(tif) -> float | None:
     """Pixel size from OME-XML, an Aperio description (``MPP = x``) or the resolution tags."""
     try:
@@ -249,7 +252,9 @@ def _tiff_mpp(tif) -> float | None:
             unit = int(tags["ResolutionUnit"].value)
             px_per_unit = num / den if den else 0
             if px_per_unit > 0 and unit in (2, 3):
-                return (25400.0 if unit == 2 else 10000.0) / px_per_unit
+                mpp = (25400.0 if unit == 2 else 10000.0) / px_per_unit
+                # a writer's default (72 or 300 dpi: 353 or 85 um/px) is no microscope's pixel size
+                return mpp if MPP_PLAUSIBLE[0] <= mpp <= MPP_PLAUSIBLE[1] else None
     except Exception:  # metadata is advisory: a malformed tag must not make a readable slide unreadable
         return None
     return None
