@@ -156,3 +156,12 @@ def test_commands_never_replace_a_folder_of_the_users(her2st_root, tmp_path, cap
         assert main(argv) == 2
         assert "--out: this folder holds files spafoundation did not write" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_run_passes_mpp_to_every_step(her2st_root, tmp_path, capsys):
+    args = ["run", "--data", str(her2st_root), "--sections", "C3,C4", "--out", str(tmp_path / "run"), "--dry-run"]
+    assert main([*args, "--mpp", "0.7"]) == 0
+    steps = [line for line in capsys.readouterr().out.splitlines() if ": spafoundation " in line]
+    assert len(steps) >= 4 and all("--mpp 0.7" in line for line in steps)
+    assert main([*args, "--set", "mpp=-1"]) == 2
+    assert "mpp: must be a positive number of microns" in capsys.readouterr().err
