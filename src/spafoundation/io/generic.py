@@ -19,8 +19,8 @@ Schema (paths are relative to the manifest's folder; top-level ``mpp``, ``pitch_
 
 Without ``mpp`` or ``pitch_um`` the pixel size is what the image records (OME-XML, Aperio, OpenSlide, plausible
 resolution tags); without that either, the section is an InputError; so is a key outside this schema (a misspelt
-one would otherwise be ignored). Every spot id in the counts must be in the spots table; spots
-without counts are dropped.
+one would otherwise be ignored). Every spot id in the counts must be in the spots table; spots without counts are
+dropped. ``read_spots_table``: an H&E and a table of its spots, without a manifest.
 """
 
 from __future__ import annotations
