@@ -51,10 +51,6 @@ def run(args) -> int:
                         ("--cache-dir", args.cache_dir)):
         if value:
             raise InputError(None, flag, "applies to spot embeddings, not to --tiles")
-    if args.batch_size < 1:
-        raise InputError(None, "--batch-size", "must be >= 1")
-    if not 0 <= args.min_tissue <= 1:
-        raise InputError(None, "--min-tissue", f"must be in [0, 1], got {args.min_tissue}")
     world = current_world()
     slides = list_slides(args.data, mpp=args.mpp)
     device = device_for(world, args.device)

@@ -109,9 +109,12 @@ def check_inputs(data: dict, cfg: dict) -> None:
         train, _ = expression_split(data, e)
         if train:
             select_genes([data[n] for n in train], e["genes"], TARGET_SUM)
+    from spafoundation.tasks.tumor import tumor_routes
+
     imaged = [a for a in data.values() if image_path(a)]
-    columns = {"tumor.label_column": cfg["tumor"]["enabled"] and cfg["tumor"]["route"] != "markers"
-               and cfg["tumor"]["label_column"],
+    t = cfg["tumor"]
+    columns = {"tumor.label_column": t["enabled"] and "supervised" in tumor_routes(t["route"], bool(t["label_column"]))
+               and t["label_column"],
                "clusters.reference_column": cfg["clusters"]["enabled"] and cfg["clusters"]["reference_column"]}
     for key, col in columns.items():
         if col and not any(col in a.obs and a.obs[col].notna().any() for a in imaged):
@@ -126,12 +129,11 @@ _NO_MARKERS = ("no marker gene (tumor.markers, default HER2+ breast cancer's) is
 def _tumor_markers_usable(data: dict, imaged: list[str], t: dict) -> bool:
     """Whether the tumour step's label-free route, when the config leads to it, has marker genes to train on (the
     supervised route alone, from labels, needs none)."""
-    from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, marker_training
+    from spafoundation.tasks.tumor import marker_list, marker_training, tumor_routes
 
-    uses_markers = t["route"] in ("markers", "both") or (not t["route"] and not t["label_column"])
-    markers = t["markers"] or BREAST_TUMOR_MARKERS
-    markers = [m.strip() for m in markers.split(",") if m.strip()] if isinstance(markers, str) else list(markers)
-    return not uses_markers or bool(marker_training({n: data[n] for n in imaged}, markers)[1])
+    if "markers" not in tumor_routes(t["route"], labelled=bool(t["label_column"])):
+        return True
+    return bool(marker_training({n: data[n] for n in imaged}, marker_list(t["markers"]))[1])
 
 
 def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[Step]:

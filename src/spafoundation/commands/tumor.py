@@ -28,14 +28,6 @@ SCORES = {"tumor_probability": ("tumour probability", "magma", 0.0, 1.0),
           "tumor_marker_score": ("marker score (z)", "magma", None, None)}
 
 
-def _routes(args) -> list[str]:
-    if args.route == "both":
-        return ["supervised", "markers"]
-    if args.route:
-        return [args.route]
-    return ["supervised"] if (args.label_column or args.model) else ["markers"]
-
-
 def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: str) -> None:
     """Scores over the H&E: spots, then the tissue grid, then the labels when known."""
     from spafoundation.report.spatial_maps import plot_panels
@@ -59,7 +51,7 @@ def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: s
 def run(args) -> int:
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.readers import read_dataset
-    from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, TumorModel, tumor_maps
+    from spafoundation.tasks.tumor import TumorModel, marker_list, tumor_maps, tumor_routes
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
@@ -72,9 +64,10 @@ def run(args) -> int:
     targets = imaged_sections({n: a for n, a in data.items() if not wanted or n in wanted}, args.data, "to score")
     train_names = parse_sections(args.train_sections)
     train = {n: a for n, a in imaged.items() if not train_names or n in train_names}
-    markers = [g.strip() for g in args.markers.split(",") if g.strip()] if args.markers else BREAST_TUMOR_MARKERS
+    markers = marker_list(args.markers)
     model = TumorModel.load(args.model, encoder=args.encoder) if args.model else None
-    res = tumor_maps(targets, train, routes=_routes(args), label_column=args.label_column, positive=args.positive,
+    routes = tumor_routes(args.route, labelled=bool(args.label_column or args.model))
+    res = tumor_maps(targets, train, routes=routes, label_column=args.label_column, positive=args.positive,
                      markers=markers, model=model, encoder=args.encoder, grid_um=args.grid_um or None,
                      cache_dir=cache_dir(args), progress=not args.quiet)
     with atomic_dir(out) as tmp:

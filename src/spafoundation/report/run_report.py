@@ -102,6 +102,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     """``notes``: what the run left out and why (shown under Run)."""
     from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta
     from spafoundation.io.readers import data_options
+    from spafoundation.tasks.tumor import tumor_routes
 
     out = Path(out)
     imaged = [n for n, a in data.items() if image_path(a)]
@@ -124,7 +125,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     if sr:
         blocks.append(sr)
     t = cfg.get("tumor", {})
-    route = t.get("route") or ("supervised" if t.get("label_column") else "markers")
+    route = t.get("route") or tumor_routes(None, bool(t.get("label_column")))[0]
     tumor = _task_block(out, "tumor", "Tumour map",
                         f"Route: {route}. Supervised: logistic regression on spot features trained on the spots of "
                         f"obs['{t.get('label_column')}']; label-free: the predicted expression of tumour marker "

@@ -149,6 +149,23 @@ class TumorModel:
 ROUTES = ("supervised", "markers")
 
 
+def tumor_routes(route: str | None, labelled: bool) -> list[str]:
+    """The routes a request runs: ``route`` ("supervised", "markers" or "both"); by default the supervised one when
+    labels (or a fitted model) are given, else the label-free one."""
+    if route == "both":
+        return list(ROUTES)
+    if route:
+        return [route]
+    return ["supervised"] if labelled else ["markers"]
+
+
+def marker_list(markers) -> list[str]:
+    """Marker genes from a comma-separated string or a list; none given: the HER2+ breast cancer markers."""
+    if isinstance(markers, str):
+        markers = [g.strip() for g in markers.split(",") if g.strip()]
+    return list(markers) if markers else list(BREAST_TUMOR_MARKERS)
+
+
 def held_out_models(targets: Sequence[str], train: Sequence[str], fit) -> tuple[dict, object]:
     """A model per target section: fitted without that section when it is a training section (so its scores are
     out-of-sample), otherwise the model of all training sections. Returns ({target: (model, held_out)}, full)."""
