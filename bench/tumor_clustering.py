@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/tumor_clustering.py [--data ../shared/data/her2st] [--out bench_out/tumor_clustering]
 
-Prints the tables and the ratios of the default pipeline to the colour and random-init baselines (tumour ROC AUC)
-and of smoothed to unsmoothed clustering (ARI), all measured in this run; rewrites the `tumor` and `clustering`
-sections of BENCHMARKS.md."""
+Tumour detection on patient C's sections C2-C6 and patient A's A1: leave-one-patient-out first (C -> A and A -> C,
+then their mean), then leave-one-section-out within patient C; each section labelled by the pathologist's labels
+where it has them (A1), else the annotations of expression clusters (C2-C6). Prints the tables and the ratios of the
+default pipeline to the colour and random-init baselines (tumour ROC AUC, per headline row) and of smoothed to
+unsmoothed clustering (ARI), all measured in this run; rewrites the `tumor` and `clustering` sections of
+BENCHMARKS.md (not with --no-write)."""
 
 from __future__ import annotations
 
@@ -26,13 +29,25 @@ def ratio(a_name: str, a: float, b_name: str, b: float) -> str:
     return f"- {a_name} / {b_name}: {a:.3f} / {b:.3f} = **{a / b:.2f}x**"
 
 
-def tumor_ratios(rows: pd.DataFrame) -> list[str]:
-    by = rows.groupby("contender", sort=False)["roc_auc"].mean()
+def _tumor_ratios(by: pd.Series) -> list[str]:
     pipe = next(c for c in by.index if c.startswith("pipeline"))
     rnd = next(c for c in by.index if c.startswith("random-"))
     markers = next(c for c in by.index if c.startswith("label-free"))
     return [ratio(pipe, by[pipe], b, by[b]) for b in ("mean colour + logistic", "colour/texture + logistic", rnd)] + [
         ratio(markers, by[markers], "mean colour + logistic", by["mean colour + logistic"])]
+
+
+def tumor_ratios(summary: pd.DataFrame) -> list[str]:
+    """Ratios of mean ROC AUC on the leave-one-patient-out mean of the directions (the headline), then on
+    leave-one-section-out; rows of tumor_summary.csv."""
+    from spafoundation.eval.splits import LOSO, headline
+
+    lines = []
+    for rows in (headline(summary), summary[summary["split"] == LOSO]):
+        if len(rows):
+            lines += [f"{rows['split'].iloc[0]}, {rows['direction'].iloc[0]}:",
+                      *_tumor_ratios(rows.set_index("contender")["roc_auc"])]
+    return lines
 
 
 def clustering_ratios(rows: pd.DataFrame) -> list[str]:
@@ -54,15 +69,15 @@ def run(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    tumor_cli = ["benchmark", "tumor", args.data, "--sections", "C2,C3,C4,C5,C6", "--out", str(out),
-                 "--quiet", "--precision", REFERENCE]
+    tumor_cli = ["benchmark", "tumor", args.data, "--sections", "C2,C3,C4,C5,C6,A1", "--label-column",
+                 "label,cluster_annotation", "--out", str(out), "--quiet", "--precision", REFERENCE]
     cluster_cli = ["benchmark", "clustering", args.data, "--out", str(out), "--quiet", "--precision", REFERENCE]
     for cli in (tumor_cli, cluster_cli):
         code = main(cli)
         if code:
             return code
     here = "`.venv/bin/python bench/tumor_clustering.py`"
-    t_lines = tumor_ratios(pd.read_csv(out / "tumor_per_section.csv"))
+    t_lines = tumor_ratios(pd.read_csv(out / "tumor_summary.csv"))
     c_lines = []
     for part in ("imaged", "pathologist"):
         f = out / f"clustering_{part}_per_section.csv"
@@ -73,8 +88,8 @@ def run(argv=None) -> int:
     if not args.no_write:
         t_md = (out / "tumor_benchmark.md").read_text().replace(
             f"`spafoundation {' '.join(tumor_cli)}`", here)
-        update_section("tumor", "## Tumour detection (leave-one-section-out)\n\n" + t_md +
-                       "\nRatios (same run, mean ROC AUC over sections):\n\n" + "\n".join(t_lines))
+        update_section("tumor", "## Tumour detection (leave-one-patient-out, leave-one-section-out)\n\n" + t_md +
+                       "\nRatios (same run, mean ROC AUC of a row):\n\n" + "\n".join(t_lines))
         c_md = (out / "clustering_benchmark.md").read_text().replace(
             f"`spafoundation {' '.join(cluster_cli)}`", here)
         update_section("clustering", "## Spatial clustering (ARI / NMI against reference regions)\n\n" + c_md +

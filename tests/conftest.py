@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 HER2ST = Path(os.environ.get("SPAFOUNDATION_HER2ST", REPO.parent / "shared" / "data" / "her2st"))
+# Patient C's full-resolution sections; A1 (patient A) has an image too, a low-resolution copy (its README).
 IMAGED_SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 
 
@@ -45,7 +46,7 @@ def her2st_c2(her2st_root):
 
 @pytest.fixture(scope="session")
 def her2st_imaged(her2st_root):
-    """The five imaged sections C2-C6 without thumbnails (faster); images are still located."""
+    """Patient C's five imaged sections C2-C6 without thumbnails (faster); images are still located."""
     from spafoundation.io import read_dataset
 
     return read_dataset(her2st_root, IMAGED_SECTIONS, with_images=False)

@@ -42,10 +42,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(her2st_root, tmp_path, capsy
     assert "spafoundation tumor" in text and "spafoundation cluster" in text and not out.exists()
     assert "left out" not in text
     # sections without an image are named as left out, and are in no step
-    assert main(["run", "--data", str(her2st_root), "--sections", "A1,C2,C3", "--out", str(out), "--dry-run"]) == 0
+    assert main(["run", "--data", str(her2st_root), "--sections", "B1,C2,C3", "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     steps = [line for line in text.splitlines() if line.lstrip().startswith("[")]
-    assert "without an H&E image, left out of every step: A1" in text and not any("A1" in s for s in steps)
+    assert "without an H&E image, left out of every step: B1" in text and not any("B1" in s for s in steps)
 
 
 @pytest.mark.parametrize("setting, field", [("nope=1", "nope"), ("tumor.colour=1", "tumor.colour"),
@@ -165,3 +165,14 @@ def test_run_passes_mpp_to_every_step(her2st_root, tmp_path, capsys):
     assert len(steps) >= 4 and all("--mpp 0.7" in line for line in steps)
     assert main([*args, "--set", "mpp=-1"]) == 2
     assert "mpp: must be a positive number of microns" in capsys.readouterr().err
+
+
+def test_tumour_rows_say_whether_each_score_is_out_of_sample_and_what_the_model_saw():
+    from spafoundation.report.run_report import _tumor_rows
+
+    base = {"roc_auc": 0.9, "pr_auc": 0.8, "n_positive": 5, "n_spots": 10}
+    rows = _tumor_rows({"supervised": {"C2": {**base, "held_out": True, "trained_on": ["C3", "C4"]},
+                                       "C3": {**base, "held_out": False, "trained_on": ["C3", "C4"]},
+                                       "C5": {**base, "held_out": None, "trained_on": None}}})
+    assert [(r["section"], r["out-of-sample"], r["model trained on"]) for r in rows] == [
+        ("C2", "yes", "C3, C4"), ("C3", "no", "C3, C4"), ("C5", "unknown", "unknown")]

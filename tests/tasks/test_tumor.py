@@ -12,7 +12,14 @@ import pytest
 from spafoundation.cli import main
 from spafoundation.errors import InputError
 from spafoundation.tasks.labels import tumor_labels
-from spafoundation.tasks.tumor import TumorClassifier, TumorModel, held_out_models, tumor_maps
+from spafoundation.tasks.tumor import (
+    TumorClassifier,
+    TumorModel,
+    held_out_models,
+    sample_fields,
+    sample_note,
+    tumor_maps,
+)
 
 
 def test_tumor_labels_match_case_insensitively_and_leave_unknown_out():
@@ -49,8 +56,21 @@ def test_held_out_models_never_score_a_section_with_a_model_that_saw_it():
 
     per, full = held_out_models(["A", "B", "X"], ["A", "B", "C"], fit)
     assert full == ("A", "B", "C")
-    assert per["A"] == (("B", "C"), True) and per["B"] == (("A", "C"), True)
-    assert per["X"] == (("A", "B", "C"), False)
+    assert per["A"] == (("B", "C"), ["B", "C"]) and per["B"] == (("A", "C"), ["A", "C"])
+    assert per["X"] == (("A", "B", "C"), ["A", "B", "C"])
+    # every target is out-of-sample: A and B held out by refitting, X never in training
+    assert all(sample_fields(t, per[t][1])["held_out"] for t in ("A", "B", "X"))
+    # the only training section cannot be held out: it is scored in training, and says so
+    per, _ = held_out_models(["A", "X"], ["A"], fit)
+    assert per["A"] == (("A",), ["A"]) and sample_fields("A", per["A"][1]) == {"held_out": False, "trained_on": ["A"]}
+    assert sample_fields("X", per["X"][1]) == {"held_out": True, "trained_on": ["A"]}
+
+
+def test_sample_fields_and_note():
+    assert sample_note(sample_fields("C4", ["C2", "C3"])) == "out-of-sample (model trained on C2, C3)"
+    assert sample_note(sample_fields("C2", ["C2", "C3"])) == "in training (model trained on C2, C3)"
+    assert sample_fields("C2", None) == {"held_out": None, "trained_on": None}
+    assert sample_note(sample_fields("C2", None)) == "training sections unknown"
 
 
 @pytest.fixture
@@ -74,6 +94,33 @@ def test_tumor_maps_both_routes_on_real_sections(labelled, tmp_path):
                                               "EPCAM", "CDH1", "MUC1", "CD24"}
 
 
+def test_tumor_maps_records_per_section_whether_its_score_is_out_of_sample(labelled, tmp_path):
+    """C2 is the only training section (scored in training); C3 and C4 were never in training (out-of-sample). A
+    saved model scores by its recorded training sections; one that records none says so."""
+    res = tumor_maps(labelled, {"C2": labelled["C2"]}, routes=["supervised", "markers"],
+                     label_column="cluster_annotation", source="mean_colour", context=1.0, neighbours_um=0.0,
+                     cache_dir=tmp_path)
+    for route in ("supervised", "markers"):
+        per = res["metrics"][route]
+        assert set(per) == {"C2", "C3", "C4"}
+        assert per["C2"]["held_out"] is False and per["C2"]["trained_on"] == ["C2"]
+        assert per["C3"]["held_out"] is True and per["C4"]["held_out"] is True
+        assert per["C3"]["trained_on"] == per["C4"]["trained_on"] == ["C2"]
+    model = res["model"]
+    assert model.training["sections"] == ["C2"]
+    again = tumor_maps(labelled, {}, routes=["supervised"], label_column="cluster_annotation", model=model,
+                       cache_dir=tmp_path)["metrics"]["supervised"]
+    assert again["C2"] == {**res["metrics"]["supervised"]["C2"], "held_out": False, "trained_on": ["C2"]}
+    assert again["C3"]["held_out"] is True and again["C3"]["trained_on"] == ["C2"]
+    model.save(tmp_path / "model")
+    loaded = TumorModel.load(tmp_path / "model")
+    assert loaded.training["sections"] == ["C2"]
+    loaded.training = {}  # a model that does not record its training sections
+    unknown = tumor_maps({"C3": labelled["C3"]}, {}, routes=["supervised"], label_column="cluster_annotation",
+                         model=loaded, cache_dir=tmp_path)["metrics"]["supervised"]["C3"]
+    assert unknown["held_out"] is None and unknown["trained_on"] is None
+
+
 def test_tumor_maps_needs_labels_for_the_supervised_route(labelled):
     with pytest.raises(InputError, match="known labels"):
         tumor_maps(labelled, labelled, routes=["supervised"], label_column="nope", source="mean_colour")
@@ -90,14 +137,21 @@ def test_cli_tumor_writes_spots_grid_model_and_heatmaps(her2st_root, tiny_folder
     grid = ad.read_h5ad(out / "grid.h5ad")
     assert set(grid.obs["section"]) == {"C2", "C3"} and grid.obs["tumor_probability"].between(0, 1).all()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"supervised", "markers"} and metrics["supervised"]["C2"]["held_out"]
+    assert set(metrics) == {"supervised", "markers"} and metrics["supervised"]["C2"]["held_out"] is True
+    trained = metrics["supervised"]["C2"]["trained_on"]  # every other imaged section with labels: C3-C6, A1
+    assert "C2" not in trained and {"C3", "C4", "A1"} <= set(trained)
     assert (out / "C2_tumor.png").stat().st_size > 10_000
-    assert "ROC AUC" in capsys.readouterr().out
-    # the saved model scores an image-only section by itself
+    text = capsys.readouterr().out
+    assert "ROC AUC" in text and f"tumour spots, out-of-sample (model trained on {', '.join(trained)})" in text
+    assert "in training" not in text
+    # the saved model scores an image-only section by itself; C4 was among its training sections: in training
     out2 = tmp_path / "again"
     assert main(["tumor", str(her2st_root), "--sections", "C4", "--model", str(out / "model"), "--grid-um", "0",
-                 "--no-figure", "--out", str(out2), *common]) == 0
+                 "--label-column", "cluster_annotation", "--no-figure", "--out", str(out2), *common]) == 0
     assert ad.read_h5ad(out2 / "spots.h5ad").obs["tumor_probability"].notna().all()
+    again = json.loads((out2 / "metrics.json").read_text())["supervised"]["C4"]
+    assert again["held_out"] is False and "C4" in again["trained_on"]
+    assert "C4 supervised" in (text := capsys.readouterr().out) and "tumour spots, in training (model" in text
     assert TumorModel.load(out / "model", encoder=str(tiny_folder)).recipe["context"] == 2.0
 
 

@@ -51,7 +51,7 @@ def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: s
 def run(args) -> int:
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.readers import read_dataset
-    from spafoundation.tasks.tumor import TumorModel, marker_list, tumor_maps, tumor_routes
+    from spafoundation.tasks.tumor import TumorModel, marker_list, sample_note, tumor_maps, tumor_routes
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
@@ -88,9 +88,8 @@ def run(args) -> int:
                 draw_section(tmp / f"{n}_tumor.png", a, res["grid"].get(n), n)
     for route, per in res["metrics"].items():
         for n, m in per.items():
-            note = "held out" if m["held_out"] else "in training"
             print(f"{n} {route}: ROC AUC {m['roc_auc']:.3f}, PR AUC {m['pr_auc']:.3f} "
-                  f"({m['n_positive']}/{m['n_spots']} tumour spots, {note})")
+                  f"({m['n_positive']}/{m['n_spots']} tumour spots, {sample_note(m)})")
     n_grid = sum(g.n_obs for g in res["grid"].values())
     print(f"wrote {out}: {merged.n_obs} spots" + (f", {n_grid} grid tiles" if n_grid else ""))
     return 0
@@ -100,7 +99,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("tumor", help="tumour probability per spot and over the tissue, with heatmaps")
     p.add_argument("data", help="dataset folder, manifest or .h5ad")
     add_data_options(p)
-    p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, metrics.json, figures)")
+    p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, figures, metrics.json: per route and labelled "
+                   "section, ROC and PR AUC, held_out (out-of-sample: not among the sections of the model that "
+                   "scored it) and trained_on (those sections))")
     p.add_argument("--sections", help="comma-separated sections to score (default: every imaged section)")
     p.add_argument("--train-sections", help="sections to train on (default: every imaged section with labels "
                    "or counts); a scored training section is scored by a model fitted without it")

@@ -1,8 +1,16 @@
-"""Tumour detection benchmark: leave-one-section-out ROC AUC and PR AUC per test section, all routes in one run.
+"""Tumour detection benchmark: ROC AUC and PR AUC per test section on held-out patients and sections, all routes
+in one run.
 
-Supervised contenders: logistic regression on each feature recipe. Label-free contenders: the marker score from
-an expression model (ridge on the same features) fitted on the training sections' counts; labels are used only to
-score. Per-section metrics are averaged over sections (sections with one class counted, not averaged)."""
+Splits (``eval.splits.benchmark_splits``): leave-one-patient-out when two or more patients are present (each patient's sections
+scored by models trained on the other patients' sections; one row per direction, then their mean: the headline),
+and leave-one-section-out within each patient (trained on the patient's other sections). Labels come per section
+from the first of several label columns it has (``tasks.labels.label_source``), so a patient with pathologist
+labels and one with only expression-cluster annotations can train and score each other.
+
+Supervised contenders: logistic regression on each feature recipe, trained on the training sections' labels.
+Label-free contenders: the marker score from an expression model (ridge on the same features) fitted on the
+training sections' counts; labels are used only to score. Per-section metrics are averaged over the test sections
+of a split (sections with one class counted, not averaged)."""
 
 from __future__ import annotations
 
@@ -12,11 +20,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from spafoundation.eval.expression_benchmark import Contender, FeatureStore, benchmark_splits
+from spafoundation.eval.expression_benchmark import Contender, FeatureStore
 from spafoundation.eval.genes import expression_matrix
 from spafoundation.eval.metrics import classification_metrics
+from spafoundation.eval.splits import benchmark_splits, summarize_splits
 from spafoundation.tasks.heads import RidgeHead
-from spafoundation.tasks.labels import TUMOR_PATTERN, tumor_labels
+from spafoundation.tasks.labels import TUMOR_PATTERN, label_source, tumor_labels
 from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, TumorClassifier
 
 METRICS = ("roc_auc", "pr_auc", "prevalence")
@@ -40,17 +49,25 @@ def tumor_contenders(default_encoder: str, random_encoder: str) -> list[Contende
     ]
 
 
-def run_tumor_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Contender], *, label_column: str,
+def run_tumor_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Contender], *, label_column,
                         positive: str = TUMOR_PATTERN, markers: Sequence[str] = BREAST_TUMOR_MARKERS,
                         cache_dir=None, progress: bool = False) -> pd.DataFrame:
-    labelled = {n: a for n, a in sections.items() if label_column in a.obs}
-    labels = {n: tumor_labels(a, label_column, positive) for n, a in labelled.items()}
+    """Per (contender, split, test section) metrics. ``label_column``: a column or several (a list, or
+    comma-separated) in order of preference; each section is labelled by the first it has with known values and
+    sections with none are left out. Rows record the test section's label column (``label_column``) and the
+    training sections' (``train_label_columns``)."""
+    sources = {n: label_source(a, label_column) for n, a in sections.items()}
+    labelled = {n: a for n, a in sections.items() if sources[n] is not None}
+    labels = {n: tumor_labels(a, sources[n], positive) for n, a in labelled.items()}
     store = FeatureStore(labelled, cache_dir, progress)
     rows = []
-    for kind, test, train in benchmark_splits(labelled):
+    for kind, direction, test, train in benchmark_splits(labelled):
         groups = np.concatenate([[n] * labelled[n].n_obs for n in train])
         genes = [g for g in markers if all(g in labelled[n].var_names for n in train)]
+        train_sources = ",".join(dict.fromkeys(sources[n] for n in train))
         for c in contenders:
+            if c.head == "markers" and not genes:
+                continue
             X = np.concatenate([store.get(c, n)[0] for n in train])
             if c.head == "markers":
                 Y = np.concatenate([expression_matrix(labelled[n], genes) for n in train])
@@ -65,21 +82,31 @@ def run_tumor_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Co
                     score = ((P - P.mean(0)) / (P.std(0) + 1e-9)).mean(1)
                 else:
                     score = model.predict_proba(feats)
-                rows.append({"contender": c.name, "split": kind, "test": t, **classification_metrics(labels[t], score)})
+                rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
+                             "label_column": sources[t], "train_label_columns": train_sources,
+                             "train_sections": ",".join(train), **classification_metrics(labels[t], score)})
     return pd.DataFrame(rows)
 
 
+def _labels_text(group: pd.DataFrame) -> str:
+    train = ",".join(dict.fromkeys(",".join(group["train_label_columns"]).split(",")))
+    test = ",".join(dict.fromkeys(group["label_column"]))
+    return f"{train} -> {test}"
+
+
 def summarize_tumor(rows: pd.DataFrame, contenders: Sequence[Contender]) -> pd.DataFrame:
-    order = {c.name: i for i, c in enumerate(contenders)}
-    agg = rows.groupby(["split", "contender"], sort=False)[list(METRICS)].mean().reset_index()
-    agg["n_test"] = rows.groupby(["split", "contender"], sort=False).size().to_numpy()
-    agg["_o"] = agg["contender"].map(order)
-    return agg.sort_values(["split", "_o"]).drop(columns="_o").reset_index(drop=True)
+    """``eval.splits.summarize_splits`` with the label sources of each direction (train -> test)."""
+    return summarize_splits(rows, [c.name for c in contenders], METRICS,
+                            lambda g: {"labels": _labels_text(g) if len(g) else ""})
 
 
 def tumor_markdown(summary: pd.DataFrame) -> str:
-    lines = ["| split | contender | ROC AUC | PR AUC | tumour prevalence | test sections |", "|---|---|---|---|---|---|"]
+    def f(v, fmt="{:.3f}"):
+        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
+
+    lines = ["| split | train -> test patient | labels (train -> test) | contender | ROC AUC | PR AUC | "
+             "tumour prevalence | test sections |", "|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
-        lines.append(f"| {r['split']} | {r['contender']} | {r['roc_auc']:.3f} | {r['pr_auc']:.3f} | "
-                     f"{r['prevalence']:.2f} | {int(r['n_test'])} |")
+        lines.append(f"| {r['split']} | {r['direction']} | {r['labels']} | {r['contender']} | {f(r['roc_auc'])} | "
+                     f"{f(r['pr_auc'])} | {f(r['prevalence'], '{:.2f}')} | {int(r['n_test'])} |")
     return "\n".join(lines)

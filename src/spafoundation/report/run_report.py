@@ -87,9 +87,14 @@ def _task_block(out: Path, folder: str, title: str, text: str, suffix: str, metr
     return b
 
 
+def _out_of_sample(m: dict) -> str:
+    return {True: "yes", False: "no"}.get(m.get("held_out"), "unknown")
+
+
 def _tumor_rows(metrics: dict) -> list[dict]:
     return [{"route": route, "section": n, "ROC AUC": m["roc_auc"], "PR AUC": m["pr_auc"],
-             "tumour spots": f"{m['n_positive']}/{m['n_spots']}", "held out": "yes" if m["held_out"] else "no"}
+             "tumour spots": f"{m['n_positive']}/{m['n_spots']}", "out-of-sample": _out_of_sample(m),
+             "model trained on": ", ".join(m.get("trained_on") or []) or "unknown"}
             for route, per in metrics.items() for n, m in per.items()]
 
 
@@ -129,7 +134,8 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     tumor = _task_block(out, "tumor", "Tumour map",
                         f"Route: {route}. Supervised: logistic regression on spot features trained on the spots of "
                         f"obs['{t.get('label_column')}']; label-free: the predicted expression of tumour marker "
-                        "genes (z-scored). A section used in training is scored by a model fitted without it. "
+                        "genes (z-scored). A section used in training is scored by a model fitted without it; "
+                        "out-of-sample: the section is not among those the model that scored it was fitted on. "
                         f"Grid: {t.get('grid_um')} um tiles over the whole tissue.", "tumor", _tumor_rows)
     if tumor:
         blocks.append(tumor)

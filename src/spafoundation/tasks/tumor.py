@@ -168,16 +168,36 @@ def marker_list(markers) -> list[str]:
 
 def held_out_models(targets: Sequence[str], train: Sequence[str], fit) -> tuple[dict, object]:
     """A model per target section: fitted without that section when it is a training section (so its scores are
-    out-of-sample), otherwise the model of all training sections. Returns ({target: (model, held_out)}, full)."""
+    out-of-sample), otherwise the model of all training sections (out-of-sample too, unless the target is the only
+    training section). Returns ({target: (model, the sections that model was fitted on)}, full)."""
     train = list(train)
     full = fit(train)
     models = {}
     for t in targets:
         if t in train and len(train) > 1:
-            models[t] = (fit([n for n in train if n != t]), True)
+            rest = [n for n in train if n != t]
+            models[t] = (fit(rest), rest)
         else:
-            models[t] = (full, False)
+            models[t] = (full, train)
     return models, full
+
+
+def sample_fields(section: str, trained_on: Sequence[str] | None) -> dict:
+    """What a section's score metrics record about its model: ``held_out`` (True: out-of-sample, the section is
+    not among the sections the model was fitted on, whether it was never in training or held out by refitting
+    without it; None: the model does not record its training sections) and ``trained_on`` (those sections)."""
+    if trained_on is None:
+        return {"held_out": None, "trained_on": None}
+    return {"held_out": section not in trained_on, "trained_on": list(trained_on)}
+
+
+def sample_note(m: dict) -> str:
+    """'out-of-sample (model trained on C3, C4)', 'in training (...)' or 'training sections unknown', from the
+    fields of ``sample_fields``."""
+    if m.get("held_out") is None:
+        return "training sections unknown"
+    return (f"{'out-of-sample' if m['held_out'] else 'in training'} "
+            f"(model trained on {', '.join(m['trained_on'])})")
 
 
 def marker_training(train: dict[str, ad.AnnData], markers: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -201,7 +221,9 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
 
     Training sections are those of ``train`` with known labels in ``label_column`` (supervised) or with counts of
     at least one marker (markers); a target that is also a training section is scored by a model fitted without
-    it. ``model``: a saved ``TumorModel`` replaces the supervised fit (its own recipe and encoder). Returns
+    it. ``model``: a saved ``TumorModel`` replaces the supervised fit (its own recipe and encoder). Each scored
+    section's metrics say whether its score is out-of-sample (``held_out``) and which sections its model was fitted
+    on (``trained_on``; for ``model``, the sections it records, else None for both). Returns
     ``{"spots": {name: AnnData}, "grid": {name: AnnData}, "metrics": {route: {name: {...}}}, "model": TumorModel,
     "marker_model": ExpressionModel}``.
     """
@@ -264,15 +286,16 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
             out["model"] = TumorModel(full, recipe, enc, {"sections": lab_train, "label_column": label_column,
                                                           "positive": positive, "C": full.C})
         else:
-            per_target = {n: (model.classifier, False) for n in targets}
+            recorded = model.training.get("sections")
+            per_target = {n: (model.classifier, None if recorded is None else list(recorded)) for n in targets}
         metrics["supervised"] = {}
-        for n, (clf, held_out) in per_target.items():
+        for n, (clf, trained_on) in per_target.items():
             spots[n].obs["tumor_probability"] = clf.predict_proba(feats(n)[0])
             if n in grids:
                 grids[n].obs["tumor_probability"] = clf.predict_proba(grid_feats[n])
             if n in labels:
                 metrics["supervised"][n] = {**classification_metrics(labels[n], spots[n].obs["tumor_probability"]),
-                                            "held_out": held_out}
+                                            **sample_fields(n, trained_on)}
 
     if "markers" in routes:
         count_train, genes = marker_training(train, markers)
@@ -289,14 +312,14 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
         out["marker_model"] = ExpressionModel(genes, full, recipe, enc, target_sum=TARGET_SUM,
                                               training={"sections": count_train, "markers": genes})
         metrics["markers"] = {}
-        for n, (head, held_out) in per_target.items():
+        for n, (head, trained_on) in per_target.items():
             P = head.predict(feats(n)[0])
             spots[n].obs["tumor_marker_score"] = _zscore_like(P, P)
             if n in grids:
                 grids[n].obs["tumor_marker_score"] = _zscore_like(head.predict(grid_feats[n]), P)
             if n in labels:
                 metrics["markers"][n] = {**classification_metrics(labels[n], spots[n].obs["tumor_marker_score"]),
-                                         "held_out": held_out}
+                                         **sample_fields(n, trained_on)}
     for n in spots:
         if n in labels:
             spots[n].obs["tumor_label"] = labels[n]
