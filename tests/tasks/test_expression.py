@@ -36,6 +36,36 @@ def test_fit_save_load_predict_without_counts(small_sections, tiny_encoder, tmp_
     again = loaded.predict(image_only, cache_dir=tmp_path / "cache")
     np.testing.assert_allclose(again.X, pred.X, rtol=1e-4, atol=1e-4)
 
+    # how far to trust it: each gene's r over held-out training sections, and the section's image shift
+    assert list(pred.var.columns) == ["cv_pearson", "cv_pearson_sections", "reliable"]  # one patient: no patient folds
+    assert pred.var["reliable"].dtype == bool
+    assert (pred.var["reliable"] == (pred.var["cv_pearson"] >= 0.1)).all()
+    assert model.reliable() == list(pred.var_names[pred.var["reliable"]])
+    np.testing.assert_allclose(again.var["cv_pearson"].to_numpy(), pred.var["cv_pearson"].to_numpy())
+    shift = pred.uns["spafoundation_prediction"]["shift"]
+    assert shift["score"] > 0 and shift["training_limit"] > 0 and again.uns["spafoundation_prediction"]["shift"] == shift
+
+
+def test_gene_cv_over_patients_and_models_saved_before_it(small_sections, tmp_path):
+    train = [a.copy() for a in small_sections[:3]]
+    train[2].obs["patient"] = "other"
+    model = fit_expression(train, None, genes="hvg:6", source="colour_texture", cache_dir=tmp_path)
+    assert set(model.gene_cv) == {"sections", "patients"} and model.training["patients"]["C4"] == "other"
+    pred = model.predict(small_sections[0], cache_dir=tmp_path)
+    np.testing.assert_allclose(pred.var["cv_pearson"], pred.var["cv_pearson_patients"])  # patients where there are two
+    # a model folder written before reliability was recorded still loads and predicts, without those columns
+    folder = model.save(tmp_path / "model")
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["reliability"]
+    cfg["recipe"].pop("standardize")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with np.load(folder / "head.npz") as z:
+        np.savez(folder / "head.npz", **{k: z[k] for k in z.files if not k.startswith("shift.")})
+    old = ExpressionModel.load(folder)
+    assert old.recipe.get("standardize") is None and old.shift is None and old.reliable() == []
+    out = old.predict(small_sections[0], cache_dir=tmp_path)
+    assert "cv_pearson" not in out.var and "shift" not in out.uns["spafoundation_prediction"]
+
 
 def test_handcrafted_and_mean_heads(small_sections, tmp_path):
     m = fit_expression(small_sections[:2], None, genes="hvg:5", source="colour_texture", neighbours_um=0)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spafoundation.tasks.spot_features import locations_adata, make_recipe, neighbour_mean, spot_features
+from spafoundation.tasks.spot_features import (
+    locations_adata,
+    make_recipe,
+    neighbour_mean,
+    spot_features,
+    standardize_section,
+)
 
 
 def test_recipe_validation():
@@ -51,3 +57,19 @@ def test_fused_features_blocks(her2st_c2, tiny_encoder, tmp_path):
 def test_encoder_source_needs_encoder(her2st_c2):
     with pytest.raises(ValueError, match="needs an encoder"):
         spot_features(her2st_c2[:2].copy(), {"source": "encoder"})
+
+
+def test_per_section_standardisation(her2st_c2, tmp_path):
+    a = her2st_c2[:40].copy()
+    recipe = {"source": "colour_texture", "neighbours_um": 300.0}
+    raw = spot_features(a, recipe, cache_dir=tmp_path)
+    z = spot_features(a, {**recipe, "standardize": "section"}, cache_dir=tmp_path)
+    assert make_recipe(**recipe)["standardize"] == "none"  # models saved before the option keep raw features
+    varying = raw.std(axis=0) > 1e-6
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=0)[varying], 1, rtol=1e-3)
+    np.testing.assert_allclose(z, (raw - raw.mean(0)) / np.where(varying, raw.std(0), np.inf), rtol=1e-3, atol=1e-4)
+    # a stain offset of the whole section (every feature shifted and scaled) leaves the standardised features as they are
+    np.testing.assert_allclose(standardize_section(raw * 3.0 + 7.0), z, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="standardize"):
+        make_recipe(standardize="slide")

@@ -25,14 +25,22 @@ TARGETS = {
 }
 
 
+def genes_note(spec: str) -> str:
+    kind, _, k = str(spec).partition(":")
+    if kind in ("hvg", "mean") and k.isdigit():
+        return (f"{spec}, chosen on the training sections of each fold only (genes detected in >= 10% of the spots "
+                "of every training section)")
+    return f"the list {Path(spec).name}, less the genes a fold's training or test sections do not measure"
+
+
 def run(args) -> int:
     from spafoundation.eval.expression_benchmark import (
         baseline_contenders,
-        benchmark_splits,
         markdown_table,
         run_expression_benchmark,
         summarize,
     )
+    from spafoundation.eval.splits import LOPO, benchmark_splits
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.expression import DEFAULT_ENCODER
@@ -67,12 +75,13 @@ def run(args) -> int:
         sections_md.append(f"### Targets: {TARGETS[target][1]}\n\n{table}\n\n"
                            f"{time.perf_counter() - t0:.0f} s on this machine.")
     splits = benchmark_splits(usable)
-    kinds = sorted({k for k, _, _ in splits})
+    kinds = list(dict.fromkeys(k for k, _, _, _ in splits))
     header = (f"Command: `{command}`\n\n{precision_note()}"
-              f"Sections: {', '.join(usable)}; splits: {', '.join(kinds)} ({len(splits)} folds)"
-              + ("" if "leave-one-patient-out" in kinds else "; leave-one-patient-out needs two imaged patients") +
-              f".\nGenes: {args.genes}, chosen on the training sections of each fold only (genes detected in >= 10% "
-              "of the spots of every training section); per-fold lists in expression_<targets>_genes.json.\n"
+              f"Sections: {', '.join(usable)}; splits: {', '.join(kinds)} ({len(splits)} folds: "
+              + "; ".join(f"{d}: train {'+'.join(tr)}, test {'+'.join(te)}" for k, d, te, tr in splits if k == LOPO)
+              + ("; " if LOPO in kinds else "") + "leave-one-section-out within each patient)"
+              + ("" if LOPO in kinds else "; leave-one-patient-out needs two imaged patients") +
+              f".\nGenes: {genes_note(args.genes)}; per-fold lists in expression_<targets>_genes.json.\n"
               "Metric: Pearson r per gene across the spots of each test section, averaged over genes (constant "
               "predictions counted, not averaged), then over test sections; never pooled across sections.\n")
     md = header + "\n" + "\n\n".join(sections_md) + "\n"

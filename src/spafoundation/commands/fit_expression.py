@@ -21,6 +21,7 @@ from spafoundation.eval.genes import TARGET_SUM
 def run(args) -> int:
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.expression import fit_expression
+    from spafoundation.tasks.reliability import RELIABLE_R
     from spafoundation.utils.atomic import check_output_dir
 
     check_output_dir(args.out)  # before the work: never replace a folder of the user's
@@ -42,6 +43,7 @@ def run(args) -> int:
         train, encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
         cache_dir=cache_dir(args), progress=not args.quiet, head_params=head_params or None,
         source=args.features, tta=args.tta or None, context=args.context, neighbours_um=args.neighbours_um,
+        standardize=args.standardize,
     )
     model.save(args.out)
     t = model.training
@@ -49,6 +51,11 @@ def run(args) -> int:
           f"{t['n_spots']} spots, {len(model.genes)} genes; features {model.recipe}")
     if t.get("cv_mean_r") is not None:
         print(f"inner cross-validation over training sections: mean per-gene r {t['cv_mean_r']:.3f}")
+    reliable = model.reliable()
+    if model.gene_table():
+        print(f"{len(reliable)} of {len(model.genes)} genes reliable (cross-validated r >= {RELIABLE_R} over held-out "
+              f"{'patients' if 'patients' in model.gene_cv else 'sections'})"
+              + (f": {', '.join(reliable[:20])}{' ...' if len(reliable) > 20 else ''}" if reliable else ""))
     print(f"wrote {args.out}")
     return 0
 
@@ -79,6 +86,9 @@ def register(subparsers) -> None:
                    help="also embed a patch this many times wider (default 2; 1 = off)")
     p.add_argument("--neighbours-um", type=non_negative_float,
                    help="also average features over spots within this radius (default 300; 0 = off)")
+    p.add_argument("--standardize", choices=["section", "none"],
+                   help="section (default): z-score every feature within each section, removing stain and scanner "
+                        "offsets between slides; none: raw feature values")
     add_cache_args(p)
     add_precision_option(p)
     p.set_defaults(func=run)

@@ -1,7 +1,7 @@
 """The expression benchmark protocol: held-out sections (and patients), every contender in the same run.
 
-Splits: leave-one-section-out over the imaged sections with counts, plus leave-one-patient-out when two or more
-patients have images. For each split the genes are chosen on the training sections only (among the genes the test
+Splits (``eval.splits``): leave-one-patient-out when two or more patients have images (the headline: one row per
+direction, then their mean), and leave-one-section-out within each patient. For each split the genes are chosen on the training sections only (among the genes the test
 section measures, names only), features come from the same per-section cache for every split, and each contender's
 head is fitted on the training sections and scored per test section (metrics.evaluate_expression), never pooled.
 """
@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import anndata as ad
 import numpy as np
@@ -20,7 +20,7 @@ import pandas as pd
 
 from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.eval.metrics import evaluate_expression
-from spafoundation.io.anndata_spec import image_path
+from spafoundation.eval.splits import benchmark_splits, summarize_splits
 from spafoundation.tasks.heads import HEADS
 from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
 
@@ -40,10 +40,13 @@ class Contender:
     tta: bool = False
     context: float = 1.0
     neighbours_um: float = 0.0
+    standardize: str = "none"
     head_params: dict = field(default_factory=dict)
+    ceiling: bool = False  # fitted on one half of the test section itself and scored on the other: not a contender
 
     def recipe(self) -> dict:
-        return make_recipe(source=self.source, tta=self.tta, context=self.context, neighbours_um=self.neighbours_um)
+        return make_recipe(source=self.source, tta=self.tta, context=self.context, neighbours_um=self.neighbours_um,
+                           standardize=self.standardize)
 
 
 def pipeline_contender(name: str, encoder: str | None, head: str = "ridge") -> Contender:
@@ -58,12 +61,16 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
     """The issue's contenders in one run: the floor, hand-crafted features, a random-init encoder of the default's
     size, the default encoder alone with each head and each option, the full default pipeline (and the same
     pipeline on the random encoder, to show what pre-training adds), then any encoder the user names."""
+    section = {"standardize": "section"}
     rows = [
         Contender("training mean", head="mean", source="mean_colour"),
         Contender("mean colour + ridge", source="mean_colour"),
+        Contender("mean colour + ridge, per-section z", source="mean_colour", **section),
         Contender("colour/texture + ridge", source="colour_texture"),
+        Contender("colour/texture + ridge, per-section z", source="colour_texture", **section),
         Contender(f"{random_encoder} + ridge", encoder=random_encoder),
         Contender(f"{default_encoder} + ridge", encoder=default_encoder),
+        Contender(f"{default_encoder} + ridge, per-section z", encoder=default_encoder, **section),
         Contender(f"{default_encoder} + mlp", head="mlp", encoder=default_encoder),
     ]
     if options:
@@ -71,26 +78,19 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
             Contender(f"{default_encoder} + ridge, tta", encoder=default_encoder, tta=True),
             Contender(f"{default_encoder} + ridge, context x2", encoder=default_encoder, context=2.0),
             Contender(f"{default_encoder} + ridge, neighbours 300 um", encoder=default_encoder, neighbours_um=300.0),
-            pipeline_contender(f"pipeline: {random_encoder} + colour/texture, context, neighbours", random_encoder),
+            pipeline_contender(f"pipeline: {random_encoder} + colour/texture, context, neighbours, per-section z",
+                               random_encoder),
+            replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
+                                       "no per-section z", default_encoder), standardize="none"),
         ]
-    rows.append(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours (default)",
-                                   default_encoder))
+    rows.append(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, per-section z "
+                                   "(default)", default_encoder))
+    rows.append(replace(pipeline_contender("ceiling: default pipeline fitted on the other half of the test section "
+                                           "itself", default_encoder), ceiling=True))
     for enc in extra_encoders:
         rows += [Contender(f"{enc} + ridge", encoder=enc),
-                 pipeline_contender(f"pipeline: {enc} + colour/texture, context, neighbours", enc)]
+                 pipeline_contender(f"pipeline: {enc} + colour/texture, context, neighbours, per-section z", enc)]
     return rows
-
-
-def benchmark_splits(sections: dict[str, ad.AnnData]) -> list[tuple[str, list[str], list[str]]]:
-    """(split kind, test sections, training sections) for every held-out section and patient."""
-    usable = [n for n, a in sections.items() if image_path(a) and a.n_vars > 0]
-    splits = [("leave-one-section-out", [t], [n for n in usable if n != t]) for t in usable]
-    patients = {n: str(sections[n].obs["patient"].iloc[0]) if "patient" in sections[n].obs else n for n in usable}
-    if len(set(patients.values())) >= 2:
-        for p in sorted(set(patients.values())):
-            test = [n for n in usable if patients[n] == p]
-            splits.append(("leave-one-patient-out", test, [n for n in usable if patients[n] != p]))
-    return [s for s in splits if s[2]]
 
 
 class FeatureStore:
@@ -139,35 +139,55 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
         raise InputError(None, "sections", "the benchmark needs at least two imaged sections with counts")
     store = FeatureStore(sections, cache_dir, progress, encoders)
     rows, gene_sets = [], {}
-    for kind, test, train in splits:
+    for kind, direction, test, train in splits:
         candidates = set.intersection(*(set(sections[t].var_names) for t in test))
         gene_list = select_genes([sections[n] for n in train], genes, target_sum, sorted(candidates))
-        split_name = f"{kind}:{'+'.join(test)}"
+        split_name = f"{kind}:{direction}:{'+'.join(test)}"
         gene_sets[split_name] = gene_list
         Y = np.concatenate([expression_matrix(sections[n], gene_list, target_sum) for n in train])
         groups = np.concatenate([[n] * sections[n].n_obs for n in train])
         for c in contenders:
             t0 = time.perf_counter()
+            if c.ceiling:
+                for t in test:
+                    m = _within_section(c, store.get(c, t), expression_matrix(sections[t], gene_list, target_sum),
+                                        np.asarray(sections[t].obsm["spatial"])[:, 0])
+                    rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
+                                 "n_train_sections": 0, "n_genes": len(gene_list), "alpha": None,
+                                 "fit_seconds": round(time.perf_counter() - t0, 2), **m})
+                continue
             X = np.concatenate([store.get(c, n)[0] for n in train])
             head = HEADS[c.head](**c.head_params).fit(X, Y, groups, store.get(c, train[0])[1])
             for t in test:
                 y_true = expression_matrix(sections[t], gene_list, target_sum)
                 m = evaluate_expression(y_true, head.predict(store.get(c, t)[0]))
                 m.pop("r")
-                rows.append({"contender": c.name, "split": kind, "test": t, "n_train_sections": len(train),
+                rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
+                             "n_train_sections": len(train),
                              "n_genes": len(gene_list), "alpha": getattr(head, "alpha", None),
                              "fit_seconds": round(time.perf_counter() - t0, 2), **m})
             log.info("%s %s: %s", split_name, c.name, rows[-1]["mean_r"])
     return pd.DataFrame(rows), gene_sets
 
 
+def _within_section(c: Contender, feats, Y: np.ndarray, x: np.ndarray) -> dict:
+    """A ceiling for a test section: the head fitted on its left half and scored on its right half, and the
+    reverse, metrics averaged. What the image of this section can tell about its own expression."""
+    X, blocks = feats
+    left = x <= np.median(x)
+    parts = []
+    for fit_rows in (left, ~left):
+        head = HEADS[c.head](**c.head_params).fit(X[fit_rows], Y[fit_rows], np.zeros(int(fit_rows.sum())), blocks)
+        m = evaluate_expression(Y[~fit_rows], head.predict(X[~fit_rows]))
+        m.pop("r")
+        parts.append(m)
+    return {k: float(np.mean([m[k] for m in parts])) for k in parts[0]}
+
+
 def summarize(rows: pd.DataFrame, contenders: Sequence[Contender]) -> pd.DataFrame:
-    """Mean over test sections of each metric, one row per (split kind, contender), in contender order."""
-    order = {c.name: i for i, c in enumerate(contenders)}
-    agg = rows.groupby(["split", "contender"], sort=False)[list(SUMMARY_METRICS)].mean().reset_index()
-    agg["n_test"] = rows.groupby(["split", "contender"], sort=False).size().to_numpy()
-    agg["_o"] = agg["contender"].map(order)
-    return agg.sort_values(["split", "_o"]).drop(columns="_o").reset_index(drop=True)
+    """Mean over test sections of each metric per (split, direction, contender), then the mean of the
+    leave-one-patient-out directions (``eval.splits.summarize_splits``)."""
+    return summarize_splits(rows, [c.name for c in contenders], SUMMARY_METRICS)
 
 
 def contender_table(contenders: Sequence[Contender]) -> pd.DataFrame:
@@ -175,14 +195,14 @@ def contender_table(contenders: Sequence[Contender]) -> pd.DataFrame:
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
-    head = ("| split | contender | mean r | median r | top-50 HVG r | top-50 expressed r | n significant | "
+    head = ("| split | train -> test | contender | mean r | median r | top-50 HVG r | top-50 expressed r | n significant | "
             "constant | RMSE | test sections |")
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for _, r in summary.iterrows():
         def f(v, fmt="{:.3f}"):
             return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
 
-        lines.append(f"| {r['split']} | {r['contender']} | {f(r['mean_r'])} | {f(r['median_r'])} | "
+        lines.append(f"| {r['split']} | {r['direction']} | {r['contender']} | {f(r['mean_r'])} | {f(r['median_r'])} | "
                      f"{f(r['mean_r_top_hvg'])} | {f(r['mean_r_top_expressed'])} | {f(r['n_significant'], '{:.1f}')} | "
                      f"{f(r['n_constant'], '{:.1f}')} | {f(r['rmse'])} | {int(r['n_test'])} |")
     return "\n".join(lines)

@@ -18,15 +18,30 @@ from spafoundation.errors import InputError
 from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.io.anndata_spec import image_path, library_id
 from spafoundation.tasks.heads import HEADS
-from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
+from spafoundation.tasks.reliability import (
+    RELIABLE_R,
+    SHIFT_PREFIX,
+    FeatureShift,
+    gene_cv_pearson,
+    reliable_genes,
+)
+from spafoundation.tasks.spot_features import (
+    HANDCRAFTED_PATCH_PX,
+    HANDCRAFTED_PATCH_UM,
+    make_recipe,
+    needs_encoder,
+    spot_features,
+)
 from spafoundation.utils.model_folder import CONFIG_FILE, read_model_folder, write_model_folder
 
 log = logging.getLogger(__name__)
 FORMAT = "spafoundation-expression"
 DEFAULT_ENCODER = "spafoundation-default"
-# The default features, chosen on leave-one-section-out (BENCHMARKS.md): the encoder's embedding and colour/stain/
-# texture statistics of the spot patch and of a patch twice as wide, each also averaged over the spots within 300 um.
-DEFAULT_FEATURES = {"source": "encoder+colour_texture", "tta": False, "context": 2.0, "neighbours_um": 300.0}
+# The default features (BENCHMARKS.md, chosen on leave-one-patient-out and checked on leave-one-section-out): the
+# encoder's embedding and colour/stain/texture statistics of the spot patch and of a patch twice as wide, each also
+# averaged over the spots within 300 um, every feature z-scored within its section (stain and scanner offsets out).
+DEFAULT_FEATURES = {"source": "encoder+colour_texture", "tta": False, "context": 2.0, "neighbours_um": 300.0,
+                    "standardize": "section"}
 HEAD_FILE, EMBEDDED_ENCODER = "head.npz", "encoder"
 
 
@@ -69,11 +84,17 @@ def encoder_from_reference(ref: dict, device: str = "cpu"):
 
 
 class ExpressionModel:
+    """A fitted expression model. ``gene_cv``: each gene's cross-validated r over held-out training sections
+    (``"sections"``) and patients (``"patients"``, where the training sections come from two or more); ``shift``:
+    the reference of the image-shift score (tasks/reliability.py)."""
+
     def __init__(self, genes: list[str], head, recipe: dict, encoder=None, *, target_sum: float | None = TARGET_SUM,
-                 training: dict | None = None, encoder_ref: dict | None = None):
+                 training: dict | None = None, encoder_ref: dict | None = None, gene_cv: dict | None = None,
+                 shift: FeatureShift | None = None):
         self.genes, self.head, self.recipe, self.encoder = list(genes), head, recipe, encoder
         self.target_sum, self.training = target_sum, dict(training or {})
         self.encoder_ref = encoder_ref or (_encoder_reference(encoder) if encoder is not None else None)
+        self.gene_cv, self.shift = dict(gene_cv or {}), shift
 
     # -- prediction -------------------------------------------------------------------------------------------
     def features(self, adata: ad.AnnData, *, cache_dir=None, progress: bool = False) -> np.ndarray:
@@ -82,9 +103,42 @@ class ExpressionModel:
         return spot_features(adata, self.recipe, self._get_encoder(), cache_dir=cache_dir, progress=progress)
 
     def predict(self, adata: ad.AnnData, *, cache_dir=None, progress: bool = False) -> ad.AnnData:
-        """Predicted log-normalised expression of ``self.genes`` for every spot of ``adata`` (counts not needed)."""
+        """Predicted log-normalised expression of ``self.genes`` for every spot of ``adata`` (counts not needed).
+
+        ``var`` holds each gene's cross-validated r (``cv_pearson``, over patients where the model was fitted on
+        two or more, else over sections) and ``reliable`` (``cv_pearson >= RELIABLE_R``); ``uns
+        ['spafoundation_prediction']['shift']`` says how far the section's image features lie from the training
+        sections' (a warning is logged when further than any training section lay from the others)."""
         pred = self.head.predict(self.features(adata, cache_dir=cache_dir, progress=progress))
-        return prediction_adata(adata, pred, self.genes, {"model": self.describe()})
+        info = {"model": self.describe()}
+        if self.shift is not None:
+            info["shift"] = self.shift_report(shift_features(adata, cache_dir), library_id(adata))
+        out = prediction_adata(adata, pred, self.genes, info)
+        for col, values in self.gene_table().items():
+            out.var[col] = values
+        return out
+
+    def shift_report(self, feats: np.ndarray, section: str) -> dict:
+        score = self.shift.score(feats)
+        report = {"score": round(score, 4), "training_limit": self.shift.limit,
+                  "out_of_range": self.shift.out_of_range(score)}
+        if report["out_of_range"]:
+            log.warning("section %s: its colour/texture lies at %.2f from the training sections' (each training "
+                        "section lay at most %.2f from the others): another stain, scanner or resolution; expect "
+                        "lower accuracy than the cross-validated r of each gene", section, score, self.shift.limit)
+        return report
+
+    def gene_table(self) -> dict[str, np.ndarray]:
+        """Per-gene reliability columns for ``var`` (empty for models fitted before they were recorded)."""
+        cols = {f"cv_pearson_{k}": np.asarray(v, dtype=np.float64) for k, v in self.gene_cv.items() if v is not None}
+        best = cols.get("cv_pearson_patients", cols.get("cv_pearson_sections"))
+        if best is None:
+            return {}
+        return {"cv_pearson": best, **cols, "reliable": reliable_genes(best)}
+
+    def reliable(self) -> list[str]:
+        table = self.gene_table()
+        return [g for g, ok in zip(self.genes, table["reliable"], strict=True) if ok] if table else []
 
     def _get_encoder(self):
         if self.encoder is None and self.encoder_ref is not None:
@@ -99,7 +153,12 @@ class ExpressionModel:
     def save(self, folder: str | Path) -> Path:
         cfg = {"format": FORMAT, "version": 1, "genes": self.genes, "head": self.head.kind,
                "head_params": getattr(self.head, "hp", {}), "recipe": self.recipe, "encoder": self.encoder_ref,
-               "target": {"normalize": "log1p", "target_sum": self.target_sum}, "training": self.training}
+               "target": {"normalize": "log1p", "target_sum": self.target_sum}, "training": self.training,
+               "reliability": {"gene_cv_r": {k: [None if not np.isfinite(x) else float(x) for x in v]
+                                             for k, v in self.gene_cv.items() if v is not None},
+                               "reliable_r": RELIABLE_R,
+                               "shift_reference": self.shift.reference if self.shift is not None else None}}
+        arrays = {**self.head.state(), **(self.shift.arrays() if self.shift is not None else {})}
 
         def embed_encoder(tmp):
             if (self.encoder_ref or {}).get("embedded"):  # a fine-tuned encoder travels inside the model folder
@@ -108,7 +167,7 @@ class ExpressionModel:
                 save_model_folder(self._get_encoder(), tmp / EMBEDDED_ENCODER, name=self.encoder.name)
                 cfg["encoder"] = {**self.encoder_ref, "name": EMBEDDED_ENCODER}
 
-        return write_model_folder(folder, cfg, HEAD_FILE, self.head.state(), extra=embed_encoder)
+        return write_model_folder(folder, cfg, HEAD_FILE, arrays, extra=embed_encoder)
 
     @classmethod
     def load(cls, folder: str | Path, encoder=None) -> ExpressionModel:
@@ -116,13 +175,22 @@ class ExpressionModel:
         cfg, state = read_model_folder(folder, FORMAT, HEAD_FILE, "expression")
         if cfg.get("head") not in HEADS:
             raise InputError(folder / CONFIG_FILE, "head", f"unknown head {cfg.get('head')!r}")
-        head = HEADS[cfg["head"]].from_state(state, cfg.get("head_params"))
+        reliability = cfg.get("reliability") or {}
+        shift = FeatureShift.from_arrays(state, reliability.get("shift_reference") or {})
+        head = HEADS[cfg["head"]].from_state({k: v for k, v in state.items() if not k.startswith(SHIFT_PREFIX)},
+                                             cfg.get("head_params"))
+        gene_cv = {k: np.array([np.nan if x is None else x for x in v], dtype=np.float64)
+                   for k, v in (reliability.get("gene_cv_r") or {}).items()}
+        for k, v in gene_cv.items():
+            if len(v) != len(cfg["genes"]):
+                raise InputError(folder / CONFIG_FILE, f"reliability.gene_cv_r.{k}",
+                                 f"{len(v)} values for {len(cfg['genes'])} genes")
         ref = cfg.get("encoder")
         if ref and ref.get("embedded"):
             ref = {**ref, "name": str(folder / ref["name"])}
         return cls(cfg["genes"], head, cfg["recipe"], resolve_encoder(encoder),
                    target_sum=cfg["target"]["target_sum"], training=cfg.get("training"),
-                   encoder_ref=ref)
+                   encoder_ref=ref, gene_cv=gene_cv, shift=shift)
 
 
 def prediction_adata(adata: ad.AnnData, pred: np.ndarray, genes: Sequence[str], info: dict | None = None) -> ad.AnnData:
@@ -146,6 +214,20 @@ def training_matrices(train: Sequence[ad.AnnData], genes, recipe, encoder, *, ta
         Y.append(expression_matrix(a, genes, target_sum))
         groups += [library_id(a)] * a.n_obs
     return np.concatenate(X), np.concatenate(Y), np.asarray(groups), blocks
+
+
+def shift_features(adata: ad.AnnData, cache_dir=None) -> np.ndarray:
+    """The colour/texture statistics the shift score compares (the same patch geometry whatever the encoder)."""
+    from spafoundation.models.embed_handcrafted import handcrafted_features
+
+    return handcrafted_features(adata, "colour_texture", HANDCRAFTED_PATCH_UM, HANDCRAFTED_PATCH_PX,
+                                cache_dir=cache_dir)
+
+
+def section_patients(train: Sequence[ad.AnnData]) -> dict[str, str]:
+    """{section: patient} from ``obs['patient']`` (the section itself where it is not recorded)."""
+    return {library_id(a): str(a.obs["patient"].iloc[0]) if "patient" in a.obs and a.n_obs else library_id(a)
+            for a in train}
 
 
 def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, genes="hvg:50", head: str = "ridge",
@@ -177,10 +259,24 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
                                              cache_dir=cache_dir, progress=progress)
     fitted = HEADS[head](**(head_params or {})).fit(X, Y, groups, blocks)
     cv = getattr(fitted, "cv_scores", None)
-    training = {"sections": [library_id(a) for a in train], "n_spots": len(X),
+    patients = section_patients(train)
+    training = {"sections": [library_id(a) for a in train], "patients": patients, "n_spots": len(X),
                 "genes_spec": "list" if isinstance(genes, (list, tuple)) else str(genes),
                 "alpha": getattr(fitted, "alpha", None), "cv_mean_r": max(cv) if cv else None}
-    return ExpressionModel(gene_list, fitted, recipe, enc, target_sum=target_sum, training=training)
+    gene_cv = {}
+    if head != "mean":
+        # the fitted hyper-parameters again (ridge: its chosen alpha), refitted without each section / patient
+        params = {**(head_params or {}), **({"alphas": (fitted.alpha,)} if head == "ridge" else {})}
+
+        def make_head():
+            return HEADS[head](**params)
+
+        folds = {"sections": groups, "patients": np.array([patients[g] for g in groups])}
+        gene_cv = {k: r for k, f in folds.items() if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks))
+                   is not None}
+    return ExpressionModel(gene_list, fitted, recipe, enc, target_sum=target_sum, training=training,
+                           gene_cv=gene_cv,
+                           shift=FeatureShift.fit({library_id(a): shift_features(a, cache_dir) for a in train}))
 
 
 def _fit_finetuned(train, encoder, gene_list, target_sum, head_params, progress, genes_spec) -> ExpressionModel:

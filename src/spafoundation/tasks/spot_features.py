@@ -8,25 +8,33 @@ A feature recipe is a small dict (JSON-serialisable, saved with every model):
   (cached too, ``embed_handcrafted.py``); sources joined by ``+`` are concatenated;
 - ``context`` > 1: concatenates the features of a patch ``context`` times wider, resampled to the same input size;
 - ``neighbours_um`` > 0: concatenates the mean feature of the spots within that radius (tissue context that a
-  single patch does not see).
+  single patch does not see);
+- ``standardize``: ``"section"`` z-scores every feature over the spots of the section it was computed on, so a
+  section's stain, scanner and resolution offsets are removed before any head sees it (the head then learns from
+  differences between spots of one section, which is also what per-section Pearson scores); ``"none"`` keeps the
+  raw values (models saved before this option existed).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import logging
 
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from spafoundation.io.anndata_spec import microns_per_pixel
+from spafoundation.io.anndata_spec import library_id, microns_per_pixel
 
+log = logging.getLogger(__name__)
 SOURCES = ("encoder", "mean_colour", "colour_texture")
 HANDCRAFTED_PATCH_PX = 64  # colour statistics do not need the encoder's resolution
 HANDCRAFTED_PATCH_UM = 112.0  # the field of view of every registered encoder (and of the HEST benchmark)
-DEFAULT_RECIPE = {"source": "encoder", "tta": False, "context": 1.0, "neighbours_um": 0.0}
+DEFAULT_RECIPE = {"source": "encoder", "tta": False, "context": 1.0, "neighbours_um": 0.0, "standardize": "none"}
+STANDARDIZE = ("none", "section")
+MIN_SECTION_SPOTS = 30  # fewer spots than this give unstable per-section statistics: a warning says so
 
 
 def make_recipe(**kwargs) -> dict:
@@ -39,7 +47,19 @@ def make_recipe(**kwargs) -> dict:
                          f"got {recipe['source']!r}")
     if float(recipe["context"]) < 1:
         raise ValueError("context must be >= 1 (a multiple of the spot patch)")
+    if recipe["standardize"] not in STANDARDIZE:
+        raise ValueError(f"standardize must be one of {STANDARDIZE}, got {recipe['standardize']!r}")
     return recipe
+
+
+def standardize_section(feats: np.ndarray, section: str = "section") -> np.ndarray:
+    """Each feature z-scored over the rows (spots) of one section; a constant feature becomes 0."""
+    feats = np.asarray(feats, dtype=np.float64)
+    if len(feats) < MIN_SECTION_SPOTS:
+        log.warning("%s: %d spot(s) to standardise features over (per-section statistics want >= %d); "
+                    "predictions may be unstable", section, len(feats), MIN_SECTION_SPOTS)
+    sd = feats.std(axis=0)
+    return ((feats - feats.mean(axis=0)) / np.where(sd > 1e-12, sd, np.inf)).astype(np.float32)
 
 
 def context_encoder(encoder, factor: float):
@@ -90,6 +110,8 @@ def spot_features(adata: ad.AnnData, recipe: dict, encoder=None, *, xy: np.ndarr
         xy_um = np.asarray(adata.obsm["spatial"], dtype=np.float64) * microns_per_pixel(adata)
         feats = np.concatenate([feats, neighbour_mean(xy_um, feats, radius)], axis=1)
         blocks = blocks * 2
+    if recipe["standardize"] == "section":
+        feats = standardize_section(feats, library_id(adata))
     feats = feats.astype(np.float32)
     return (feats, blocks) if with_blocks else feats
 
