@@ -19,6 +19,7 @@ from spafoundation.tasks.superres import (
     footprint_means,
     idw,
     redistribute,
+    section_anchoring,
     spot_blocks,
     spot_members,
     spot_radius_px,
@@ -132,6 +133,64 @@ def test_calibration_learns_to_trust_an_informative_image_and_ignore_a_blind_one
     assert calibrate_anchoring(few)["method"].startswith("default")  # too few spots to learn from
 
 
+class _LinearHead:
+    """A fitted head's stand-in: prediction = features @ W."""
+
+    def __init__(self, W):
+        self.W = W
+
+    def predict(self, X):
+        return (X @ self.W).astype(np.float32)
+
+
+def _section_with_head(seed: int, image_carries_truth: bool, n_genes: int = 5):
+    """One synthetic section to anchor (spots on a 200 um lattice, 10 um superpixels, genes = a shared fine pattern
+    plus noise) and a head whose superpixel predictions are the fine pattern (plus small noise) or pure noise."""
+    rng = np.random.default_rng(seed)
+    gx, gy = np.meshgrid(np.arange(0, 2400, 10.0), np.arange(0, 2400, 10.0))
+    sp_xy = np.stack([gx.ravel(), gy.ravel()], 1)
+    fine = np.sin(sp_xy[:, 0] / 37.0 + seed) * np.cos(sp_xy[:, 1] / 29.0)
+    loading = rng.normal(size=n_genes)
+    field = (np.outer(fine, loading) + 0.3 * rng.normal(size=(len(sp_xy), n_genes))).astype(np.float32)
+    centres = np.array([[x, y] for y in range(100, 2400, 200) for x in range(100, 2400, 200)], float)
+    members = spot_members(sp_xy, centres, 50.0)
+    observed = np.log1p(footprint_means(np.expm1(field), members, len(centres))[0])
+    feats = rng.normal(size=(len(sp_xy), 8)).astype(np.float32)
+    W = rng.normal(size=(8, n_genes))
+    if image_carries_truth:
+        feats[:, 0], W[0], W[1:] = fine, loading, 0.05 * W[1:]
+    return feats, members, observed, centres, _LinearHead(W)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_calibration_on_the_section_with_the_models_head_drops_a_noise_image_and_keeps_a_true_one(seed):
+    feats, members, observed, centres, head = _section_with_head(seed, image_carries_truth=False)
+    noise = calibrate_anchoring({"S": (feats, members, observed, centres)}, head=head)
+    assert noise["method"] == "scale transfer, 2 x 2-pitch blocks, the model's head" and noise["n_spots"] == 144
+    assert noise["image"] == 0.0  # the image adds nothing measurable: the map falls back to the measured spots
+    feats, members, observed, centres, head = _section_with_head(seed, image_carries_truth=True)
+    assert calibrate_anchoring({"S": (feats, members, observed, centres)}, head=head)["image"] > 0.8
+
+
+def test_section_anchoring_calibrates_on_the_section_unless_it_trained_the_model_or_is_too_small():
+    feats, members, observed, centres, head = _section_with_head(0, image_carries_truth=True)
+    stored = {"image": 0.3, "interpolation": 0.4, "method": "scale transfer, 2 x 2-pitch blocks, a head fitted on "
+              "the blocks"}
+    model = SuperresModel(["g0", "g1", "g2", "g3", "g4"], head, anchoring=stored)
+    own = section_anchoring(feats, members, observed, centres, model)
+    assert own["weights_from"] == "this section" and own["image"] > 0.8 and own["section_spots_in_blocks"] == 144
+    assert not own["image_weight_override"]
+    trained = section_anchoring(feats, members, observed, centres, model, in_training=True)
+    assert trained["weights_from"].startswith("the model's training sections (the model was trained on")
+    assert (trained["image"], trained["interpolation"]) == (0.3, 0.4)
+    few = np.where(members < 24, members, -1)  # two rows of spots imaged: 24 spots in blocks
+    small = section_anchoring(feats, few, observed, centres, model)
+    assert "fewer than 40" in small["weights_from"] and (small["image"], small["interpolation"]) == (0.3, 0.4)
+    forced = section_anchoring(feats, members, observed, centres, model, image_weight=0.0)
+    assert forced["image"] == 0.0 and forced["image_weight_override"]
+    assert forced["interpolation"] == own["interpolation"]
+
+
 @pytest.fixture(scope="module")
 def c3_sp(her2st_root):
     from spafoundation.io import read_dataset
@@ -231,24 +290,46 @@ def test_cli_superres_trains_maps_and_reuses_its_model(her2st_root, tiny_folder,
     assert (out / "C3_superres.png").exists() and (out / "model" / "config.json").exists()
     learned = SuperresModel.load(out / "model", encoder=str(tiny_folder)).anchoring
     assert learned["method"].startswith("scale transfer") and 0 <= learned["image"] <= 1
-    assert spa.uns["superres"]["anchoring"]["image"] == pytest.approx(learned["image"])
-    # an image-only use of the saved model: no counts layer, the image prediction as X
+    used = spa.uns["superres"]["anchoring"]  # C3 trained the model: its stored weights
+    assert used["image"] == pytest.approx(learned["image"]) and used["weights_from"].startswith("the model's training")
+    # the saved model on a section it never saw: anchored with weights calibrated on that section's own spots
     out2 = tmp_path / "again"
     assert main(["superres", str(her2st_root), "--sections", "C4", "--model", str(out / "model"), "--encoder",
                  str(tiny_folder), "--no-figure", "--out", str(out2), "--quiet", "--no-cache"]) == 0
-    assert ad.read_h5ad(out2 / "C4.h5ad").n_vars == 4
+    c4 = ad.read_h5ad(out2 / "C4.h5ad")
+    used = c4.uns["superres"]["anchoring"]
+    assert c4.n_vars == 4 and used["weights_from"] == "this section" and used["method"].endswith("the model's head")
+    assert 0 <= used["image"] <= 1 and 0 <= used["interpolation"] <= 1 and used["section_spots_in_blocks"] >= 40
 
 
-def test_superres_benchmark_runs_every_method(her2st_root, tiny_folder):
-    from spafoundation.eval.superres_benchmark import METHODS, coarsen, run_superres_benchmark
+def test_superres_benchmark_runs_every_split_and_method(her2st_root, tiny_folder):
+    from spafoundation.eval.splits import LOPO, MEAN_OF_DIRECTIONS
+    from spafoundation.eval.superres_benchmark import (
+        METHODS,
+        WITHIN,
+        coarsen,
+        run_superres_benchmark,
+        superres_summary,
+    )
     from spafoundation.io import read_dataset
 
-    sections = read_dataset(her2st_root, ["C3", "C4"], with_images=False)
+    sections = read_dataset(her2st_root, ["C3", "C4", "C5"], with_images=False)
     block, coarse = coarsen(sections["C3"])
     assert coarse.n_obs == len(np.unique(block)) and np.isclose(coarse.X.sum(), sections["C3"].X.sum())
-    rows, genes, _ = run_superres_benchmark(sections, str(tiny_folder), genes="hvg:5")
-    assert len(genes) == 5 and set(rows["method"]) == set(METHODS) and len(rows) == 2 * len(METHODS)
+    sections["C5"].obs["patient"] = "X"  # a second patient: leave-one-patient-out both ways, then within C
+    rows, genes, details = run_superres_benchmark(sections, str(tiny_folder), genes="hvg:5")
+    assert list(genes) == ["X -> C", "C -> X", "within C"] and all(len(g) == 5 for g in genes.values())
+    assert set(rows["method"]) == set(METHODS) and len(rows) == (1 + 2 + 2) * len(METHODS)
     assert rows["mean_r"].notna().all() and rows["ssim"].between(-1, 1).all()
+    # a test section of another patient is calibrated on its own spots; a section the model trained on is not
+    assert details["directions"]["C -> X"]["anchoring"]["C5"]["weights_from"] == "this section"
+    assert details["directions"]["within C"]["anchoring"]["C3"]["weights_from"].startswith("the model's training")
+    summary = superres_summary(rows)
+    assert list(dict.fromkeys(summary["direction"])) == ["X -> C", "C -> X", f"{MEAN_OF_DIRECTIONS} (2)", "within C"]
+    assert list(dict.fromkeys(summary["split"])) == [LOPO, WITHIN] and len(summary) == 4 * len(METHODS)
+    mean = summary[summary["direction"].str.startswith(MEAN_OF_DIRECTIONS)].set_index("method")["mean_r"]
+    per = summary[summary["split"] == LOPO].groupby("method")["mean_r"].apply(lambda v: v.iloc[:2].mean())
+    np.testing.assert_allclose(mean.sort_index(), per.sort_index())  # each direction weighs the same
 
 
 def _hex_section(rows: int = 4, cols: int = 8) -> ad.AnnData:
@@ -291,13 +372,16 @@ def test_benchmark_verdict_reads_the_run():
     import pandas as pd
 
     from spafoundation.commands.benchmark_superres import verdict
-    from spafoundation.eval.superres_benchmark import METHODS
+    from spafoundation.eval.superres_benchmark import METHODS, OURS
 
-    r = {METHODS[0]: [0.50, 0.60], METHODS[1]: [0.40, 0.50], METHODS[5]: [0.55, 0.58]}
-    rows = pd.DataFrame([{"method": m, "test": t, "mean_r": v, "ssim": 0.3} for m, vs in r.items()
-                         for t, v in zip(("A", "B"), vs, strict=True)])
-    text = verdict(rows)
-    assert "nearest coarse spot" in text and "+0.0150" in text and "1 of 2 sections" in text
+    r = {"C -> A": {METHODS[0]: (0.50, 0.40), METHODS[1]: (0.52, 0.30), OURS: (0.515, 0.41)},
+         "A -> C": {METHODS[0]: (0.60, 0.40), METHODS[1]: (0.50, 0.30), OURS: (0.60, 0.39)}}
+    summary = pd.DataFrame([{"split": "leave-one-patient-out", "direction": d, "method": m, "mean_r": v[0],
+                             "ssim": v[1]} for d, ms in r.items() for m, v in ms.items()])
+    text = verdict(summary)
+    assert "C -> A: against the nearest coarse spot mean r +0.0150, SSIM +0.0100 (not worse)" in text
+    assert "best baseline (inverse-distance weighting) mean r -0.0050" in text
+    assert "A -> C: against the nearest coarse spot mean r +0.0000, SSIM -0.0100 (worse)" in text
 
 
 def test_spots_finer_than_superpixels_are_refused(her2st_c2, tiny_encoder):

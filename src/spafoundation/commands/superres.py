@@ -93,7 +93,10 @@ def run(args) -> int:
                 draw(tmp / f"{n}_superres.png", spa, [g for g in genes if g in model.genes], n)
             extra = ""
             if "counts" in spa.layers:
-                extra = "; spot counts redistributed over their superpixels (layers['counts'])"
+                w = spa.uns["superres"]["anchoring"]
+                extra = (f"; anchored with image {w['image']:.2f}, neighbours {w['interpolation']:.2f} (weights "
+                         f"from {w['weights_from']}); spot counts redistributed over their superpixels "
+                         "(layers['counts'])")
             print(f"{n}: {spa.n_obs} superpixels of {spa.uns['superres']['step_um']:g} um x {spa.n_vars} genes in "
                   f"{time.perf_counter() - t0:.0f} s{extra}")
     print(f"wrote {out}")
@@ -114,8 +117,9 @@ def register(subparsers) -> None:
                    help="superpixel pitch: one encoder token (16 um by default) divided by a whole number, e.g. 8")
     p.add_argument("--image-weight", type=unit_interval,
                    help="inside measured spots, how much of the image's pattern to keep around the measurement "
-                        "(0: flat at the measurement, 1: the full image pattern; default: the weight the model "
-                        "learned by scale transfer)")
+                        "(0: flat at the measurement, 1: the full image pattern; default: the weight learned by "
+                        "scale transfer on the section's own spots, or the model's stored one where the section "
+                        "has too few or trained the model)")
     p.add_argument("--genes-to-draw", help="comma-separated genes for the figure (default: the first 4)")
     p.add_argument("--no-figure", action="store_true")
     add_cache_args(p)  # --cache-dir, --no-cache, --quiet: superpixel features are cached like spot embeddings

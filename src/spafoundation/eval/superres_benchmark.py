@@ -3,9 +3,17 @@ are merged into coarse pseudo-spots (2 x 2 spots on the array grid, square or he
 the mean), every method sees only the coarse pseudo-spots, and predictions at the original spots are compared with
 their real counts (per-gene Pearson per section, RMSE, SSIM of the gene maps on the array grid).
 
+Splits (``superres_splits``): leave-one-patient-out first, the headline (the models are fitted on one patient's
+coarse pseudo-spots and applied to the other patient's sections, which they never saw), per direction and the mean
+of the directions; then within-patient (fitted on the coarse pseudo-spots of all the patient's sections, the test
+sections included, never their real spots). Genes: chosen per direction on the training sections' coarse counts,
+among the genes the test sections measure.
+
 Methods, all in one run: nearest coarse spot; inverse-distance weighting (image-unaware); colour-aware IDW
 (TESLA's idea); the spot-level expression model applied at the fine spots; our superpixel model alone (image
-only) and anchored to the coarse measurements (the default map of ``spafoundation superres``)."""
+only) and anchored to the coarse measurements, once with the anchoring weights learned on the training sections
+and once as ``spafoundation superres`` does it (the default map): weights calibrated on the test section's own
+coarse pseudo-spots (``section_anchoring``), the training weights where the section trained the model."""
 
 from __future__ import annotations
 
@@ -17,14 +25,16 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
+from spafoundation.eval.genes import TARGET_SUM, common_genes, expression_matrix, select_genes
 from spafoundation.eval.metrics import evaluate_expression, pearson_per_gene, ssim_grid
+from spafoundation.eval.splits import LOPO, benchmark_splits, section_patient, summarize_splits
 from spafoundation.tasks.heads import RidgeHead
 from spafoundation.tasks.spot_features import locations_adata, spot_features
 from spafoundation.tasks.superres import (
     anchor_to_measurements,
     fit_superres,
     idw,
+    section_anchoring,
     spot_members,
     spot_radius_px,
     superpixels,
@@ -33,7 +43,11 @@ from spafoundation.tasks.superres import (
 
 SPOT_RECIPE = {"source": "encoder+colour_texture", "context": 2.0, "neighbours_um": 0.0}
 METHODS = ("nearest coarse spot", "inverse-distance weighting", "colour-aware IDW (TESLA-style)",
-           "spot-level model at fine spots", "superpixel model, image only", "superpixel model + coarse anchors")
+           "spot-level model at fine spots", "superpixel model, image only",
+           "superpixel model + coarse anchors, training weights", "superpixel model + coarse anchors")
+OURS = METHODS[-1]  # the default map of `spafoundation superres`: anchoring calibrated on the section itself
+METRICS = ("mean_r", "median_r", "rmse", "ssim")
+WITHIN = "within-patient"
 
 
 def coarsen(adata: ad.AnnData, factor: int = 2) -> tuple[np.ndarray, ad.AnnData]:
@@ -91,77 +105,121 @@ def array_image(rows_cols: tuple[np.ndarray, np.ndarray], values: np.ndarray) ->
     return img
 
 
+def superres_splits(sections: dict[str, ad.AnnData]) -> list[tuple[str, str, list[str], list[str]]]:
+    """(split kind, direction, test sections, training sections). Leave-one-patient-out first (``benchmark_splits``:
+    the superres model is fitted on one patient's coarse pseudo-spots and applied to the other's), then within each
+    patient with two or more sections (every patient when there is no leave-one-patient-out split): the model is
+    fitted on the coarse pseudo-spots of all its sections, the test sections included (never their real spots)."""
+    lopo = [s for s in benchmark_splits(sections) if s[0] == LOPO]
+    patients: dict = {}
+    for n, a in sections.items():
+        patients.setdefault(section_patient(a), []).append(n)
+    within = [(WITHIN, f"within {p}" if p is not None else "within the sections", names, names)
+              for p, names in patients.items() if len(names) >= 2 or not lopo]
+    return lopo + within
+
+
 def run_superres_benchmark(sections: dict[str, ad.AnnData], encoder, *, genes: str = "hvg:50",
-                           step_um: float | None = None, progress: bool = False) -> tuple[pd.DataFrame, list, dict]:
-    """Per (method, section) metrics, the gene list and timings."""
+                           step_um: float | None = None, progress: bool = False) -> tuple[pd.DataFrame, dict, dict]:
+    """Per (split, direction, method, test section) metrics, the gene list of each direction (chosen on its
+    training sections' coarse counts, among the genes its test sections measure) and the run's details: the
+    anchoring weights of each direction's model and of each test section, timings."""
     from spafoundation.tasks.expression import resolve_encoder
 
     enc = resolve_encoder(encoder)
-    timing = {}
+    details: dict = {"directions": {}}
     t0 = time.perf_counter()
     sps = {n: superpixels(a, enc, step_um=step_um, progress=progress) for n, a in sections.items()}
-    timing["superpixels_s_per_section"] = (time.perf_counter() - t0) / len(sections)
-    timing["superpixels_per_section"] = float(np.mean([len(s) for s in sps.values()]))
+    details["superpixels_s_per_section"] = (time.perf_counter() - t0) / len(sections)
+    details["superpixels_per_section"] = float(np.mean([len(s) for s in sps.values()]))
     coarse = {n: coarsen(a) for n, a in sections.items()}
-    gene_list = select_genes([c for _, c in coarse.values()], genes, TARGET_SUM)
-    fine_members, coarse_members, coarse_y, truth = {}, {}, {}, {}
+    coarse_xy = {n: np.asarray(c.obsm["spatial"], float) for n, (_, c) in coarse.items()}
+    fine_members, coarse_members = {}, {}
     for n, a in sections.items():
-        block, c = coarse[n]
         fm = spot_members(sps[n].xy, np.asarray(a.obsm["spatial"], float), spot_radius_px(a))
         fine_members[n] = fm
-        coarse_members[n] = np.where(fm >= 0, block[np.maximum(fm, 0)], -1)
-        coarse_y[n] = expression_matrix(c, gene_list, TARGET_SUM)
-        truth[n] = expression_matrix(a, gene_list, TARGET_SUM)
-    t0 = time.perf_counter()
-    model = fit_superres(sections, enc, genes=gene_list, step_um=step_um, cached=sps,
-                         footprints={n: (coarse_members[n], coarse_y[n], np.asarray(coarse[n][1].obsm["spatial"], float))
-                                     for n in sections})
-    timing["anchoring"] = model.anchoring
-    timing["fit_s"] = time.perf_counter() - t0
-    # the spot-level model: trained on patches at the coarse centres, applied at the fine ones
-    coarse_feats = {n: spot_features(locations_adata(a, coarse[n][1].obsm["spatial"]), SPOT_RECIPE, enc)
-                    for n, a in sections.items()}
-    spot_head = RidgeHead().fit(np.concatenate(list(coarse_feats.values())), np.concatenate(list(coarse_y.values())),
-                                np.concatenate([[n] * len(f) for n, f in coarse_feats.items()]))
-    rows, within = [], []
-    for n, a in sections.items():
-        s, c = sps[n], coarse[n][1]
-        fine_xy, coarse_xy = np.asarray(a.obsm["spatial"], float), np.asarray(c.obsm["spatial"], float)
-        colour = s.features[:, -3:]
-        fine_colour = values_at_spots(colour, s.xy, fine_members[n], fine_xy)
-        coarse_colour = values_at_spots(colour, s.xy, coarse_members[n], coarse_xy)
-        pred_sp = model.predict(s)
-        anchored = anchor_to_measurements(s.xy, pred_sp, coarse_members[n], coarse_xy, coarse_y[n],
-                                          image=model.anchoring["image"],
-                                          interpolation=model.anchoring["interpolation"])
-        preds = {
-            METHODS[0]: idw(coarse_xy, coarse_y[n], fine_xy, k=1),
-            METHODS[1]: idw(coarse_xy, coarse_y[n], fine_xy),
-            METHODS[2]: idw(coarse_xy, coarse_y[n], fine_xy, src_colour=coarse_colour, dst_colour=fine_colour),
-            METHODS[3]: spot_head.predict(spot_features(a, SPOT_RECIPE, enc)),
-            METHODS[4]: values_at_spots(pred_sp, s.xy, fine_members[n], fine_xy),
-            METHODS[5]: values_at_spots(anchored, s.xy, fine_members[n], fine_xy),
-        }
-        # the ceiling of any image method: how well the image's deviation of a spot from its block follows the truth's
-        block = coarse[n][0]
-        image_dev = preds[METHODS[4]] - values_at_spots(pred_sp, s.xy, coarse_members[n], coarse_xy)[block]
-        within.append(float(np.nanmean(pearson_per_gene(truth[n] - coarse_y[n][block], image_dev))))
-        grid = lattice(a)
-        obs_img = array_image(grid, truth[n])
-        for method, P in preds.items():
-            m = evaluate_expression(truth[n], P)
-            m.pop("r")
-            rows.append({"method": method, "test": n, "mean_r": m["mean_r"], "median_r": m["median_r"],
-                         "rmse": m["rmse"], "ssim": ssim_grid(obs_img, array_image(grid, P)),
-                         "n_fine": a.n_obs, "n_coarse": c.n_obs})
-    timing["image_within_block_r"] = float(np.mean(within))
-    return pd.DataFrame(rows), gene_list, timing
+        coarse_members[n] = np.where(fm >= 0, coarse[n][0][np.maximum(fm, 0)], -1)
+    # the spot-level model's features: patches at the coarse centres (training), at the fine ones (test)
+    coarse_feats = {n: spot_features(locations_adata(a, coarse_xy[n]), SPOT_RECIPE, enc) for n, a in sections.items()}
+    fine_feats: dict = {}
+    rows, gene_lists = [], {}
+    for split, direction, test, train in superres_splits(sections):
+        gene_list = select_genes([coarse[n][1] for n in train], genes, TARGET_SUM,
+                                 candidates=common_genes([sections[n] for n in test]))
+        gene_lists[direction] = gene_list
+        coarse_y = {n: expression_matrix(coarse[n][1], gene_list, TARGET_SUM) for n in dict.fromkeys(train + test)}
+        t0 = time.perf_counter()
+        model = fit_superres({n: sections[n] for n in train}, enc, genes=gene_list, step_um=step_um, cached=sps,
+                             footprints={n: (coarse_members[n], coarse_y[n], coarse_xy[n]) for n in train})
+        fit_s = time.perf_counter() - t0
+        spot_head = RidgeHead().fit(np.concatenate([coarse_feats[n] for n in train]),
+                                    np.concatenate([coarse_y[n] for n in train]),
+                                    np.concatenate([[n] * len(coarse_feats[n]) for n in train]))
+        anchoring, within = {}, []
+        for n in test:
+            a, s, c = sections[n], sps[n], coarse[n][1]
+            truth = expression_matrix(a, gene_list, TARGET_SUM)
+            fine_xy, block = np.asarray(a.obsm["spatial"], float), coarse[n][0]
+            colour = s.features[:, -3:]
+            fine_colour = values_at_spots(colour, s.xy, fine_members[n], fine_xy)
+            coarse_colour = values_at_spots(colour, s.xy, coarse_members[n], coarse_xy[n])
+            pred_sp = model.predict(s)
+            # what `spafoundation superres` does on a section with counts: weights calibrated on the section's own
+            # (here coarse) spots, unless they trained the model or are too few; and, for comparison, the weights
+            # the model learned on its training sections
+            weights = section_anchoring(s.features, coarse_members[n], coarse_y[n], coarse_xy[n], model,
+                                        in_training=n in train)
+            anchoring[n] = weights
+            anchored = {k: anchor_to_measurements(s.xy, pred_sp, coarse_members[n], coarse_xy[n], coarse_y[n],
+                                                  image=w["image"], interpolation=w["interpolation"])
+                        for k, w in (("section", weights), ("training", model.anchoring))}
+            if n not in fine_feats:
+                fine_feats[n] = spot_features(a, SPOT_RECIPE, enc)
+            preds = {
+                METHODS[0]: idw(coarse_xy[n], coarse_y[n], fine_xy, k=1),
+                METHODS[1]: idw(coarse_xy[n], coarse_y[n], fine_xy),
+                METHODS[2]: idw(coarse_xy[n], coarse_y[n], fine_xy, src_colour=coarse_colour, dst_colour=fine_colour),
+                METHODS[3]: spot_head.predict(fine_feats[n]),
+                METHODS[4]: values_at_spots(pred_sp, s.xy, fine_members[n], fine_xy),
+                METHODS[5]: values_at_spots(anchored["training"], s.xy, fine_members[n], fine_xy),
+                METHODS[6]: values_at_spots(anchored["section"], s.xy, fine_members[n], fine_xy),
+            }
+            # the ceiling of any image method: how well the image's deviation of a spot from its block follows the
+            # truth's
+            image_dev = preds[METHODS[4]] - values_at_spots(pred_sp, s.xy, coarse_members[n], coarse_xy[n])[block]
+            within.append(float(np.nanmean(pearson_per_gene(truth - coarse_y[n][block], image_dev))))
+            grid = lattice(a)
+            obs_img = array_image(grid, truth)
+            for method, P in preds.items():
+                m = evaluate_expression(truth, P)
+                rows.append({"split": split, "direction": direction, "method": method, "test": n,
+                             "mean_r": m["mean_r"], "median_r": m["median_r"], "rmse": m["rmse"],
+                             "ssim": ssim_grid(obs_img, array_image(grid, P)), "n_fine": a.n_obs, "n_coarse": c.n_obs})
+        details["directions"][direction] = {"split": split, "train": list(train), "test": list(test),
+                                            "n_genes": len(gene_list), "fit_s": fit_s,
+                                            "training_anchoring": dict(model.anchoring), "anchoring": anchoring,
+                                            "image_within_block_r": float(np.mean(within))}
+    return pd.DataFrame(rows), gene_lists, details
 
 
-def superres_markdown(rows: pd.DataFrame) -> str:
-    agg = rows.groupby("method", sort=False)[["mean_r", "median_r", "rmse", "ssim"]].mean()
-    lines = ["| method | mean r | median r | RMSE | SSIM | sections |", "|---|---|---|---|---|---|"]
-    for m, r in agg.iterrows():
-        lines.append(f"| {m} | {r['mean_r']:.3f} | {r['median_r']:.3f} | {r['rmse']:.3f} | {r['ssim']:.3f} | "
-                     f"{int((rows['method'] == m).sum())} |")
+def superres_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (split, direction, method), metrics averaged over the direction's test sections: the
+    leave-one-patient-out directions, their mean (each direction weighs the same), then within-patient."""
+    lopo = summarize_splits(rows[rows["split"] == LOPO].rename(columns={"method": "contender"}), METHODS, METRICS)
+    out = [lopo.rename(columns={"contender": "method"})]
+    part = rows[rows["split"] == WITHIN]
+    for d in dict.fromkeys(part["direction"]):
+        g = part[part["direction"] == d]
+        out.append(pd.DataFrame([{"split": WITHIN, "direction": d, "method": m, **r[list(METRICS)].mean().to_dict(),
+                                  "n_test": len(r)} for m in METHODS if len(r := g[g["method"] == m])]))
+    return pd.concat([o for o in out if len(o)], ignore_index=True)
+
+
+def superres_markdown(summary: pd.DataFrame) -> str:
+    lines = ["| split | direction | method | mean r | median r | RMSE | SSIM | test sections |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in summary.iterrows():
+        bold = "**" if r["method"] == OURS else ""
+        lines.append(f"| {r['split']} | {r['direction']} | {bold}{r['method']}{bold} | {r['mean_r']:.3f} | "
+                     f"{r['median_r']:.3f} | {r['rmse']:.3f} | {r['ssim']:.3f} | {int(r['n_test'])} |")
     return "\n".join(lines)

@@ -17,12 +17,16 @@ added, so the image supplies the pattern and the measurements the level; the ima
 ``layers['image_only']``. Inside a spot, a superpixel is the spot's measurement plus two deviations that average to
 zero over the spot: the image's (its prediction minus the spot's mean prediction) and the neighbours' (the spots
 interpolated to its position minus the spot's own value), with weights learned by scale transfer
-(``calibrate_anchoring``): the training spots are pooled into 2 x 2-pitch blocks, a second head is fitted on the
-blocks, and the two weights that best predict each spot's deviation from its block, from the same two deviations
-one level up, are kept. No finer truth is needed, and a weak image signal gets a small weight instead of adding
-noise. ``layers['counts']`` redistributes each spot's measured counts over its superpixels in
-proportion to the anchored (expm1) expression, so the superpixels of a spot sum to its counts (relative
-tolerance 1e-4, float32). Sections without counts get the image-only map.
+(``calibrate_anchoring``) on the section being anchored (``section_anchoring``): its own spots are pooled into
+2 x 2-pitch blocks, and the two weights that best predict each spot's deviation from its block, from the same two
+deviations one level up (the image's from the model's head), are kept. No finer truth is needed, the weights fit the
+image and tissue at hand rather than the patient the model was trained on, and they are shrunk by their
+t-statistics, so an image whose deviations do not measurably follow the spots' gets weight 0 and the map falls back
+to the measured spots. A section with too few spots in blocks takes the weights stored in the model, calibrated the
+same way on its training spots (with a second head fitted on their blocks). ``layers['counts']`` redistributes
+each spot's measured counts over its superpixels in proportion to the anchored (expm1) expression, so the
+superpixels of a spot sum to its counts (relative tolerance 1e-4, float32). Sections without counts get the
+image-only map.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ MIN_TISSUE = 0.25  # superpixels with less tissue than this are left out of the 
 TILE_MIN_TISSUE = 0.05
 # The anchoring before calibration (and for too few spots): the full image pattern, no neighbour term.
 ANCHOR_DEFAULT = {"image": 1.0, "interpolation": 0.0, "method": "default"}
-MIN_CALIBRATION_SPOTS = 40  # spots in blocks of two or more, over all training sections
+MIN_CALIBRATION_SPOTS = 40  # spots in blocks of two or more, over all the sections calibrated on
+SHRINKAGE = 1.0  # positive-part James-Stein constant: a weight is kept x (1 - SHRINKAGE / t^2), 0 below
 # A spot must be at least this many superpixel steps across to be super-resolved (and to train on): it then holds
 # about 1.8 superpixels (pi / 4 x 1.5^2); finer spots (Visium HD bins) hold one superpixel or none.
 MIN_SPOT_STEPS = 1.5
@@ -400,17 +405,20 @@ def spot_blocks(xy: np.ndarray, factor: int = 2) -> np.ndarray:
     return np.unique(cells, axis=0, return_inverse=True)[1].ravel()
 
 
-def calibrate_anchoring(levels: dict[str, tuple], blocks=None) -> dict:
+def calibrate_anchoring(levels: dict[str, tuple], blocks=None, head=None) -> dict:
     """The weights of the two within-spot deviations used by ``anchor_to_measurements``, learned one scale up.
 
-    ``levels``: {section: (superpixel features, members, targets, centres)} for the training spots. Spots are pooled
-    into blocks (``spot_blocks``); a ridge head is fitted on the blocks as the model was on the spots; then, for every
-    spot in a block of two or more, its deviation from its block is regressed (least squares pooled over genes, no
-    intercept) on the image deviation (the head's mean prediction over the spot minus over the block) and the
-    neighbour deviation (the blocks interpolated to the spot minus its block). Weights are shrunk by their
-    t-statistics and clipped to [0, 1]."""
+    ``levels``: {section: (superpixel features, members, targets, centres)} for the spots. Spots are pooled into
+    blocks (``spot_blocks``); unless ``head`` (an already-fitted head: the model's own, when calibrating on the
+    section being anchored) is given, a ridge head is fitted on the blocks as the model was on the spots; then, for
+    every spot in a block of two or more, its deviation from its block is regressed (least squares pooled over
+    genes, no intercept) on the image deviation (the head's mean prediction over the spot minus over the block) and
+    the neighbour deviation (the blocks interpolated to the spot minus its block). Weights are shrunk by their
+    t-statistics (``shrink_weights``) and clipped to [0, 1]: an image deviation that does not measurably follow the
+    spots' gets weight 0, and the map falls back to the measured spots."""
     from spafoundation.tasks.heads import RidgeHead
 
+    which_head = "the model's head" if head is not None else "a head fitted on the blocks"
     prepared, X, Y, groups = {}, [], [], []
     for n, (feats, members, targets, centres) in levels.items():
         seen = np.flatnonzero(np.bincount(members[members >= 0], minlength=len(targets)) > 0)
@@ -423,19 +431,23 @@ def calibrate_anchoring(levels: dict[str, tuple], blocks=None) -> dict:
         par_y = np.log1p(footprint_means(np.expm1(targets[seen].astype(np.float64)), parent[seen], n_par)[0])
         par_xy, siblings = footprint_means(centres[seen], parent[seen], n_par)
         par_members = np.where(members >= 0, parent[np.maximum(members, 0)], -1)
-        means, k = footprint_means(feats, par_members, n_par)
-        X.append(means[k > 0])
-        Y.append(par_y[k > 0])
-        groups += [n] * int((k > 0).sum())
+        if head is None:
+            means, k = footprint_means(feats, par_members, n_par)
+            X.append(means[k > 0])
+            Y.append(par_y[k > 0])
+            groups += [n] * int((k > 0).sum())
         child = seen[siblings[parent[seen]] >= 2]
         prepared[n] = (feats, members, targets, centres, parent, par_y, par_xy, par_members, child)
     n_child = sum(len(v[-1]) for v in prepared.values())
+    n_blocks = sum(len(np.unique(v[4][v[-1]])) for v in prepared.values())
     if n_child < MIN_CALIBRATION_SPOTS:
-        return {**ANCHOR_DEFAULT, "method": f"default ({n_child} spots in blocks, fewer than {MIN_CALIBRATION_SPOTS})"}
-    block_head = RidgeHead().fit(np.concatenate(X), np.concatenate(Y), np.asarray(groups), blocks)
+        return {**ANCHOR_DEFAULT, "method": f"default ({n_child} spots in blocks, fewer than {MIN_CALIBRATION_SPOTS})",
+                "n_spots": int(n_child), "n_blocks": int(n_blocks)}
+    if head is None:
+        head = RidgeHead().fit(np.concatenate(X), np.concatenate(Y), np.asarray(groups), blocks)
     target, f_image, f_interp = [], [], []
     for feats, members, targets, centres, parent, par_y, par_xy, par_members, child in prepared.values():
-        pred = block_head.predict(feats)
+        pred = head.predict(feats)
         spot_mean = footprint_means(pred, members, len(targets))[0]
         block_mean = footprint_means(pred, par_members, len(par_y))[0]
         p = parent[child]
@@ -444,17 +456,23 @@ def calibrate_anchoring(levels: dict[str, tuple], blocks=None) -> dict:
         f_interp.append(idw(par_xy, par_y, centres[child]) - par_y[p])
     A = np.stack([np.concatenate(f_image).ravel(), np.concatenate(f_interp).ravel()], 1).astype(np.float64)
     t = np.concatenate(target).ravel().astype(np.float64)
+    image, interpolation = shrink_weights(A, t, n_child)
+    return {"image": image, "interpolation": interpolation,
+            "method": f"scale transfer, 2 x 2-pitch blocks, {which_head}",
+            "n_spots": int(n_child), "n_blocks": int(n_blocks)}
+
+
+def shrink_weights(A: np.ndarray, t: np.ndarray, n_obs: int) -> tuple[float, float]:
+    """Least-squares weights of ``A``'s columns for ``t`` (no intercept), each shrunk by positive-part James-Stein
+    on its t-statistic, counting ``n_obs`` independent observations (spots, not spot x gene pairs, which are
+    correlated), then clipped to [0, 1]. A deviation that fits only by chance (a blind image whose tiny spot-level
+    deviations get a large coefficient) is dropped rather than amplified at the superpixels."""
     gram_inv = np.linalg.pinv(A.T @ A)
     w = gram_inv @ A.T @ t
-    # Positive-part James-Stein shrinkage of each weight by its t-statistic, counting spots (not spot x gene pairs,
-    # which are correlated) as independent: a deviation that fits only by chance (a blind image whose tiny
-    # spot-level deviations get a large coefficient) is dropped rather than amplified at the superpixels.
-    sigma2 = float(np.mean((t - A @ w) ** 2)) * len(t) / max(n_child - 2, 1)
+    sigma2 = float(np.mean((t - A @ w) ** 2)) * len(t) / max(n_obs - A.shape[1], 1)
     t_stat = w / np.sqrt(np.maximum(np.diag(gram_inv) * sigma2, 1e-30))
-    w = w * np.clip(1.0 - 1.0 / np.maximum(t_stat**2, 1e-12), 0.0, 1.0)
-    image, interpolation = (float(np.clip(v, 0.0, 1.0)) + 0.0 for v in w)  # + 0.0: no -0.0
-    return {"image": image, "interpolation": interpolation, "method": "scale transfer, 2 x 2-pitch blocks",
-            "n_spots": int(n_child), "n_blocks": len(groups)}
+    w = w * np.clip(1.0 - SHRINKAGE / np.maximum(t_stat**2, 1e-12), 0.0, 1.0)
+    return tuple(float(np.clip(v, 0.0, 1.0)) + 0.0 for v in w)  # + 0.0: no -0.0
 
 
 def idw(src_xy: np.ndarray, values: np.ndarray, dst_xy: np.ndarray, k: int = 4, power: float = 2.0,
@@ -501,12 +519,41 @@ def anchor_to_measurements(sp_xy: np.ndarray, pred: np.ndarray, members: np.ndar
     return out.astype(np.float32)
 
 
+def section_anchoring(features: np.ndarray, members: np.ndarray, observed: np.ndarray, centres: np.ndarray,
+                      model: SuperresModel, image_weight: float | None = None, *, in_training: bool = False) -> dict:
+    """The anchoring weights for one section with counts (``observed`` at spot ``centres``; ``members``: each
+    superpixel's spot or -1). Calibrated on the section's own measured spots (``calibrate_anchoring`` one level up,
+    the image deviation from the model's head) when it has ``MIN_CALIBRATION_SPOTS`` spots in blocks of two or
+    more, so the weights fit this image and this tissue, not the patient the model was trained on. Otherwise, and
+    for a section the model was trained on (``in_training``: its spots fitted the head, so the head's deviations
+    would follow them by construction), the model's stored weights, calibrated on its training sections with a head
+    fitted on their blocks. ``image_weight`` overrides the image's weight. Returns the weights and where they came
+    from (``weights_from``), as recorded in uns['superres']['anchoring']."""
+    own = calibrate_anchoring({"section": (features, members, observed, centres)}, head=model.head)
+    stored = {**ANCHOR_DEFAULT, **model.anchoring}
+    if own["method"].startswith("scale transfer") and not in_training:
+        w = {"image": own["image"], "interpolation": own["interpolation"], "method": own["method"],
+             "weights_from": "this section"}
+    else:
+        why = ("the model was trained on this section's spots" if in_training else
+               f"this section has {own['n_spots']} spots in blocks, fewer than {MIN_CALIBRATION_SPOTS}")
+        w = {"image": float(stored["image"]), "interpolation": float(stored["interpolation"]),
+             "method": str(stored["method"]), "weights_from": f"the model's training sections ({why})"}
+    w["section_spots_in_blocks"] = int(own["n_spots"])
+    w["image_weight_override"] = image_weight is not None
+    if image_weight is not None:
+        w["image"] = float(image_weight)
+    return w
+
+
 def superres_adata(section: ad.AnnData, sp: Superpixels, pred: np.ndarray, model: SuperresModel, *,
                    image_weight: float | None = None) -> ad.AnnData:
     """The superpixel AnnData: X = predicted log-normalised expression; obs grid row/col, tissue share and the spot
     each superpixel lies in. Where the section has counts, X is anchored to them (``anchor_to_measurements`` with
-    the model's learned weights, ``image_weight`` overriding the image's; the image-only prediction stays in
-    layers['image_only']) and layers['counts'] redistributes each spot's counts over its superpixels."""
+    the weights ``section_anchoring`` calibrates on this section's own spots, or the model's stored ones when it
+    has too few or is one of the model's training sections; ``image_weight`` overrides the image's; which were used
+    is in uns['superres']['anchoring']; the image-only prediction stays in layers['image_only']) and
+    layers['counts'] redistributes each spot's counts over its superpixels."""
     lib = library_id(section)
     members = spot_members(sp.xy, np.asarray(section.obsm["spatial"], float), spot_radius_px(section))
     obs = pd.DataFrame({"section": lib, "grid_row": sp.row, "grid_col": sp.col, "tissue_fraction": sp.tissue,
@@ -525,15 +572,16 @@ def superres_adata(section: ad.AnnData, sp: Superpixels, pred: np.ndarray, model
         import scipy.sparse as sparse
 
         observed = expression_matrix(section, model.genes, model.target_sum)
+        centres = np.asarray(section.obsm["spatial"], float)
         out.layers["image_only"] = out.X.copy()
-        weights = {**model.anchoring, **({} if image_weight is None else {"image": float(image_weight)})}
-        out.X = anchor_to_measurements(sp.xy, pred, members, np.asarray(section.obsm["spatial"], float), observed,
-                                       image=weights["image"], interpolation=weights["interpolation"])
+        weights = section_anchoring(sp.features, members, observed, centres, model, image_weight,
+                                    in_training=lib in set(model.training.get("sections", [])))
+        out.X = anchor_to_measurements(sp.xy, pred, members, centres, observed, image=weights["image"],
+                                       interpolation=weights["interpolation"])
         out.uns["superres"]["anchored"] = ("inside spots: the spot's measurement + image x the image's deviation "
                                            "from the spot mean + interpolation x the neighbouring spots' deviation; "
                                            "between spots: image prediction + IDW of the spots' residuals")
-        out.uns["superres"]["anchoring"] = {k: v for k, v in weights.items() if k in ("image", "interpolation",
-                                                                                       "method")}
+        out.uns["superres"]["anchoring"] = weights
         counts = section[:, model.genes].X
         counts = np.asarray(counts.toarray() if sparse.issparse(counts) else counts, dtype=np.float64)
         out.layers["counts"] = redistribute(np.asarray(out.X), members, counts)
