@@ -47,6 +47,7 @@ bench: install
 	$(PY) bench/wsi_scale.py
 	$(PY) bench/gpu_throughput.py
 	$(PY) bench/expression.py
+	$(PY) bench/reliability.py
 	$(PY) bench/tumor_clustering.py
 	$(PY) bench/superres.py
 

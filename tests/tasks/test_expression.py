@@ -94,6 +94,9 @@ def test_cli_fit_and_predict(her2st_root, tiny_folder, tmp_path, capsys):
                  *common]) == 0
     pred = ad.read_h5ad(out)
     assert pred.n_vars == 6 and pred.n_obs > 100 and "C6" in pred.uns["spatial"]
+    printed = capsys.readouterr().out
+    assert f"{int(pred.var['reliable'].sum())} of 6 genes reliable" in printed and "C6: image shift" in printed
+    assert pred.var["reliable"].dtype == bool and "shift" in pred.uns["spafoundation_prediction"]
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert set(metrics) == {"C6"} and -1 <= metrics["C6"]["mean_r"] <= 1
     assert (tmp_path / "pred_C6_maps.png").stat().st_size > 10_000

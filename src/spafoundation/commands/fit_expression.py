@@ -21,7 +21,6 @@ from spafoundation.eval.genes import TARGET_SUM
 def run(args) -> int:
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.expression import fit_expression
-    from spafoundation.tasks.reliability import RELIABLE_R
     from spafoundation.utils.atomic import check_output_dir
 
     check_output_dir(args.out)  # before the work: never replace a folder of the user's
@@ -51,11 +50,8 @@ def run(args) -> int:
           f"{t['n_spots']} spots, {len(model.genes)} genes; features {model.recipe}")
     if t.get("cv_mean_r") is not None:
         print(f"inner cross-validation over training sections: mean per-gene r {t['cv_mean_r']:.3f}")
-    reliable = model.reliable()
-    if model.gene_table():
-        print(f"{len(reliable)} of {len(model.genes)} genes reliable (cross-validated r >= {RELIABLE_R} over held-out "
-              f"{'patients' if 'patients' in model.gene_cv else 'sections'})"
-              + (f": {', '.join(reliable[:20])}{' ...' if len(reliable) > 20 else ''}" if reliable else ""))
+    if (line := model.reliability_summary()) is not None:
+        print(line)
     print(f"wrote {args.out}")
     return 0
 

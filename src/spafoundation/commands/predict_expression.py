@@ -41,7 +41,6 @@ def _evaluate(model, adata, pred) -> dict | None:
 def run(args) -> int:
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.expression import ExpressionModel
-    from spafoundation.tasks.reliability import RELIABLE_R
 
     out = Path(args.out)
     check_output_file(out, ".h5ad")
@@ -49,11 +48,8 @@ def run(args) -> int:
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     imaged = imaged_sections(data, args.data, "to predict from")
     preds, metrics = {}, {}
-    reliable = model.reliable()
-    if model.gene_table():
-        print(f"{len(reliable)} of {len(model.genes)} genes reliable (cross-validated r >= {RELIABLE_R} over held-out "
-              f"training {'patients' if 'patients' in model.gene_cv else 'sections'}; var['cv_pearson'], "
-              f"var['reliable']): {', '.join(reliable[:20])}{' ...' if len(reliable) > 20 else ''}")
+    if (line := model.reliability_summary()) is not None:
+        print(line)
     for name, adata in imaged.items():
         preds[name] = model.predict(adata, cache_dir=cache_dir(args), progress=not args.quiet)
         shift = preds[name].uns["spafoundation_prediction"].get("shift")

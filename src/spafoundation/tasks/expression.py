@@ -140,6 +140,16 @@ class ExpressionModel:
         table = self.gene_table()
         return [g for g, ok in zip(self.genes, table["reliable"], strict=True) if ok] if table else []
 
+    def reliability_summary(self, shown: int = 20) -> str | None:
+        """One line for the user: how many genes are reliable, at which level, and the first ``shown`` of them."""
+        if not self.gene_table():
+            return None
+        reliable = self.reliable()
+        level = "patients" if "patients" in self.gene_cv else "sections"
+        names = f": {', '.join(reliable[:shown])}{' ...' if len(reliable) > shown else ''}" if reliable else ""
+        return (f"{len(reliable)} of {len(self.genes)} genes reliable (cross-validated r >= {RELIABLE_R} over "
+                f"held-out training {level}; var['cv_pearson'], var['reliable']){names}")
+
     def _get_encoder(self):
         if self.encoder is None and self.encoder_ref is not None:
             self.encoder = encoder_from_reference(self.encoder_ref)
