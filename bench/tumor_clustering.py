@@ -30,10 +30,12 @@ def ratio(a_name: str, a: float, b_name: str, b: float) -> str:
 
 
 def _tumor_ratios(by: pd.Series) -> list[str]:
-    pipe = next(c for c in by.index if c.startswith("pipeline"))
+    pipe = next(c for c in by.index if c.endswith("(default)"))
     rnd = next(c for c in by.index if c.startswith("random-"))
     markers = next(c for c in by.index if c.startswith("label-free"))
-    return [ratio(pipe, by[pipe], b, by[b]) for b in ("mean colour + logistic", "colour/texture + logistic", rnd)] + [
+    expression_pipeline = next(c for c in by.index if c.startswith("expression pipeline") and c.endswith(" z"))
+    return [ratio(pipe, by[pipe], b, by[b]) for b in ("mean colour + logistic", "colour/texture + logistic", rnd,
+                                                      expression_pipeline)] + [
         ratio(markers, by[markers], "mean colour + logistic", by["mean colour + logistic"])]
 
 

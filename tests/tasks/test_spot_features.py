@@ -73,3 +73,15 @@ def test_per_section_standardisation(her2st_c2, tmp_path):
     np.testing.assert_allclose(standardize_section(raw * 3.0 + 7.0), z, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="standardize"):
         make_recipe(standardize="slide")
+
+
+def test_locations_are_standardised_with_their_sections_spots(her2st_c2, tmp_path):
+    """A coarse tissue grid has too few points for statistics of its own: the section's spots give them."""
+    a = her2st_c2[:40].copy()
+    recipe = {"source": "colour_texture", "standardize": "section"}
+    grid = locations_adata(a, np.asarray(a.obsm["spatial"])[:3] + 50.0)
+    spots_raw = spot_features(a, {**recipe, "standardize": "none"}, cache_dir=tmp_path)
+    grid_raw = spot_features(grid, {**recipe, "standardize": "none"}, cache_dir=tmp_path)
+    got = spot_features(grid, recipe, cache_dir=tmp_path, standardize_with=a)
+    np.testing.assert_allclose(got, standardize_section(grid_raw, reference=spots_raw), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, standardize_section(grid_raw), atol=1e-2)  # not its own three points

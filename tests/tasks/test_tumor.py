@@ -12,7 +12,9 @@ import pytest
 from spafoundation.cli import main
 from spafoundation.errors import InputError
 from spafoundation.tasks.labels import tumor_labels
+from spafoundation.tasks.spot_features import make_recipe
 from spafoundation.tasks.tumor import (
+    TUMOR_FEATURES,
     TumorClassifier,
     TumorModel,
     held_out_models,
@@ -152,7 +154,7 @@ def test_cli_tumor_writes_spots_grid_model_and_heatmaps(her2st_root, tiny_folder
     again = json.loads((out2 / "metrics.json").read_text())["supervised"]["C4"]
     assert again["held_out"] is False and "C4" in again["trained_on"]
     assert "C4 supervised" in (text := capsys.readouterr().out) and "tumour spots, in training (model" in text
-    assert TumorModel.load(out / "model", encoder=str(tiny_folder)).recipe["context"] == 2.0
+    assert TumorModel.load(out / "model", encoder=str(tiny_folder)).recipe == make_recipe(**TUMOR_FEATURES)
 
 
 def test_cli_tumor_unknown_label_column_exits_2_and_writes_nothing(her2st_root, tiny_folder, tmp_path, capsys):

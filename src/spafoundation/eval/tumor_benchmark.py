@@ -15,6 +15,7 @@ of a split (sections with one class counted, not averaged)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import anndata as ad
 import numpy as np
@@ -32,20 +33,29 @@ METRICS = ("roc_auc", "pr_auc", "prevalence")
 
 
 def tumor_contenders(default_encoder: str, random_encoder: str) -> list[Contender]:
-    """(contender, route): the head field says "logistic" (supervised) or "markers" (label-free)."""
+    """(contender, route): the head field says "logistic" (supervised) or "markers" (label-free). The default
+    features (tasks.tumor.TUMOR_FEATURES) beside single sources and the expression pipeline's wider features."""
     from spafoundation.eval.expression_benchmark import pipeline_contender
+    from spafoundation.tasks.tumor import TUMOR_FEATURES
 
-    default_pipe = pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours",
-                                      default_encoder, head="logistic")
-    markers = pipeline_contender(f"label-free markers: {default_encoder} pipeline -> predicted marker expression",
-                                 default_encoder, head="markers")
+    fused = {"head": "logistic", "source": "encoder+colour_texture", "encoder": default_encoder}
+    pipe = pipeline_contender(f"expression pipeline: {default_encoder} + colour/texture, context, neighbours, "
+                              "per-section z", default_encoder, head="logistic")
+    default = Contender(f"{default_encoder} + colour/texture + logistic, per-section z (default)", head="logistic",
+                        encoder=default_encoder, **TUMOR_FEATURES)
     return [
         Contender("mean colour + logistic", head="logistic", source="mean_colour"),
         Contender("colour/texture + logistic", head="logistic", source="colour_texture"),
         Contender(f"{random_encoder} + logistic", head="logistic", encoder=random_encoder),
         Contender(f"{default_encoder} + logistic", head="logistic", encoder=default_encoder),
-        default_pipe,
-        markers,
+        Contender(f"{default_encoder} + colour/texture + logistic", **fused),
+        Contender(f"{default_encoder} + colour/texture, context + logistic, per-section z", **fused, context=2.0,
+                  standardize="section"),
+        replace(pipe, name=pipe.name.replace(", per-section z", ""), standardize="none"),
+        pipe,
+        default,
+        replace(default, name=f"label-free markers: {default_encoder} + colour/texture, per-section z -> predicted "
+                              "marker expression", head="markers"),
     ]
 
 

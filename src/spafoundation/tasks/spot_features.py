@@ -52,14 +52,16 @@ def make_recipe(**kwargs) -> dict:
     return recipe
 
 
-def standardize_section(feats: np.ndarray, section: str = "section") -> np.ndarray:
-    """Each feature z-scored over the rows (spots) of one section; a constant feature becomes 0."""
+def standardize_section(feats: np.ndarray, section: str = "section", reference: np.ndarray | None = None) -> np.ndarray:
+    """Each feature z-scored over the rows (spots) of one section, or with the mean and sd of ``reference`` (the
+    section's spots, for other locations on it such as a tissue grid); a constant feature becomes 0."""
     feats = np.asarray(feats, dtype=np.float64)
-    if len(feats) < MIN_SECTION_SPOTS:
+    ref = feats if reference is None else np.asarray(reference, dtype=np.float64)
+    if len(ref) < MIN_SECTION_SPOTS:
         log.warning("%s: %d spot(s) to standardise features over (per-section statistics want >= %d); "
-                    "predictions may be unstable", section, len(feats), MIN_SECTION_SPOTS)
-    sd = feats.std(axis=0)
-    return ((feats - feats.mean(axis=0)) / np.where(sd > 1e-12, sd, np.inf)).astype(np.float32)
+                    "predictions may be unstable", section, len(ref), MIN_SECTION_SPOTS)
+    sd = ref.std(axis=0)
+    return ((feats - ref.mean(axis=0)) / np.where(sd > 1e-12, sd, np.inf)).astype(np.float32)
 
 
 def context_encoder(encoder, factor: float):
@@ -89,8 +91,12 @@ def neighbour_mean(xy_um: np.ndarray, feats: np.ndarray, radius_um: float, chunk
 
 
 def spot_features(adata: ad.AnnData, recipe: dict, encoder=None, *, xy: np.ndarray | None = None,
-                  cache_dir=None, progress: bool = False, with_blocks: bool = False):
+                  cache_dir=None, progress: bool = False, with_blocks: bool = False,
+                  standardize_with: ad.AnnData | None = None):
     """Feature matrix (spots x d) of one section under ``recipe``. ``xy`` (full-res px) overrides the spot centres.
+
+    ``standardize_with``: the section whose spots give the per-section statistics (recipe ``standardize:
+    section``) when ``adata`` holds other locations on it (a tissue grid: a coarse one has too few points).
 
     ``with_blocks``: also return the width of each concatenated block (source x field of view x neighbourhood), so
     a head can give every block the same weight whatever its width."""
@@ -111,7 +117,9 @@ def spot_features(adata: ad.AnnData, recipe: dict, encoder=None, *, xy: np.ndarr
         feats = np.concatenate([feats, neighbour_mean(xy_um, feats, radius)], axis=1)
         blocks = blocks * 2
     if recipe["standardize"] == "section":
-        feats = standardize_section(feats, library_id(adata))
+        reference = None if standardize_with is None else spot_features(
+            standardize_with, {**recipe, "standardize": "none"}, encoder, cache_dir=cache_dir, progress=progress)
+        feats = standardize_section(feats, library_id(adata), reference)
     feats = feats.astype(np.float32)
     return (feats, blocks) if with_blocks else feats
 

@@ -32,6 +32,12 @@ BREAST_TUMOR_MARKERS = ("ERBB2", "GRB7", "STARD3", "PGAP3", "KRT8", "KRT18", "KR
 CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 N_PCS = 256
 FORMAT = "spafoundation-tumor"
+# The tumour map's features, chosen on leave-one-patient-out (BENCHMARKS.md, tumour): the encoder's embedding and the
+# colour/texture statistics of the spot patch, z-scored within each section. The wider context patch and the
+# neighbour mean of the expression pipeline win within patient C but lose across patients (ROC AUC 0.809 and 0.742
+# against 0.832, mean of the directions C <-> A1), so they are not part of it.
+TUMOR_FEATURES = {"source": "encoder+colour_texture", "tta": False, "context": 1.0, "neighbours_um": 0.0,
+                  "standardize": "section"}
 
 
 def _folds(groups: np.ndarray):
@@ -230,12 +236,7 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
     from spafoundation.eval.genes import TARGET_SUM, expression_matrix
     from spafoundation.eval.metrics import classification_metrics
     from spafoundation.io.patches import tissue_grid
-    from spafoundation.tasks.expression import (
-        DEFAULT_ENCODER,
-        DEFAULT_FEATURES,
-        ExpressionModel,
-        resolve_encoder,
-    )
+    from spafoundation.tasks.expression import DEFAULT_ENCODER, ExpressionModel, resolve_encoder
     from spafoundation.tasks.heads import RidgeHead
     from spafoundation.tasks.spot_features import locations_adata
 
@@ -245,7 +246,7 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
     if model is not None:
         recipe, enc = model.recipe, model._encoder()
     else:
-        recipe = make_recipe(**{**DEFAULT_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
+        recipe = make_recipe(**{**TUMOR_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
         enc = resolve_encoder(encoder or DEFAULT_ENCODER) if needs_encoder(recipe) else None
     sections = {**train, **targets}
     labels = {n: tumor_labels(a, label_column, positive) for n, a in sections.items()
@@ -269,8 +270,8 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
             g = locations_adata(a, tissue_grid(a, grid_um))
             g.uns["grid"] = {"step_um": float(grid_um), "mpp": microns_per_pixel(a), "section": n}
             grids[n] = g
-    grid_feats = {n: spot_features(g, recipe, enc, cache_dir=cache_dir, progress=progress)
-                  for n, g in grids.items()}
+    grid_feats = {n: spot_features(g, recipe, enc, cache_dir=cache_dir, progress=progress,
+                                   standardize_with=targets[n]) for n, g in grids.items()}
     metrics: dict[str, dict] = {}
     out = {"spots": spots, "grid": grids, "metrics": metrics, "model": model, "marker_model": None}
 
