@@ -54,7 +54,7 @@ def run(argv=None) -> int:
                 cv, rel = pred.var["cv_pearson"].to_numpy(), pred.var["reliable"].to_numpy()
                 ok = np.isfinite(r) & np.isfinite(cv)
                 rho = spearmanr(cv[ok], r[ok])[0]
-                shift = pred.uns["spafoundation_prediction"]["shift"]
+                shift = pred.uns["spafoundation_prediction"]["shift"][t]
                 row = (f"| {label} | {'+'.join(train)} | {cv_over} | {t} | {np.nanmean(r):.3f} | {rho:.2f} | "
                        f"{int(rel.sum())}/{len(rel)} | {np.nanmean(r[rel]):.3f} / {np.nanmean(r[~rel]):.3f} | "
                        f"{shift['score']:.2f} | {shift['training_limit']:.2f} | "

@@ -74,6 +74,8 @@ def test_run_end_to_end_then_resume(her2st_root, tiny_folder, tmp_path, capsys):
                   "Run"):
         assert f">{title}</h2>" in page
     assert not re.search(r'src="(?!data:)', page)  # self-contained: every image is a data URI
+    # how far to trust the prediction: the shift always; no per-gene cv r from a single training section (C3)
+    assert "C4: image shift " in page and "Genes to trust" not in page and "cv_pearson" not in pred.var
     assert page.count("<img") >= 8
 
     # a second run with the same config reuses every step; a step whose output vanished is redone
@@ -176,3 +178,23 @@ def test_tumour_rows_say_whether_each_score_is_out_of_sample_and_what_the_model_
                                        "C5": {**base, "held_out": None, "trained_on": None}}})
     assert [(r["section"], r["out-of-sample"], r["model trained on"]) for r in rows] == [
         ("C2", "yes", "C3, C4"), ("C3", "no", "C3, C4"), ("C5", "unknown", "unknown")]
+
+
+def test_expression_block_lists_the_genes_to_trust_and_flags_a_shifted_section(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from spafoundation.report.run_report import _expression_block
+
+    var = pd.DataFrame({"cv_pearson": [0.3, 0.02], "reliable": [True, False]}, index=["ERBB2", "NOISE1"])
+    pred = ad.AnnData(np.zeros((3, 2), np.float32), var=var, obs=pd.DataFrame({"section": ["A1"] * 3},
+                                                                               index=list("abc")))
+    pred.uns["spafoundation_prediction"] = {"shift": {"A1": {"score": 4.05, "training_limit": 3.34,
+                                                             "out_of_range": True}}}
+    (tmp_path / "expression").mkdir()
+    pred.write_h5ad(tmp_path / "expression" / "predicted.h5ad")
+    (tmp_path / "expression" / "predicted.metrics.json").write_text(json.dumps({"A1": {
+        "mean_r": 0.1, "median_r": 0.1, "n_significant": 1, "n_genes": 2, "rmse": 0.5}}))
+    text = " ".join(_expression_block(tmp_path, 2).paragraphs)
+    assert "Genes to trust: 1 of 2" in text and ": ERBB2." in text and "NOISE1" not in text
+    assert "A1: image shift 4.05" in text and "at most 3.34" in text and "OUT OF THE TRAINING RANGE" in text

@@ -42,8 +42,8 @@ def test_fit_save_load_predict_without_counts(small_sections, tiny_encoder, tmp_
     assert (pred.var["reliable"] == (pred.var["cv_pearson"] >= 0.1)).all()
     assert model.reliable() == list(pred.var_names[pred.var["reliable"]])
     np.testing.assert_allclose(again.var["cv_pearson"].to_numpy(), pred.var["cv_pearson"].to_numpy())
-    shift = pred.uns["spafoundation_prediction"]["shift"]
-    assert shift["score"] > 0 and shift["training_limit"] > 0 and again.uns["spafoundation_prediction"]["shift"] == shift
+    shift = pred.uns["spafoundation_prediction"]["shift"]["C4"]
+    assert shift["score"] > 0 and shift["training_limit"] > 0 and again.uns["spafoundation_prediction"]["shift"]["C4"] == shift
 
 
 def test_gene_cv_over_patients_and_models_saved_before_it(small_sections, tmp_path):

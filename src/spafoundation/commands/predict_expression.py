@@ -52,7 +52,7 @@ def run(args) -> int:
         print(line)
     for name, adata in imaged.items():
         preds[name] = model.predict(adata, cache_dir=cache_dir(args), progress=not args.quiet)
-        shift = preds[name].uns["spafoundation_prediction"].get("shift")
+        shift = preds[name].uns["spafoundation_prediction"].get("shift", {}).get(name)
         if shift is not None:
             limit = "" if shift["training_limit"] is None else f" (training sections: up to {shift['training_limit']:.2f})"
             print(f"{name}: image shift {shift['score']:.2f}{limit}"
@@ -68,7 +68,9 @@ def run(args) -> int:
             print(f"{name}: {adata.n_obs} spots predicted (no counts to compare with)")
     merged = next(iter(preds.values())) if len(preds) == 1 else ad.concat(
         list(preds.values()), merge="same", uns_merge="unique")
-    merged.uns["spafoundation_prediction"] = next(iter(preds.values())).uns["spafoundation_prediction"]
+    info = [p.uns["spafoundation_prediction"] for p in preds.values()]
+    merged.uns["spafoundation_prediction"] = {**info[0], **({"shift": {k: v for i in info for k, v in i["shift"].items()}}
+                                                             if "shift" in info[0] else {})}
     write_h5ad(merged, out)
     print(f"wrote {out}: {merged.n_obs} spots x {merged.n_vars} genes")
     if metrics:

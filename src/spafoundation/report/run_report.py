@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from spafoundation.report.html import Block, write_report
+from spafoundation.tasks.reliability import RELIABLE_R
 
 
 def _read_json(path: Path):
@@ -49,6 +50,19 @@ def _expression_block(out: Path, top_genes: int) -> Block | None:
                             f"spots), {len(cfg.get('genes', []))} genes, head {cfg.get('head')}, features "
                             f"{cfg.get('recipe')}, encoder {(cfg.get('encoder') or {}).get('name')}. "
                             f"Targets: log1p of {target}.")
+    pred = ad.read_h5ad(pred_path)
+    if "reliable" in pred.var:
+        reliable = list(pred.var_names[pred.var["reliable"].to_numpy(bool)])
+        b.paragraphs.append(f"Genes to trust: {len(reliable)} of {pred.n_vars} reach a cross-validated r of "
+                            f"{RELIABLE_R} over held-out training sections (patients where there were two or more; "
+                            f"var['cv_pearson'], var['reliable']){': ' + ', '.join(reliable) if reliable else ''}.")
+    for n, s in (pred.uns.get("spafoundation_prediction", {}).get("shift") or {}).items():
+        limit = s.get("training_limit")
+        b.paragraphs.append(f"{n}: image shift {float(s['score']):.2f} from the training sections"
+                            + (f" (each training section lay at most {float(limit):.2f} from the others)"
+                               if limit is not None else "")
+                            + (": OUT OF THE TRAINING RANGE (another stain, scanner or resolution); expect lower "
+                               "accuracy than the cross-validated r" if s.get("out_of_range") else "") + ".")
     metrics = _read_json(out / "expression" / "predicted.metrics.json") or {}
     if metrics:
         b.paragraphs.append("Held-out sections (never seen in training): Pearson r per gene between predicted and "
@@ -61,7 +75,6 @@ def _expression_block(out: Path, top_genes: int) -> Block | None:
             if fig.is_file():
                 b.figures.append((fig, f"{n}: observed (top) and predicted (bottom) expression of the best-predicted "
                                        "genes"))
-    pred = ad.read_h5ad(pred_path)
     for n in sorted(set(pred.obs["section"].astype(str))) if "section" in pred.obs else []:
         if n in metrics:
             continue

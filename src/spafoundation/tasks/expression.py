@@ -107,12 +107,12 @@ class ExpressionModel:
 
         ``var`` holds each gene's cross-validated r (``cv_pearson``, over patients where the model was fitted on
         two or more, else over sections) and ``reliable`` (``cv_pearson >= RELIABLE_R``); ``uns
-        ['spafoundation_prediction']['shift']`` says how far the section's image features lie from the training
+        ['spafoundation_prediction']['shift'][section]`` says how far the section's image lies from the training
         sections' (a warning is logged when further than any training section lay from the others)."""
         pred = self.head.predict(self.features(adata, cache_dir=cache_dir, progress=progress))
         info = {"model": self.describe()}
         if self.shift is not None:
-            info["shift"] = self.shift_report(shift_features(adata, cache_dir), library_id(adata))
+            info["shift"] = {library_id(adata): self.shift_report(shift_features(adata, cache_dir), library_id(adata))}
         out = prediction_adata(adata, pred, self.genes, info)
         for col, values in self.gene_table().items():
             out.var[col] = values
