@@ -50,12 +50,13 @@ def summarize_splits(rows: pd.DataFrame, contenders: Sequence[str], metrics: Seq
     """One row per (split, direction, contender): ``metrics`` averaged over the direction's test sections; after
     the leave-one-patient-out directions, their mean (each direction weighs the same, whatever its number of
     sections). Leave-one-patient-out rows first, then leave-one-section-out (averaged over every held-out
-    section), contenders in their order. ``describe(rows of a direction)`` adds columns (e.g. the label source)."""
+    section), then any other split kind per direction in the order met, contenders in their order.
+    ``describe(rows of a direction)`` adds columns (e.g. the label source)."""
     order = [c for c in contenders if c in set(rows["contender"])]
     metrics = list(metrics)
     extra = list((describe(rows.iloc[:0]) if describe else {}).keys())
     out = []
-    for kind in (LOPO, LOSO):
+    for kind in dict.fromkeys([LOPO, LOSO, *rows["split"]]):
         part = rows[rows["split"] == kind]
         if part.empty:
             continue

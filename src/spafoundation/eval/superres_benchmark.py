@@ -205,14 +205,8 @@ def run_superres_benchmark(sections: dict[str, ad.AnnData], encoder, *, genes: s
 def superres_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (split, direction, method), metrics averaged over the direction's test sections: the
     leave-one-patient-out directions, their mean (each direction weighs the same), then within-patient."""
-    lopo = summarize_splits(rows[rows["split"] == LOPO].rename(columns={"method": "contender"}), METHODS, METRICS)
-    out = [lopo.rename(columns={"contender": "method"})]
-    part = rows[rows["split"] == WITHIN]
-    for d in dict.fromkeys(part["direction"]):
-        g = part[part["direction"] == d]
-        out.append(pd.DataFrame([{"split": WITHIN, "direction": d, "method": m, **r[list(METRICS)].mean().to_dict(),
-                                  "n_test": len(r)} for m in METHODS if len(r := g[g["method"] == m])]))
-    return pd.concat([o for o in out if len(o)], ignore_index=True)
+    summary = summarize_splits(rows.rename(columns={"method": "contender"}), METHODS, METRICS)
+    return summary.rename(columns={"contender": "method"})
 
 
 def superres_markdown(summary: pd.DataFrame) -> str:
