@@ -37,13 +37,19 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
+BLACK_GLASS = 30  # a pixel whose brightest channel is below this is masked-out glass
+
+
 def thumbnail_tissue_mask(thumb: np.ndarray, min_object: float = 1e-3) -> np.ndarray:
     """Tissue on a whole-slide thumbnail: pixels darker than an Otsu threshold of the blurred grey level, capped
     just below the glass level (the 95th percentile), then small specks removed. Unlike ``tissue_mask`` (a fixed
     colour rule for patches), this adapts to tinted or uneven glass, which a saturation rule takes for tissue."""
     from scipy import ndimage
 
-    grey = ndimage.uniform_filter(thumb.astype(np.float32).mean(axis=-1), size=5)
+    grey = thumb.astype(np.float32).mean(axis=-1)
+    # glass blacked out (viewer exports, de-identified scans) is glass: H&E tissue is never near black
+    grey[thumb.max(axis=-1) < BLACK_GLASS] = 255.0
+    grey = ndimage.uniform_filter(grey, size=5)
     glass = float(np.percentile(grey, 95))
     threshold = min(otsu_threshold(grey), glass - 10.0)
     mask = ndimage.binary_opening(grey < threshold, iterations=2)
