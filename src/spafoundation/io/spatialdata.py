@@ -11,7 +11,8 @@ What is taken from the store, per section:
   mapped into its pixels through the two transformations, and that image is read in place (``io/slide_zarr.py``);
 - the pixel size: ``mpp=``, else ``scalefactors['microns_per_pixel']`` of the table's ``uns['spatial']``
   (spafoundation, Visium HD), else the bin size over the bin side (Visium HD), else the 55 um spot over its
-  diameter when spatialdata-io's Visium reader made the store.
+  diameter when the store is Visium's (spatialdata-io's reader made it, or the table has Space Ranger's metadata or
+  its in_tissue, array_row and array_col columns).
 
 A section is named by the table's ``obs['section']`` when it has one value there (stores spafoundation wrote),
 else by the region (Visium HD: less its ``_square_XXXum``).
@@ -218,7 +219,9 @@ def _pixel_size(sdata, table: ad.AnnData, path: Path, region: str, mpp, diameter
         return float(stored) / shape_to_pixels, "stored in the table's uns['spatial']", platform
     if bins:
         return float(bins.group(1)) / diameter_px, "from the Visium HD bin size", "visium_hd"
-    if reader == "visium" or "software_version" in meta or "chemistry_description" in meta:
+    # spatialdata-io's provenance (lost when stores are concatenated), Space Ranger's metadata or its spot columns
+    spaceranger = {"in_tissue", "array_row", "array_col"} <= set(table.obs.columns)
+    if reader == "visium" or "software_version" in meta or "chemistry_description" in meta or spaceranger:
         return (VISIUM_SPOT_DIAMETER_UM / diameter_px,
                 f"from the {VISIUM_SPOT_DIAMETER_UM:.0f} um Visium spot diameter", "visium")
     raise InputError(path, "microns_per_pixel", "unknown pixel size: give --mpp")
