@@ -1,0 +1,294 @@
+"""SpatialData in and out on real data (HER2ST C2 at 1/4 scale, tests/io/layouts.py): a store spatialdata-io makes
+from a Space Ranger layout, read as a dataset; spafoundation's own store written and read back; a spatialdata-plot
+rendering of it; bad stores; the commands' --format spatialdata. Skipped only where the optional extra is absent
+(`pip install 'spafoundation[spatialdata]'`, which `make test` installs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from spafoundation.cli import main
+from spafoundation.errors import InputError
+from spafoundation.io import detect_format, read_dataset
+from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta, spot_diameter_fullres
+from spafoundation.io.slide import Slide, open_slide
+from tests.io.layouts import visium_barcodes, write_manifest, write_visium
+
+HAVE_EXTRA = all(importlib.util.find_spec(m) for m in ("spatialdata", "spatialdata_io", "spatialdata_plot"))
+needs_extra = pytest.mark.skipif(not HAVE_EXTRA, reason="optional extra missing: pip install "
+                                 "'spafoundation[spatialdata]'")
+
+
+def spaceranger_store(c2_small, root, name: str):
+    """A store as spatialdata-io's Visium reader makes it from a Space Ranger layout of C2 with its full-res TIFF."""
+    from spatialdata_io import visium
+
+    outs = write_visium(root / name, c2_small) / "outs"
+    return visium(outs, dataset_id=name, fullres_image_file=c2_small.tiff)
+
+
+@pytest.fixture(scope="module")
+def manifest_section(c2_small, tmp_path_factory):
+    """C2 (1/4 scale) read from a generic manifest, as section S1: counts, spots, image, 25.5 um/px... as usual."""
+    return read_dataset(write_manifest(tmp_path_factory.mktemp("manifest"), c2_small))["S1"]
+
+
+def results_of(section: ad.AnnData):
+    """What the commands would hand the writer, made from the section's real counts: log-normalised expression of
+    8 genes as the prediction, a tumour probability and domains per spot, superpixels of 100 um and a 400 um grid."""
+    from spafoundation.eval.genes import expression_matrix
+    from spafoundation.tasks.spot_features import locations_adata
+
+    genes = list(section.var_names[np.argsort(-np.asarray(section.X.sum(axis=0)).ravel())[:8]])
+    expr = expression_matrix(section, genes, 1e4).astype(np.float32)
+    pred = ad.AnnData(expr, obs=section.obs[[]].copy(), var=pd.DataFrame(index=genes))
+    annotated = section.copy()
+    annotated.obs["tumor_probability"] = expr[:, 0] / expr[:, 0].max()
+    annotated.obs["spatial_domain"] = pd.Categorical(np.where(expr[:, 1] > np.median(expr[:, 1]), "high", "low"))
+    mpp = microns_per_pixel(section)
+    xy = np.asarray(section.obsm["spatial"])
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    step = 100 / mpp
+    gx, gy = np.meshgrid(np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step))
+    superpixels = locations_adata(section, np.stack([gx.ravel(), gy.ravel()], axis=1))
+    nearest = np.argmin(((superpixels.obsm["spatial"][:, None] - xy[None]) ** 2).sum(-1), axis=1)
+    superpixels = ad.AnnData(expr[nearest], obs=superpixels.obs, var=pd.DataFrame(index=genes),
+                             obsm=dict(superpixels.obsm), uns=dict(superpixels.uns))
+    superpixels.uns["superres"] = {"step_um": 100.0}
+    grid = locations_adata(section, np.stack([gx.ravel()[::16], gy.ravel()[::16]], axis=1))
+    grid.obs["tumor_probability"] = np.linspace(0, 1, grid.n_obs)
+    grid.uns["grid"] = {"step_um": 400.0, "mpp": mpp, "section": "S1"}
+    return annotated, pred, superpixels, grid
+
+
+@pytest.fixture(scope="module")
+def written_store(manifest_section, tmp_path_factory):
+    from spafoundation.io.spatialdata_write import write_spatialdata
+
+    annotated, pred, superpixels, grid = results_of(manifest_section)
+    path = tmp_path_factory.mktemp("out") / "results.zarr"
+    write_spatialdata(path, {"S1": annotated}, expression={"S1": pred}, superres={"S1": superpixels},
+                      grids={"tumor_grid": {"S1": grid}}, chunk_px=512)
+    return path, annotated, pred, superpixels, grid
+
+
+@needs_extra
+def test_spaceranger_store_from_spatialdata_io_is_a_dataset(c2_small, tmp_path):
+    store = tmp_path / "V1.zarr"
+    spaceranger_store(c2_small, tmp_path, "V1").write(store)
+    assert detect_format(store) == "spatialdata"
+    adata = read_dataset(store)["V1"]
+    np.testing.assert_array_equal(adata.X.toarray(), c2_small.counts.toarray())
+    assert list(adata.obs_names) == visium_barcodes(c2_small)
+    np.testing.assert_allclose(adata.obsm["spatial"], c2_small.xy)
+    # no pixel size in the store: the 55 um Visium spot over the circles' diameter, as for Space Ranger's files
+    assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp)
+    assert "55 um" in spatial_meta(adata)["metadata"]["mpp_source"]
+    # the full-resolution image element, not the hires PNG, read in place: pixel for pixel the TIFF
+    assert image_path(adata) == str(store / "images" / "V1_full_image")
+    with open_slide(image_path(adata)) as zs, open_slide(c2_small.tiff) as ts:
+        assert (zs.width, zs.height) == (ts.width, ts.height) and len(zs.level_shapes) > 1
+        x, y = (int(v) for v in c2_small.xy[0])
+        np.testing.assert_array_equal(zs.read_level_region(0, x - 40, y - 40, 80, 80),
+                                      ts.read_level_region(0, x - 40, y - 40, 80, 80))
+    assert spatial_meta(adata)["images"]["hires"].shape[2] == 3
+
+
+@needs_extra
+def test_several_samples_in_one_store_are_several_sections(c2_small, tmp_path):
+    import spatialdata as sd
+
+    both = sd.concatenate([spaceranger_store(c2_small, tmp_path, "A"), spaceranger_store(c2_small, tmp_path, "B")])
+    both.write(tmp_path / "two.zarr")
+    data = read_dataset(tmp_path / "two.zarr")
+    assert sorted(data) == ["A", "B"]
+    for name, adata in data.items():
+        assert adata.n_obs == c2_small.counts.shape[0] and adata.obs["section"].eq(name).all()
+        assert image_path(adata).endswith(f"{name}_full_image")
+    assert list(read_dataset(tmp_path / "two.zarr", ["B"])) == ["B"]
+    with pytest.raises(InputError, match="unknown section"):
+        read_dataset(tmp_path / "two.zarr", ["C"])
+
+
+@needs_extra
+def test_round_trip_same_values_and_positions(written_store):
+    import spatialdata as sd
+    from spatialdata.transformations import Identity, get_transformation
+
+    path, annotated, pred, superpixels, grid = written_store
+    back = read_dataset(path)["S1"]
+    np.testing.assert_array_equal(back.X.toarray(), annotated.X.toarray())
+    assert list(back.obs_names) == list(annotated.obs_names) and list(back.var_names) == list(annotated.var_names)
+    np.testing.assert_allclose(back.obsm["spatial"], annotated.obsm["spatial"])
+    assert microns_per_pixel(back) == pytest.approx(microns_per_pixel(annotated))
+    assert spot_diameter_fullres(back) == pytest.approx(spot_diameter_fullres(annotated))
+    np.testing.assert_allclose(back.obs["tumor_probability"], annotated.obs["tumor_probability"])
+    assert list(back.obs["spatial_domain"].astype(str)) == list(annotated.obs["spatial_domain"].astype(str))
+
+    sdata = sd.read_zarr(path)
+    assert set(sdata.coordinate_systems) == {"S1"}
+    for element in [*sdata.images.values(), *sdata.shapes.values()]:
+        assert isinstance(get_transformation(element, "S1"), Identity)
+    np.testing.assert_allclose(sdata.tables["S1_expression"].X, pred.X)
+    spots = sdata.shapes["S1_spots"]
+    np.testing.assert_allclose(np.stack([spots.geometry.x, spots.geometry.y], 1), annotated.obsm["spatial"])
+    np.testing.assert_allclose(spots["radius"], spot_diameter_fullres(annotated) / 2)
+    squares = sdata.shapes["S1_superpixels"].geometry
+    side = 100 / microns_per_pixel(annotated)
+    np.testing.assert_allclose(np.stack([squares.centroid.x, squares.centroid.y], 1), superpixels.obsm["spatial"])
+    np.testing.assert_allclose(squares.area, side**2)
+    np.testing.assert_allclose(sdata.tables["S1_superpixels_table"].X, superpixels.X)
+    np.testing.assert_allclose(sdata.tables["S1_tumor_grid_table"].obs["tumor_probability"],
+                               grid.obs["tumor_probability"])
+    assert sdata.shapes["S1_tumor_grid"].geometry.area.iloc[0] == pytest.approx((400 / microns_per_pixel(annotated))**2)
+    # the H&E: pixel for pixel the source at full resolution, then halved levels
+    with open_slide(image_path(back)) as zs, open_slide(image_path(annotated)) as src:
+        np.testing.assert_array_equal(zs.read_level_region(0, 0, 0, zs.width, zs.height),
+                                      src.read_level_region(0, 0, 0, src.width, src.height))
+        assert zs.level_downsamples[:3] == pytest.approx([1, 2, 4], rel=0.01)
+
+
+@needs_extra
+def test_image_is_written_chunk_by_chunk(manifest_section, tmp_path, monkeypatch):
+    from spafoundation.io.spatialdata_write import write_spatialdata
+
+    reads = []
+    original = Slide.read_level_region
+
+    def recorded(self, level, x, y, w, h):
+        reads.append((level, w, h))
+        return original(self, level, x, y, w, h)
+
+    monkeypatch.setattr(Slide, "read_level_region", recorded)
+    write_spatialdata(tmp_path / "s.zarr", {"S1": manifest_section}, chunk_px=256)
+    width, height = manifest_section.uns["spatial"]["S1"]["metadata"]["image_size"]
+    assert reads and max(w * h for _, w, h in reads) <= 256 * 256
+    assert sum(w * h for _, w, h in reads) >= width * height  # every pixel was read, a chunk at a time
+
+
+@needs_extra
+def test_spatialdata_plot_draws_prediction_over_the_he(written_store, tmp_path):
+    """Predicted expression of the spots over the H&E, rendered by spatialdata-plot to PNG; in the PNG, spot
+    centres take their value's colour and the tissue between spots keeps the H&E's colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import spatialdata as sd
+    import spatialdata_plot  # noqa: F401  (registers sdata.pl)
+    from matplotlib.colors import Normalize
+    from PIL import Image
+    from scipy.spatial import cKDTree
+
+    path, annotated, pred, _, _ = written_store
+    gene = pred.var_names[0]
+    values = pred[:, gene].X.ravel()
+    norm, cmap = Normalize(float(values.min()), float(values.max())), plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
+    sdata = sd.read_zarr(path)
+    (sdata.pl.render_images("S1_he").pl.render_shapes("S1_spots", color=gene, table_name="S1_expression",
+                                                       cmap=cmap, norm=norm, fill_alpha=1.0)
+     .pl.show(coordinate_systems="S1", ax=ax, colorbar=False))
+    png = tmp_path / "prediction.png"
+    fig.savefig(png, dpi=100)
+    to_png = ax.transData.transform
+    png_height = fig.get_size_inches()[1] * 100
+    plt.close(fig)
+    picture = np.asarray(Image.open(png).convert("RGB")).astype(float)
+
+    def colours_at(xy):
+        disp = to_png(xy)
+        cols, rows = np.round(disp[:, 0]).astype(int), np.round(png_height - disp[:, 1]).astype(int)
+        return picture[rows, cols]
+
+    xy = np.asarray(annotated.obsm["spatial"])
+    expected = cmap(norm(values))[:, :3] * 255
+    err = np.linalg.norm(colours_at(xy) - expected, axis=1)
+    shuffled = np.linalg.norm(colours_at(xy) - expected[np.random.default_rng(0).permutation(len(xy))], axis=1)
+    assert np.median(err) < 30 and np.median(err) < np.median(shuffled) / 2, (np.median(err), np.median(shuffled))
+
+    with open_slide(image_path(annotated)) as slide:
+        he = slide.read_level_region(0, 0, 0, slide.width, slide.height).astype(float)
+    from spafoundation.io.patches import tissue_mask
+
+    rows, cols = np.nonzero(tissue_mask(he.astype(np.uint8)))
+    between = np.stack([cols, rows], axis=1)[::97].astype(float)
+    far = cKDTree(xy).query(between)[0] > spot_diameter_fullres(annotated)
+    between = between[far]
+    assert len(between) > 50
+    shown = colours_at(between)
+    source = he[between[:, 1].astype(int), between[:, 0].astype(int)]
+    # tissue, not glass or a flat fill: stained pixels, about as the H&E has them
+    assert np.median(np.linalg.norm(shown - source, axis=1)) < 45
+    assert np.median(shown.max(axis=1) - shown.min(axis=1)) > 20
+
+
+def _store_without(c2_small, tmp_path, what: str):
+    from spatialdata.transformations import Identity, set_transformation
+
+    sdata = spaceranger_store(c2_small, tmp_path, "V1")
+    if what == "images":
+        for name in list(sdata.images):
+            del sdata.images[name]
+    elif what == "transformation":
+        for image in sdata.images.values():
+            set_transformation(image, {"elsewhere": Identity()}, set_all=True)
+    elif what == "table rows":
+        table = sdata.tables["table"]
+        sdata.tables["table"] = table[3:].copy()
+    path = tmp_path / f"bad_{what.replace(' ', '_')}.zarr"
+    sdata.write(path)
+    return path
+
+
+@needs_extra
+@pytest.mark.parametrize(("what", "field", "message"), [
+    ("images", "images", "no image element"),
+    ("transformation", "shapes/V1", "no transformation to an image"),
+    ("table rows", "shapes/V1", "3 spots have no row in tables/table"),
+])
+def test_bad_store_is_one_line_error_exit_2(c2_small, tmp_path, capsys, what, field, message):
+    path = _store_without(c2_small, tmp_path, what)
+    with pytest.raises(InputError) as e:
+        read_dataset(path)
+    assert e.value.field == field and message in e.value.message and e.value.path == str(path)
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_missing_extra_is_a_clear_error(manifest_section, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "spatialdata", None)  # import spatialdata now raises ImportError
+    from spafoundation.io.spatialdata_write import write_spatialdata
+
+    with pytest.raises(InputError, match=r"pip install 'spafoundation\[spatialdata\]'"):
+        write_spatialdata(tmp_path / "x.zarr", {"S1": manifest_section})
+    capsys.readouterr()
+    out = tmp_path / "clusters"
+    assert main(["cluster", image_path(manifest_section).rsplit("/", 1)[0], "--features", "expression",
+                 "--out", str(out), "--format", "spatialdata"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "spafoundation[spatialdata]" in err[0] and not out.exists()
+
+
+@needs_extra
+def test_cluster_reads_a_store_and_writes_one(c2_small, tmp_path, capsys):
+    """A command on a spatialdata-io store, --format spatialdata: domains in the spots table of DIR/clusters.zarr,
+    which reads back as the same dataset."""
+    store = tmp_path / "V1.zarr"
+    spaceranger_store(c2_small, tmp_path, "V1").write(store)
+    out = tmp_path / "clusters"
+    assert main(["cluster", str(store), "--features", "expression", "--genes", "hvg:50", "--n-clusters", "3",
+                 "--no-figure", "--out", str(out), "--format", "spatialdata"]) == 0
+    assert not (out / "spots.h5ad").exists()
+    back = read_dataset(out / "clusters.zarr")["V1"]
+    np.testing.assert_array_equal(back.X.toarray(), c2_small.counts.toarray())
+    np.testing.assert_allclose(back.obsm["spatial"], c2_small.xy)
+    assert back.obs["spatial_domain"].nunique() == 3
