@@ -292,3 +292,94 @@ def test_cluster_reads_a_store_and_writes_one(c2_small, tmp_path, capsys):
     np.testing.assert_array_equal(back.X.toarray(), c2_small.counts.toarray())
     np.testing.assert_allclose(back.obsm["spatial"], c2_small.xy)
     assert back.obs["spatial_domain"].nunique() == 3
+
+
+def as_section(adata: ad.AnnData, name: str) -> ad.AnnData:
+    """``adata`` (one section) renamed ``name``: obs['section'] and its uns['spatial'] library."""
+    out = adata.copy()
+    out.obs["section"] = name
+    out.obs_names = [f"{name}_{i}" for i in range(out.n_obs)]
+    out.uns["spatial"] = {name: next(iter(adata.uns["spatial"].values()))}
+    return out
+
+
+def labelled(section: ad.AnnData) -> ad.AnnData:
+    """A copy with obs['label']: tumour where the spot has more counts than the median (labels to learn from)."""
+    out = section.copy()
+    total = np.asarray(out.X.sum(axis=1)).ravel()
+    out.obs["label"] = np.where(total > np.median(total), "tumour", "stroma")
+    return out
+
+
+@needs_extra
+@pytest.mark.slow
+def test_commands_write_their_results_as_a_store(manifest_section, tiny_folder, tmp_path, capsys):
+    """predict-expression, tumor and superres with --format spatialdata, on spafoundation's own store."""
+    import spatialdata as sd
+
+    from spafoundation.io.spatialdata_write import write_spatialdata
+
+    store = tmp_path / "in.zarr"
+    write_spatialdata(store, {"S1": labelled(manifest_section)})
+    enc = ["--encoder", str(tiny_folder)]
+    assert main(["fit-expression", str(store), "--genes", "hvg:4", "--out", str(tmp_path / "model"), *enc]) == 0
+    pred = tmp_path / "pred.zarr"
+    assert main(["predict-expression", str(tmp_path / "model"), str(store), "--out", str(pred), "--no-figure",
+                 "--format", "spatialdata"]) == 0
+    table = sd.read_zarr(pred).tables["S1_expression"]
+    assert table.n_vars == 4 and np.isfinite(table.X).all() and table.X.std() > 0
+    assert main(["predict-expression", str(tmp_path / "model"), str(store), "--out", str(tmp_path / "p.h5ad"),
+                 "--format", "spatialdata"]) == 2  # a store is a .zarr
+
+    assert main(["tumor", str(store), "--label-column", "label", "--grid-um", "600", "--no-figure", "--out",
+                 str(tmp_path / "tumor"), "--format", "spatialdata", *enc]) == 0
+    assert not (tmp_path / "tumor" / "spots.h5ad").exists()
+    spots = read_dataset(tmp_path / "tumor" / "tumor.zarr")["S1"]
+    assert spots.obs["tumor_probability"].between(0, 1).all() and (spots.obs["label"] == "tumour").any()
+    assert sd.read_zarr(tmp_path / "tumor" / "tumor.zarr").tables["S1_tumor_grid_table"].n_obs > 0
+
+    assert main(["superres", str(store), "--genes", "hvg:3", "--no-figure", "--out", str(tmp_path / "superres"),
+                 "--format", "spatialdata", *enc]) == 0
+    sdata = sd.read_zarr(tmp_path / "superres" / "superres.zarr")
+    assert sdata.tables["S1_superpixels_table"].n_vars == 3
+    assert len(sdata.shapes["S1_superpixels"]) == sdata.tables["S1_superpixels_table"].n_obs > manifest_section.n_obs
+    assert (tmp_path / "superres" / "S1_maps.npz").exists() and not (tmp_path / "superres" / "S1.h5ad").exists()
+
+
+@needs_extra
+@pytest.mark.slow
+def test_run_on_a_store_writes_every_result_into_one(manifest_section, tiny_folder, tmp_path):
+    """`run --format spatialdata` on a two-section store spafoundation wrote (every step reads it): expression
+    fitted on S1 and predicted on S2, superpixels, tumour probability from labels, domains, both grids, gathered
+    in DIR/spafoundation.zarr."""
+    from spafoundation.io.spatialdata_write import write_spatialdata
+
+    section = labelled(manifest_section)
+    store = tmp_path / "in.zarr"
+    write_spatialdata(store, {"S1": as_section(section, "S1"), "S2": as_section(section, "S2")})
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(store), "--out", str(out), "--quiet", "--set", f"encoder={tiny_folder}",
+                 "--set", "expression.genes=hvg:6", "--set", "superres.genes=hvg:4", "--set", "tumor.grid_um=600",
+                 "--set", "tumor.label_column=label", "--set", "clusters.n_clusters=3", "--set",
+                 "clusters.grid_um=600", "--set", "report.enabled=false", "--format", "spatialdata"]) == 0
+    import spatialdata as sd
+
+    result = out / "spafoundation.zarr"
+    back = read_dataset(result)
+    assert sorted(back) == ["S1", "S2"]
+    for adata in back.values():
+        np.testing.assert_array_equal(adata.X.toarray(), manifest_section.X.toarray())
+        np.testing.assert_allclose(adata.obsm["spatial"], manifest_section.obsm["spatial"])
+        assert adata.obs["tumor_probability"].between(0, 1).all()
+        assert adata.obs["spatial_domain"].notna().all()
+    sdata = sd.read_zarr(result)
+    predicted = ad.read_h5ad(out / "expression" / "predicted.h5ad")
+    np.testing.assert_allclose(sdata.tables["S2_expression"].X, predicted[back["S2"].obs_names].X)
+    assert "S1_expression" not in sdata.tables  # S1 trained the model: measured, not predicted
+    for name in ("S1", "S2"):
+        superpixels = ad.read_h5ad(out / "superres" / f"{name}.h5ad")
+        np.testing.assert_allclose(sdata.tables[f"{name}_superpixels_table"].X, superpixels.X)
+        assert len(sdata.shapes[f"{name}_superpixels"]) == superpixels.n_obs
+        for grid in ("tumor_grid", "domain_grid"):
+            assert len(sdata.shapes[f"{name}_{grid}"]) == sdata.tables[f"{name}_{grid}_table"].n_obs > 0
+    assert sdata.tables["S1_tumor_grid_table"].obs["tumor_probability"].between(0, 1).all()

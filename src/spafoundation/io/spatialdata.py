@@ -20,9 +20,11 @@ else by the region (Visium HD: less its ``_square_XXXum``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -52,6 +54,22 @@ def require_spatialdata(path=None, field: str = "data"):
     return spatialdata
 
 
+@contextlib.contextmanager
+def quiet_ome_zarr():
+    """ome-zarr logs every level of every image it opens at INFO, which the CLI shows: dozens of lines per store
+    that say nothing to a user. Raised to WARNING for the duration only; zarr's notice about its next release too."""
+    logger = logging.getLogger("ome_zarr")
+    old = logger.level
+    logger.setLevel(max(old, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            # zarr announces, once per array written, a default of its next release that changes nothing here
+            warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+            yield
+    finally:
+        logger.setLevel(old)
+
+
 def is_spatialdata_store(path: str | Path) -> bool:
     """A zarr group whose root attributes carry ``spatialdata_attrs``, or a ``.zarr`` folder of element groups."""
     path = Path(path)
@@ -76,7 +94,8 @@ def read_spatialdata(path: str | Path, sections: list[str] | None = None, *, mpp
     path = Path(path)
     sd = require_spatialdata(path)
     try:
-        sdata = sd.read_zarr(path)
+        with quiet_ome_zarr():
+            sdata = sd.read_zarr(path)
     except Exception as e:
         raise InputError(path, "data", f"unreadable SpatialData store ({type(e).__name__}: {e})") from None
     regions = spot_regions(sdata, path, bin_um)

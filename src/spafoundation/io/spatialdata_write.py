@@ -29,7 +29,7 @@ import pandas as pd
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel, spot_diameter_fullres
-from spafoundation.io.spatialdata import TABLE_KIND_KEY, require_spatialdata
+from spafoundation.io.spatialdata import TABLE_KIND_KEY, quiet_ome_zarr, require_spatialdata
 from spafoundation.utils.atomic import atomic_dir
 
 CHUNK_PX = 1024
@@ -156,7 +156,7 @@ def write_spatialdata(path: str | Path, spots: dict[str, ad.AnnData], *,
                 elements["shapes"][f"{s}_{g}"] = _squares(grid, _grid_side_px(grid), s)
                 elements["tables"][f"{s}_{g}_table"] = _table(grid, f"{s}_{g}", g)
     sdata = sd.SpatialData(**elements)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp, quiet_ome_zarr():
         tmp.rmdir()  # SpatialData writes only a new store or over a zarr store, not into an empty folder
         sdata.write(tmp)
     return path
