@@ -101,6 +101,33 @@ def test_spaceranger_store_from_spatialdata_io_is_a_dataset(c2_small, tmp_path):
 
 
 @needs_extra
+@pytest.mark.parametrize("bin_um", [None, 100])
+def test_visium_hd_store_from_spatialdata_io_reads_as_our_hd_reader(c2_small, tmp_path, bin_um):
+    """Bins as squares, one region per bin size: ``bin_um`` picks one (default 16 um, else the largest written), as
+    ``read_dataset`` does on the Space Ranger folder itself."""
+    import json
+
+    import h5py
+    from spatialdata_io import visium_hd
+
+    from tests.io.layouts import write_visium_hd
+
+    root = write_visium_hd(tmp_path / "HD", c2_small, levels=(100, 200))
+    # spatialdata-io reads the layout version from Space Ranger's feature slice file; that is all it needs of it
+    with h5py.File(root / "outs" / "feature_slice.h5", "w") as f:
+        f.attrs["metadata_json"] = json.dumps({"hd_layout_json": json.dumps({"file_format": "1.0"})})
+    visium_hd(root / "outs", dataset_id="HD", fullres_image_file=c2_small.tiff).write(tmp_path / "hd.zarr")
+    adata = read_dataset(tmp_path / "hd.zarr", bin_um=bin_um)["HD"]
+    ours = next(iter(read_dataset(root, bin_um=bin_um or 200).values()))
+    np.testing.assert_array_equal(adata.X.toarray(), ours.X.toarray())
+    np.testing.assert_allclose(adata.obsm["spatial"], ours.obsm["spatial"], atol=1e-6)
+    assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp)
+    assert spot_diameter_fullres(adata) == pytest.approx(spot_diameter_fullres(ours))
+    with pytest.raises(InputError, match="bins of 50 um are not in the store"):
+        read_dataset(tmp_path / "hd.zarr", bin_um=50)
+
+
+@needs_extra
 def test_several_samples_in_one_store_are_several_sections(c2_small, tmp_path):
     import spatialdata as sd
 
