@@ -128,6 +128,19 @@ def test_visium_hd_store_from_spatialdata_io_reads_as_our_hd_reader(c2_small, tm
 
 
 @needs_extra
+def test_store_without_full_resolution_image_uses_the_finest_there_is(c2_small, tmp_path, caplog):
+    """Space Ranger's hires PNG (1/4 scale here) placed by its transformation: spots and pixel size follow it."""
+    sdata = spaceranger_store(c2_small, tmp_path, "V1")
+    del sdata.images["V1_full_image"]
+    sdata.write(tmp_path / "hires.zarr")
+    adata = read_dataset(tmp_path / "hires.zarr")["V1"]
+    assert image_path(adata).endswith("V1_hires_image")
+    np.testing.assert_allclose(adata.obsm["spatial"], c2_small.xy * 0.25)
+    assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp * 4)
+    assert "4.0x coarser" in caplog.text
+
+
+@needs_extra
 def test_several_samples_in_one_store_are_several_sections(c2_small, tmp_path):
     import spatialdata as sd
 

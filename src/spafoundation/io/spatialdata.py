@@ -223,12 +223,23 @@ def _table_rows(shapes, table: ad.AnnData, path: Path, table_name: str, region: 
     return rows, where
 
 
-def _pixel_size(sdata, table: ad.AnnData, path: Path, region: str, mpp, diameter_px: float,
+def _library(table: ad.AnnData, names: list[str]) -> dict:
+    """The table's ``uns['spatial']`` entry of the section, found under one of ``names``, else the only entry."""
+    spatial = table.uns.get("spatial")
+    if not isinstance(spatial, dict) or not spatial:
+        return {}
+    lib = next((spatial[n] for n in names if n in spatial), None)
+    if lib is None and len(spatial) == 1:
+        lib = next(iter(spatial.values()))
+    return lib if isinstance(lib, dict) else {}
+
+
+def _pixel_size(sdata, table: ad.AnnData, path: Path, region: str, section: str, mpp, diameter_px: float,
                 shape_to_pixels: float) -> tuple[float, str, str]:
     """(microns per image pixel, where it came from, platform)."""
-    lib = next(iter(table.uns.get("spatial", {}).values()), {}) if len(table.uns.get("spatial", {})) else {}
-    meta = lib.get("metadata", {}) if isinstance(lib, dict) else {}
-    stored = (lib.get("scalefactors", {}) if isinstance(lib, dict) else {}).get("microns_per_pixel")
+    lib = _library(table, [section, region])
+    meta = lib.get("metadata") or {}
+    stored = (lib.get("scalefactors") or {}).get("microns_per_pixel")
     reader = sdata.attrs.get("spatialdata_io_reader") if hasattr(sdata, "attrs") else None
     platform = str(meta.get("platform") or reader or "spatialdata")
     bins = HD_BINS.search(region)
@@ -248,6 +259,8 @@ def _pixel_size(sdata, table: ad.AnnData, path: Path, region: str, mpp, diameter
 
 def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.AnnData, mpp,
                   with_images: bool) -> ad.AnnData:
+    from spatialdata.models import get_table_keys
+
     shapes = sdata.shapes[region]
     rows, where = _table_rows(shapes, table, path, table_name, region)
     centres, diameters = _spot_geometry(shapes, path, region)
@@ -255,20 +268,17 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
     xy = centres[where] @ to_pixels[:2, :2].T + to_pixels[:2, 2]
     scale = float(np.sqrt(abs(np.linalg.det(to_pixels[:2, :2]))))  # image px per shape unit
     diameter_px = float(np.median(diameters)) * scale
-    mpp_px, mpp_source, platform = _pixel_size(sdata, rows, path, region, mpp, diameter_px, scale)
-    if scale > 1.5:
-        log.warning("%s: %s: the finest image in the spots' coordinate system (%s) is %.1fx their frame: "
-                    "the spots are placed by a finer image the store lacks", path, region, image_name, scale)
+    _, region_key, instance_key = get_table_keys(table)
+    obs = rows.obs.drop(columns=[c for c in (region_key, instance_key) if c in rows.obs])
+    named = obs["section"].astype(str).unique() if "section" in obs else []
+    section = str(named[0]) if len(named) == 1 else HD_BINS.sub("", region)
+    mpp_px, mpp_source, platform = _pixel_size(sdata, rows, path, region, section, mpp, diameter_px, scale)
+    if scale < 2 / 3:  # e.g. a store with Space Ranger's hires PNG and no full-resolution image
+        log.warning("%s: %s: the finest image sharing the spots' coordinate system (%s) is %.1fx coarser than "
+                    "their frame: patches will be blurred", path, region, image_name, 1 / scale)
     image_dir = path / "images" / image_name
     field = f"shapes/{region}"
     hires, scalef, size = read_section_image(image_dir, xy, mpp_px, path, field, with_image=with_images)
-    obs = rows.obs.copy()
-    from spatialdata.models import get_table_keys
-
-    _, region_key, instance_key = get_table_keys(table)
-    obs = obs.drop(columns=[c for c in (region_key, instance_key) if c in obs])
-    sections = obs["section"].astype(str).unique() if "section" in obs else []
-    section = str(sections[0]) if len(sections) == 1 else HD_BINS.sub("", region)
     obs["section"] = section
     if "patient" not in obs:
         obs["patient"] = section

@@ -19,8 +19,10 @@ from, without the thumbnail (the H&E is in the store).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import threading
 from pathlib import Path
 
 import anndata as ad
@@ -50,14 +52,17 @@ def lazy_image(path: str | Path, chunk_px: int = CHUNK_PX):
     computed."""
     import dask.array as da
 
-    from spafoundation.io.slide import open_slide
+    from spafoundation.io.slide import PILSlide, open_slide
 
     with open_slide(path) as slide:
         height, width = slide.height, slide.width
+        # A JPEG or PNG cannot be read by region: its first read decodes it whole into io/slide.py's cache. Reads
+        # one at a time, so that two threads do not both decode it; region-readable slides read in parallel.
+        one_at_a_time = threading.Lock() if isinstance(slide, PILSlide) else contextlib.nullcontext()
 
     def read_chunk(block_info=None):
         (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
-        with open_slide(path) as slide:
+        with one_at_a_time, open_slide(path) as slide:
             return slide.read_level_region(0, x0, y0, x1 - x0, y1 - y0).transpose(2, 0, 1)
 
     chunks = da.core.normalize_chunks((3, chunk_px, chunk_px), shape=(3, height, width))
@@ -132,8 +137,12 @@ def write_spatialdata(path: str | Path, spots: dict[str, ad.AnnData], *,
     path = Path(path)
     sd = require_spatialdata(path, "--format")
     elements: dict[str, dict] = {"images": {}, "shapes": {}, "tables": {}}
+    names = pd.Series([element_name(n) for n in spots], index=list(spots))
+    if names.duplicated().any():
+        clash = names[names.duplicated(keep=False)].index.tolist()
+        raise InputError(None, "section", f"sections {clash} have the same name in a SpatialData store")
     for section, adata in spots.items():
-        s = element_name(section)
+        s = names[section]
         if library_id(adata) != section:
             raise InputError(None, f"uns['spatial']['{library_id(adata)}']", f"section {section} is named "
                              f"{library_id(adata)} in its own metadata")
