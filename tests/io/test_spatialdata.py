@@ -34,9 +34,14 @@ def spaceranger_store(c2_small, root, name: str):
 
 
 @pytest.fixture(scope="module")
-def manifest_section(c2_small, tmp_path_factory):
-    """C2 (1/4 scale) read from a generic manifest, as section S1: counts, spots, image, 25.5 um/px... as usual."""
-    return read_dataset(write_manifest(tmp_path_factory.mktemp("manifest"), c2_small))["S1"]
+def manifest(c2_small, tmp_path_factory):
+    """C2 (1/4 scale) as a generic manifest of one section, S1."""
+    return write_manifest(tmp_path_factory.mktemp("manifest"), c2_small)
+
+
+@pytest.fixture(scope="module")
+def manifest_section(manifest):
+    return read_dataset(manifest)["S1"]
 
 
 def results_of(section: ad.AnnData):
@@ -304,7 +309,7 @@ def test_bad_store_is_one_line_error_exit_2(c2_small, tmp_path, capsys, what, fi
     assert len(err) == 1 and message in err[0], err
 
 
-def test_missing_extra_is_a_clear_error(manifest_section, tmp_path, monkeypatch, capsys):
+def test_missing_extra_is_a_clear_error(manifest, manifest_section, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "spatialdata", None)  # import spatialdata now raises ImportError
     from spafoundation.io.spatialdata_write import write_spatialdata
 
@@ -312,10 +317,19 @@ def test_missing_extra_is_a_clear_error(manifest_section, tmp_path, monkeypatch,
         write_spatialdata(tmp_path / "x.zarr", {"S1": manifest_section})
     capsys.readouterr()
     out = tmp_path / "clusters"
-    assert main(["cluster", image_path(manifest_section).rsplit("/", 1)[0], "--features", "expression",
-                 "--out", str(out), "--format", "spatialdata"]) == 2
+    assert main(["cluster", str(manifest), "--features", "expression", "--out", str(out), "--format",
+                 "spatialdata"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "spafoundation[spatialdata]" in err[0] and not out.exists()
+    # a store given as data is recognised without the extra, and says what it needs
+    store = tmp_path / "given.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": '
+                                     '{"spatialdata_attrs": {"version": "0.2"}}}')
+    assert detect_format(store) == "spatialdata"
+    assert main(["info", str(store)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(store) in err[0] and "spafoundation[spatialdata]" in err[0], err
 
 
 @needs_extra

@@ -301,6 +301,8 @@ def run(args) -> int:
         print(f"  {note}")
     for i, s in enumerate(steps, 1):
         print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
+    if args.format == "spatialdata":
+        print(f"  then every result in one SpatialData store: {out / 'spafoundation.zarr'}")
     print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {out / 'report.html'}")
     if args.dry_run:
         return 0
@@ -335,7 +337,8 @@ def run(args) -> int:
 
             t0 = time.perf_counter()
             print(f"SpatialData store: {write_run_store(out, data)}", flush=True)
-            summary.append({"step": "spatialdata store", "status": "done", "seconds": round(time.perf_counter() - t0, 1)})
+            summary.append({"step": "spatialdata store", "status": "done",
+                            "seconds": round(time.perf_counter() - t0, 1)})
         t0 = time.perf_counter()
         if cfg["report"]["enabled"]:
             from spafoundation.report.run_report import build_run_report
