@@ -146,10 +146,13 @@ def test_store_without_full_resolution_image_uses_the_finest_there_is(c2_small, 
 
 
 @needs_extra
-def test_several_samples_in_one_store_are_several_sections(c2_small, tmp_path):
+@pytest.mark.parametrize("one_table", [False, True], ids=["a table per sample", "one table"])
+def test_several_samples_in_one_store_are_several_sections(c2_small, tmp_path, one_table):
     import spatialdata as sd
 
-    both = sd.concatenate([spaceranger_store(c2_small, tmp_path, "A"), spaceranger_store(c2_small, tmp_path, "B")])
+    both = sd.concatenate([spaceranger_store(c2_small, tmp_path, "A"), spaceranger_store(c2_small, tmp_path, "B")],
+                          concatenate_tables=one_table)
+    assert len(both.tables) == (1 if one_table else 2)
     both.write(tmp_path / "two.zarr")
     data = read_dataset(tmp_path / "two.zarr")
     assert sorted(data) == ["A", "B"]
