@@ -83,10 +83,24 @@ def written_store(manifest_section, tmp_path_factory):
     return path, annotated, pred, superpixels, grid
 
 
+def older_store_format():
+    """SpatialData's first on-disk format: zarr v2, OME-NGFF 0.4 images (.zattrs), as stores written before 2025."""
+    from spatialdata._io.format import (
+        RasterFormatV02,
+        ShapesFormatV02,
+        SpatialDataContainerFormatV01,
+        TablesFormatV01,
+    )
+
+    return [SpatialDataContainerFormatV01(), RasterFormatV02(), ShapesFormatV02(), TablesFormatV01()]
+
+
 @needs_extra
-def test_spaceranger_store_from_spatialdata_io_is_a_dataset(c2_small, tmp_path):
+@pytest.mark.parametrize("older", [False, True], ids=["current format", "zarr v2 format"])
+def test_spaceranger_store_from_spatialdata_io_is_a_dataset(c2_small, tmp_path, older):
     store = tmp_path / "V1.zarr"
-    spaceranger_store(c2_small, tmp_path, "V1").write(store)
+    spaceranger_store(c2_small, tmp_path, "V1").write(store, sdata_formats=older_store_format() if older else None)
+    assert (store / ("images/V1_full_image/.zattrs" if older else "images/V1_full_image/zarr.json")).exists()
     assert detect_format(store) == "spatialdata"
     adata = read_dataset(store)["V1"]
     np.testing.assert_array_equal(adata.X.toarray(), c2_small.counts.toarray())
