@@ -104,7 +104,7 @@ def test_spaceranger_store_from_spatialdata_io_is_a_dataset(c2_small, tmp_path, 
     assert detect_format(store) == "spatialdata"
     adata = read_dataset(store)["V1"]
     np.testing.assert_array_equal(adata.X.toarray(), c2_small.counts.toarray())
-    assert list(adata.obs_names) == visium_barcodes(c2_small)
+    assert list(adata.obs_names) == [f"V1_{b}" for b in visium_barcodes(c2_small)]  # unique across sections
     np.testing.assert_allclose(adata.obsm["spatial"], c2_small.xy)
     # no pixel size in the store: the 55 um Visium spot over the circles' diameter, as for Space Ranger's files
     assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp)
@@ -120,10 +120,10 @@ def test_spaceranger_store_from_spatialdata_io_is_a_dataset(c2_small, tmp_path, 
 
 
 @needs_extra
-@pytest.mark.parametrize("bin_um", [None, 100])
+@pytest.mark.parametrize("bin_um", [None, 100, 400])
 def test_visium_hd_store_from_spatialdata_io_reads_as_our_hd_reader(c2_small, tmp_path, bin_um):
-    """Bins as squares, one region per bin size: ``bin_um`` picks one (default 16 um, else the largest written), as
-    ``read_dataset`` does on the Space Ranger folder itself."""
+    """Bins as squares, one region per bin size: ``bin_um`` picks one (default 16 um, else the largest written) or
+    sums k x k bins of one (400 = 2 x 2 of the 200 um bins), as ``read_dataset`` does on the Space Ranger folder."""
     import json
 
     import h5py
@@ -138,11 +138,14 @@ def test_visium_hd_store_from_spatialdata_io_reads_as_our_hd_reader(c2_small, tm
     visium_hd(root / "outs", dataset_id="HD", fullres_image_file=c2_small.tiff).write(tmp_path / "hd.zarr")
     adata = read_dataset(tmp_path / "hd.zarr", bin_um=bin_um)["HD"]
     ours = next(iter(read_dataset(root, bin_um=bin_um or 200).values()))
+    assert list(adata.obs_names) == list(ours.obs_names)
     np.testing.assert_array_equal(adata.X.toarray(), ours.X.toarray())
     np.testing.assert_allclose(adata.obsm["spatial"], ours.obsm["spatial"], atol=1e-6)
     assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp)
     assert spot_diameter_fullres(adata) == pytest.approx(spot_diameter_fullres(ours))
-    with pytest.raises(InputError, match="bins of 50 um are not in the store"):
+    if bin_um == 400:
+        assert adata.obs["n_bins"].max() == 4 and adata.obs["n_bins"].sum() == c2_small.counts.shape[0]
+    with pytest.raises(InputError, match="50 um is not a multiple of a bin size"):
         read_dataset(tmp_path / "hd.zarr", bin_um=50)
 
 

@@ -3,7 +3,8 @@
 What is taken from the store, per section:
 
 - the spots: a shapes element, circles (Visium, spafoundation) or squares (Visium HD bins: spatialdata-io's
-  ``{dataset}_square_016um``; ``bin_um`` picks the bin size, default 16 um), each with a row of the table;
+  ``{dataset}_square_016um``; ``bin_um`` picks the bin size or sums k x k bins of one as io/visium_hd.py does,
+  default 16 um), each with a row of the table; spot ids are prefixed with the section, as every reader's;
 - the counts: the table that annotates those shapes (``uns['spatialdata_attrs']``: region, region_key,
   instance_key); tables spafoundation wrote with results (``uns['spafoundation_table']`` other than ``spots``)
   and tables of non-integer values are not counts and are passed over;
@@ -30,6 +31,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import build_anndata, check_unique, read_section_image, validate_counts
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 EXTRA_MISSING = "SpatialData stores need the optional extra: pip install 'spafoundation[spatialdata]'"
 ELEMENT_KINDS = ("images", "labels", "points", "shapes", "tables")
 HD_BINS = re.compile(r"_?square_(\d+)um$")
-DEFAULT_HD_BIN_UM = 16
 # tables spafoundation writes beside the spots' (io/spatialdata_write.py); only "spots" holds a section's counts
 TABLE_KIND_KEY = "spafoundation_table"
 
@@ -102,8 +103,8 @@ def read_spatialdata(path: str | Path, sections: list[str] | None = None, *, mpp
     if not sdata.images:
         raise InputError(path, "images", "the store has no image element: spafoundation needs the H&E")
     out: dict[str, ad.AnnData] = {}
-    for region, (table_name, table) in regions.items():
-        adata = _read_section(sdata, path, region, table_name, table, mpp, with_images)
+    for region, (table_name, table, k) in regions.items():
+        adata = _read_section(sdata, path, region, table_name, table, mpp, with_images, k)
         name = adata.obs["section"].iloc[0] if adata.n_obs else region
         if name in out:
             raise InputError(path, f"tables/{table_name}", f"two regions hold section {name}")
@@ -125,11 +126,14 @@ def _is_counts(table: ad.AnnData) -> bool:
     return table.n_vars == 0 or is_integral(table.X)
 
 
-def spot_regions(sdata, path: Path, bin_um: float | None) -> dict[str, tuple[str, ad.AnnData]]:
-    """{shapes element: (table name, table)} of the spot regions that a table of counts annotates."""
+def spot_regions(sdata, path: Path, bin_um: float | None) -> dict[str, tuple[str, ad.AnnData, int]]:
+    """{shapes element: (table name, table, k)} of the spot regions that a table of counts annotates; k: how many
+    bins make one spot side (Visium HD: ``bin_um`` a multiple of a bin size in the store, as io/visium_hd.py)."""
     from spatialdata.models import get_table_keys
 
-    found: dict[str, tuple[str, ad.AnnData]] = {}
+    from spafoundation.io.visium_hd import choose_level
+
+    found: dict[str, tuple[str, ad.AnnData, int]] = {}
     bins: dict[str, dict[float, str]] = {}  # Visium HD: sample -> bin size -> region
     for table_name, table in sdata.tables.items():
         if "spatialdata_attrs" not in table.uns or not _is_counts(table):
@@ -141,19 +145,16 @@ def spot_regions(sdata, path: Path, bin_um: float | None) -> dict[str, tuple[str
             if r in found:
                 raise InputError(path, f"shapes/{r}", f"annotated by two tables of counts ({found[r][0]}, "
                                  f"{table_name})")
-            found[r] = (table_name, table)
+            found[r] = (table_name, table, 1)
             m = HD_BINS.search(r)
             if m:
                 bins.setdefault(r[: m.start()], {})[float(m.group(1))] = r
-    for sample, sizes in bins.items():
-        want = float(bin_um) if bin_um is not None else (DEFAULT_HD_BIN_UM if DEFAULT_HD_BIN_UM in sizes
-                                                         else max(sizes))
-        if want not in sizes:
-            raise InputError(path, "bin_um", f"{sample}: bins of {want:g} um are not in the store (it has "
-                             f"{', '.join(f'{s:g}' for s in sorted(sizes))} um)")
+    for sizes in bins.values():
+        level, k = choose_level(sizes, bin_um, path)
         for size, region in sizes.items():
-            if size != want:
+            if size != level:
                 found.pop(region)
+        found[sizes[level]] = (*found[sizes[level]][:2], k)
     if bin_um is not None and not bins:
         raise InputError(path, "bin_um", "only Visium HD data has bins to choose; this store has none")
     if not found:
@@ -257,8 +258,22 @@ def _pixel_size(sdata, table: ad.AnnData, path: Path, region: str, section: str,
     raise InputError(path, "microns_per_pixel", "unknown pixel size: give --mpp")
 
 
+def _sum_bins(counts, obs: pd.DataFrame, xy: np.ndarray, k: int, bin_um: float, path: Path, table_name: str):
+    """Visium HD bins summed k x k into spots (io/visium_hd.py ``aggregate_bins``): (counts, obs, centres, ids)."""
+    from spafoundation.io.visium_hd import aggregate_bins
+
+    if not {"array_row", "array_col"} <= set(obs.columns):
+        raise InputError(path, f"tables/{table_name}", "bins without array_row and array_col cannot be summed into "
+                         "larger spots: give a bin size the store has")
+    pos = pd.DataFrame({"array_row": obs["array_row"].to_numpy(), "array_col": obs["array_col"].to_numpy(),
+                        "pxl_col_in_fullres": xy[:, 0], "pxl_row_in_fullres": xy[:, 1]})
+    counts, pos = aggregate_bins(sp.csr_matrix(counts), pos, k, bin_um)
+    centres = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(np.float64)
+    return counts, pos[["in_tissue", "array_row", "array_col", "n_bins"]], centres, list(pos.index)
+
+
 def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.AnnData, mpp,
-                  with_images: bool) -> ad.AnnData:
+                  with_images: bool, k: int = 1) -> ad.AnnData:
     from spatialdata.models import get_table_keys
 
     shapes = sdata.shapes[region]
@@ -279,14 +294,22 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
     image_dir = path / "images" / image_name
     field = f"shapes/{region}"
     hires, scalef, size = read_section_image(image_dir, xy, mpp_px, path, field, with_image=with_images)
+    counts = validate_counts(rows.X, path, f"tables/{table_name}: X") if rows.n_vars else None
+    check_unique(rows.obs_names, path, f"tables/{table_name}: obs_names")
+    ids = list(rows.obs_names)
+    if k > 1:
+        bin_um = diameter_px * mpp_px
+        counts, obs, xy, ids = _sum_bins(counts, obs, xy, k, bin_um, path, table_name)
+        diameter_px *= k
     obs["section"] = section
     if "patient" not in obs:
         obs["patient"] = section
-    counts = validate_counts(rows.X, path, f"tables/{table_name}: X") if rows.n_vars else None
-    check_unique(rows.obs_names, path, f"tables/{table_name}: obs_names")
-    return build_anndata(counts=counts, genes=list(rows.var_names), spot_ids=list(rows.obs_names), xy=xy, obs=obs,
+    # spot ids unique across sections, as every reader makes them (a store spafoundation wrote has them already)
+    ids = [i if i.startswith(f"{section}_") else f"{section}_{i}" for i in ids]
+    return build_anndata(counts=counts, genes=list(rows.var_names), spot_ids=ids, xy=xy, obs=obs,
                          library=section, mpp=mpp_px, mpp_source=mpp_source,
                          spot_diameter_um=diameter_px * mpp_px, platform=platform, image_path=str(image_dir),
                          hires=hires, hires_scalef=scalef,
                          extra_meta={"image_size": size, "spatialdata_region": region,
-                                     "spatialdata_image": image_name, "spatialdata_table": table_name})
+                                     "spatialdata_image": image_name, "spatialdata_table": table_name,
+                                     **({"bins_summed": k} if k > 1 else {})})
