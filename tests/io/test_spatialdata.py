@@ -173,6 +173,7 @@ def test_several_samples_in_one_store_are_several_sections(c2_small, tmp_path, o
     both.write(tmp_path / "two.zarr")
     data = read_dataset(tmp_path / "two.zarr")
     assert sorted(data) == ["A", "B"]
+    assert not set(data["A"].obs_names) & set(data["B"].obs_names)  # the same barcodes, told apart by section
     for name, adata in data.items():
         assert adata.n_obs == c2_small.counts.shape[0] and adata.obs["section"].eq(name).all()
         assert image_path(adata).endswith(f"{name}_full_image")
