@@ -113,3 +113,22 @@ def imaged_sections(data: dict, data_path, purpose: str = "") -> dict:
                          " (a Space Ranger sample's full-resolution H&E goes in its folder or is given with --image; "
                          "a manifest names each section's image)")
     return imaged
+
+
+OUTPUT_FORMATS = ("h5ad", "spatialdata")
+
+
+def add_format_option(p, store: str) -> None:
+    """``--format``: results as .h5ad files (default) or as one SpatialData store, ``store`` (io/spatialdata_write.py),
+    that opens over the H&E in napari-spatialdata and spatialdata-plot."""
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default="h5ad",
+                   help=f"h5ad (default) or spatialdata: one zarr store ({store}) with the H&E, the spots as circles "
+                        "and the results as tables; needs pip install 'spafoundation[spatialdata]'")
+
+
+def check_format_available(args) -> None:
+    """With ``--format spatialdata``, an InputError before any work when the optional extra is missing."""
+    if getattr(args, "format", "h5ad") == "spatialdata":
+        from spafoundation.io.spatialdata import require_spatialdata
+
+        require_spatialdata(None, "--format")

@@ -14,8 +14,10 @@ import numpy as np
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
+    add_format_option,
     add_precision_option,
     cache_dir,
+    check_format_available,
     data_options,
     imaged_sections,
     parse_sections,
@@ -43,7 +45,8 @@ def run(args) -> int:
     from spafoundation.tasks.expression import ExpressionModel
 
     out = Path(args.out)
-    check_output_file(out, ".h5ad")
+    check_output_file(out, ".zarr" if args.format == "spatialdata" else ".h5ad")
+    check_format_available(args)
     model = ExpressionModel.load(args.model, encoder=args.encoder)
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     imaged = imaged_sections(data, args.data, "to predict from")
@@ -71,7 +74,12 @@ def run(args) -> int:
     info = [p.uns["spafoundation_prediction"] for p in preds.values()]
     merged.uns["spafoundation_prediction"] = {**info[0], **({"shift": {k: v for i in info for k, v in i["shift"].items()}}
                                                              if "shift" in info[0] else {})}
-    write_h5ad(merged, out)
+    if args.format == "spatialdata":
+        from spafoundation.io.spatialdata_write import write_spatialdata
+
+        write_spatialdata(out, {n: imaged[n] for n in preds}, expression=preds)
+    else:
+        write_h5ad(merged, out)
     print(f"wrote {out}: {merged.n_obs} spots x {merged.n_vars} genes")
     if metrics:
         with atomic_path(out.with_suffix(".metrics.json")) as tmp:
@@ -98,7 +106,8 @@ def register(subparsers) -> None:
     p.add_argument("data", help="dataset folder, manifest (image + spot coordinates) or .h5ad")
     add_data_options(p)
     p.add_argument("--sections", help="comma-separated sections (default: every imaged section)")
-    p.add_argument("--out", required=True, help="predicted expression, .h5ad")
+    p.add_argument("--out", required=True, help="predicted expression, .h5ad (.zarr with --format spatialdata)")
+    add_format_option(p, "the --out .zarr")
     p.add_argument("--encoder", help="override the encoder the model refers to (name or model folder)")
     p.add_argument("--genes", help="comma-separated genes for the observed vs predicted figure "
                                    "(default: the 4 best predicted)")

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import yaml
 
-from spafoundation.commands._common import add_data_options, add_precision_option, imaged_sections
+from spafoundation.commands._common import (
+    add_data_options,
+    add_format_option,
+    add_precision_option,
+    check_format_available,
+    imaged_sections,
+)
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import OUTPUT_MARKER, atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
@@ -273,6 +279,7 @@ def run(args) -> int:
     if not cfg["data"]:
         raise InputError(args.config, "data", "no dataset: give --data or data: in the config")
     data_path = cfg["data"]
+    check_format_available(args)
     out = Path(args.out)
     # bad input fails before any write
     if not (out / ".steps").is_dir():  # a run folder this command wrote can be continued or redone
@@ -294,6 +301,8 @@ def run(args) -> int:
         print(f"  {note}")
     for i, s in enumerate(steps, 1):
         print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
+    if args.format == "spatialdata":
+        print(f"  then every result in one SpatialData store: {out / 'spafoundation.zarr'}")
     print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {out / 'report.html'}")
     if args.dry_run:
         return 0
@@ -323,6 +332,13 @@ def run(args) -> int:
             dt = time.perf_counter() - t0
             _mark_done(out, s, dt)
             summary.append({"step": s.title, "status": "done", "seconds": round(dt, 1)})
+        if args.format == "spatialdata":
+            from spafoundation.io.run_store import write_run_store
+
+            t0 = time.perf_counter()
+            print(f"SpatialData store: {write_run_store(out, data)}", flush=True)
+            summary.append({"step": "spatialdata store", "status": "done",
+                            "seconds": round(time.perf_counter() - t0, 1)})
         t0 = time.perf_counter()
         if cfg["report"]["enabled"]:
             from spafoundation.report.run_report import build_run_report
@@ -364,4 +380,5 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_precision_option(p)
     add_data_options(p)
+    add_format_option(p, "DIR/spafoundation.zarr, beside the steps' own files")
     p.set_defaults(func=run)

@@ -14,8 +14,10 @@ import anndata as ad
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
+    add_format_option,
     add_precision_option,
     cache_dir,
+    check_format_available,
     data_options,
     imaged_sections,
     non_negative_float,
@@ -55,6 +57,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
+    check_format_available(args)
     data = read_dataset(args.data, **data_options(args))
     wanted = parse_sections(args.sections)
     missing = [s for s in wanted or [] if s not in data]
@@ -73,8 +76,13 @@ def run(args) -> int:
     with atomic_dir(out) as tmp:
         spots = list(res["spots"].values())
         merged = spots[0] if len(spots) == 1 else ad.concat(spots, merge="same", uns_merge="unique")
-        merged.write_h5ad(tmp / "spots.h5ad")
-        if res["grid"]:
+        if args.format == "spatialdata":
+            from spafoundation.io.spatialdata_write import write_spatialdata
+
+            write_spatialdata(tmp / "tumor.zarr", res["spots"], grids={"tumor_grid": res["grid"]})
+        else:
+            merged.write_h5ad(tmp / "spots.h5ad")
+        if res["grid"] and args.format == "h5ad":
             grids = list(res["grid"].values())
             (grids[0] if len(grids) == 1 else ad.concat(grids, merge="same", uns_merge="unique")).write_h5ad(
                 tmp / "grid.h5ad")
@@ -115,6 +123,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="a tumour model folder written by an earlier run (DIR/model)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
     p.add_argument("--grid-um", type=non_negative_float, default=100.0, help="pitch of the tissue grid (0: spots only)")
+    add_format_option(p, "DIR/tumor.zarr, in place of spots.h5ad and grid.h5ad")
     p.add_argument("--no-figure", action="store_true", help="do not draw heatmaps")
     add_cache_args(p)
     add_precision_option(p)
