@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import Dataset
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel
-from spafoundation.io.slide import Slide, open_slide
+from spafoundation.io.anndata_spec import image_path, image_scale, library_id, microns_per_pixel
+from spafoundation.io.downscaled import open_image
+from spafoundation.io.slide import Slide
 
 # A pixel is tissue when it is coloured (stain) or dark; glass is bright and grey.
 SATURATION_MIN = 0.08
@@ -145,7 +146,7 @@ def open_section_slide(adata: ad.AnnData) -> Slide:
     if not path:
         raise InputError(None, f"uns['spatial']['{library_id(adata)}']['metadata']['image_path']",
                          "this section has no image")
-    return open_slide(path, mpp=microns_per_pixel(adata))
+    return open_image(path, mpp=microns_per_pixel(adata), scale=image_scale(adata))
 
 
 def extract_patches(
@@ -178,7 +179,7 @@ class PatchDataset(Dataset):
         self.path = image_path(adata)
         if not self.path:
             raise InputError(None, "image_path", f"section {library_id(adata)} has no image")
-        self.mpp = microns_per_pixel(adata)
+        self.mpp, self.scale = microns_per_pixel(adata), image_scale(adata)
         self.xy = np.asarray(adata.obsm["spatial"] if xy is None else xy, dtype=np.float64)
         self.size_um, self.out_px, self.transform = size_um, out_px, transform
         self._slide: Slide | None = None
@@ -188,7 +189,7 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, i: int):
         if self._slide is None:
-            self._slide = open_slide(self.path, mpp=self.mpp)
+            self._slide = open_image(self.path, mpp=self.mpp, scale=self.scale)
         x, y = self.xy[i]
         patch = self._slide.read_region((float(x), float(y)), self.size_um, self.out_px, mpp=self.mpp)
         tensor = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))
