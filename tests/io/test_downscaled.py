@@ -14,6 +14,7 @@ from spafoundation.cli import main
 from spafoundation.errors import InputError
 from spafoundation.io import extract_patches, read_dataset
 from spafoundation.io.anndata_spec import image_path, image_scale, microns_per_pixel, spatial_meta
+from spafoundation.report.run_report import _image_note
 from tests.io.layouts import write_manifest, write_visium_hires_only
 
 PATCH_UM = 112
@@ -48,6 +49,8 @@ def test_hires_png_is_the_image_of_a_sample_without_one(hires_only, her2st_c2, c
     assert max(meta["image_size"]) == 2000
     warnings = [r.getMessage() for r in caplog.records if "coarser detail" in r.getMessage()]
     assert len(warnings) == 1 and "3.41 um/px instead of 0.69" in warnings[0]
+    assert "downscaled copy (hires): 3.41 um/px" in _image_note(adata)  # the run report's word beside the section
+    assert _image_note(her2st_c2) == "yes"
     assert_same_tissue(adata, her2st_c2)
 
 
