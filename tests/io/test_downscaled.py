@@ -38,9 +38,11 @@ def assert_same_tissue(adata, reference):
     assert np.abs(ours - theirs).mean() < 6  # grey levels: the same place, not only the same ranking
 
 
-def test_hires_png_is_the_image_of_a_sample_without_one(hires_only, her2st_c2, caplog):
+def test_hires_png_is_the_image_of_a_sample_without_one(her2st_c2, c2_small, tmp_path, caplog):
+    hires_only = write_visium_hires_only(tmp_path / "S1", her2st_c2, c2_small)  # its own: warned about once
     with caplog.at_level(logging.WARNING):
         adata = read_dataset(hires_only)["S1"]
+        read_dataset(hires_only, with_images=False)
     meta = spatial_meta(adata)["metadata"]
     assert image_path(adata).endswith("spatial/tissue_hires_image.png") and meta["image_source"] == "hires"
     assert image_scale(adata) == pytest.approx(hires_scalef(hires_only))

@@ -73,11 +73,22 @@ def recorded_scale(image: Path, spatial: Path, scalefactors: dict) -> float | No
     return check_scale(scalefactors[key], spatial / "scalefactors_json.json", key)
 
 
+_warned: set[tuple] = set()  # (section, image, scale) already warned about since ``forget_warnings``
+
+
+def forget_warnings() -> None:
+    """Warn again about every downscaled image: each command starts with this (cli.main), so a command that reads
+    its dataset twice (run, then its report) says it once, and each step of a run says it for itself."""
+    _warned.clear()
+
+
 def warn_if_downscaled(section: str, image, mpp: float, scale: float, source: str) -> None:
     """One warning line for an image coarser than the spot coordinates: its effective resolution, and what it
     costs."""
-    if scale >= 1.0:
+    key = (section, str(Path(image).resolve()), scale)
+    if scale >= 1.0 or key in _warned:
         return
+    _warned.add(key)
     log.warning("section %s: the H&E is %s (%s), %.1fx smaller than the spot coordinates' frame: %.2f um/px "
                 "instead of %.2f; patches are upsampled to the encoder's input, so predictions and maps rest on "
                 "coarser detail and are less accurate than from the full-resolution H&E", section, Path(image).name,

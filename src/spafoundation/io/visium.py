@@ -269,7 +269,7 @@ def choose_image(given, image_scale: float | None, sample: Path, spatial: Path,
         if image_scale is not None:
             return given, check_scale(image_scale, given, "image_scale"), "given"
         recorded = recorded_scale(given, spatial, scalefactors)
-        return given, recorded or 1.0, "given" if recorded is None else "given (Space Ranger's factor)"
+        return given, recorded or 1.0, "given" if recorded is None else "given, scalefactors_json.json"
     if image_scale is not None:
         raise InputError(sample, "image_scale", "--image-scale is the scale of the image given with --image")
     found = find_fullres_image(sample, outs_dir(sample))
