@@ -120,3 +120,18 @@ def test_run_plans_every_step_on_the_hires_image(hires_only, tmp_path, capsys):
     assert all(f"--image-scale {hires_scalef(hires_only)!r}" in line for line in steps)
     assert main([*run, "--set", "image_scale=-1"]) == 2
     assert "image_scale: must be a positive number" in capsys.readouterr().err
+
+
+def test_h5ad_keeps_the_scale_of_its_image_and_takes_one_given(hires_only, her2st_c2, tmp_path):
+    adata = read_dataset(hires_only, with_images=False)["S1"]
+    adata.write_h5ad(tmp_path / "s1.h5ad")
+    again = read_dataset(tmp_path / "s1.h5ad")["S1"]
+    assert image_scale(again) == pytest.approx(hires_scalef(hires_only))
+    assert_same_tissue(again, her2st_c2)
+    spatial_meta(adata)["metadata"].update(image_path="", image_scale=1.0)  # an .h5ad without its image
+    adata.write_h5ad(tmp_path / "bare.h5ad")
+    copy = tmp_path / "export.png"
+    shutil.copy(hires_only / "outs/spatial/tissue_hires_image.png", copy)
+    given = read_dataset(tmp_path / "bare.h5ad", image=copy, image_scale=hires_scalef(hires_only))["S1"]
+    assert image_path(given) == str(copy.resolve()) and image_scale(given) == pytest.approx(hires_scalef(hires_only))
+    assert_same_tissue(given, her2st_c2)
