@@ -51,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from spafoundation.io.downscaled import forget_warnings
     from spafoundation.utils.precision import set_default_precision
 
     set_default_precision(getattr(args, "pipeline_precision", None))  # this command's choice only
+    forget_warnings()  # a downscaled image is named once per command
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe must surface here, not at interpreter exit

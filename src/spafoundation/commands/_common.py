@@ -90,7 +90,11 @@ def add_data_options(p) -> None:
     p.add_argument("--image", metavar="PATH",
                    help="the full-resolution H&E of one Space Ranger sample (Visium or HD), of a one-library .h5ad "
                         "or of a table of spots, when it is not in the sample folder (spatial/ holds only Space "
-                        "Ranger's thumbnails)")
+                        "Ranger's thumbnails; without one, its hires PNG is used)")
+    p.add_argument("--image-scale", type=positive_float, metavar="S",
+                   help="--image is a downscaled copy: its px per full-resolution px of the spot coordinates (Space "
+                        "Ranger's tissue_hires_scalef for its hires PNG, taken from scalefactors_json.json when "
+                        "--image is that file); patches are cut at the same microns and upsampled")
     p.add_argument("--mpp", type=positive_float, metavar="UM",
                    help="microns per pixel of the full-resolution images, over what the data says (with --tiles: "
                         "for slides whose metadata lacks it)")

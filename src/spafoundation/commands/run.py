@@ -33,6 +33,7 @@ DEFAULTS: dict = {
     "sections": None,  # all sections of the dataset
     "bin_um": None,  # Visium HD: spot size in microns (io/visium_hd.py); or --bin-um
     "image": None,  # the H&E of one Space Ranger sample (or one-library .h5ad) kept elsewhere; or --image
+    "image_scale": None,  # image px per full-resolution px when that image is a downscaled copy; or --image-scale
     "mpp": None,  # microns per pixel of the images, over what the data says; or --mpp
     "encoder": "spafoundation-default",
     "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
@@ -149,6 +150,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     cache = str(cfg["cache_dir"] or out / "cache")
     common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else []),
               *(["--image", str(cfg["image"])] if cfg["image"] else []),
+              *(["--image-scale", repr(float(cfg["image_scale"]))] if cfg["image_scale"] else []),
               *(["--mpp", repr(float(cfg["mpp"]))] if cfg["mpp"] else [])]
     precision = ["--precision", str(cfg["precision"])] if cfg["precision"] else []
     enc = ["--encoder", str(cfg["encoder"]), *precision]
@@ -268,10 +270,11 @@ def run(args) -> int:
     for key in DATA_OPTIONS:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    for key in ("bin_um", "mpp"):
+    for key in ("bin_um", "mpp", "image_scale"):
         v = cfg[key]
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf")):
-            raise InputError(args.config, key, f"must be a positive number of microns, got {v!r}")
+            raise InputError(args.config, key, f"must be a positive number{' of microns' * (key != 'image_scale')}, "
+                             f"got {v!r}")
     if cfg["image"] is not None and not isinstance(cfg["image"], str):
         raise InputError(args.config, "image", f"must be the path of an image file, got {cfg['image']!r}")
     if cfg["precision"] is not None and cfg["precision"] not in CHOICES:

@@ -12,7 +12,7 @@ from spafoundation.io import legacy_st
 FORMATS = ("legacy_st", "st_pipeline", "visium", "visium_hd", "visium_cohort", "hest", "generic", "h5ad",
            "spots_table", "spatialdata")
 # read_dataset's options a user sets for a whole dataset (command line, run config); None = not given
-DATA_OPTIONS = ("bin_um", "image", "mpp")
+DATA_OPTIONS = ("bin_um", "image", "image_scale", "mpp")
 
 
 def data_options(values) -> dict:
@@ -70,19 +70,27 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um: float | None = None,
-                 image: str | Path | None = None, **kwargs) -> dict[str, ad.AnnData]:
+                 image: str | Path | None = None, image_scale: float | None = None,
+                 **kwargs) -> dict[str, ad.AnnData]:
     """Read any supported layout into one AnnData per section, keyed by section (library) id. ``bin_um``: the spot
     size of Visium HD data (``visium_hd.py``); an InputError for any other format. ``image``: the full-resolution
     H&E of a dataset of one section whose image is not with it (a Space Ranger sample, an .h5ad of one library);
-    formats that name each section's image (legacy ST, HEST, a manifest, a cohort) are an InputError."""
+    formats that name each section's image (legacy ST, HEST, a manifest, a cohort) are an InputError.
+    ``image_scale``: image px per full-resolution px of ``image`` when it is a downscaled copy (io/downscaled.py);
+    a Space Ranger sample without a full-resolution H&E is read from its hires PNG without it."""
     fmt = detect_format(path)
     if bin_um is not None and fmt not in ("visium_hd", "visium_cohort", "spatialdata"):
         raise InputError(path, "bin_um", f"only Visium HD data has bins to choose; this is {fmt} data")
     if image is not None and fmt in ("legacy_st", "st_pipeline", "hest", "generic", "spatialdata"):
         raise InputError(path, "image", f"--image is for one Space Ranger sample or a one-library .h5ad; {fmt} "
                          "data finds each section's image itself")
+    if image_scale is not None and image is None:
+        raise InputError(path, "image_scale", "--image-scale is the scale of the image given with --image (a "
+                         "manifest section gives it as image_scale:)")
     if image is not None:
         kwargs["image"] = image
+    if image_scale is not None:
+        kwargs["image_scale"] = image_scale
     if fmt == "visium_hd":
         from spafoundation.io.visium_hd import read_visium_hd
 

@@ -33,7 +33,7 @@ from spafoundation.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
 
-TILES_VERSION = 4  # tile sampling (4: Otsu tissue mask, black glass is glass), part of the tile bank key
+TILES_VERSION = 4  # tile sampling (3: Otsu tissue mask; 4: glass masked to black is none), in the bank's cache key
 DEFAULT_CONFIG: dict = {
     "seed": 0,
     "model": {"encoder": "random-vitt16", "overrides": {}},
