@@ -1,12 +1,61 @@
-"""Write outputs under a temporary name and rename, so a crash never leaves a half-written file or folder."""
+"""Write outputs under a temporary name and rename, so a crash never leaves a half-written file or folder.
+
+A temporary name carries its writer's process id (``.<name>.<pid>-<random>.tmp``): one whose process is gone
+(killed, the machine rebooted) is removed by the next write of the same output. Outputs get the permissions
+the umask allows, as any file the user creates (a temporary file starts as 0600)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+
+_TMP_PID = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]*\.tmp$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders of earlier writes of ``path`` whose process has ended; returns
+    them."""
+    path = Path(path)
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+            m = _TMP_PID.match(p.name)
+            if m and m["name"] == path.name and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
 
 
 def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> None:
@@ -27,7 +76,9 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -38,7 +89,8 @@ def atomic_path(path: str | os.PathLike):
             tmp.unlink()
 
 
-# Left in every folder atomic_dir writes: only such a folder (or an empty one) is ever replaced as a whole.
+# Left in every folder atomic_dir writes, listing the entries it wrote: only such a folder (or an empty one) is
+# rewritten, and a rewrite keeps every entry the listing does not name (a user's notes put in the folder).
 OUTPUT_MARKER = ".spafoundation-output"
 
 
@@ -54,30 +106,76 @@ def check_output_dir(path: str | os.PathLike) -> None:
     if not path.is_dir():
         raise InputError(path, "--out", "exists and is not a folder")
     if any(True for _ in path.iterdir()) and not (path / OUTPUT_MARKER).exists():
-        raise InputError(path, "--out", "this folder holds files spafoundation did not write, and an output folder "
-                         "is replaced as a whole: give a new or empty folder")
+        raise InputError(path, "--out", "this folder holds files spafoundation did not write: give a new or empty "
+                         "folder (a folder spafoundation wrote is rewritten, keeping files put in it since)")
+
+
+def written_entries(folder: Path) -> set[str] | None:
+    """The entries spafoundation wrote in ``folder`` (its marker's listing); None for a marker without one (written
+    before markers listed them)."""
+    try:
+        listing = json.loads((folder / OUTPUT_MARKER).read_text()).get("written")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return set(listing) if isinstance(listing, list) else None
+
+
+def _write_marker(folder: Path, entries: list[str]) -> None:
+    (folder / OUTPUT_MARKER).write_text(json.dumps({
+        "note": "written by spafoundation: rewriting this output replaces these entries and keeps any other",
+        "written": entries}) + "\n")
+
+
+def _kept_entries(old: Path, new_entries: set[str]) -> list[Path]:
+    """Entries of the output folder ``old`` that spafoundation did not write there, to carry into its rewrite.
+
+    A marker without a listing: whatever the new output does not replace is kept (better an old output left over
+    than a user's file lost)."""
+    from spafoundation.errors import InputError
+
+    ours = written_entries(old)
+    kept = []
+    for p in old.iterdir():
+        if p.name == OUTPUT_MARKER or (ours is not None and p.name in ours):
+            continue
+        if p.name in new_entries:
+            if ours is None:
+                continue
+            raise InputError(p, "--out", "this output would replace a file spafoundation did not write; move it")
+        kept.append(p)
+    return kept
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
-    """Yield a temporary folder beside ``path``; on success it replaces ``path``, on failure it is removed.
-    ``path`` must pass ``check_output_dir``."""
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (keeping the entries of ``path``
+    that spafoundation did not write), on failure it is removed. ``path`` must pass ``check_output_dir``."""
     path = Path(path).resolve()  # '.' and 'x/..' have no name to put the temporary folder beside
     check_output_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    moved: list[tuple[Path, Path]] = []
     try:
         yield tmp
-        (tmp / OUTPUT_MARKER).write_text("written by spafoundation: rewriting this output replaces the folder\n")
+        entries = sorted(p.name for p in tmp.iterdir())
+        _write_marker(tmp, entries)
         if path.exists():
-            backup = path.with_name(f".{path.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(path, backup)
+            for p in _kept_entries(path, set(entries)):
+                os.replace(p, tmp / p.name)
+                moved.append((tmp / p.name, p))
+            backup = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+            os.replace(path, backup / "old")
             os.replace(tmp, path)
+            moved.clear()
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, path)
     finally:
+        for now, before in moved:  # failed after carrying the user's files over: put them back first
+            with contextlib.suppress(OSError):
+                os.replace(now, before)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
