@@ -127,3 +127,49 @@ def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder,
     for f in caches:
         with np.load(f) as z:
             assert len(z.files) > 0
+
+
+def test_a_step_whose_inputs_changed_is_redone(c2_small, tmp_path):
+    """A finished step is reused only while its arguments and its input files (size and time) are unchanged."""
+    from spafoundation.commands.run import Step, _earlier_run, _mark_done, step_inputs
+    from spafoundation.io import read_dataset
+
+    root = write_manifest(tmp_path / "data", c2_small)
+    genes = tmp_path / "genes.txt"
+    genes.write_text("IGKC\n")
+    data = read_dataset(root, with_images=False)
+    out = tmp_path / "run"
+    step = Step("clusters", "spatial domains", ["cluster", str(root), "--genes", str(genes), "--out",
+                                                 str(out / "clusters")], out / "clusters")
+    (out / "clusters").mkdir(parents=True)
+    cache = str(out / "cache")
+    _mark_done(out, step, 1.0, step_inputs(step, data, str(root), cache))
+    assert _earlier_run(out, step, step_inputs(step, data, str(root), cache)) == (True, "")
+    (out / "clusters" / "new.txt").write_text("its own output and the cache do not count")
+    (out / "cache").mkdir()
+    (out / "cache" / "x.npz").write_text("x")
+    assert _earlier_run(out, step, step_inputs(step, data, str(root), cache))[0]
+    for changed in (root.parent / "counts.tsv", genes):
+        st = changed.stat()
+        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        done, why = _earlier_run(out, step, step_inputs(step, data, str(root), cache))
+        assert not done and "changed since the earlier run" in why, why
+        _mark_done(out, step, 1.0, step_inputs(step, data, str(root), cache))
+    other = Step(step.name, step.title, [*step.argv, "--n-clusters", "3"], step.output)
+    assert _earlier_run(out, other, step_inputs(other, data, str(root), cache)) == (
+        False, "its options changed since the earlier run")
+
+
+def test_config_values_of_the_wrong_type_fail_before_any_step(c2_small, tmp_path, capsys):
+    root = write_manifest(tmp_path / "data", c2_small)
+    out = tmp_path / "out"
+    for setting, field in (("report.top_genes=abc", "report.top_genes"), ("encoder=", "encoder"),
+                           ("clusters.enabled=maybe", "clusters.enabled")):
+        capsys.readouterr()
+        assert main(["run", "--data", str(root), "--out", str(out), "--dry-run", "--set", setting]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and field in err[0], err
+    assert not out.exists()
+    assert main(["pretrain", str(root), "--out", str(out), "--set", "optim.steps=abc"]) == EXIT_BAD_INPUT
+    assert "optim.steps: must be a whole number" in capsys.readouterr().err
+    assert not out.exists()

@@ -8,6 +8,7 @@ same config skips it, so an interrupted run continues from what was complete."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -60,6 +61,21 @@ def _check_keys(cfg: dict, defaults: dict, where: str = "") -> None:
             if not isinstance(v, dict):
                 raise InputError(None, "config", f"{where}{k} must be a mapping")
             _check_keys(v, defaults[k], f"{where}{k}.")
+
+
+def check_value_types(cfg: dict, config_path) -> None:
+    """The values no step's command parses, checked before anything runs: the report's gene count, the encoder and
+    cache names, the steps' on/off switches (a value a step's command parses is checked as it parses it, by
+    ``check_step_arguments``)."""
+    from spafoundation.utils.config_types import check_value_types as check_against_defaults
+
+    check_against_defaults(cfg, DEFAULTS, config_path, allow_none=True)
+    if cfg["report"]["top_genes"] is None or cfg["report"]["top_genes"] < 1:
+        raise InputError(config_path, "report.top_genes", f"must be >= 1, got {cfg['report']['top_genes']!r}")
+    for key, wanted in (("encoder", "an encoder name or model folder"), ("cache_dir", "a folder")):
+        value = cfg[key]
+        if (value is not None or key == "encoder") and (not isinstance(value, str) or not value.strip()):
+            raise InputError(config_path, key, f"must be {wanted}, got {value!r}")
 
 
 def _names(value) -> list[str] | None:
@@ -233,17 +249,43 @@ def _marker(out: Path, step: Step) -> Path:
     return out / ".steps" / f"{step.name}.json"
 
 
-def _is_done(out: Path, step: Step) -> bool:
-    m = _marker(out, step)
+def step_inputs(step: Step, data: dict, data_path: str, cache: str) -> dict[str, str]:
+    """Fingerprints of what ``step`` reads: the dataset, each section's image and counts, and every path among its
+    arguments (a model folder, a gene list), but not its own output or the embedding cache."""
+    from spafoundation.io.anndata_spec import spatial_meta
+    from spafoundation.utils.provenance import fingerprint
+
+    paths = [data_path]
+    for a in data.values():
+        meta = spatial_meta(a)["metadata"]
+        paths += [meta.get(k) for k in ("image_path", "counts_path") if meta.get(k)]
+    paths += [a for a in step.argv[1:] if a and not a.startswith("-") and os.path.exists(a)]
+    return fingerprint(paths, exclude=(step.output, cache))
+
+
+def _earlier_run(out: Path, step: Step, inputs: dict[str, str]) -> tuple[bool, str]:
+    """(whether ``step`` was done by an earlier run from the same arguments and inputs, why not when it was done
+    from others)."""
+    from spafoundation.utils.provenance import changed
+
     try:
-        return json.loads(m.read_text())["argv"] == step.argv and step.output.exists()
-    except (OSError, ValueError, KeyError):
-        return False
+        done = json.loads(_marker(out, step).read_text())
+    except (OSError, ValueError):
+        return False, ""
+    if not isinstance(done, dict) or not step.output.exists():
+        return False, ""
+    if done.get("argv") != step.argv:
+        return False, "its options changed since the earlier run"
+    moved = changed(done.get("inputs") or {}, inputs)
+    if moved:
+        return False, (f"its input {moved[0]} changed since the earlier run" if len(moved) == 1 else
+                       f"{len(moved)} of its inputs changed since the earlier run (first: {moved[0]})")
+    return True, ""
 
 
-def _mark_done(out: Path, step: Step, seconds: float) -> None:
+def _mark_done(out: Path, step: Step, seconds: float, inputs: dict[str, str]) -> None:
     with atomic_path(_marker(out, step)) as tmp:
-        Path(tmp).write_text(json.dumps({"argv": step.argv, "seconds": round(seconds, 1)}) + "\n")
+        Path(tmp).write_text(json.dumps({"argv": step.argv, "inputs": inputs, "seconds": round(seconds, 1)}) + "\n")
 
 
 def run(args) -> int:
@@ -253,6 +295,7 @@ def run(args) -> int:
 
     cfg = load_yaml_config(DEFAULTS, args.config, args.set)
     _check_keys(cfg, DEFAULTS)
+    check_value_types(cfg, args.config)
     if args.sections:
         cfg["sections"] = args.sections
     if args.data:
@@ -305,23 +348,22 @@ def run(args) -> int:
     quiet = ["--quiet"] if args.quiet else []
     summary = []
     try:
+        cache = str(cfg["cache_dir"] or out / "cache")
         for i, s in enumerate(steps, 1):
-            if _is_done(out, s):
+            inputs = step_inputs(s, data, data_path, cache)
+            done, why_not = _earlier_run(out, s, inputs)
+            if done:
                 print(f"[{i}/{len(steps) + 1}] {s.title}: done in an earlier run, skipped")
                 summary.append({"step": s.title, "status": "reused", "seconds": 0.0})
                 continue
-            print(f"[{i}/{len(steps) + 1}] {s.title} ...", flush=True)
-            # an output of this step from a run whose config differed (or from before output folders were marked)
-            if s.output.is_dir():
-                shutil.rmtree(s.output)
-            elif s.output.exists():
-                s.output.unlink()
+            # a step's earlier output is replaced by the step itself (utils/atomic.py), keeping the user's files
+            print(f"[{i}/{len(steps) + 1}] {s.title}{f' (redone: {why_not})' if why_not else ''} ...", flush=True)
             t0 = time.perf_counter()
             code = cli_main([*s.argv, *quiet])
             if code != 0:
                 raise _StepFailed(s, code)
             dt = time.perf_counter() - t0
-            _mark_done(out, s, dt)
+            _mark_done(out, s, dt, step_inputs(s, data, data_path, cache))
             summary.append({"step": s.title, "status": "done", "seconds": round(dt, 1)})
         t0 = time.perf_counter()
         if cfg["report"]["enabled"]:
