@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from spafoundation.errors import InputError
 from spafoundation.io.slide import open_slide
+from spafoundation.io.values import integer_counts
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def image_path(adata: ad.AnnData) -> str | None:
 
 
 def validate_counts(X, path, field: str = "counts"):
-    """Counts must be finite and non-negative; returns CSR with an integer dtype when values are integral."""
+    """Counts must be finite and non-negative; returns CSR with an integer dtype when values are integral (int32,
+    or int64 for counts beyond int32's range: io/values.py)."""
     X = sp.csr_matrix(X)
     data = X.data
     if data.size and not np.all(np.isfinite(data)):
@@ -61,7 +63,7 @@ def validate_counts(X, path, field: str = "counts"):
     if data.size and data.min() < 0:
         raise InputError(path, field, f"negative counts (min {data.min()})")
     if data.size and is_integral(data):
-        X = X.astype(np.int32)
+        X = integer_counts(X, path, field)
     elif data.size:
         # kept (ambient-corrected counts are fractional), but normalised or log data would be normalised twice
         log.warning("%s: %s holds non-integer values (max %.3g): spafoundation expects raw counts, and "
@@ -80,6 +82,12 @@ def check_unique(ids: pd.Index | list, path, field: str) -> None:
     if ids.has_duplicates:
         dup = ids[ids.duplicated()].unique()[:5].tolist()
         raise InputError(path, field, f"duplicated ids: {dup}")
+
+
+def check_section_id(name: str, path, field: str = "section") -> None:
+    """Section ids name output files (``<section>_maps.png``): one that is not a plain file name is refused."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise InputError(path, field, f"section id {name!r} cannot name a file: give it another id (without '/')")
 
 
 def check_inside(xy: np.ndarray, width: int, height: int, path, field: str = "spot coordinates",

@@ -293,8 +293,11 @@ def read_visium(
     scalefactors = read_scalefactors(spatial)
     if mpp is not None:
         mpp_value, mpp_source = float(mpp), "given"
-    elif scalefactors.get("spot_diameter_fullres"):
-        mpp_value = SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
+    elif scalefactors.get("spot_diameter_fullres") is not None:
+        from spafoundation.io.values import positive_number
+
+        mpp_value = SPOT_DIAMETER_UM / positive_number(scalefactors["spot_diameter_fullres"],
+                                                       spatial / "scalefactors_json.json", "spot_diameter_fullres")
         mpp_source = f"from the {SPOT_DIAMETER_UM:.0f} um spot diameter (scalefactors_json.json)"
     else:
         cols = np.stack(
