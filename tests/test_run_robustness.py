@@ -49,6 +49,18 @@ def gene_list_without_overlap(root, c):
     return root, ["--set", f"expression.genes={root / 'genes.txt'}"], "genes"
 
 
+def gene_list_partly_measured(root, c):
+    write_manifest(root, c)
+    (root / "genes.txt").write_text(f"{c.genes[0]}\n{c.genes[1]}\nNOTAGENE1\nNOTAGENE2\n")  # was: 2 genes fitted
+    return root, ["--set", f"expression.genes={root / 'genes.txt'}"], "NOTAGENE1"
+
+
+def cache_dir_is_a_file(root, c):
+    write_manifest(root, c)
+    (root / "cache").write_text("not a folder")
+    return root, ["--set", f"cache_dir={root / 'cache'}"], "is a file, not a folder"
+
+
 def invalid_config_yaml(root, c):
     write_manifest(root, c)
     (root / "run.yaml").write_text("expression: [unclosed\n")
@@ -70,7 +82,8 @@ def from_io_case(make):
 
 
 RUN_CASES = [from_io_case(m) for m in CASES] + [no_tissue, non_numeric_counts, counts_without_spots, unknown_section,
-                                                gene_list_without_overlap, invalid_config_yaml, unknown_config_key]
+                                                gene_list_without_overlap, gene_list_partly_measured,
+                                                cache_dir_is_a_file, invalid_config_yaml, unknown_config_key]
 
 
 def test_there_are_at_least_twenty_bad_inputs():

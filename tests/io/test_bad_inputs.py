@@ -428,3 +428,21 @@ def test_declared_size_is_checked_before_decoding(tmp_path, monkeypatch, capsys)
     with _open(tmp_path / "huge.png") as slide, pytest.raises(InputError, match="declares 40000 x 40000 px") as e:
         slide.thumbnail(256)
     assert e.value.path.endswith("huge.png") and e.value.field == "image"
+
+
+def test_cache_folder_that_is_a_file(c2_small, tmp_path, monkeypatch, capsys):
+    root = write_manifest(tmp_path / "data", c2_small)
+    (tmp_path / "cache").write_text("a file")
+    embed = ["embed", str(root), "--encoder", "random-vitt16", "--out", str(tmp_path / "e.h5ad")]
+    assert main([*embed, "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "--cache-dir: is a file, not a folder" in capsys.readouterr().err
+    monkeypatch.setenv("SPAFOUNDATION_CACHE", str(tmp_path / "cache" / "sub"))
+    assert main(embed) == 2
+    assert "$SPAFOUNDATION_CACHE: is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "e.h5ad").exists()
+
+
+def test_sections_with_spaces(c2_small, tmp_path, capsys):
+    root = write_manifest(tmp_path / "data", c2_small)
+    assert main(["info", str(root), "--sections", " S1 , "]) == 0  # was "unknown section(s) [' S1 ']"
+    assert "S1" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from spafoundation.commands._common import (
     data_options,
     imaged_sections,
     non_negative_int,
+    parse_sections,
     positive_int,
     unit_interval,
 )
@@ -38,7 +39,7 @@ def run(args) -> int:
 
     if args.out:
         check_output_file(args.out, ".h5ad")
-    sections = [s for s in args.sections.split(",") if s] if args.sections else None
+    sections = parse_sections(args.sections)
     data = read_dataset(args.data, sections, **data_options(args))
     imaged = imaged_sections(data, args.data, "to embed")
     skipped = sorted(set(data) - set(imaged))

@@ -320,6 +320,9 @@ def run(args) -> int:
     # bad input fails before any write
     if not (out / ".steps").is_dir():  # a run folder this command wrote can be continued or redone
         check_output_dir(out)
+    from spafoundation.models.cache import cache_root
+
+    cache_root(cfg["cache_dir"] or out / "cache")
     data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)

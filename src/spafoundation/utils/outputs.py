@@ -118,6 +118,10 @@ def _read_owner(path: Path) -> str:
 def claim_output(args):
     """cli.main's check of a command's ``--out`` (when it has one): not an input, writable, and locked while the
     command runs."""
+    if hasattr(args, "cache_dir") and not getattr(args, "no_cache", False):
+        from spafoundation.models.cache import cache_root
+
+        cache_root(args.cache_dir)  # a file given as the cache folder fails here, not after the first section
     out = getattr(args, "out", None)
     if not out:
         yield
