@@ -388,7 +388,8 @@ def test_image_modes_become_the_right_8_bit_rgb(tmp_path):
     alpha = np.where(np.arange(64) < 32, 255, 0).astype(np.uint8)[None, :].repeat(48, 0)
     tifffile.imwrite(tmp_path / "grey_alpha.tif", np.stack([grey, alpha], axis=-1), photometric="minisblack",
                      planarconfig="contig", extrasamples=[2])  # was a traceback
-    for name in ("grey16.png", "float.tif"):
+    Image.fromarray(grey).convert("P").save(tmp_path / "palette.png")
+    for name in ("grey16.png", "float.tif", "palette.png"):
         with _open(tmp_path / name) as slide:
             region = slide.read_level_region(0, 0, 0, 64, 48)
         assert region.dtype == np.uint8 and region.shape == (48, 64, 3)

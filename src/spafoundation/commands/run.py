@@ -2,8 +2,9 @@
 
 Each step is one of the subcommands, run with arguments derived from the config (``--dry-run`` prints them as
 command lines a person can rerun): expression (fit on the sections with counts, predict the others), tumour map,
-spatial domains, report. A finished step leaves a marker with its arguments in ``DIR/.steps``; a rerun with the
-same config skips it, so an interrupted run continues from what was complete."""
+spatial domains, report. A finished step leaves a marker with its arguments and its input files' fingerprints in
+``DIR/.steps``; a rerun skips it while both are unchanged (an interrupted run continues from what was complete) and
+redoes it, saying why, when an input file or an option changed."""
 
 from __future__ import annotations
 
