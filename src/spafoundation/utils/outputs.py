@@ -128,5 +128,8 @@ def claim_output(args):
         return
     check_output_not_input(out, input_paths(args))
     check_writable(out)
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # torchrun: the ranks of one command share --out; rank 0 locks it
+        yield
+        return
     with OutputLock(out):
         yield
