@@ -115,7 +115,7 @@ def _wait_for(path, proc, timeout=300):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder, tmp_path, sig):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -123,13 +123,16 @@ def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(out / ".steps" / "fit_expression.json", proc)
     proc.send_signal(sig)
-    proc.communicate(timeout=120)
-    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
-    assert not list(out.rglob("*.tmp")) or sig == signal.SIGKILL  # SIGINT cleans its temporary files
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == {signal.SIGKILL: -signal.SIGKILL, signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
+    if sig == signal.SIGTERM:  # was: exit 143 without a word, a .superres.*.tmp folder left for good
+        assert "spafoundation: terminated" in err
+    assert not list(out.rglob("*.tmp")) or sig == signal.SIGKILL  # SIGINT and SIGTERM clean their temporary files
     done = subprocess.run(_run_cmd(her2st_root, tiny_folder, out), env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fit expression: done in an earlier run, skipped" in done.stdout
+    assert not list(out.rglob("*.tmp"))  # what a killed run left is removed by the next write of the same output
     assert (out / "report.html").exists()
     # every cached embedding is readable
     import anndata as ad

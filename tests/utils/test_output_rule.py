@@ -58,8 +58,10 @@ def test_rerun_keeps_the_users_files_and_drops_its_own_old_ones(tmp_path):
     (out / "my_notes.txt").write_text("notes")
     (out / "mine").mkdir()
     (out / "mine" / "a.txt").write_text("a")
+    inode = (out / "my_notes.txt").stat().st_ino
     with atomic_dir(out) as tmp:
         (tmp / "spots.h5ad").write_text("second")
+    assert (out / "my_notes.txt").stat().st_ino == inode  # the user's files are never moved, only ours
     assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "mine", "my_notes.txt", "spots.h5ad"]
     assert (out / "spots.h5ad").read_text() == "second" and (out / "my_notes.txt").read_text() == "notes"
     assert (out / "mine" / "a.txt").read_text() == "a"

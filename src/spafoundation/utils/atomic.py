@@ -121,61 +121,78 @@ def written_entries(folder: Path) -> set[str] | None:
 
 
 def _write_marker(folder: Path, entries: list[str]) -> None:
-    (folder / OUTPUT_MARKER).write_text(json.dumps({
-        "note": "written by spafoundation: rewriting this output replaces these entries and keeps any other",
-        "written": entries}) + "\n")
+    text = json.dumps({"note": "written by spafoundation: rewriting this output replaces these entries and keeps "
+                               "any other", "written": sorted(entries)}) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(folder / OUTPUT_MARKER), suffix=".tmp", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, folder / OUTPUT_MARKER)
 
 
-def _kept_entries(old: Path, new_entries: set[str]) -> list[Path]:
-    """Entries of the output folder ``old`` that spafoundation did not write there, to carry into its rewrite.
-
-    A marker without a listing: whatever the new output does not replace is kept (better an old output left over
-    than a user's file lost)."""
+def _split_entries(old: Path, new_entries: set[str]) -> tuple[list[Path], list[Path]]:
+    """(spafoundation's earlier entries, the user's entries) of the output folder ``old``. A marker without a
+    listing (an earlier version's): what the new output replaces counts as ours, everything else as the user's
+    (better an old output left over than a user's file lost). A user's file where the new output would go is an
+    InputError: nothing is replaced."""
     from spafoundation.errors import InputError
 
-    ours = written_entries(old)
-    kept = []
+    listed = written_entries(old)
+    ours, users = [], []
     for p in old.iterdir():
-        if p.name == OUTPUT_MARKER or (ours is not None and p.name in ours):
+        if p.name == OUTPUT_MARKER:
             continue
-        if p.name in new_entries:
-            if ours is None:
-                continue
+        if p.name in (new_entries if listed is None else listed):
+            ours.append(p)
+        elif p.name in new_entries:
             raise InputError(p, "--out", "this output would replace a file spafoundation did not write; move it")
-        kept.append(p)
-    return kept
+        else:
+            users.append(p)
+    return ours, users
+
+
+def _replace_entries(path: Path, tmp: Path, ours: list[Path], entries: list[str]) -> None:
+    """Swap spafoundation's entries of ``path`` for those of ``tmp`` one by one, never moving the user's. The
+    marker lists old and new entries until the swap is over, so a crash half-way leaves no entry of ours that a
+    rewrite would take for the user's."""
+    _write_marker(path, [p.name for p in ours] + entries)
+    trash = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    try:
+        for p in ours:
+            os.replace(p, trash / p.name)
+        for name in entries:
+            os.replace(tmp / name, path / name)
+        _write_marker(path, entries)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (keeping the entries of ``path``
-    that spafoundation did not write), on failure it is removed. ``path`` must pass ``check_output_dir``."""
+    """Yield a temporary folder beside ``path``; on success its entries replace those spafoundation wrote in
+    ``path`` (the user's entries stay where they are), on failure it is removed. A folder of no user's entries is
+    replaced as a whole, in one rename. ``path`` must pass ``check_output_dir``."""
     path = Path(path).resolve()  # '.' and 'x/..' have no name to put the temporary folder beside
     check_output_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
-    moved: list[tuple[Path, Path]] = []
     try:
         yield tmp
         entries = sorted(p.name for p in tmp.iterdir())
         _write_marker(tmp, entries)
-        if path.exists():
-            for p in _kept_entries(path, set(entries)):
-                os.replace(p, tmp / p.name)
-                moved.append((tmp / p.name, p))
+        ours, users = _split_entries(path, set(entries)) if path.exists() else ([], [])
+        if users:
+            _replace_entries(path, tmp, ours, entries)
+        elif path.exists():
             backup = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
             os.replace(path, backup / "old")
             os.replace(tmp, path)
-            moved.clear()
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, path)
     finally:
-        for now, before in moved:  # failed after carrying the user's files over: put them back first
-            with contextlib.suppress(OSError):
-                os.replace(now, before)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
