@@ -215,6 +215,25 @@ def visium_spot_diameter_text(root, c):
     return root, "scalefactors_json.json", "spot_diameter_fullres"
 
 
+def visium_position_not_a_number(root, c):
+    write_visium(root, c)
+    path = root / "outs" / "spatial" / "tissue_positions.csv"
+    pos = pd.read_csv(path)
+    pos["pxl_row_in_fullres"] = pos["pxl_row_in_fullres"].astype(object)
+    pos.loc[4, "pxl_row_in_fullres"] = "12,5"  # a decimal comma
+    pos.to_csv(path, index=False)
+    return root, "tissue_positions.csv", "pxl_row_in_fullres"
+
+
+def visium_in_tissue_not_0_or_1(root, c):
+    write_visium(root, c)
+    path = root / "outs" / "spatial" / "tissue_positions.csv"
+    pos = pd.read_csv(path)
+    pos.loc[4, "in_tissue"] = 2
+    pos.to_csv(path, index=False)
+    return root, "tissue_positions.csv", "in_tissue"
+
+
 def nan_float_tiff(root, c):
     import tifffile
 
@@ -325,6 +344,8 @@ CASES = [
     h5ad_microns_per_pixel_text,
     h5ad_duplicated_var_names,
     visium_spot_diameter_text,
+    visium_position_not_a_number,
+    visium_in_tissue_not_0_or_1,
     nan_float_tiff,
     symlink_loop,
     legacy_latin1_gene,

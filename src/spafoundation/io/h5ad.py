@@ -118,7 +118,10 @@ def read_spafoundation_h5ad(
         raise InputError(path, "data", f"unreadable .h5ad ({e})") from None
     if "spatial" not in adata.obsm:
         raise InputError(path, "obsm['spatial']", "missing spot coordinates (full-resolution pixels)")
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    try:
+        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(path, "obsm['spatial']", "spot centres that are not numbers") from None
     if xy.ndim != 2 or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
         raise InputError(path, "obsm['spatial']", "expected finite (n, 2) spot centres")
     check_unique(adata.obs_names, path, "obs_names")

@@ -207,6 +207,11 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
         raise InputError(path, "/".join(missing), "missing column(s)")
     pos["barcode"] = pos["barcode"].astype(str)
     check_unique(pos["barcode"], path, "barcode")
+    from spafoundation.io.values import integer_column, numeric_column
+
+    pos = pos.assign(in_tissue=integer_column(pos["in_tissue"], path, "in_tissue", allowed=(0, 1)),
+                     **{c: integer_column(pos[c], path, c) for c in ("array_row", "array_col")},
+                     **{c: numeric_column(pos[c], path, c) for c in ("pxl_row_in_fullres", "pxl_col_in_fullres")})
     return pos.set_index("barcode"), path
 
 
