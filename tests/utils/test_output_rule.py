@@ -144,6 +144,13 @@ def test_stale_temporaries_are_removed_by_the_next_write(tmp_path):
     with atomic_path(tmp_path / "pred.h5ad") as tmp:
         tmp.write_text("p")
     assert not stale_dir.exists() and not stale_file.exists() and live.exists()
+    from spafoundation.utils.atomic import remove_stale_temporaries_under
+
+    deep = tmp_path / "run" / "cache" / "abc"
+    deep.mkdir(parents=True)
+    (deep / f".chunk_0.npz.{pid}-zz.tmp").write_text("x")
+    (deep / f".chunk_1.npz.{os.getpid()}-zz.tmp").write_text("x")
+    assert [p.name for p in remove_stale_temporaries_under(tmp_path / "run")] == [f".chunk_0.npz.{pid}-zz.tmp"]
 
 
 def test_outputs_follow_the_umask(tmp_path):

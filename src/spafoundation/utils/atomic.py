@@ -50,6 +50,17 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def remove_stale_temporaries_under(folder: str | os.PathLike) -> list[Path]:
+    """Every temporary file or folder under ``folder`` whose writing process has ended (a run folder swept before
+    a rerun, whatever outputs it goes on to rewrite)."""
+    removed = []
+    for p in sorted(Path(folder).rglob(".*.tmp")):
+        m = _TMP_PID.match(p.name)
+        if m and not any(r in p.parents for r in removed):
+            removed += [q for q in remove_stale_temporaries(p.with_name(m["name"])) if q not in removed]
+    return removed
+
+
 def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
