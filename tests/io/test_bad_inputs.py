@@ -162,6 +162,11 @@ def pitch_not_a_number(root, c):
     return root, "spafoundation.yaml", "pitch_um"
 
 
+def implausible_pixel_size(root, c):
+    write_manifest(root, c, section={"mpp": 1e-9})  # each patch would be a read of 1e11 px
+    return root, "C2_small.tif", "microns_per_pixel"
+
+
 def negative_spot_diameter(root, c):
     write_manifest(root, c, section={"spot_diameter_um": -100})
     return root, "spafoundation.yaml", "spot_diameter_um"
@@ -336,6 +341,7 @@ CASES = [
     negative_pitch,
     zero_pitch,
     pitch_not_a_number,
+    implausible_pixel_size,
     negative_spot_diameter,
     zero_spot_diameter,
     spot_diameter_not_a_number,

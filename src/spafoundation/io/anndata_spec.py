@@ -26,7 +26,8 @@ from spafoundation.io.values import integer_counts
 log = logging.getLogger(__name__)
 
 HIRES_MAX_SIDE = 2000
-FIRST_RING = 1.3  # neighbours within this factor of the nearest one count as the grid step
+FIRST_RING = 1.3
+MPP_RANGE = (0.01, 100.0)  # um/px: from beyond a 100x objective to a coarse overview; outside it, a unit error  # neighbours within this factor of the nearest one count as the grid step
 
 
 def library_id(adata: ad.AnnData) -> str:
@@ -119,6 +120,9 @@ def read_section_image(
 
     Returns (hires thumbnail or None, its scale factor, [width, height]). ``with_image=False`` skips the
     thumbnail but still checks the file, so ``spafoundation info`` reports a truncated image."""
+    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # 1e-9 um/px would make each patch a 1e11 px read
+        raise InputError(image, "microns_per_pixel", f"{mpp:.3g} um/px is not an H&E image's pixel size (expected "
+                         f"{MPP_RANGE[0]:g} to {MPP_RANGE[1]:g}); check the mpp, pitch_um or scale factors it came from")
     with open_slide(image, mpp=mpp) as slide:
         check_inside(xy, slide.width, slide.height, coords_path, coords_field, image)
         size = [int(slide.width), int(slide.height)]

@@ -201,6 +201,8 @@ def read_generic_section(
 ):
     if not isinstance(entry, dict) or not entry.get("id"):
         raise InputError(manifest_path, "sections[].id", "every section needs an id")
+    if isinstance(entry["id"], bool) or not isinstance(entry["id"], str | int):
+        raise InputError(manifest_path, "sections[].id", f"a section id is a name or a number, got {entry['id']!r}")
     section = str(entry["id"])
     _check_known(entry, SECTION_KEYS, manifest_path, f"sections[{section}].")
     opt = {k: entry.get(k, defaults.get(k)) for k in SECTION_DEFAULTS}
