@@ -70,6 +70,10 @@ def run(args) -> int:
         print(f"{name}: {adata.n_obs} spots, cache {rec['cache']} ({rec['n_from_cache']} from cache), "
               f"{low} spot(s) with little tissue")
     out = Path(args.out) if args.out else _default_out(encoder.name)
+    if not args.out:  # the default name in the current folder follows the output rule as --out does (cli.main)
+        from spafoundation.utils.outputs import check_output_not_input, input_paths
+
+        check_output_not_input(out, input_paths(args))
     if len(imaged) == 1:
         merged = next(iter(imaged.values()))
     else:
