@@ -70,8 +70,8 @@ class OutputLock:
     with a new lock is harmless)."""
 
     def __init__(self, out):
-        target = _resolved(out)
-        self.path = target.with_name(f".{target.name}.lock")
+        self.out = _resolved(out)
+        self.path = self.out.with_name(f".{self.out.name}.lock")
         self._fd: int | None = None
 
     def __enter__(self):
@@ -84,9 +84,8 @@ class OutputLock:
                 os.close(fd)
                 if e.errno in (errno.EAGAIN, errno.EACCES):
                     owner = _read_owner(self.path)
-                    raise EnvironmentProblem(self.path.with_name(self.path.name[1:-5]), "another spafoundation "
-                                             f"command{owner} is writing this output; wait for it or give "
-                                             "another --out") from None
+                    raise EnvironmentProblem(self.out, f"another spafoundation command{owner} is writing this "
+                                             "output; wait for it or give another --out") from None
                 raise
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
