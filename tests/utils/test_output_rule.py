@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from spafoundation.cli import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_TERMINATED, main
+from spafoundation.utils import atomic
 from spafoundation.utils.atomic import OUTPUT_MARKER, atomic_dir, atomic_path
 from spafoundation.utils.outputs import OutputLock
 from tests.io.layouts import write_visium
@@ -131,26 +132,28 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
 
 def test_stale_temporaries_are_removed_by_the_next_write(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
-    stale_dir = tmp_path / f".superres.{pid}-abcd.tmp"
+    pid, host = int(dead.stdout), atomic._HOST
+    stale_dir = tmp_path / f".superres.{pid}h{host}-abcd.tmp"
     stale_dir.mkdir()
     (stale_dir / "big.h5ad").write_text("x")
-    stale_file = tmp_path / f".pred.h5ad.{pid}-efgh.tmp"
+    stale_file = tmp_path / f".pred.h5ad.{pid}h{host}-efgh.tmp"
     stale_file.write_text("x")
-    live = tmp_path / f".superres.{os.getpid() + 0}-live.tmp"  # a writer still running (this one)
+    live = tmp_path / f".superres.{os.getpid()}h{host}-live.tmp"  # a writer still running (this one)
     live.mkdir()
+    elsewhere = tmp_path / f".superres.{pid}h000000-abcd.tmp"  # another machine's: its process cannot be asked
+    elsewhere.mkdir()
     with atomic_dir(tmp_path / "superres") as tmp:
         (tmp / "a").write_text("a")
     with atomic_path(tmp_path / "pred.h5ad") as tmp:
         tmp.write_text("p")
-    assert not stale_dir.exists() and not stale_file.exists() and live.exists()
+    assert not stale_dir.exists() and not stale_file.exists() and live.exists() and elsewhere.exists()
     from spafoundation.utils.atomic import remove_stale_temporaries_under
 
     deep = tmp_path / "run" / "cache" / "abc"
     deep.mkdir(parents=True)
-    (deep / f".chunk_0.npz.{pid}-zz.tmp").write_text("x")
-    (deep / f".chunk_1.npz.{os.getpid()}-zz.tmp").write_text("x")
-    assert [p.name for p in remove_stale_temporaries_under(tmp_path / "run")] == [f".chunk_0.npz.{pid}-zz.tmp"]
+    (deep / f".chunk_0.npz.{pid}h{host}-zz.tmp").write_text("x")
+    (deep / f".chunk_1.npz.{os.getpid()}h{host}-zz.tmp").write_text("x")
+    assert [p.name for p in remove_stale_temporaries_under(tmp_path / "run")] == [f".chunk_0.npz.{pid}h{host}-zz.tmp"]
 
 
 def test_outputs_follow_the_umask(tmp_path):

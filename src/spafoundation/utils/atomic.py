@@ -1,20 +1,24 @@
 """Write outputs under a temporary name and rename, so a crash never leaves a half-written file or folder.
 
-A temporary name carries its writer's process id (``.<name>.<pid>-<random>.tmp``): one whose process is gone
-(killed, the machine rebooted) is removed by the next write of the same output. Outputs get the permissions
+A temporary name carries its writer's process id and machine (``.<name>.<pid>h<host>-<random>.tmp``): one whose
+process is gone (killed, the machine rebooted) is removed by the next write of the same output on that machine
+(another machine's process cannot be asked about, so its temporaries are left alone). Outputs get the permissions
 the umask allows, as any file the user creates (a temporary file starts as 0600)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
-_TMP_PID = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]*\.tmp$")
+_TMP_PID = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)h(?P<host>[0-9a-f]{6})-[^.]*\.tmp$")
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def _umask() -> int:
@@ -41,7 +45,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     with contextlib.suppress(OSError):
         for p in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
             m = _TMP_PID.match(p.name)
-            if m and m["name"] == path.name and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+            if (m and m["name"] == path.name and m["host"] == _HOST and int(m["pid"]) != os.getpid()
+                    and not _pid_alive(int(m["pid"]))):
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
@@ -66,7 +71,7 @@ def glob_escape(name: str) -> str:
 
 
 def _tmp_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}-"
+    return f".{path.name}.{os.getpid()}h{_HOST}-"
 
 
 def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> None:
