@@ -61,7 +61,8 @@ def to_rgb8(arr: np.ndarray, path) -> np.ndarray:
 
 def pil_to_rgb8(img: Image.Image, path) -> np.ndarray:
     """A PIL image, turned as its EXIF orientation says, as (h, w, 3) uint8."""
-    img = ImageOps.exif_transpose(img)
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)  # a copy: made only when the EXIF says to turn or mirror the pixels
     if img.mode in ("RGB", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F", "LA", "RGBA"):
         return to_rgb8(np.asarray(img), path)
     if img.mode in ("P", "PA", "1", "La", "RGBa"):
@@ -69,14 +70,19 @@ def pil_to_rgb8(img: Image.Image, path) -> np.ndarray:
     return np.asarray(img.convert("RGB"))  # CMYK, YCbCr, LAB, HSV: PIL's conversion is the right one
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1: as stored; 2-8: mirrored and/or turned)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block is no reason to refuse the pixels
+        return 1
+    return value if value in range(1, 9) else 1
+
+
 def oriented_size(img: Image.Image) -> tuple[int, int]:
     """(width, height) of ``img`` as displayed: EXIF orientations 5-8 turn it by a quarter."""
     w, h = img.size
-    try:
-        orientation = img.getexif().get(0x0112, 1)
-    except Exception:  # a malformed EXIF block is no reason to refuse the pixels
-        orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
 def available_memory() -> int | None:
