@@ -166,3 +166,11 @@ def test_a_damaged_or_mismatched_model_folder_is_one_input_error(small_sections,
     with pytest.raises(InputError, match="refers to this encoder folder, which is not there") as e:
         ExpressionModel.load(moved)._get_encoder()
     assert e.value.path.endswith("gone") and "--encoder" in str(e.value)
+    capsys.readouterr()
+    out = tmp_path / "pred.h5ad"
+    (tmp_path / "data").mkdir()
+    # was a ValueError traceback drawing the figure, after the prediction was written
+    assert main(["predict-expression", str(good), str(tmp_path / "data"), "--genes", f"{model.genes[0]}, NOPE", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--genes: not predicted by this model: NOPE" in err[0] and not out.exists()
