@@ -189,3 +189,13 @@ def test_config_values_of_the_wrong_type_fail_before_any_step(c2_small, tmp_path
     assert main(["pretrain", str(root), "--out", str(out), "--set", "optim.steps=abc"]) == EXIT_BAD_INPUT
     assert "optim.steps: must be a whole number" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_out_inside_the_dataset_named_by_the_config_is_refused(c2_small, tmp_path, capsys):
+    root = tmp_path / "data"
+    write_manifest(root, c2_small)
+    (tmp_path / "run.yaml").write_text(f"data: {root}\n")
+    capsys.readouterr()
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(root / "run"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inside the dataset folder" in err[0] and not (root / "run").exists()

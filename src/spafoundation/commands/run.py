@@ -8,6 +8,7 @@ redoes it, saying why, when an input file or an option changed."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -318,6 +319,10 @@ def run(args) -> int:
         raise InputError(args.config, "data", "no dataset: give --data or data: in the config")
     data_path = cfg["data"]
     out = Path(args.out)
+    if not args.data:  # data: from the config, which cli.main's output check did not see
+        from spafoundation.utils.outputs import check_output_not_input, input_paths
+
+        check_output_not_input(out, input_paths(argparse.Namespace(data=str(data_path), image=cfg["image"])))
     # bad input fails before any write
     if not (out / ".steps").is_dir():  # a run folder this command wrote can be continued or redone
         check_output_dir(out)
