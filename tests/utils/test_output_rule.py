@@ -154,6 +154,11 @@ def test_stale_temporaries_are_removed_by_the_next_write(tmp_path):
     (deep / f".chunk_0.npz.{pid}h{host}-zz.tmp").write_text("x")
     (deep / f".chunk_1.npz.{os.getpid()}h{host}-zz.tmp").write_text("x")
     assert [p.name for p in remove_stale_temporaries_under(tmp_path / "run")] == [f".chunk_0.npz.{pid}h{host}-zz.tmp"]
+    old = tmp_path / "run" / ".superres.k3j_9xq2.tmp"  # an earlier version's name: no process to ask about
+    old.mkdir()
+    assert remove_stale_temporaries_under(tmp_path / "run") == [] and old.exists()
+    assert remove_stale_temporaries_under(tmp_path / "run", unnamed=True) == [old] and not old.exists()
+    assert (deep / f".chunk_1.npz.{os.getpid()}h{host}-zz.tmp").exists()
 
 
 def test_outputs_follow_the_umask(tmp_path):

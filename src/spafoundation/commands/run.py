@@ -353,7 +353,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from spafoundation.utils.atomic import remove_stale_temporaries_under
 
-    for p in remove_stale_temporaries_under(out):  # left by a run that was killed (SIGKILL, a power cut)
+    # left by a run that was killed (SIGKILL, a power cut); cli.main holds this folder's lock, so none is live
+    for p in remove_stale_temporaries_under(out, unnamed=True):
         print(f"  removed {p.relative_to(out)}, a temporary file of a run that was killed")
     (out / OUTPUT_MARKER).touch()  # the run folder and what its steps write in it are ours to replace
     with atomic_path(out / "config.yaml") as tmp:

@@ -55,14 +55,27 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def remove_stale_temporaries_under(folder: str | os.PathLike) -> list[Path]:
+# Before temporaries carried their writer's pid: '.<name>.<8 random characters>.tmp', never cleaned up.
+_TMP_UNNAMED = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries_under(folder: str | os.PathLike, *, unnamed: bool = False) -> list[Path]:
     """Every temporary file or folder under ``folder`` whose writing process has ended (a run folder swept before
-    a rerun, whatever outputs it goes on to rewrite)."""
-    removed = []
+    a rerun, whatever outputs it goes on to rewrite). ``unnamed``: those an earlier version left, which name no
+    process, too (for a folder locked by the caller, so none of them is being written)."""
+    removed: list[Path] = []
     for p in sorted(Path(folder).rglob(".*.tmp")):
+        if any(r in p.parents for r in removed) or p in removed:
+            continue
         m = _TMP_PID.match(p.name)
-        if m and not any(r in p.parents for r in removed):
+        if m:
             removed += [q for q in remove_stale_temporaries(p.with_name(m["name"])) if q not in removed]
+        elif unnamed and _TMP_UNNAMED.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
