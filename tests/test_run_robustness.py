@@ -49,6 +49,18 @@ def gene_list_without_overlap(root, c):
     return root, ["--set", f"expression.genes={root / 'genes.txt'}"], "genes"
 
 
+def gene_list_partly_measured(root, c):
+    write_manifest(root, c)
+    (root / "genes.txt").write_text(f"{c.genes[0]}\n{c.genes[1]}\nNOTAGENE1\nNOTAGENE2\n")  # was: 2 genes fitted
+    return root, ["--set", f"expression.genes={root / 'genes.txt'}"], "NOTAGENE1"
+
+
+def cache_dir_is_a_file(root, c):
+    write_manifest(root, c)
+    (root / "cache").write_text("not a folder")
+    return root, ["--set", f"cache_dir={root / 'cache'}"], "is a file, not a folder"
+
+
 def invalid_config_yaml(root, c):
     write_manifest(root, c)
     (root / "run.yaml").write_text("expression: [unclosed\n")
@@ -70,7 +82,8 @@ def from_io_case(make):
 
 
 RUN_CASES = [from_io_case(m) for m in CASES] + [no_tissue, non_numeric_counts, counts_without_spots, unknown_section,
-                                                gene_list_without_overlap, invalid_config_yaml, unknown_config_key]
+                                                gene_list_without_overlap, gene_list_partly_measured,
+                                                cache_dir_is_a_file, invalid_config_yaml, unknown_config_key]
 
 
 def test_there_are_at_least_twenty_bad_inputs():
@@ -102,7 +115,7 @@ def _wait_for(path, proc, timeout=300):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder, tmp_path, sig):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -110,13 +123,16 @@ def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(out / ".steps" / "fit_expression.json", proc)
     proc.send_signal(sig)
-    proc.communicate(timeout=120)
-    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
-    assert not list(out.rglob("*.tmp")) or sig == signal.SIGKILL  # SIGINT cleans its temporary files
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == {signal.SIGKILL: -signal.SIGKILL, signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
+    if sig == signal.SIGTERM:  # was: exit 143 without a word, a .superres.*.tmp folder left for good
+        assert "spafoundation: terminated" in err
+    assert not list(out.rglob("*.tmp")) or sig == signal.SIGKILL  # SIGINT and SIGTERM clean their temporary files
     done = subprocess.run(_run_cmd(her2st_root, tiny_folder, out), env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fit expression: done in an earlier run, skipped" in done.stdout
+    assert not list(out.rglob("*.tmp"))  # what a killed run left is removed by the next write of the same output
     assert (out / "report.html").exists()
     # every cached embedding is readable
     import anndata as ad
@@ -127,3 +143,59 @@ def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder,
     for f in caches:
         with np.load(f) as z:
             assert len(z.files) > 0
+
+
+def test_a_step_whose_inputs_changed_is_redone(c2_small, tmp_path):
+    """A finished step is reused only while its arguments and its input files (size and time) are unchanged."""
+    from spafoundation.commands.run import Step, _earlier_run, _mark_done, step_inputs
+    from spafoundation.io import read_dataset
+
+    root = write_manifest(tmp_path / "data", c2_small)
+    genes = tmp_path / "genes.txt"
+    genes.write_text("IGKC\n")
+    data = read_dataset(root, with_images=False)
+    out = tmp_path / "run"
+    step = Step("clusters", "spatial domains", ["cluster", str(root), "--genes", str(genes), "--out",
+                                                 str(out / "clusters")], out / "clusters")
+    (out / "clusters").mkdir(parents=True)
+    cache = str(out / "cache")
+    _mark_done(out, step, 1.0, step_inputs(step, data, str(root), cache))
+    assert _earlier_run(out, step, step_inputs(step, data, str(root), cache)) == (True, "")
+    (out / "clusters" / "new.txt").write_text("its own output and the cache do not count")
+    (out / "cache").mkdir()
+    (out / "cache" / "x.npz").write_text("x")
+    assert _earlier_run(out, step, step_inputs(step, data, str(root), cache))[0]
+    for changed in (root.parent / "counts.tsv", genes):
+        st = changed.stat()
+        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        done, why = _earlier_run(out, step, step_inputs(step, data, str(root), cache))
+        assert not done and "changed since the earlier run" in why, why
+        _mark_done(out, step, 1.0, step_inputs(step, data, str(root), cache))
+    other = Step(step.name, step.title, [*step.argv, "--n-clusters", "3"], step.output)
+    assert _earlier_run(out, other, step_inputs(other, data, str(root), cache)) == (
+        False, "its options changed since the earlier run")
+
+
+def test_config_values_of_the_wrong_type_fail_before_any_step(c2_small, tmp_path, capsys):
+    root = write_manifest(tmp_path / "data", c2_small)
+    out = tmp_path / "out"
+    for setting, field in (("report.top_genes=abc", "report.top_genes"), ("encoder=", "encoder"),
+                           ("clusters.enabled=maybe", "clusters.enabled")):
+        capsys.readouterr()
+        assert main(["run", "--data", str(root), "--out", str(out), "--dry-run", "--set", setting]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and field in err[0], err
+    assert not out.exists()
+    assert main(["pretrain", str(root), "--out", str(out), "--set", "optim.steps=abc"]) == EXIT_BAD_INPUT
+    assert "optim.steps: must be a whole number" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_out_inside_the_dataset_named_by_the_config_is_refused(c2_small, tmp_path, capsys):
+    root = tmp_path / "data"
+    write_manifest(root, c2_small)
+    (tmp_path / "run.yaml").write_text(f"data: {root}\n")
+    capsys.readouterr()
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(root / "run"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inside the dataset folder" in err[0] and not (root / "run").exists()

@@ -4,17 +4,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
 
 from spafoundation import __version__
-from spafoundation.errors import InputError
+from spafoundation.errors import EnvironmentProblem, InputError
 
 EXIT_BAD_INPUT = 2
+EXIT_ENVIRONMENT = 3  # disk full, read-only or forbidden folder, an output another command is writing
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
@@ -43,6 +49,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the machine refuses, as opposed to a bug: one line naming the path, not a traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so the same ``finally`` blocks that clean up after Ctrl-C remove
+    the temporary files of the output being written."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _environment_message(e: OSError) -> str | None:
+    """One line for an OSError the machine caused, None for any other."""
+    if e.errno not in ENVIRONMENT_ERRNOS and "No space left" not in str(e):
+        return None
+    where = e.filename or ""
+    reason = e.strerror or str(e)
+    return f"{where}: {reason}" if where else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
     set_default_precision(getattr(args, "pipeline_precision", None))  # this command's choice only
     forget_warnings()  # a downscaled image is named once per command
+    from spafoundation.utils.outputs import claim_output
+
     try:
-        code = int(args.func(args) or 0)
+        with _sigterm_as_interrupt(), claim_output(args):
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe must surface here, not at interpreter exit
         return code
     except BrokenPipeError:
@@ -69,6 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())  # one line, whatever the message holds (a YAML parser's report...)
         print(f"spafoundation: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except EnvironmentProblem as e:
+        print(f"spafoundation: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except OSError as e:
+        message = _environment_message(e)
+        if message is None:
+            raise
+        print(f"spafoundation: error: {' '.join(message.split())}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except Terminated:
+        print("spafoundation: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("spafoundation: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

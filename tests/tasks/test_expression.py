@@ -138,3 +138,39 @@ def test_a_section_on_another_panel_is_scored_on_the_model_genes_it_has(small_se
     m = _evaluate(model, a, pred)
     assert m["n_genes"] == 4 and list(m["per_gene_r"]) == genes
     assert _evaluate(SimpleNamespace(genes=["NOT_MEASURED"], target_sum=1e4), a, pred[:, :1]) is None
+
+
+def test_a_damaged_or_mismatched_model_folder_is_one_input_error(small_sections, tmp_path, capsys):
+    model = fit_expression(small_sections[:2], None, genes="hvg:5", head="mean", source="mean_colour")
+    good = model.save(tmp_path / "good")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "config.json").write_text((good / "config.json").read_text())
+    data = (good / "head.npz").read_bytes()
+    (cut / "head.npz").write_bytes(data[: len(data) // 2])  # was a BadZipFile traceback
+    with pytest.raises(InputError, match="unreadable") as e:
+        ExpressionModel.load(cut)
+    assert e.value.path.endswith("head.npz")
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    (fewer / "head.npz").write_bytes(data)
+    cfg = json.loads((good / "config.json").read_text())
+    (fewer / "config.json").write_text(json.dumps({**cfg, "genes": cfg["genes"][:3], "reliability": {}}))
+    with pytest.raises(InputError, match=r"the head predicts 5 genes but config\.json lists 3"):
+        ExpressionModel.load(fewer)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "head.npz").write_bytes(data)
+    (moved / "config.json").write_text(json.dumps({**cfg, "encoder": {"name": str(tmp_path / "gone"),
+                                                                      "identity": "x"}}))
+    with pytest.raises(InputError, match="refers to this encoder folder, which is not there") as e:
+        ExpressionModel.load(moved)._get_encoder()
+    assert e.value.path.endswith("gone") and "--encoder" in str(e.value)
+    capsys.readouterr()
+    out = tmp_path / "pred.h5ad"
+    (tmp_path / "data").mkdir()
+    # was a ValueError traceback drawing the figure, after the prediction was written
+    assert main(["predict-expression", str(good), str(tmp_path / "data"), "--genes", f"{model.genes[0]}, NOPE", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--genes: not predicted by this model: NOPE" in err[0] and not out.exists()

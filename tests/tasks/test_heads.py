@@ -29,13 +29,15 @@ def test_head_learns_and_round_trips(kind):
     np.testing.assert_allclose(again.predict(X[180:]), head.predict(X[180:]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 2, 9])
 @pytest.mark.parametrize("kind", ["ridge", "mlp"])
-def test_one_training_spot_is_a_clear_input_error(kind):
+def test_too_few_training_spots_are_a_clear_input_error(kind, n):
     from spafoundation.errors import InputError
 
     X, Y, groups = _signal()
-    with pytest.raises(InputError, match=rf"1 training spot\(s\) with features \(sections: {groups[0]}\): at least 2"):
-        HEADS[kind]().fit(X[:1], Y[:1], groups[:1])
+    with pytest.raises(InputError, match=rf"{n} training spot\(s\) with features \(sections: {groups[0]}\): at least 10"):
+        HEADS[kind]().fit(X[:n], Y[:n], groups[:n])
+    HEADS[kind]().fit(X[:10], Y[:10], groups[:10])  # the fewest it fits on
 
 
 def test_ridge_alpha_tracks_noise():

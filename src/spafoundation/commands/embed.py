@@ -13,6 +13,7 @@ from spafoundation.commands._common import (
     data_options,
     imaged_sections,
     non_negative_int,
+    parse_sections,
     positive_int,
     unit_interval,
 )
@@ -38,7 +39,7 @@ def run(args) -> int:
 
     if args.out:
         check_output_file(args.out, ".h5ad")
-    sections = [s for s in args.sections.split(",") if s] if args.sections else None
+    sections = parse_sections(args.sections)
     data = read_dataset(args.data, sections, **data_options(args))
     imaged = imaged_sections(data, args.data, "to embed")
     skipped = sorted(set(data) - set(imaged))
@@ -69,6 +70,10 @@ def run(args) -> int:
         print(f"{name}: {adata.n_obs} spots, cache {rec['cache']} ({rec['n_from_cache']} from cache), "
               f"{low} spot(s) with little tissue")
     out = Path(args.out) if args.out else _default_out(encoder.name)
+    if not args.out:  # the default name in the current folder follows the output rule as --out does (cli.main)
+        from spafoundation.utils.outputs import check_output_not_input, input_paths
+
+        check_output_not_input(out, input_paths(args))
     if len(imaged) == 1:
         merged = next(iter(imaged.values()))
     else:

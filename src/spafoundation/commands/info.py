@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spafoundation.commands._common import add_data_options, data_options
+from spafoundation.commands._common import add_data_options, data_options, parse_sections
 from spafoundation.io.anndata_spec import spatial_meta
 from spafoundation.io.readers import detect_format, read_dataset
 
@@ -53,7 +53,7 @@ def summarize(path, sections=None, **options) -> pd.DataFrame:
 
 def run(args) -> int:
     fmt = detect_format(args.path)
-    table = summarize(args.path, args.sections.split(",") if args.sections else None, **data_options(args))
+    table = summarize(args.path, parse_sections(args.sections), **data_options(args))
     n_img = int((table["image"] != "-").sum())
     print(f"{args.path}  format: {fmt}")
     print(table.to_string(index=False))

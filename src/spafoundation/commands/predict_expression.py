@@ -22,6 +22,7 @@ from spafoundation.commands._common import (
     imaged_sections,
     parse_sections,
 )
+from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path, check_output_file, write_h5ad
 
 
@@ -48,6 +49,11 @@ def run(args) -> int:
     check_output_file(out, ".zarr" if args.format == "spatialdata" else ".h5ad")
     check_format_available(args)
     model = ExpressionModel.load(args.model, encoder=args.encoder)
+    figure_genes = parse_sections(args.genes)  # the same comma-separated list, spaces stripped
+    unknown = [g for g in figure_genes or [] if g not in model.genes]
+    if unknown:  # checked before the work, not when drawing the figure after it
+        raise InputError(args.model, "--genes", f"not predicted by this model: {', '.join(unknown[:10])} (it predicts "
+                         f"{', '.join(model.genes[:10])}{', ...' if len(model.genes) > 10 else ''})")
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     imaged = imaged_sections(data, args.data, "to predict from")
     preds, metrics = {}, {}
@@ -88,7 +94,7 @@ def run(args) -> int:
             from spafoundation.report.spatial_maps import plot_observed_vs_predicted
 
             for name, m in metrics.items():
-                genes = args.genes.split(",") if args.genes else _best_genes(m["per_gene_r"], 4)
+                genes = figure_genes or _best_genes(m["per_gene_r"], 4)
                 fig = out.with_name(f"{out.stem}_{name}_maps.png")
                 plot_observed_vs_predicted(imaged[name], preds[name], genes, fig, target_sum=model.target_sum)
                 print(f"wrote {fig}")

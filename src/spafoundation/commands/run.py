@@ -2,12 +2,15 @@
 
 Each step is one of the subcommands, run with arguments derived from the config (``--dry-run`` prints them as
 command lines a person can rerun): expression (fit on the sections with counts, predict the others), tumour map,
-spatial domains, report. A finished step leaves a marker with its arguments in ``DIR/.steps``; a rerun with the
-same config skips it, so an interrupted run continues from what was complete."""
+spatial domains, report. A finished step leaves a marker with its arguments and its input files' fingerprints in
+``DIR/.steps``; a rerun skips it while both are unchanged (an interrupted run continues from what was complete) and
+redoes it, saying why, when an input file or an option changed."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -67,6 +70,21 @@ def _check_keys(cfg: dict, defaults: dict, where: str = "") -> None:
             if not isinstance(v, dict):
                 raise InputError(None, "config", f"{where}{k} must be a mapping")
             _check_keys(v, defaults[k], f"{where}{k}.")
+
+
+def check_value_types(cfg: dict, config_path) -> None:
+    """The values no step's command parses, checked before anything runs: the report's gene count, the encoder and
+    cache names, the steps' on/off switches (a value a step's command parses is checked as it parses it, by
+    ``check_step_arguments``)."""
+    from spafoundation.utils.config_types import check_value_types as check_against_defaults
+
+    check_against_defaults(cfg, DEFAULTS, config_path, allow_none=True)
+    if cfg["report"]["top_genes"] is None or cfg["report"]["top_genes"] < 1:
+        raise InputError(config_path, "report.top_genes", f"must be >= 1, got {cfg['report']['top_genes']!r}")
+    for key, wanted in (("encoder", "an encoder name or model folder"), ("cache_dir", "a folder")):
+        value = cfg[key]
+        if (value is not None or key == "encoder") and (not isinstance(value, str) or not value.strip()):
+            raise InputError(config_path, key, f"must be {wanted}, got {value!r}")
 
 
 def _names(value) -> list[str] | None:
@@ -241,17 +259,43 @@ def _marker(out: Path, step: Step) -> Path:
     return out / ".steps" / f"{step.name}.json"
 
 
-def _is_done(out: Path, step: Step) -> bool:
-    m = _marker(out, step)
+def step_inputs(step: Step, data: dict, data_path: str, cache: str) -> dict[str, str]:
+    """Fingerprints of what ``step`` reads: the dataset, each section's image and counts, and every path among its
+    arguments (a model folder, a gene list), but not its own output or the embedding cache."""
+    from spafoundation.io.anndata_spec import spatial_meta
+    from spafoundation.utils.provenance import fingerprint
+
+    paths = [data_path]
+    for a in data.values():
+        meta = spatial_meta(a)["metadata"]
+        paths += [meta.get(k) for k in ("image_path", "counts_path") if meta.get(k)]
+    paths += [a for a in step.argv[1:] if a and not a.startswith("-") and os.path.exists(a)]
+    return fingerprint(paths, exclude=(step.output, cache))
+
+
+def _earlier_run(out: Path, step: Step, inputs: dict[str, str]) -> tuple[bool, str]:
+    """(whether ``step`` was done by an earlier run from the same arguments and inputs, why not when it was done
+    from others)."""
+    from spafoundation.utils.provenance import changed
+
     try:
-        return json.loads(m.read_text())["argv"] == step.argv and step.output.exists()
-    except (OSError, ValueError, KeyError):
-        return False
+        done = json.loads(_marker(out, step).read_text())
+    except (OSError, ValueError):
+        return False, ""
+    if not isinstance(done, dict) or not step.output.exists():
+        return False, ""
+    if done.get("argv") != step.argv:
+        return False, "its options changed since the earlier run"
+    moved = changed(done.get("inputs") or {}, inputs)
+    if moved:
+        return False, (f"its input {moved[0]} changed since the earlier run" if len(moved) == 1 else
+                       f"{len(moved)} of its inputs changed since the earlier run (first: {moved[0]})")
+    return True, ""
 
 
-def _mark_done(out: Path, step: Step, seconds: float) -> None:
+def _mark_done(out: Path, step: Step, seconds: float, inputs: dict[str, str]) -> None:
     with atomic_path(_marker(out, step)) as tmp:
-        Path(tmp).write_text(json.dumps({"argv": step.argv, "seconds": round(seconds, 1)}) + "\n")
+        Path(tmp).write_text(json.dumps({"argv": step.argv, "inputs": inputs, "seconds": round(seconds, 1)}) + "\n")
 
 
 def run(args) -> int:
@@ -261,6 +305,7 @@ def run(args) -> int:
 
     cfg = load_yaml_config(DEFAULTS, args.config, args.set)
     _check_keys(cfg, DEFAULTS)
+    check_value_types(cfg, args.config)
     if args.sections:
         cfg["sections"] = args.sections
     if args.data:
@@ -284,9 +329,16 @@ def run(args) -> int:
     data_path = cfg["data"]
     check_format_available(args)
     out = Path(args.out)
+    if not args.data:  # data: from the config, which cli.main's output check did not see
+        from spafoundation.utils.outputs import check_output_not_input, input_paths
+
+        check_output_not_input(out, input_paths(argparse.Namespace(data=str(data_path), image=cfg["image"])))
     # bad input fails before any write
     if not (out / ".steps").is_dir():  # a run folder this command wrote can be continued or redone
         check_output_dir(out)
+    from spafoundation.models.cache import cache_root
+
+    cache_root(cfg["cache_dir"] or out / "cache")
     data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
@@ -311,29 +363,33 @@ def run(args) -> int:
         return 0
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    from spafoundation.utils.atomic import remove_stale_temporaries_under
+
+    # left by a run that was killed (SIGKILL, a power cut); cli.main holds this folder's lock, so none is live
+    for p in remove_stale_temporaries_under(out, unnamed=True):
+        print(f"  removed {p.relative_to(out)}, a temporary file of a run that was killed")
     (out / OUTPUT_MARKER).touch()  # the run folder and what its steps write in it are ours to replace
     with atomic_path(out / "config.yaml") as tmp:
         Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
     quiet = ["--quiet"] if args.quiet else []
     summary = []
     try:
+        cache = str(cfg["cache_dir"] or out / "cache")
         for i, s in enumerate(steps, 1):
-            if _is_done(out, s):
+            inputs = step_inputs(s, data, data_path, cache)
+            done, why_not = _earlier_run(out, s, inputs)
+            if done:
                 print(f"[{i}/{len(steps) + 1}] {s.title}: done in an earlier run, skipped")
                 summary.append({"step": s.title, "status": "reused", "seconds": 0.0})
                 continue
-            print(f"[{i}/{len(steps) + 1}] {s.title} ...", flush=True)
-            # an output of this step from a run whose config differed (or from before output folders were marked)
-            if s.output.is_dir():
-                shutil.rmtree(s.output)
-            elif s.output.exists():
-                s.output.unlink()
+            # a step's earlier output is replaced by the step itself (utils/atomic.py), keeping the user's files
+            print(f"[{i}/{len(steps) + 1}] {s.title}{f' (redone: {why_not})' if why_not else ''} ...", flush=True)
             t0 = time.perf_counter()
             code = cli_main([*s.argv, *quiet])
             if code != 0:
                 raise _StepFailed(s, code)
             dt = time.perf_counter() - t0
-            _mark_done(out, s, dt)
+            _mark_done(out, s, dt, step_inputs(s, data, data_path, cache))
             summary.append({"step": s.title, "status": "done", "seconds": round(dt, 1)})
         if args.format == "spatialdata":
             from spafoundation.io.run_store import write_run_store

@@ -6,6 +6,7 @@ Gene specs: ``"hvg:K"`` (top-K highly variable, Seurat rule), ``"mean:K"`` (top-
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from spafoundation.errors import InputError
+
+log = logging.getLogger(__name__)
 
 TARGET_SUM = 1e4
 MIN_EXPRESSED_FRAC = 0.1  # HEST rule: a candidate gene is detected in >= 10% of the spots of every section
@@ -101,7 +104,7 @@ def select_genes(train: Sequence[ad.AnnData], spec, target_sum: float | None = T
         return [genes[i] for i in idx]
     path = Path(spec)
     if path.suffix in (".npy", ".txt", ".csv", ".tsv") or path.exists():
-        return _keep_known(read_gene_list(path), genes, str(path))
+        return _keep_known(read_gene_list(path), genes, str(path), strict=True)
     raise InputError(None, "genes", f"unknown gene spec {spec!r}: use hvg:K, mean:K or a gene-list file")
 
 
@@ -131,11 +134,21 @@ def read_gene_list(path: str | Path) -> list[str]:
     return genes
 
 
-def _keep_known(wanted: list[str], available: list[str], source: str) -> list[str]:
+def _keep_known(wanted: list[str], available: list[str], source: str, strict: bool = False) -> list[str]:
+    """The genes of ``wanted`` measured in every training section. ``strict`` (a gene list file the user wrote):
+    one that is not is an InputError naming it, rather than a model of fewer genes than asked for."""
     have = set(available)
     kept = [g for g in dict.fromkeys(wanted) if g in have]
     if not kept:
         raise InputError(source, "genes", "none of the requested genes is measured in all training sections")
+    dropped = [g for g in dict.fromkeys(wanted) if g not in have]
+    if dropped and strict:
+        raise InputError(source, "genes", f"{len(dropped)} of the {len(dropped) + len(kept)} genes listed are not "
+                         f"measured in every training section: {', '.join(dropped[:10])}"
+                         f"{', ...' if len(dropped) > 10 else ''} (remove them from the list)")
+    if dropped:
+        log.warning("%s: %d requested genes not measured in every training section, left out: %s", source,
+                    len(dropped), ", ".join(dropped[:10]))
     return kept
 
 

@@ -22,11 +22,13 @@ import scipy.sparse as sp
 
 from spafoundation.errors import InputError
 from spafoundation.io.downscaled import open_image
+from spafoundation.io.values import integer_counts
 
 log = logging.getLogger(__name__)
 
 HIRES_MAX_SIDE = 2000
-FIRST_RING = 1.3  # neighbours within this factor of the nearest one count as the grid step
+FIRST_RING = 1.3
+MPP_RANGE = (0.01, 100.0)  # um/px: from beyond a 100x objective to a coarse overview; outside it, a unit error  # neighbours within this factor of the nearest one count as the grid step
 
 
 def library_id(adata: ad.AnnData) -> str:
@@ -59,7 +61,8 @@ def image_scale(adata: ad.AnnData) -> float:
 
 
 def validate_counts(X, path, field: str = "counts"):
-    """Counts must be finite and non-negative; returns CSR with an integer dtype when values are integral."""
+    """Counts must be finite and non-negative; returns CSR with an integer dtype when values are integral (int32,
+    or int64 for counts beyond int32's range: io/values.py)."""
     X = sp.csr_matrix(X)
     data = X.data
     if data.size and not np.all(np.isfinite(data)):
@@ -67,7 +70,7 @@ def validate_counts(X, path, field: str = "counts"):
     if data.size and data.min() < 0:
         raise InputError(path, field, f"negative counts (min {data.min()})")
     if data.size and is_integral(data):
-        X = X.astype(np.int32)
+        X = integer_counts(X, path, field)
     elif data.size:
         # kept (ambient-corrected counts are fractional), but normalised or log data would be normalised twice
         log.warning("%s: %s holds non-integer values (max %.3g): spafoundation expects raw counts, and "
@@ -86,6 +89,12 @@ def check_unique(ids: pd.Index | list, path, field: str) -> None:
     if ids.has_duplicates:
         dup = ids[ids.duplicated()].unique()[:5].tolist()
         raise InputError(path, field, f"duplicated ids: {dup}")
+
+
+def check_section_id(name: str, path, field: str = "section") -> None:
+    """Section ids name output files (``<section>_maps.png``): one that is not a plain file name is refused."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise InputError(path, field, f"section id {name!r} cannot name a file: give it another id (without '/')")
 
 
 def check_inside(xy: np.ndarray, width: int, height: int, path, field: str = "spot coordinates",
@@ -120,6 +129,9 @@ def read_section_image(
 
     Returns (hires thumbnail or None, its scale factor, the image file's [width, height]). ``with_image=False``
     skips the thumbnail but still checks the file, so ``spafoundation info`` reports a truncated image."""
+    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # 1e-9 um/px would make each patch a 1e11 px read
+        raise InputError(image, "microns_per_pixel", f"{mpp:.3g} um/px is not an H&E image's pixel size (expected "
+                         f"{MPP_RANGE[0]:g} to {MPP_RANGE[1]:g}); check the mpp, pitch_um or scale factors it came from")
     with open_image(image, mpp=mpp, scale=scale) as slide:
         check_inside(xy, slide.width, slide.height, coords_path, coords_field, image)
         size = [int(slide.level_shapes[0][1]), int(slide.level_shapes[0][0])]  # the file's own pixels

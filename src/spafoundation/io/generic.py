@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import (
     build_anndata,
+    check_section_id,
     check_unique,
     estimate_mpp_from_neighbours,
     estimate_mpp_from_pitch,
@@ -45,6 +46,7 @@ from spafoundation.io.anndata_spec import (
     validate_counts,
 )
 from spafoundation.io.downscaled import check_scale, warn_if_downscaled
+from spafoundation.io.values import integer_column, numeric_column, positive_number
 from spafoundation.io.visium import read_text_rows
 
 MANIFEST_NAMES = ("spafoundation.yaml", "manifest.yaml")
@@ -109,7 +111,8 @@ def _resolve(base: Path, value, manifest_path: Path, field: str) -> Path:
 
 def read_spots(path: Path) -> pd.DataFrame:
     try:
-        spots = pd.read_csv(path, sep=None, engine="python")
+        # utf-8-sig: a table saved by Excel as "CSV UTF-8" starts with a byte-order mark, else glued to "id"
+        spots = pd.read_csv(path, sep=None, engine="python", encoding="utf-8-sig")
     except Exception as e:
         raise InputError(path, "spots", f"unreadable table ({e})") from None
     missing = [c for c in ("id", "x", "y") if c not in spots.columns]
@@ -117,18 +120,23 @@ def read_spots(path: Path) -> pd.DataFrame:
         raise InputError(path, "/".join(missing), "missing column(s)")
     spots["id"] = spots["id"].astype(str)
     check_unique(spots["id"], path, "id")
-    xy = spots[["x", "y"]].apply(pd.to_numeric, errors="coerce")
-    if xy.isna().any().any():
-        raise InputError(path, "x/y", "non-numeric or missing coordinates")
+    for c in ("x", "y"):
+        try:
+            spots[c] = numeric_column(spots[c], path, c)
+        except InputError as e:
+            raise InputError(path, "x/y", f"non-numeric or missing coordinates: {e.message}") from None
     return spots.set_index("id")
 
 
 def read_counts_table(path: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
     sep = "," if ".csv" in path.suffixes else "\t"
     try:
-        df = pd.read_csv(path, sep=sep, index_col=0)
+        df = pd.read_csv(path, sep=sep, index_col=0, encoding="utf-8-sig")
+        # pandas renames a repeated column (IGKC, IGKC.1): the header as written is checked for repeats
+        header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, encoding="utf-8-sig")
     except Exception as e:
         raise InputError(path, "counts", f"unreadable table ({e})") from None
+    check_unique(header.iloc[0, 1:].astype(str).tolist(), path, "gene")
     try:
         values = df.to_numpy(dtype=np.float64)
     except ValueError as e:
@@ -195,6 +203,8 @@ def read_generic_section(
 ):
     if not isinstance(entry, dict) or not entry.get("id"):
         raise InputError(manifest_path, "sections[].id", "every section needs an id")
+    if isinstance(entry["id"], bool) or not isinstance(entry["id"], str | int):
+        raise InputError(manifest_path, "sections[].id", f"a section id is a name or a number, got {entry['id']!r}")
     section = str(entry["id"])
     _check_known(entry, SECTION_KEYS, manifest_path, f"sections[{section}].")
     opt = {k: entry.get(k, defaults.get(k)) for k in SECTION_DEFAULTS}
@@ -220,8 +230,14 @@ def read_generic_section(
     else:
         X, genes, counts_path = None, [], None
 
+    pitch_um = (None if opt["pitch_um"] is None
+                else positive_number(opt["pitch_um"], manifest_path, f"sections[{section}].pitch_um"))
+    spot_diameter_um = (DEFAULT_SPOT_DIAMETER_UM if opt["spot_diameter_um"] is None else positive_number(
+        opt["spot_diameter_um"], manifest_path, f"sections[{section}].spot_diameter_um"))
     xy = spots[["x", "y"]].to_numpy(dtype=np.float64)
     has_grid = {"array_row", "array_col"} <= set(spots.columns)
+    if has_grid:
+        spots = spots.assign(**{c: integer_column(spots[c], spots_path, c) for c in ("array_row", "array_col")})
     image = entry.get("image")
     image = _resolve(base, image, manifest_path, f"sections[{section}].image") if image else None
     scale = 1.0
@@ -232,17 +248,10 @@ def read_generic_section(
     if mpp is not None:
         mpp, mpp_source = float(mpp), "given"
     elif opt["mpp"] is not None:
-        try:
-            mpp = float(opt["mpp"])
-        except (TypeError, ValueError):
-            mpp = float("nan")
-        if not (np.isfinite(mpp) and mpp > 0):
-            raise InputError(
-                manifest_path, f"sections[{section}].mpp", f"not a positive number: {opt['mpp']!r}"
-            )
+        mpp = positive_number(opt["mpp"], manifest_path, f"sections[{section}].mpp")
         mpp_source = "given in the manifest"
     elif opt["pitch_um"] is not None:
-        pitch = float(opt["pitch_um"])
+        pitch = pitch_um
         if has_grid:
             mpp = estimate_mpp_from_pitch(spots[["array_row", "array_col"]].to_numpy(), xy, pitch, spots_path)
         else:
@@ -280,7 +289,7 @@ def read_generic_section(
         library=section,
         mpp=mpp,
         mpp_source=mpp_source,
-        spot_diameter_um=float(opt["spot_diameter_um"] or DEFAULT_SPOT_DIAMETER_UM),
+        spot_diameter_um=spot_diameter_um,
         platform=str(opt["platform"] or "generic"),
         image_path=str(image) if image else None,
         hires=hires,
@@ -289,7 +298,7 @@ def read_generic_section(
             "image_size": image_size,
             "counts_path": str(counts_path or ""),
             **({"image_scale": scale, "image_source": "given"} if image is not None else {}),
-            **({"spot_pitch_um": float(opt["pitch_um"])} if opt["pitch_um"] is not None else {}),
+            **({"spot_pitch_um": pitch_um} if pitch_um is not None else {}),
         },
     )
 
@@ -305,6 +314,9 @@ def read_generic_manifest(
     defaults = {k: manifest.get(k) for k in SECTION_DEFAULTS}
     ids = [str(e.get("id")) if isinstance(e, dict) else None for e in manifest["sections"]]
     check_unique(ids, manifest_path, "sections[].id")
+    for i in ids:
+        if i is not None:
+            check_section_id(i, manifest_path, "sections[].id")
     # keyed by the ids above: an entry without one raises in read_generic_section, naming the field
     return {i: read_generic_section(e, defaults, base, manifest_path, mpp=mpp, with_images=with_images)
             for i, e in zip(ids, manifest["sections"], strict=True)}

@@ -21,6 +21,7 @@ import numpy as np
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import check_unique, is_integral, read_section_image, validate_counts
 from spafoundation.io.downscaled import check_scale, warn_if_downscaled
+from spafoundation.io.values import positive_number
 from spafoundation.io.visium import SPOT_DIAMETER_UM as VISIUM_SPOT_DIAMETER_UM
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,20 @@ def _complete_library(lib: dict, path: Path, section: str, mpp: float | None) ->
         from_spaceranger = "software_version" in meta or "chemistry_description" in meta
         if not (from_spaceranger and scale.get("spot_diameter_fullres")):
             raise InputError(path, field, "unknown pixel size: give mpp")
-        scale["microns_per_pixel"] = VISIUM_SPOT_DIAMETER_UM / float(scale["spot_diameter_fullres"])
+        diameter_field = f"uns['spatial']['{section}']['scalefactors']['spot_diameter_fullres']"
+        scale["microns_per_pixel"] = VISIUM_SPOT_DIAMETER_UM / positive_number(scale["spot_diameter_fullres"], path,
+                                                                               diameter_field)
         meta["mpp_source"] = f"from the {VISIUM_SPOT_DIAMETER_UM:.0f} um Visium spot diameter"
         meta.setdefault("platform", "visium")
         meta.setdefault("spot_diameter_um", VISIUM_SPOT_DIAMETER_UM)
-    mpp_value = float(scale["microns_per_pixel"])
-    if not (np.isfinite(mpp_value) and mpp_value > 0):
-        raise InputError(path, field, f"not a positive number: {mpp_value}")
+    mpp_value = positive_number(scale["microns_per_pixel"], path, field)
+    scale["microns_per_pixel"] = mpp_value
+    if "spot_diameter_fullres" in scale:
+        scale["spot_diameter_fullres"] = positive_number(
+            scale["spot_diameter_fullres"], path, f"uns['spatial']['{section}']['scalefactors']['spot_diameter_fullres']")
+    if "spot_diameter_um" in meta:
+        meta["spot_diameter_um"] = positive_number(meta["spot_diameter_um"], path,
+                                                   f"uns['spatial']['{section}']['metadata']['spot_diameter_um']")
     meta.setdefault("spot_diameter_um", float(scale.get("spot_diameter_fullres", 0)) * mpp_value)
     scale.setdefault("spot_diameter_fullres", float(meta["spot_diameter_um"]) / mpp_value)
     scale.setdefault("tissue_hires_scalef", 1.0)
@@ -119,11 +127,15 @@ def read_spafoundation_h5ad(
         raise InputError(path, "data", f"unreadable .h5ad ({e})") from None
     if "spatial" not in adata.obsm:
         raise InputError(path, "obsm['spatial']", "missing spot coordinates (full-resolution pixels)")
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    try:
+        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(path, "obsm['spatial']", "spot centres that are not numbers") from None
     if xy.ndim != 2 or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
         raise InputError(path, "obsm['spatial']", "expected finite (n, 2) spot centres")
     check_unique(adata.obs_names, path, "obs_names")
     adata, counts_field = raw_counts(adata)
+    check_unique(adata.var_names, path, "var_names")  # a gene twice: which column would it be fitted on?
     spatial = dict(adata.uns.get("spatial", {}))
     libraries = list(spatial)
     col = _section_column(adata)

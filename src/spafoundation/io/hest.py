@@ -20,6 +20,7 @@ import pandas as pd
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import build_anndata, check_unique, read_section_image, validate_counts
+from spafoundation.io.values import positive_number
 
 MPP_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")
 # (spot diameter, pitch) in microns when the metadata does not say.
@@ -50,11 +51,11 @@ def find_wsi(root: Path, section: str) -> Path | None:
 
 
 def _positive(value) -> float | None:
+    """A metadata value as a positive number, or None: HEST's pixel sizes are advisory, the next one is tried."""
     try:
-        value = float(value)
-    except (TypeError, ValueError):
+        return positive_number(value, None, "")
+    except InputError:
         return None
-    return value if np.isfinite(value) and value > 0 else None
 
 
 def read_hest_section(root: str | Path, section: str, *, mpp: float | None = None, with_images: bool = True):

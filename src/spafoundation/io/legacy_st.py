@@ -40,6 +40,7 @@ from spafoundation.io.anndata_spec import (
     validate_counts,
 )
 from spafoundation.io.slide import PIL_SUFFIXES, TIFF_SUFFIXES
+from spafoundation.io.values import integer_column, numeric_column
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,38 @@ def list_sections(root: Path) -> list[str]:
 
 
 def find_image(root: Path, section: str) -> Path | None:
+    """The section's H&E in ST-imgs/<patient>/<section>/; several candidates are an InputError naming them, so
+    the wrong one is never used."""
     hits = sorted(
         p
         for p in (root / "ST-imgs").glob(f"*/{section}/*")
         if p.suffix.lower() in PIL_SUFFIXES | TIFF_SUFFIXES
     )
+    if len(hits) > 1:
+        raise InputError(hits[0].parent, "image", f"{len(hits)} candidate images for section {section} "
+                         f"({', '.join(p.name for p in hits)}): keep one in this folder")
     return hits[0] if hits else None
+
+
+def _text(raw: bytes, path: Path, field: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(path, field, f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); save the "
+                         "file as UTF-8") from None
+
+
+def _read_table(path: Path, field: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A tab-separated table (plain or .gz) with at least ``columns``; unreadable, truncated or without one of them:
+    an InputError naming it."""
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise InputError(path, field, f"unreadable or truncated table ({e})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(path, "/".join(missing), "missing column(s)")
+    return table
 
 
 def patient_of(section: str) -> str:
@@ -105,7 +132,8 @@ def patient_of(section: str) -> str:
 
 
 def read_counts_table(path: Path) -> tuple[pd.Index, pd.Index, np.ndarray]:
-    """(spot ids, genes, dense float32 counts) of a spots x genes TSV whose first column is the spot id.
+    """(spot ids, genes, dense float64 counts: exact to 2**53) of a spots x genes TSV whose first column is the
+    spot id.
 
     numpy's C parser is ~4x faster than pandas on these very wide tables."""
     if not path.exists():
@@ -117,17 +145,17 @@ def read_counts_table(path: Path) -> tuple[pd.Index, pd.Index, np.ndarray]:
     except (OSError, EOFError) as e:
         raise InputError(path, "counts", f"unreadable file ({e})") from None
     lines = raw.rstrip(b"\n").replace(b"\r", b"").split(b"\n")
-    header = lines[0].decode().split("\t")
+    header = _text(lines[0], path, "gene").split("\t")
     genes = pd.Index(header[1:] if header[0] == "" or len(header) > 1 else header)
     rows = [line.split(b"\t", 1) for line in lines[1:] if line]
     if len(genes) == 0 or not rows:
         raise InputError(path, "counts", "no spots or no gene columns")
     if any(len(r) != 2 for r in rows):
         raise InputError(path, "counts", "a row has no values")
-    ids = pd.Index([r[0].decode().strip('"') for r in rows])
+    ids = pd.Index([_text(r[0], path, "spot id").strip('"') for r in rows])
     try:
         values = np.loadtxt(
-            io.BytesIO(b"\n".join(r[1] for r in rows)), delimiter="\t", dtype=np.float32, ndmin=2
+            io.BytesIO(b"\n".join(r[1] for r in rows)), delimiter="\t", dtype=np.float64, ndmin=2
         )
     except ValueError as e:
         raise InputError(path, "counts", f"non-numeric or ragged values ({e})") from None
@@ -141,16 +169,13 @@ def read_counts_table(path: Path) -> tuple[pd.Index, pd.Index, np.ndarray]:
 def read_spot_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(path, "spot coordinates", "file not found")
-    try:
-        spots = pd.read_csv(path, sep="\t")
-    except Exception as e:
-        raise InputError(path, "spot coordinates", f"unreadable table ({e})") from None
-    missing = [c for c in ("x", "y", "pixel_x", "pixel_y") if c not in spots.columns]
-    if missing:
-        raise InputError(path, "/".join(missing), "missing column(s)")
+    spots = _read_table(path, "spot coordinates", ("x", "y", "pixel_x", "pixel_y"))
     if "selected" in spots.columns:
-        spots = spots[spots["selected"].fillna(1).astype(int) == 1]
-    spots = spots.assign(spot_id=[f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"])])
+        spots = spots[integer_column(spots["selected"].fillna(1), path, "selected", allowed=(0, 1)) == 1]
+    x, y = (integer_column(spots[c], path, c) for c in ("x", "y"))
+    spots = spots.assign(pixel_x=numeric_column(spots["pixel_x"], path, "pixel_x"),
+                         pixel_y=numeric_column(spots["pixel_y"], path, "pixel_y"),
+                         spot_id=[f"{i}x{j}" for i, j in zip(x, y)])
     check_unique(spots["spot_id"], path, "x/y")
     return spots.set_index("spot_id")
 
@@ -159,11 +184,10 @@ def _read_labels(root: Path, section: str, index: pd.Index) -> pd.Series | None:
     path = root / "ST-pat" / "lbl" / f"{section}_labeled_coordinates.tsv"
     if not path.exists():
         return None
-    lbl = pd.read_csv(path, sep="\t")
-    if not {"x", "y", "label"} <= set(lbl.columns):
-        raise InputError(path, "x/y/label", "missing column(s)")
+    lbl = _read_table(path, "label", ("x", "y", "label"))
     lbl = lbl.dropna(subset=["x", "y"])
-    ids = [f"{round(x)}x{round(y)}" for x, y in zip(lbl["x"], lbl["y"])]
+    ids = [f"{round(x)}x{round(y)}" for x, y in zip(numeric_column(lbl["x"], path, "x"),
+                                                    numeric_column(lbl["y"], path, "y"))]
     s = pd.Series(lbl["label"].astype(str).values, index=ids)
     s = s[~s.index.duplicated()]
     return s.reindex(index)
@@ -173,16 +197,16 @@ def _read_clusters(root: Path, section: str, patient: str, index: pd.Index) -> p
     path = root / "ST-cluster" / "lbl" / f"{section}-cluster-annotation.tsv.gz"
     if not path.exists():
         return None
-    cl = pd.read_csv(path, sep="\t")
-    if not {"x", "y", "label"} <= set(cl.columns):
-        raise InputError(path, "x/y/label", "missing column(s)")
-    ids = [f"{int(x)}x{int(y)}" for x, y in zip(cl["x"], cl["y"])]
+    cl = _read_table(path, "cluster", ("x", "y", "label"))
+    ids = [f"{x}x{y}" for x, y in zip(integer_column(cl["x"], path, "x"), integer_column(cl["y"], path, "y"))]
     cluster = pd.Series(cl["label"].values, index=ids)
     cluster = cluster[~cluster.index.duplicated()].reindex(index)
+    labels = cluster.dropna()
+    integer_column(labels, path, "label")  # the cluster numbers
     out = pd.DataFrame({"cluster": cluster.astype("Int64").astype(str).replace("<NA>", np.nan)}, index=index)
     map_path = root / "ST-cluster" / "cluster_label_map.tsv"
     if map_path.exists():
-        m = pd.read_csv(map_path, sep="\t")
+        m = _read_table(map_path, "cluster annotation", ("patient", "cluster", "annotated_as"))
         m = m[m["patient"].astype(str) == patient]
         lookup = dict(zip(m["cluster"].astype(str), m["annotated_as"].astype(str)))
         out["cluster_annotation"] = out["cluster"].map(lookup)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anndata as ad
@@ -22,10 +23,24 @@ def data_options(values) -> dict:
     return {k: get(k) for k in DATA_OPTIONS}
 
 
+def missing_reason(path: Path) -> str:
+    """Why ``path`` cannot be opened although it may be named right: a link that loops or leads nowhere."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return "a symbolic link that loops back on itself"
+        except OSError as e:
+            if "loop" in str(e).lower() or getattr(e, "errno", None) == 40:
+                return "a symbolic link that loops back on itself"
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    return "not found"
+
+
 def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "data", "not found")
+        raise InputError(path, "data", missing_reason(path))
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".h5ad":
@@ -77,7 +92,19 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um:
     H&E of a dataset of one section whose image is not with it (a Space Ranger sample, an .h5ad of one library);
     formats that name each section's image (legacy ST, HEST, a manifest, a cohort) are an InputError.
     ``image_scale``: image px per full-resolution px of ``image`` when it is a downscaled copy (io/downscaled.py);
-    a Space Ranger sample without a full-resolution H&E is read from its hires PNG without it."""
+    a Space Ranger sample without a full-resolution H&E is read from its hires PNG without it.
+
+    Section ids name output files (``<section>_maps.png``), so one that is not a plain file name is refused here,
+    before any work."""
+    from spafoundation.io.anndata_spec import check_section_id
+
+    data = _read_format(path, sections, bin_um=bin_um, image=image, image_scale=image_scale, **kwargs)
+    for name in data:
+        check_section_id(name, path)
+    return data
+
+
+def _read_format(path, sections, *, bin_um, image, image_scale, **kwargs) -> dict[str, ad.AnnData]:
     fmt = detect_format(path)
     if bin_um is not None and fmt not in ("visium_hd", "visium_cohort", "spatialdata"):
         raise InputError(path, "bin_um", f"only Visium HD data has bins to choose; this is {fmt} data")

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from spafoundation.errors import InputError
+from spafoundation.io.pixels import check_decodable, oriented_size, pil_to_rgb8, to_rgb8
 
 PIL_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".ndpi", ".scn", ".bif"}
@@ -127,18 +128,6 @@ class Slide:
         return np.concatenate(parts, axis=0), tw / self.width
 
 
-def _to_rgb(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype != np.uint8:
-        arr = arr.astype(np.float32)
-        hi = float(arr.max()) or 1.0
-        arr = np.clip(arr / (hi if hi > 255 else 255.0) * 255.0, 0, 255).astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    return np.ascontiguousarray(arr[..., :3])
-
-
 class _DecodedImages:
     """The last few decoded JPEG/PNG images, keyed by file identity (path, size, mtime): a pipeline opens the same
     section's image once per step and feature, and decoding a 90 Mpx JPEG costs ~0.6 s each time. Read-only
@@ -179,7 +168,7 @@ class PILSlide(Slide):
         self.mpp = mpp
         try:
             with _pil_pixel_limit(2_000_000_000), Image.open(path) as img:
-                self.width, self.height = img.size
+                self.width, self.height = oriented_size(img)  # the size as shown, turned as its EXIF says
         except FileNotFoundError:
             raise InputError(path, "image", "file not found") from None
         except (OSError, Image.DecompressionBombError, SyntaxError) as e:
@@ -194,12 +183,16 @@ class PILSlide(Slide):
         return self._array
 
     def _decode(self) -> np.ndarray:
+        check_decodable(self.width, self.height, self.path)
         try:
             with _pil_pixel_limit(self.width * self.height + 1), Image.open(self.path) as img:
                 img.load()
-                return _to_rgb(np.asarray(img.convert("RGB")))
+                return pil_to_rgb8(img, self.path)
         except (OSError, SyntaxError) as e:
             raise InputError(self.path, "image", f"truncated or unreadable image ({e})") from None
+        except MemoryError:
+            raise InputError(self.path, "image", f"{self.width} x {self.height} px do not fit in memory once "
+                             "decoded: save it as a tiled TIFF") from None
 
     def _read_level(self, level, x, y, w, h):
         return self._load()[y : y + h, x : x + w]
@@ -216,11 +209,16 @@ class PILSlide(Slide):
         tw, th = max(1, round(self.width * scale)), max(1, round(self.height * scale))
         try:
             with _pil_pixel_limit(self.width * self.height + 1), Image.open(self.path) as img:
-                img.draft("RGB", (tw, th))
-                img = img.convert("RGB").resize((tw, th), Image.BILINEAR)
-                return np.asarray(img), tw / self.width
+                turned = oriented_size(img) != img.size
+                img.draft("RGB", (th, tw) if turned else (tw, th))
+                check_decodable(*img.size, self.path)
+                rgb = pil_to_rgb8(img, self.path)
+                return np.asarray(Image.fromarray(rgb).resize((tw, th), Image.BILINEAR)), tw / self.width
         except (OSError, SyntaxError) as e:
             raise InputError(self.path, "image", f"truncated or unreadable image ({e})") from None
+        except MemoryError:
+            raise InputError(self.path, "image", f"{self.width} x {self.height} px do not fit in memory once "
+                             "decoded: save it as a tiled TIFF") from None
 
     def close(self) -> None:
         self._array = None
@@ -307,7 +305,7 @@ class TiffSlide(Slide):
         # Move to (Y, X, S) and drop any other singleton axes.
         order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
         region = np.transpose(region, order).reshape(h, w, -1)
-        return _to_rgb(region)
+        return to_rgb8(region, self.path)
 
     def close(self) -> None:
         self._tif.close()

@@ -212,6 +212,11 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
         raise InputError(path, "/".join(missing), "missing column(s)")
     pos["barcode"] = pos["barcode"].astype(str)
     check_unique(pos["barcode"], path, "barcode")
+    from spafoundation.io.values import integer_column, numeric_column
+
+    pos = pos.assign(in_tissue=integer_column(pos["in_tissue"], path, "in_tissue", allowed=(0, 1)),
+                     **{c: integer_column(pos[c], path, c) for c in ("array_row", "array_col")},
+                     **{c: numeric_column(pos[c], path, c) for c in ("pxl_row_in_fullres", "pxl_col_in_fullres")})
     return pos.set_index("barcode"), path
 
 
@@ -324,8 +329,11 @@ def read_visium(
     scalefactors = read_scalefactors(spatial)
     if mpp is not None:
         mpp_value, mpp_source = float(mpp), "given"
-    elif scalefactors.get("spot_diameter_fullres"):
-        mpp_value = SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
+    elif scalefactors.get("spot_diameter_fullres") is not None:
+        from spafoundation.io.values import positive_number
+
+        mpp_value = SPOT_DIAMETER_UM / positive_number(scalefactors["spot_diameter_fullres"],
+                                                       spatial / "scalefactors_json.json", "spot_diameter_fullres")
         mpp_source = f"from the {SPOT_DIAMETER_UM:.0f} um spot diameter (scalefactors_json.json)"
     else:
         cols = np.stack(

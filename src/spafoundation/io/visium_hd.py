@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import estimate_mpp_from_pitch
+from spafoundation.io.values import positive_number
 from spafoundation.io.visium import (
     choose_image,
     outs_dir,
@@ -70,17 +71,11 @@ def _level_um(folder: Path) -> float:
     if not size:
         raise InputError(folder / "spatial" / "scalefactors_json.json", "bin_size_um",
                          "a bin folder not named square_<N>um needs its bin size here")
-    return float(size)
+    return positive_number(size, folder / "spatial" / "scalefactors_json.json", "bin_size_um")
 
 
 def _positive(scalefactors: dict, key: str, path: Path) -> float:
-    try:
-        value = float(scalefactors[key])
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not np.isfinite(value) or value <= 0:
-        raise InputError(path, key, f"must be a positive number, got {scalefactors[key]!r}")
-    return value
+    return positive_number(scalefactors[key], path, key)
 
 
 def sample_root(folder: Path) -> Path:

@@ -26,11 +26,22 @@ META = "meta.json"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$SPAFOUNDATION_CACHE``, else ``~/.cache/spafoundation``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
+    """``cache_dir``, else ``$SPAFOUNDATION_CACHE``, else ``~/.cache/spafoundation``; an InputError naming where it
+    came from when it (or a folder on its path) is a file."""
     env = os.environ.get("SPAFOUNDATION_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "spafoundation"
+    if cache_dir:
+        root, source = Path(cache_dir).expanduser(), "--cache-dir"
+    elif env:
+        root, source = Path(env).expanduser(), "$SPAFOUNDATION_CACHE"
+    else:
+        root, source = Path.home() / ".cache" / "spafoundation", "cache folder"
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(p, source, f"is a file, not a folder{'' if p == root else f' (on the path {root})'}: "
+                                 "the embedding cache needs a folder")
+            break
+    return root
 
 
 def slide_identity(path: str | os.PathLike, scale: float = 1.0) -> dict:

@@ -76,7 +76,11 @@ def encoder_from_reference(ref: dict, device: str = "cpu"):
     from spafoundation.utils.precision import chosen_precision
 
     recorded = ref.get("precision") or ("int8" if str(ref.get("identity", "")).endswith("+int8") else "fp32")
-    enc = resolve_encoder(ref["name"], device=device, precision=chosen_precision() or recorded)
+    name = str(ref["name"])
+    if Path(name).is_absolute() and not Path(name).exists():
+        raise InputError(name, "encoder", "the fitted model's config.json refers to this encoder folder, which is not "
+                         "there (moved or deleted): give the encoder with --encoder FOLDER")
+    enc = resolve_encoder(name, device=device, precision=chosen_precision() or recorded)
     if not ref.get("embedded") and enc.identity != ref.get("identity"):
         log.warning("encoder %s differs from the one this model was trained with (%s vs %s)", ref["name"],
                     enc.identity, ref.get("identity"))
@@ -186,9 +190,20 @@ class ExpressionModel:
         if cfg.get("head") not in HEADS:
             raise InputError(folder / CONFIG_FILE, "head", f"unknown head {cfg.get('head')!r}")
         reliability = cfg.get("reliability") or {}
-        shift = FeatureShift.from_arrays(state, reliability.get("shift_reference") or {})
-        head = HEADS[cfg["head"]].from_state({k: v for k, v in state.items() if not k.startswith(SHIFT_PREFIX)},
-                                             cfg.get("head_params"))
+        genes = cfg.get("genes")
+        if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
+            raise InputError(folder / CONFIG_FILE, "genes", "expected a non-empty list of gene symbols")
+        head_state = {k: v for k, v in state.items() if not k.startswith(SHIFT_PREFIX)}
+        outputs = head_state["coef"].shape[0] if "coef" in head_state else (
+            len(head_state["y_mean"]) if "y_mean" in head_state else None)
+        if outputs is not None and outputs != len(genes):
+            raise InputError(folder / HEAD_FILE, "genes", f"the head predicts {outputs} genes but config.json lists "
+                             f"{len(genes)}: the two files are from different models")
+        try:
+            shift = FeatureShift.from_arrays(state, reliability.get("shift_reference") or {})
+            head = HEADS[cfg["head"]].from_state(head_state, cfg.get("head_params"))
+        except (KeyError, ValueError, IndexError, TypeError, RuntimeError) as e:
+            raise InputError(folder / HEAD_FILE, cfg["head"], f"not a complete {cfg['head']} head ({e})") from None
         gene_cv = {k: np.array([np.nan if x is None else x for x in v], dtype=np.float64)
                    for k, v in (reliability.get("gene_cv_r") or {}).items()}
         for k, v in gene_cv.items():

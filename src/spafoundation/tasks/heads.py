@@ -22,13 +22,18 @@ ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 N_PCS = 256
 
 
+# Every head chooses its settings on held-out spots: with fewer, a fold trains on one or two spots and PCA has no
+# component left to fit (a traceback from scikit-learn before this was checked).
+MIN_TRAINING_SPOTS = 10
+
+
 def _folds(groups: np.ndarray, n: int):
-    if n < 2:  # every head chooses its settings on held-out spots
+    if n < MIN_TRAINING_SPOTS:
         from spafoundation.errors import InputError
 
         sections = ", ".join(str(g) for g in np.unique(np.asarray(groups))) or "none"
-        raise InputError(None, "spots", f"{n} training spot(s) with features (sections: {sections}): at least 2 "
-                         "are needed to fit a head")
+        raise InputError(None, "spots", f"{n} training spot(s) with features (sections: {sections}): at least "
+                         f"{MIN_TRAINING_SPOTS} are needed to fit a head")
     uniq = np.unique(groups)
     if len(uniq) >= 2:
         return list(GroupKFold(n_splits=min(5, len(uniq))).split(np.zeros(n), groups=groups))

@@ -50,7 +50,14 @@ DEFAULT_CONFIG: dict = {
 # -- configuration --------------------------------------------------------------------------------------------
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
     """The pre-training config: defaults, then the YAML file, then ``--set key=value`` overrides."""
-    return load_yaml_config(DEFAULT_CONFIG, path, overrides)
+    from spafoundation.utils.config_types import check_value_types
+
+    cfg = load_yaml_config(DEFAULT_CONFIG, path, overrides)
+    check_value_types(cfg, DEFAULT_CONFIG, path)
+    for key in ("steps", "batch_size"):
+        if cfg["optim"][key] < 1:
+            raise InputError(path, f"optim.{key}", f"must be >= 1, got {cfg['optim'][key]!r}")
+    return cfg
 
 
 # -- distributed ----------------------------------------------------------------------------------------------

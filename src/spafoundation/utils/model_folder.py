@@ -4,6 +4,8 @@ atomically and read back with errors that name the file and the field."""
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,6 @@ def read_model_folder(folder, fmt: str, arrays_file: str, what: str) -> tuple[di
     try:
         with np.load(folder / arrays_file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a truncated or damaged file
         raise InputError(folder / arrays_file, arrays_file, f"unreadable ({e})") from None
     return cfg, arrays
