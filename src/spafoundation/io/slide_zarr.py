@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from spafoundation.errors import InputError
-from spafoundation.io.slide import Slide, _to_rgb
+from spafoundation.io.pixels import to_rgb8
+from spafoundation.io.slide import Slide
 
 
 def multiscales_metadata(path: Path) -> dict | None:
@@ -72,4 +73,4 @@ class ZarrSlide(Slide):
             raise InputError(self.path, "image", f"truncated or unreadable OME-Zarr region ({e})") from None
         spatial = [self._axes.index("y"), self._axes.index("x")]
         order = spatial + [i for i in range(len(self._axes)) if i not in spatial]
-        return _to_rgb(np.transpose(region, order).reshape(h, w, -1))
+        return to_rgb8(np.transpose(region, order).reshape(h, w, -1), self.path)
