@@ -175,9 +175,7 @@ def _encode_superpixels(adata: ad.AnnData, encoder, g: int, up: int, min_tissue:
             xy_b = centres[start:start + batch_size]
             patches = extract_patches(adata, tile_um, encoder.input_size, xy=xy_b, slide=slide)
             x = encoder.preprocess(patches)
-            feats_all = encoder._features(x)  # one pass: tokens and class embedding together
-            tok = feats_all[:, encoder.num_prefix_tokens:]
-            cls = feats_all[:, 0] if encoder.num_prefix_tokens else tok.mean(dim=1)
+            cls, tok = encoder.split_tokens(encoder.forward_features(x))  # one pass: tokens and class embedding
             tok = tok.transpose(1, 2).reshape(len(x), -1, g, g)
             if up > 1:
                 tok = F.interpolate(tok, size=(n, n), mode="bilinear", align_corners=False)
