@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
@@ -105,21 +106,23 @@ def register(subparsers) -> None:
     add_data_options(p)
     p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, metrics.json, figures)")
     p.add_argument("--sections", help="comma-separated sections (default: all; image features need an image)")
-    p.add_argument("--features", choices=["image", "expression", "predicted"], default="image",
+    p.add_argument("--features", choices=["image", "expression", "predicted"], default=defaults.DOMAIN_FEATURES,
                    help="cluster on image features, observed expression, or expression predicted by "
                         "--expression-model (default image)")
     p.add_argument("--expression-model", help="model folder from fit-expression (for --features predicted)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
-    p.add_argument("--genes", default="hvg:1000", help="genes for --features expression (default hvg:1000)")
-    p.add_argument("--method", choices=["kmeans", "leiden"], default="kmeans")
-    p.add_argument("--n-clusters", type=positive_int, default=7, help="number of domains (Leiden: found by bisection)")
+    p.add_argument("--genes", default=defaults.DOMAIN_EXPRESSION_GENES,
+                   help=f"genes for --features expression (default {defaults.DOMAIN_EXPRESSION_GENES})")
+    p.add_argument("--method", choices=["kmeans", "leiden"], default=defaults.DOMAIN_METHOD)
+    p.add_argument("--n-clusters", type=positive_int, default=defaults.N_DOMAINS,
+                   help=f"number of domains (Leiden: found by bisection; default {defaults.N_DOMAINS})")
     p.add_argument("--resolution", type=positive_float, help="Leiden resolution (instead of --n-clusters)")
-    p.add_argument("--smooth", type=unit_interval, default=0.5,
+    p.add_argument("--smooth", type=unit_interval, default=defaults.DOMAIN_SMOOTH,
                    help="weight of the neighbours' mean in the smoothed features (0: no smoothing)")
     p.add_argument("--radius-um", type=positive_float,
                    help="neighbour radius (default 1.5 x the nearest-spot distance)")
     p.add_argument("--reference-column", help="obs column of reference regions: ARI and NMI per section")
-    p.add_argument("--grid-um", type=non_negative_float, default=0.0,
+    p.add_argument("--grid-um", type=non_negative_float, default=defaults.DOMAIN_GRID_UM,
                    help="also assign a tissue grid of this pitch to domains")
     p.add_argument("--per-section", action="store_true", help="cluster each section on its own")
     p.add_argument("--seed", type=int, default=0)

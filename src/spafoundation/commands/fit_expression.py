@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
@@ -62,11 +63,11 @@ def register(subparsers) -> None:
     add_data_options(p)
     p.add_argument("--sections", help="comma-separated training sections (default: all with counts and images)")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--encoder", default="spafoundation-default",
+    p.add_argument("--encoder", default=defaults.ENCODER,
                    help="encoder name or model folder (default: the shipped checkpoint)")
-    p.add_argument("--genes", default="hvg:50",
+    p.add_argument("--genes", default=defaults.EXPRESSION_GENES,
                    help="hvg:K (seurat flavour, training sections only), mean:K, or a gene-list file (.npy/.txt)")
-    p.add_argument("--head", default="ridge", choices=["ridge", "mlp", "finetune", "mean"],
+    p.add_argument("--head", default=defaults.EXPRESSION_HEAD, choices=["ridge", "mlp", "finetune", "mean"],
                    help="ridge: scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
                         "layer; finetune: the whole encoder + LayerNorm/Linear on the class token, MSE (the "
                         "authors' protocol, meant for a GPU); mean: the training-mean baseline")

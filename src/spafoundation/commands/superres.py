@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
@@ -68,7 +69,7 @@ def run(args) -> int:
         t0 = time.perf_counter()
         from spafoundation.tasks.expression import resolve_encoder
 
-        enc = resolve_encoder(args.encoder or "spafoundation-default")
+        enc = resolve_encoder(args.encoder or defaults.ENCODER)
         check_spots_resolvable(train, enc, args.step_um)  # before any superpixel is computed
         cached = {n: superpixels(a, enc, step_um=args.step_um, progress=not args.quiet, cache_dir=cache_dir(args))
                   for n, a in train.items()}
@@ -112,7 +113,8 @@ def register(subparsers) -> None:
     p.add_argument("--train-sections", help="sections with counts to train on (default: every selected one)")
     p.add_argument("--model", help="a model folder from an earlier superres run (DIR/model)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
-    p.add_argument("--genes", default="hvg:50", help="hvg:K, mean:K or a gene-list file (default hvg:50)")
+    p.add_argument("--genes", default=defaults.SUPERRES_GENES,
+                   help=f"hvg:K, mean:K or a gene-list file (default {defaults.SUPERRES_GENES})")
     p.add_argument("--step-um", type=positive_float,
                    help="superpixel pitch: one encoder token (16 um by default) divided by a whole number, e.g. 8")
     p.add_argument("--image-weight", type=unit_interval,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
@@ -114,7 +115,8 @@ def register(subparsers) -> None:
                    "cancer markers ERBB2, GRB7, STARD3, PGAP3, KRT8/18/19, EPCAM, CDH1, MUC1, CD24)")
     p.add_argument("--model", help="a tumour model folder written by an earlier run (DIR/model)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
-    p.add_argument("--grid-um", type=non_negative_float, default=100.0, help="pitch of the tissue grid (0: spots only)")
+    p.add_argument("--grid-um", type=non_negative_float, default=defaults.TUMOR_GRID_UM,
+                   help="pitch of the tissue grid (0: spots only)")
     p.add_argument("--no-figure", action="store_true", help="do not draw heatmaps")
     add_cache_args(p)
     add_precision_option(p)

@@ -14,6 +14,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from spafoundation import defaults
 from spafoundation.errors import InputError
 from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.io.anndata_spec import image_path, library_id
@@ -36,7 +37,7 @@ from spafoundation.utils.model_folder import CONFIG_FILE, read_model_folder, wri
 
 log = logging.getLogger(__name__)
 FORMAT = "spafoundation-expression"
-DEFAULT_ENCODER = "spafoundation-default"
+DEFAULT_ENCODER = defaults.ENCODER
 # The default features (BENCHMARKS.md, chosen on leave-one-patient-out and checked on leave-one-section-out): the
 # encoder's embedding and colour/stain/texture statistics of the spot patch and of a patch twice as wide, each also
 # averaged over the spots within 300 um, every feature z-scored within its section (stain and scanner offsets out).
@@ -240,7 +241,8 @@ def section_patients(train: Sequence[ad.AnnData]) -> dict[str, str]:
             for a in train}
 
 
-def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, genes="hvg:50", head: str = "ridge",
+def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, genes=defaults.EXPRESSION_GENES,
+                   head: str = defaults.EXPRESSION_HEAD,
                    target_sum: float | None = TARGET_SUM, cache_dir=None, progress: bool = False,
                    head_params: dict | None = None, candidate_genes: Sequence[str] | None = None,
                    **feature_options) -> ExpressionModel:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+from spafoundation import defaults
 from spafoundation.errors import InputError
 from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.io.anndata_spec import library_id, microns_per_pixel, spot_diameter_fullres
@@ -347,7 +348,7 @@ class SuperresModel:
                    anchoring=cfg.get("anchoring"))
 
 
-def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes="hvg:50", step_um: float | None = None,
+def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes=defaults.SUPERRES_GENES, step_um: float | None = None,
                  target_sum: float | None = TARGET_SUM, footprints: dict | None = None,
                  cached: dict[str, Superpixels] | None = None, progress: bool = False) -> SuperresModel:
     """Fit on sections with counts: the ridge head maps each spot's mean superpixel features to its expression.
