@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from spafoundation.utils.precision import set_default_precision
+    from spafoundation._settings import settings
 
-    set_default_precision(getattr(args, "pipeline_precision", None))  # this command's choice only
+    precision = getattr(args, "pipeline_precision", None)
     try:
-        code = int(args.func(args) or 0)
+        with settings.override(**({"precision": precision} if precision else {})):  # this command's choice only
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe must surface here, not at interpreter exit
         return code
     except BrokenPipeError:
@@ -70,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spafoundation: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        set_default_precision(None)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,12 @@ META = "meta.json"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$SPAFOUNDATION_CACHE``, else ``~/.cache/spafoundation``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
+    """``cache_dir``, else ``sf.settings.cache_dir``, else ``$SPAFOUNDATION_CACHE``, else ``~/.cache/spafoundation``."""
+    from spafoundation._settings import settings
+
+    for chosen in (cache_dir, settings.cache_dir):
+        if chosen:
+            return Path(chosen).expanduser()
     env = os.environ.get("SPAFOUNDATION_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "spafoundation"
 

@@ -61,11 +61,15 @@ def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None, 
         return None
     if isinstance(encoder, (str, Path)):
         from spafoundation.models.registry import build_encoder
-        from spafoundation.utils.precision import default_precision
+        from spafoundation.utils.precision import chosen_precision, default_precision
 
+        automatic = precision is None and default_precision(device) != chosen_precision()
         precision = precision or default_precision(device)
         enc = build_encoder(str(encoder), weights=weights, device=device,
                             overrides={"precision": precision} if precision else None)
+        if automatic and precision:  # say so: the outputs differ (slightly) from the encoder's own precision
+            log.info("encoder %s at %s precision on %s (sf.settings.precision='auto'; set 'fp32' to opt out)",
+                     encoder, precision, device)
         enc.config["source_ref"] = str(Path(encoder).resolve()) if Path(str(encoder)).exists() else str(encoder)
         return enc
     return encoder
