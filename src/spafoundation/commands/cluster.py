@@ -30,21 +30,8 @@ from spafoundation.utils.atomic import atomic_dir, check_output_dir
 KEY = "spatial_domain"
 
 
-def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: str, reference: str | None) -> None:
-    from spafoundation.report.spatial_maps import plot_panels
-
-    panels = [{"adata": spots, "values": spots.obs[KEY].to_numpy(), "title": "domains, spots", "categorical": True}]
-    if grid is not None:
-        step = grid.uns["grid"]
-        panels.append({"adata": grid, "values": grid.obs[KEY].to_numpy(), "categorical": True,
-                       "diameter_px": step["step_um"] / step["mpp"], "title": f"domains, {step['step_um']:g} um grid"})
-    if reference and reference in spots.obs:
-        panels.append({"adata": spots, "values": spots.obs[reference].astype(str).to_numpy(),
-                       "title": f"reference: {reference}", "categorical": True})
-    plot_panels(panels, path, title=f"{name}: spatial domains")
-
-
 def run(args) -> int:
+    from spafoundation import pl
     from spafoundation.eval.metrics import clustering_agreement
     from spafoundation.io.anndata_spec import microns_per_pixel
     from spafoundation.io.patches import tissue_grid
@@ -94,7 +81,7 @@ def run(args) -> int:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if not args.no_figure:
             for n, a in sections.items():
-                draw_section(tmp / f"{n}_clusters.png", a, grids.get(n), n, args.reference_column)
+                pl.domains(a, KEY, grid=grids.get(n), reference=args.reference_column, path=tmp / f"{n}_clusters.png")
     print(f"wrote {out}: {sum(a.n_obs for a in sections.values())} spots in "
           f"{len(next(iter(sections.values())).obs[KEY].cat.categories)} domains")
     return 0

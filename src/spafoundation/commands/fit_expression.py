@@ -16,7 +16,7 @@ from spafoundation.commands._common import (
     positive_int,
 )
 from spafoundation.errors import InputError
-from spafoundation.eval.genes import TARGET_SUM
+from spafoundation.pp.genes import TARGET_SUM
 
 
 def run(args) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 
 from spafoundation.commands._common import (
@@ -24,8 +23,8 @@ from spafoundation.utils.atomic import atomic_path, check_output_file, write_h5a
 
 
 def _evaluate(model, adata, pred) -> dict | None:
-    from spafoundation.eval.genes import expression_matrix
     from spafoundation.eval.metrics import evaluate_expression
+    from spafoundation.pp.genes import expression_matrix
 
     # a section measured on another panel is scored on the model's genes it has (m['n_genes'] says how many)
     shared = [i for i, g in enumerate(model.genes) if g in adata.var_names]
@@ -40,7 +39,7 @@ def _evaluate(model, adata, pred) -> dict | None:
 
 def run(args) -> int:
     from spafoundation.io.readers import read_dataset
-    from spafoundation.tasks.expression import ExpressionModel
+    from spafoundation.tasks.expression import ExpressionModel, merge_predictions
 
     out = Path(args.out)
     check_output_file(out, ".h5ad")
@@ -66,11 +65,7 @@ def run(args) -> int:
                      if m["n_genes"] < len(model.genes) else ""))
         else:
             print(f"{name}: {adata.n_obs} spots predicted (no counts to compare with)")
-    merged = next(iter(preds.values())) if len(preds) == 1 else ad.concat(
-        list(preds.values()), merge="same", uns_merge="unique")
-    info = [p.uns["spafoundation_prediction"] for p in preds.values()]
-    merged.uns["spafoundation_prediction"] = {**info[0], **({"shift": {k: v for i in info for k, v in i["shift"].items()}}
-                                                             if "shift" in info[0] else {})}
+    merged = merge_predictions(preds)
     write_h5ad(merged, out)
     print(f"wrote {out}: {merged.n_obs} spots x {merged.n_vars} genes")
     if metrics:

@@ -90,9 +90,9 @@ def expression_split(data: dict, cfg: dict) -> tuple[list[str], list[str]]:
 def check_inputs(data: dict, cfg: dict) -> None:
     """What would otherwise fail half-way through the run, checked before anything is written: tissue on every
     image, a gene selection that the training sections can satisfy, and the label columns the config names."""
-    from spafoundation.eval.genes import TARGET_SUM, select_genes
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.patches import section_tissue
+    from spafoundation.pp.genes import TARGET_SUM, select_genes
 
     for n, a in data.items():
         if image_path(a) and not section_tissue(a)[0].any():

@@ -27,20 +27,8 @@ from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
-def draw(path: Path, spa, genes: list[str], name: str) -> None:
-    from spafoundation.report.spatial_maps import plot_panels
-
-    d = spa.uns["superres"]["step_um"] / next(iter(spa.uns["spatial"].values()))["scalefactors"]["microns_per_pixel"]
-    panels = []
-    for g in genes:
-        v = np.asarray(spa[:, g].X).ravel()
-        lo, hi = np.percentile(v, [1, 99])
-        panels.append({"adata": spa, "values": v, "title": f"{g}, {spa.uns['superres']['step_um']:g} um",
-                       "vmin": lo, "vmax": hi, "diameter_px": d})
-    plot_panels(panels, path, title=f"{name}: super-resolution expression (log1p normalised)")
-
-
 def run(args) -> int:
+    from spafoundation import pl
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.superres import (
         SuperresModel,
@@ -91,7 +79,7 @@ def run(args) -> int:
                                 step_um=spa.uns["superres"]["step_um"])
             if not args.no_figure:
                 genes = args.genes_to_draw.split(",") if args.genes_to_draw else model.genes[:4]
-                draw(tmp / f"{n}_superres.png", spa, [g for g in genes if g in model.genes], n)
+                pl.superres(spa, [g for g in genes if g in model.genes], path=tmp / f"{n}_superres.png")
             extra = ""
             if "counts" in spa.layers:
                 w = spa.uns["superres"]["anchoring"]

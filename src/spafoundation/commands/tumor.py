@@ -25,31 +25,9 @@ from spafoundation.commands._common import (
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
-SCORES = {"tumor_probability": ("tumour probability", "magma", 0.0, 1.0),
-          "tumor_marker_score": ("marker score (z)", "magma", None, None)}
-
-
-def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: str) -> None:
-    """Scores over the H&E: spots, then the tissue grid, then the labels when known."""
-    from spafoundation.report.spatial_maps import plot_panels
-
-    panels = []
-    for col, (title, cmap, vmin, vmax) in SCORES.items():
-        if col in spots.obs:
-            panels.append({"adata": spots, "values": spots.obs[col].to_numpy(), "title": f"{title}, spots",
-                           "cmap": cmap, "vmin": vmin, "vmax": vmax})
-        if grid is not None and col in grid.obs:
-            step_px = grid.uns["grid"]["step_um"] / grid.uns["grid"]["mpp"]
-            panels.append({"adata": grid, "values": grid.obs[col].to_numpy(), "cmap": cmap, "vmin": vmin,
-                           "vmax": vmax, "diameter_px": step_px,
-                           "title": f"{title}, {grid.uns['grid']['step_um']:g} um grid"})
-    if "tumor_label" in spots.obs:
-        lab = spots.obs["tumor_label"].map({1.0: "tumour", 0.0: "other"}).fillna("unknown").to_numpy()
-        panels.append({"adata": spots, "values": lab, "title": "labels", "categorical": True})
-    plot_panels(panels, path, title=f"{name}: tumour detection")
-
 
 def run(args) -> int:
+    from spafoundation import pl
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.tumor import TumorModel, marker_list, sample_note, tumor_maps, tumor_routes
@@ -86,7 +64,7 @@ def run(args) -> int:
         (tmp / "metrics.json").write_text(json.dumps(res["metrics"], indent=2) + "\n")
         if not args.no_figure:
             for n, a in res["spots"].items():
-                draw_section(tmp / f"{n}_tumor.png", a, res["grid"].get(n), n)
+                pl.tumor(a, res["grid"].get(n), path=tmp / f"{n}_tumor.png")
     for route, per in res["metrics"].items():
         for n, m in per.items():
             print(f"{n} {route}: ROC AUC {m['roc_auc']:.3f}, PR AUC {m['pr_auc']:.3f} "

@@ -176,7 +176,7 @@ def domain_features(sections: dict[str, ad.AnnData], kind: str, *, encoder=None,
     ``image``: encoder + colour/texture of the spot patch and of a twice-wider one; ``expression``: observed
     log-normalised counts of highly variable genes (chosen over all sections); ``predicted``: the expression a
     fitted ``ExpressionModel`` predicts from the image."""
-    from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
+    from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
 
     locations = locations or {}
     if kind == "expression":

@@ -16,8 +16,8 @@ import pandas as pd
 
 from spafoundation import defaults
 from spafoundation.errors import InputError
-from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.io.anndata_spec import image_path, library_id
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.tasks.heads import HEADS
 from spafoundation.tasks.reliability import (
     RELIABLE_R,
@@ -33,7 +33,7 @@ from spafoundation.tasks.spot_features import (
     needs_encoder,
     spot_features,
 )
-from spafoundation.utils.model_folder import CONFIG_FILE, read_model_folder, write_model_folder
+from spafoundation.utils.model_folder import CONFIG_FILE, fitted_on, read_model_folder, write_model_folder
 
 log = logging.getLogger(__name__)
 FORMAT = "spafoundation-expression"
@@ -73,6 +73,17 @@ def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None, 
         enc.config["source_ref"] = str(Path(encoder).resolve()) if Path(str(encoder)).exists() else str(encoder)
         return enc
     return encoder
+
+
+def merge_predictions(preds: dict[str, ad.AnnData]) -> ad.AnnData:
+    """Several sections' predictions as one AnnData (every library in ``uns['spatial']``), with every section's
+    image-shift report in ``uns['spafoundation_prediction']['shift']``."""
+    merged = next(iter(preds.values())) if len(preds) == 1 else ad.concat(
+        list(preds.values()), merge="same", uns_merge="unique")
+    info = [p.uns["spafoundation_prediction"] for p in preds.values()]
+    merged.uns["spafoundation_prediction"] = {**info[0], **({"shift": {k: v for i in info for k, v in i["shift"].items()}}
+                                                             if "shift" in info[0] else {})}
+    return merged
 
 
 def encoder_from_reference(ref: dict, device: str = "cpu"):
@@ -159,6 +170,11 @@ class ExpressionModel:
         if self.encoder is None and self.encoder_ref is not None:
             self.encoder = encoder_from_reference(self.encoder_ref)
         return self.encoder
+
+    def __repr__(self) -> str:
+        reliable = f"; {len(self.reliable())} reliable" if self.gene_table() else ""
+        return (f"ExpressionModel({self.head.kind} head, {len(self.genes)} genes{reliable}, "
+                f"{fitted_on(self.training, self.encoder_ref)})")
 
     def describe(self) -> dict:
         return {"head": self.head.kind, "recipe": self.recipe, "n_genes": len(self.genes),

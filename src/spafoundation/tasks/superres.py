@@ -44,7 +44,6 @@ from scipy.spatial import cKDTree
 
 from spafoundation import defaults
 from spafoundation.errors import InputError
-from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.io.anndata_spec import library_id, microns_per_pixel, spot_diameter_fullres
 from spafoundation.io.patches import (
     extract_patches,
@@ -53,7 +52,8 @@ from spafoundation.io.patches import (
     tissue_grid,
     tissue_share,
 )
-from spafoundation.utils.model_folder import read_model_folder, write_model_folder
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
+from spafoundation.utils.model_folder import fitted_on, read_model_folder, write_model_folder
 
 FORMAT = "spafoundation-superres"
 MIN_TISSUE = 0.25  # superpixels with less tissue than this are left out of the map
@@ -329,6 +329,11 @@ class SuperresModel:
 
     def predict(self, sp: Superpixels) -> np.ndarray:
         return self.head.predict(sp.features)
+
+    def __repr__(self) -> str:
+        step = f"{self.step_um:g} um" if self.step_um else "one-token"
+        return (f"SuperresModel({len(self.genes)} genes on {step} superpixels, "
+                f"{fitted_on(self.training, self.encoder_ref)})")
 
     def save(self, folder) -> Path:
         cfg = {"format": FORMAT, "version": 1, "genes": self.genes, "step_um": self.step_um,

@@ -1,0 +1,12 @@
+"""``sf.tl``: the analyses, on AnnData (one section, several with ``obs['section']``) or a mapping of section ->
+AnnData. Functions that annotate spots write into the input and return None (or a copy, ``copy=True``); functions
+that predict return a new AnnData with the same ``obs``; ``fit_*`` return a model with ``save``/``load``."""
+
+from spafoundation.tl._domains import spatial_domains
+from spafoundation.tl._embed import embed
+from spafoundation.tl._expression import fit_expression, predict_expression
+from spafoundation.tl._superres import fit_superres, superres
+from spafoundation.tl._tumor import tumor_score
+
+__all__ = ["embed", "fit_expression", "fit_superres", "predict_expression", "spatial_domains", "superres",
+           "tumor_score"]
