@@ -51,12 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    return call_command(args)
+
+
+def call_command(args: argparse.Namespace, *extra) -> int:
+    """Run a parsed command (``extra``: more arguments of its function, e.g. the dataset ``run`` read once) at its
+    ``--precision``, and turn bad input, an interrupt and a closed pipe into their exit codes and one line."""
     from spafoundation._settings import settings
 
     precision = getattr(args, "pipeline_precision", None)
     try:
         with settings.override(**({"precision": precision} if precision else {})):  # this command's choice only
-            code = int(args.func(args) or 0)
+            code = int(args.func(args, *extra) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe must surface here, not at interpreter exit
         return code
     except BrokenPipeError:

@@ -16,7 +16,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_precision_option,
     cache_dir,
-    data_options,
+    command_dataset,
     imaged_sections,
     non_negative_float,
     parse_sections,
@@ -30,12 +30,11 @@ from spafoundation.utils.atomic import atomic_dir, check_output_dir
 KEY = "spatial_domain"
 
 
-def run(args) -> int:
+def run(args, data: dict | None = None) -> int:
     from spafoundation import pl
     from spafoundation.eval.metrics import clustering_agreement
     from spafoundation.io.anndata_spec import microns_per_pixel
     from spafoundation.io.patches import tissue_grid
-    from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.clustering import domain_features, spatial_clusters
     from spafoundation.tasks.expression import ExpressionModel
     from spafoundation.tasks.spot_features import locations_adata
@@ -43,7 +42,9 @@ def run(args) -> int:
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
     wanted = parse_sections(args.sections)
-    data = read_dataset(args.data, wanted, with_images=args.features != "expression", **data_options(args))
+    if args.features == "expression":  # read without thumbnails, whatever a caller read
+        data = None
+    data = command_dataset(args, data, wanted, with_images=args.features != "expression")
     usable = data if args.features == "expression" else imaged_sections(data, args.data, "to cluster from")
     sections = {n: a.copy() for n, a in usable.items()}
     if args.reference_column and not any(args.reference_column in a.obs for a in sections.values()):

@@ -8,7 +8,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_precision_option,
     cache_dir,
-    data_options,
+    command_dataset,
     non_negative_float,
     parse_sections,
     parse_target_sum,
@@ -19,13 +19,12 @@ from spafoundation.errors import InputError
 from spafoundation.pp.genes import TARGET_SUM
 
 
-def run(args) -> int:
-    from spafoundation.io.readers import read_dataset
+def run(args, data: dict | None = None) -> int:
     from spafoundation.tasks.expression import fit_expression
     from spafoundation.utils.atomic import check_output_dir
 
     check_output_dir(args.out)  # before the work: never replace a folder of the user's
-    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
+    data = command_dataset(args, data, parse_sections(args.sections))
     train = [a for a in data.values() if a.n_vars > 0]
     if not train:
         raise InputError(args.data, "counts", "no selected section has counts to train on")

@@ -15,7 +15,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_precision_option,
     cache_dir,
-    data_options,
+    command_dataset,
     imaged_sections,
     parse_sections,
 )
@@ -37,14 +37,13 @@ def _evaluate(model, adata, pred) -> dict | None:
     return m
 
 
-def run(args) -> int:
-    from spafoundation.io.readers import read_dataset
+def run(args, data: dict | None = None) -> int:
     from spafoundation.tasks.expression import ExpressionModel, merge_predictions
 
     out = Path(args.out)
     check_output_file(out, ".h5ad")
     model = ExpressionModel.load(args.model, encoder=args.encoder)
-    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
+    data = command_dataset(args, data, parse_sections(args.sections))
     imaged = imaged_sections(data, args.data, "to predict from")
     preds, metrics = {}, {}
     if (line := model.reliability_summary()) is not None:

@@ -1,9 +1,11 @@
 """``spafoundation run --data DATA --out DIR``: the whole analysis in one command, then an HTML report.
 
-Each step is one of the subcommands, run with arguments derived from the config (``--dry-run`` prints them as
-command lines a person can rerun): expression (fit on the sections with counts, predict the others), tumour map,
-spatial domains, report. A finished step leaves a marker with its arguments in ``DIR/.steps``; a rerun with the
-same config skips it, so an interrupted run continues from what was complete."""
+Each step is one of the subcommands with arguments derived from the config (``--dry-run`` prints them as command
+lines a person can rerun, and they give the same outputs): expression (fit on the sections with counts, predict the
+others), super-resolution, tumour map, spatial domains, report. The steps run in this process on the dataset read
+once (each step gets its own copy of the sections). Where each step writes is ``RunFolder``, which the report reads
+too. A finished step leaves a marker with its arguments in ``DIR/.steps``; a rerun with the same config skips it,
+so an interrupted run continues from what was complete."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import yaml
 from spafoundation import defaults
 from spafoundation.commands._common import add_data_options, add_precision_option, imaged_sections
 from spafoundation.errors import InputError
+from spafoundation.report.run_folder import RunFolder
 from spafoundation.utils.atomic import OUTPUT_MARKER, atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
 
@@ -46,6 +49,8 @@ DEFAULTS: dict = {
 
 @dataclass
 class Step:
+    """One step: the command that does it (``argv``, without the program name) and the output it writes."""
+
     name: str
     title: str
     argv: list[str]
@@ -53,6 +58,10 @@ class Step:
 
     def command(self) -> str:
         return "spafoundation " + " ".join(shlex.quote(a) for a in self.argv)
+
+    def reads_own_data(self) -> bool:
+        """Clustering on observed expression reads the dataset without thumbnails, as its command does."""
+        return self.name == "clusters" and self.argv[self.argv.index("--features") + 1] == "expression"
 
 
 def _names(value) -> list[str] | None:
@@ -132,8 +141,9 @@ def _tumor_markers_usable(data: dict, imaged: list[str], t: dict) -> bool:
 def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[Step]:
     """The steps of the run, as subcommands; ``notes`` collects what was left out and why."""
     notes = [] if notes is None else notes
+    folder = RunFolder(out)
     imaged = list(imaged_sections(data, data_path))
-    cache = str(cfg["cache_dir"] or out / "cache")
+    cache = str(cfg["cache_dir"] or folder.cache)
     common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else []),
               *(["--image", str(cfg["image"])] if cfg["image"] else []),
               *(["--mpp", repr(float(cfg["mpp"]))] if cfg["mpp"] else [])]
@@ -147,12 +157,12 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         if model is None and not train:
             notes.append(f"expression {_NO_COUNTS} (or give expression.model, a fitted model folder)")
         if model is None and train:
-            model = str(out / "expression" / "model")
+            model = str(folder.expression_model)
             steps.append(Step("fit_expression", "fit expression", [
                 "fit-expression", data_path, "--sections", ",".join(train), "--out", model, "--genes",
                 str(e["genes"]), "--head", str(e["head"]), *enc, *common], Path(model)))
         if model is not None and predict:
-            pred = out / "expression" / "predicted.h5ad"
+            pred = folder.predicted
             steps.append(Step("predict_expression", "predict expression", [
                 "predict-expression", model, data_path, "--sections", ",".join(predict), "--out", str(pred),
                 *precision, *common], pred))
@@ -174,10 +184,10 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
                              f"{step:g} um (Visium HD: --bin-um {MIN_SPOT_STEPS * step:g} or more)")
         if train:
             argv = ["superres", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(train),
-                    "--out", str(out / "superres"), "--genes", str(r["genes"]), *enc, *common]
+                    "--out", str(folder.superres), "--genes", str(r["genes"]), *enc, *common]
             if r["step_um"]:
                 argv += ["--step-um", str(r["step_um"])]
-            steps.append(Step("superres", "super-resolution maps", argv, out / "superres"))
+            steps.append(Step("superres", "super-resolution maps", argv, folder.superres))
     t = cfg["tumor"]
     if t["enabled"] and not _tumor_markers_usable(data, imaged, t):
         if t["route"]:
@@ -185,45 +195,49 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
     elif t["enabled"]:
         argv = ["tumor", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(imaged), "--out",
-                str(out / "tumor"), "--grid-um", str(t["grid_um"] or 0), *enc, *common]
+                str(folder.tumor), "--grid-um", str(t["grid_um"] or 0), *enc, *common]
         for key, flag in (("route", "--route"), ("label_column", "--label-column"), ("markers", "--markers")):
             if t[key]:
                 argv += [flag, ",".join(t[key]) if isinstance(t[key], list) else str(t[key])]
-        steps.append(Step("tumor", "tumour map", argv, out / "tumor"))
+        steps.append(Step("tumor", "tumour map", argv, folder.tumor))
     c = cfg["clusters"]
     if c["enabled"]:
-        argv = ["cluster", data_path, "--sections", ",".join(imaged), "--out", str(out / "clusters"), "--features",
+        argv = ["cluster", data_path, "--sections", ",".join(imaged), "--out", str(folder.clusters), "--features",
                 str(c["features"]), "--method", str(c["method"]), "--n-clusters", str(c["n_clusters"]), "--smooth",
                 str(c["smooth"]), "--grid-um", str(c["grid_um"] or 0), *enc, *common]
         if c["features"] == "predicted":
-            argv += ["--expression-model", str(out / "expression" / "model")]
+            argv += ["--expression-model", str(folder.expression_model)]
         if c["reference_column"]:
             argv += ["--reference-column", str(c["reference_column"])]
-        steps.append(Step("clusters", "spatial domains", argv, out / "clusters"))
+        steps.append(Step("clusters", "spatial domains", argv, folder.clusters))
     return steps
 
 
-def check_step_arguments(steps: list[Step]) -> None:
-    """Each step's arguments parsed as its command will parse them, before any step runs: a config value the command
-    refuses (clusters.smooth: 2) is an InputError now, not a failure after the steps before it."""
+def parse_step_arguments(steps: list[Step], extra: list[str] = ()) -> list:
+    """Each step's arguments parsed as its command parses them (``extra`` appended), before any step runs: a config
+    value the command refuses (clusters.smooth: 2) is an InputError now, not a failure after the steps before it."""
     import contextlib
     import io
 
     from spafoundation.cli import build_parser
 
     parser = build_parser()
+    parsed = []
     for s in steps:
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
-                parser.parse_args(s.argv)
+                args = parser.parse_args([*s.argv, *extra])
         except SystemExit:
             reason = err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
             raise InputError(None, f"config ({s.title})", reason) from None
+        args.argv = [*s.argv, *extra]  # what the step's outputs record as their command
+        parsed.append(args)
+    return parsed
 
 
 def _marker(out: Path, step: Step) -> Path:
-    return out / ".steps" / f"{step.name}.json"
+    return RunFolder(out).steps / f"{step.name}.json"
 
 
 def _is_done(out: Path, step: Step) -> bool:
@@ -240,7 +254,7 @@ def _mark_done(out: Path, step: Step, seconds: float) -> None:
 
 
 def run(args) -> int:
-    from spafoundation.cli import main as cli_main
+    from spafoundation.cli import call_command
     from spafoundation.io.readers import DATA_OPTIONS, data_options, read_dataset
     from spafoundation.utils.config import load_yaml_config
 
@@ -266,13 +280,15 @@ def run(args) -> int:
         raise InputError(args.config, "data", "no dataset: give --data or data: in the config")
     data_path = cfg["data"]
     out = Path(args.out)
+    folder = RunFolder(out)
     # bad input fails before any write
-    if not (out / ".steps").is_dir():  # a run folder this command wrote can be continued or redone
+    if not folder.steps.is_dir():  # a run folder this command wrote can be continued or redone
         check_output_dir(out)
-    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, **data_options(cfg))
+    # read once for every step: with the thumbnails, which the figures draw on (not for a plan only)
+    data = read_dataset(data_path, _names(cfg["sections"]), with_images=not args.dry_run, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
-    check_step_arguments(steps)
+    step_args = parse_step_arguments(steps, ["--quiet"] if args.quiet else [])
     if not args.dry_run:
         check_inputs(data, cfg)
     print(f"spafoundation run: {len(data)} sections from {data_path} -> {out}")
@@ -286,18 +302,17 @@ def run(args) -> int:
         print(f"  {note}")
     for i, s in enumerate(steps, 1):
         print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
-    print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {out / 'report.html'}")
+    print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {folder.report}")
     if args.dry_run:
         return 0
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / OUTPUT_MARKER).touch()  # the run folder and what its steps write in it are ours to replace
-    with atomic_path(out / "config.yaml") as tmp:
+    with atomic_path(folder.config) as tmp:
         Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
-    quiet = ["--quiet"] if args.quiet else []
     summary = []
     try:
-        for i, s in enumerate(steps, 1):
+        for i, (s, s_args) in enumerate(zip(steps, step_args, strict=True), 1):
             if _is_done(out, s):
                 print(f"[{i}/{len(steps) + 1}] {s.title}: done in an earlier run, skipped")
                 summary.append({"step": s.title, "status": "reused", "seconds": 0.0})
@@ -309,7 +324,7 @@ def run(args) -> int:
             elif s.output.exists():
                 s.output.unlink()
             t0 = time.perf_counter()
-            code = cli_main([*s.argv, *quiet])
+            code = call_command(s_args, None if s.reads_own_data() else data)
             if code != 0:
                 raise _StepFailed(s, code)
             dt = time.perf_counter() - t0

@@ -17,7 +17,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_precision_option,
     cache_dir,
-    data_options,
+    command_dataset,
     imaged_sections,
     parse_sections,
     positive_float,
@@ -27,9 +27,8 @@ from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
-def run(args) -> int:
+def run(args, data: dict | None = None) -> int:
     from spafoundation import pl
-    from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.superres import (
         SuperresModel,
         check_spots_resolvable,
@@ -41,7 +40,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
-    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
+    data = command_dataset(args, data, parse_sections(args.sections))
     imaged = imaged_sections(data, args.data)
     train_names = parse_sections(args.train_sections)
     for s in train_names or []:

@@ -17,7 +17,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_precision_option,
     cache_dir,
-    data_options,
+    command_dataset,
     imaged_sections,
     non_negative_float,
     parse_sections,
@@ -26,15 +26,14 @@ from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
-def run(args) -> int:
+def run(args, data: dict | None = None) -> int:
     from spafoundation import pl
     from spafoundation.io.anndata_spec import image_path
-    from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.tumor import TumorModel, marker_list, sample_note, tumor_maps, tumor_routes
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
-    data = read_dataset(args.data, **data_options(args))
+    data = command_dataset(args, data, None)
     wanted = parse_sections(args.sections)
     missing = [s for s in wanted or [] if s not in data]
     if missing:
