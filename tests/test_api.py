@@ -91,3 +91,15 @@ def test_one_anndata_of_several_sections_needs_its_library_key(pair):
         sf.pp.select_genes(pair, sections=["C9"])
     with pytest.raises(TypeError, match="AnnData"):
         sf.tl.spatial_domains([pair["C3"]])
+
+
+def test_superres_fits_on_the_sections_with_counts_and_maps_each(her2st_imaged, tiny_encoder):
+    data = {"C3": her2st_imaged["C3"].copy()}
+    model = sf.tl.fit_superres(data, tiny_encoder, genes="hvg:3")
+    assert "fitted on C3" in repr(model) and len(model.genes) == 3
+    maps = sf.tl.superres(data, model)
+    spa = maps["C3"]
+    assert spa.n_vars == 3 and spa.n_obs > data["C3"].n_obs and list(spa.uns["spatial"]) == ["C3"]
+    assert "counts" in spa.layers and spa.uns["superres"]["step_um"] == pytest.approx(model.encoder.patch_um / 2)
+    fig = sf.pl.superres(maps, ["ERBB2", *model.genes[:1]])
+    assert len([a for a in fig.axes if a.get_visible() and a.get_title()]) == 1
