@@ -16,7 +16,7 @@ $(PY):
 # torch + torchvision first (pinned, see DEVELOPERS.md): timm needs torchvision at import.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,spatialdata]'
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the report screenshot test will be skipped"
 	touch $(STAMP)
 

@@ -58,8 +58,10 @@ def call_command(args: argparse.Namespace, *extra) -> int:
     """Run a parsed command (``extra``: more arguments of its function, e.g. the dataset ``run`` read once) at its
     ``--precision``, and turn bad input, an interrupt and a closed pipe into their exit codes and one line."""
     from spafoundation._settings import settings
+    from spafoundation.io.downscaled import forget_warnings
 
     precision = getattr(args, "pipeline_precision", None)
+    forget_warnings()  # a downscaled image is named once per command (each step of a run names its own)
     try:
         with settings.override(**({"precision": precision} if precision else {})):  # this command's choice only
             code = int(args.func(args, *extra) or 0)

@@ -234,3 +234,30 @@ def write_visium_hd(root: Path, c: C2Small, levels: tuple[int, ...] = (100,)) ->
     (root / "C2_small.tif").symlink_to(c.tiff)
     return root
 
+
+
+def write_visium_hires_only(root: Path, adata: ad.AnnData, c: C2Small) -> Path:
+    """A Space Ranger sample as public deposits ship it: counts, full-resolution spot positions and spatial/ with
+    only ``tissue_hires_image.png`` (the long side 2000 px, as Space Ranger writes it) and its scale factor; no
+    full-resolution H&E. Counts are all of ``adata``'s genes, positions its own (C2's full-resolution pixels)."""
+    outs = root / "outs"
+    spatial = outs / "spatial"
+    spatial.mkdir(parents=True, exist_ok=True)
+    barcodes = visium_barcodes(c)
+    genes = list(adata.var_names)
+    full = C2Small.__new__(C2Small)  # C2's counts with every gene, for the HDF5 writer
+    full.counts, full.genes = sp.csr_matrix(adata.X).astype(np.int32), genes
+    write_counts_h5(outs / "filtered_feature_bc_matrix.h5", full, barcodes)
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    pd.DataFrame({"barcode": barcodes, "in_tissue": 1, "array_row": c.array_rc[:, 0], "array_col": c.array_rc[:, 1],
+                  "pxl_row_in_fullres": xy[:, 1], "pxl_col_in_fullres": xy[:, 0]}).to_csv(
+        spatial / "tissue_positions.csv", index=False)
+    full_h, full_w = (s * DOWNSCALE for s in c.rgb.shape[:2])
+    hires_scalef = 2000 / max(full_h, full_w)
+    size = (round(full_w * hires_scalef), round(full_h * hires_scalef))
+    Image.fromarray(c.rgb).resize(size, Image.LANCZOS).save(spatial / "tissue_hires_image.png")
+    mpp = microns_per_pixel(adata)
+    (spatial / "scalefactors_json.json").write_text(json.dumps({
+        "tissue_hires_scalef": hires_scalef, "tissue_lowres_scalef": hires_scalef * 0.3,
+        "fiducial_diameter_fullres": 89.0 / mpp, "spot_diameter_fullres": 55.0 / mpp}))
+    return root

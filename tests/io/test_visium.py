@@ -59,6 +59,10 @@ def test_visium_duplicate_gene_symbols_made_unique(c2_small, tmp_path):
 def test_visium_image_given_or_absent(c2_small, tmp_path):
     root = write_visium(tmp_path / "V4", c2_small)
     (root / "C2_small.tif").unlink()
+    # without the full-resolution H&E, Space Ranger's hires PNG at its scale factor (tests/io/test_downscaled.py)
+    adata = read_visium(root, with_images=False)
+    assert image_path(adata).endswith("tissue_hires_image.png") and spatial_meta(adata)["metadata"]["image_scale"] == 0.25
+    (root / "outs" / "spatial" / "tissue_hires_image.png").unlink()
     adata = read_visium(root, with_images=False)
     assert image_path(adata) is None and spatial_meta(adata)["metadata"]["image_size"] == []
     adata = read_visium(root, image=c2_small.tiff, section="S9", patient="P")
@@ -89,6 +93,7 @@ def test_visium_image_kept_elsewhere_is_given_with_image(c2_small, tmp_path, cap
 
     root = write_visium(tmp_path / "V5", c2_small)
     (root / "C2_small.tif").unlink()
+    (root / "outs" / "spatial" / "tissue_hires_image.png").unlink()
     assert image_path(read_dataset(root)["V5"]) is None
     # a command that needs the image says how to give it, before any encoder is built
     assert main(["embed", str(root), "--encoder", "spafoundation-default", "--out", str(tmp_path / "e.h5ad")]) == 2
@@ -121,6 +126,7 @@ def test_run_passes_image_to_every_step(c2_small, tmp_path, capsys):
 
     root = write_visium(tmp_path / "V7", c2_small)
     (root / "C2_small.tif").unlink()
+    (root / "outs" / "spatial" / "tissue_hires_image.png").unlink()
     run = ["run", "--data", str(root), "--out", str(tmp_path / "run"), "--dry-run"]
     assert main(run) == 2 and "--image" in capsys.readouterr().err
     assert main([*run, "--image", str(c2_small.tiff)]) == 0
@@ -130,8 +136,11 @@ def test_run_passes_image_to_every_step(c2_small, tmp_path, capsys):
     assert "image: must be the path of an image file" in capsys.readouterr().err
 
 
-def test_space_rangers_thumbnail_given_as_the_image_is_named_as_downscaled(c2_small, tmp_path):
+def test_downscaled_copy_given_as_the_image_is_named_as_downscaled(c2_small, tmp_path):
     root = write_visium(tmp_path / "V8", c2_small)
+    copy = tmp_path / "tissue_hires_image.png"  # Space Ranger's PNG away from its scale factor
+    copy.write_bytes((root / "outs" / "spatial" / "tissue_hires_image.png").read_bytes())
     with pytest.raises(InputError, match=r"outside the \d+x\d+ px image tissue_hires_image.png .*reach [0-9.]+x the "
-                       r"image's size: spot coordinates are full-resolution pixels, and this looks like a downscaled"):
-        read_dataset(root, image=root / "outs" / "spatial" / "tissue_hires_image.png")
+                       r"image's size: spot coordinates are full-resolution pixels, and this looks like a downscaled "
+                       r"copy of the H&E \(give its scale.*--image-scale"):
+        read_dataset(root, image=copy)

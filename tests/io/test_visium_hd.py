@@ -54,6 +54,8 @@ def test_hd_bin_level_default_choice_and_bad_size(c2_small, tmp_path):
         read_dataset(root, bin_um=150)
     # the H&E kept elsewhere, given with --image
     (root / "C2_small.tif").unlink()
+    for png in root.rglob("tissue_hires_image.png"):  # else the hires PNG is the image (test_downscaled.py)
+        png.unlink()
     assert image_path(read_dataset(root, with_images=False)["HD2"]) is None
     assert image_path(read_dataset(root, bin_um=400, image=c2_small.tiff)["HD2"]) == str(c2_small.tiff)
 

@@ -185,8 +185,8 @@ def test_expression_block_lists_the_genes_to_trust_and_flags_a_shifted_section(t
     import numpy as np
     import pandas as pd
 
-    from spafoundation.report.run_folder import RunFolder
     from spafoundation.report.run_report import _expression_block
+    from spafoundation.run_folder import RunFolder
 
     var = pd.DataFrame({"cv_pearson": [0.3, 0.02], "reliable": [True, False]}, index=["ERBB2", "NOISE1"])
     pred = ad.AnnData(np.zeros((3, 2), np.float32), var=var, obs=pd.DataFrame({"section": ["A1"] * 3},

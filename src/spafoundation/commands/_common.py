@@ -90,7 +90,11 @@ def add_data_options(p) -> None:
     p.add_argument("--image", metavar="PATH",
                    help="the full-resolution H&E of one Space Ranger sample (Visium or HD), of a one-library .h5ad "
                         "or of a table of spots, when it is not in the sample folder (spatial/ holds only Space "
-                        "Ranger's thumbnails)")
+                        "Ranger's thumbnails; without one, its hires PNG is used)")
+    p.add_argument("--image-scale", type=positive_float, metavar="S",
+                   help="--image is a downscaled copy: its px per full-resolution px of the spot coordinates (Space "
+                        "Ranger's tissue_hires_scalef for its hires PNG, taken from scalefactors_json.json when "
+                        "--image is that file); patches are cut at the same microns and upsampled")
     p.add_argument("--mpp", type=positive_float, metavar="UM",
                    help="microns per pixel of the full-resolution images, over what the data says (with --tiles: "
                         "for slides whose metadata lacks it)")
@@ -123,3 +127,22 @@ def imaged_sections(data: dict, data_path, purpose: str = "") -> dict:
                          " (a Space Ranger sample's full-resolution H&E goes in its folder or is given with --image; "
                          "a manifest names each section's image)")
     return imaged
+
+
+OUTPUT_FORMATS = ("h5ad", "spatialdata")
+
+
+def add_format_option(p, store: str) -> None:
+    """``--format``: results as .h5ad files (default) or as one SpatialData store, ``store`` (io/spatialdata_write.py),
+    that opens over the H&E in napari-spatialdata and spatialdata-plot."""
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default="h5ad",
+                   help=f"h5ad (default) or spatialdata: one zarr store ({store}) with the H&E, the spots as circles "
+                        "and the results as tables; needs pip install 'spafoundation[spatialdata]'")
+
+
+def check_format_available(args) -> None:
+    """With ``--format spatialdata``, an InputError before any work when the optional extra is missing."""
+    if getattr(args, "format", "h5ad") == "spatialdata":
+        from spafoundation.io.spatialdata import require_spatialdata
+
+        require_spatialdata(None, "--format")

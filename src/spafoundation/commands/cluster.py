@@ -14,8 +14,10 @@ from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
+    add_format_option,
     add_precision_option,
     cache_dir,
+    check_format_available,
     command_dataset,
     imaged_sections,
     non_negative_float,
@@ -41,6 +43,7 @@ def run(args, data: dict | None = None) -> int:
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
+    check_format_available(args)
     wanted = parse_sections(args.sections)
     if args.features == "expression":  # read without thumbnails, whatever a caller read
         data = None
@@ -74,9 +77,14 @@ def run(args, data: dict | None = None) -> int:
                   f"{args.reference_column} ({metrics[n]['n_spots']} spots)")
     with atomic_dir(out) as tmp:
         spots = list(sections.values())
-        (spots[0] if len(spots) == 1 else ad.concat(spots, merge="same", uns_merge="unique")).write_h5ad(
-            tmp / "spots.h5ad")
-        if grids:
+        if args.format == "spatialdata":
+            from spafoundation.io.spatialdata_write import write_spatialdata
+
+            write_spatialdata(tmp / "clusters.zarr", sections, grids={"domain_grid": grids})
+        else:
+            (spots[0] if len(spots) == 1 else ad.concat(spots, merge="same", uns_merge="unique")).write_h5ad(
+                tmp / "spots.h5ad")
+        if grids and args.format == "h5ad":
             g = list(grids.values())
             (g[0] if len(g) == 1 else ad.concat(g, merge="same", uns_merge="unique")).write_h5ad(tmp / "grid.h5ad")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -113,6 +121,7 @@ def register(subparsers) -> None:
     p.add_argument("--grid-um", type=non_negative_float, default=defaults.DOMAIN_GRID_UM,
                    help="also assign a tissue grid of this pitch to domains")
     p.add_argument("--per-section", action="store_true", help="cluster each section on its own")
+    add_format_option(p, "DIR/clusters.zarr, in place of spots.h5ad and grid.h5ad")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figure", action="store_true")
     add_cache_args(p)

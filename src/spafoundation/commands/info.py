@@ -14,7 +14,7 @@ LABEL_COLUMNS = ("label", "cluster_annotation")
 
 
 def summarize(path, sections=None, **options) -> pd.DataFrame:
-    """One row per section; ``options``: ``read_dataset``'s (bin_um, image, mpp)."""
+    """One row per section; ``options``: ``read_dataset``'s (bin_um, image, image_scale, mpp)."""
     data = read_dataset(path, sections, with_images=False, **options)
     rows = []
     for name, adata in data.items():
@@ -22,6 +22,8 @@ def summarize(path, sections=None, **options) -> pd.DataFrame:
         size = meta["metadata"].get("image_size")
         has_image = size is not None and len(size) > 0
         labels = [c for c in LABEL_COLUMNS if c in adata.obs and adata.obs[c].notna().any()]
+        mpp = float(meta["scalefactors"]["microns_per_pixel"])
+        scale = float(meta["metadata"].get("image_scale", 1.0))
         rows.append(
             {
                 "section": name,
@@ -31,8 +33,13 @@ def summarize(path, sections=None, **options) -> pd.DataFrame:
                 # the file too: a Space Ranger sample's image is found in its folder, and the user should see which
                 "image": Path(meta["metadata"]["image_path"]).name if has_image else "-",
                 "image px": "x".join(str(int(v)) for v in size) if has_image else "-",
-                "um/px": round(float(meta["scalefactors"]["microns_per_pixel"]), 4),
+                "um/px": round(mpp, 4),
                 "um/px source": meta["metadata"].get("mpp_source", ""),
+                # where the image came from, its scale against the spot coordinates' full-resolution frame, and the
+                # resolution it really has
+                "image source": meta["metadata"].get("image_source") or "dataset" if has_image else "-",
+                "image scale": f"{scale:.4g}" if has_image else "-",
+                "image um/px": round(mpp / scale, 4) if has_image else "-",
                 "labels": ",".join(labels) or "-",
                 "spot um": f"{meta['metadata'].get('spot_diameter_um', float('nan')):g}",
             }

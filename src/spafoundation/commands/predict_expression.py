@@ -13,8 +13,10 @@ import numpy as np
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
+    add_format_option,
     add_precision_option,
     cache_dir,
+    check_format_available,
     command_dataset,
     imaged_sections,
     parse_sections,
@@ -41,7 +43,8 @@ def run(args, data: dict | None = None) -> int:
     from spafoundation.tasks.expression import ExpressionModel, merge_predictions
 
     out = Path(args.out)
-    check_output_file(out, ".h5ad")
+    check_output_file(out, ".zarr" if args.format == "spatialdata" else ".h5ad")
+    check_format_available(args)
     model = ExpressionModel.load(args.model, encoder=args.encoder)
     data = command_dataset(args, data, parse_sections(args.sections))
     imaged = imaged_sections(data, args.data, "to predict from")
@@ -65,7 +68,12 @@ def run(args, data: dict | None = None) -> int:
         else:
             print(f"{name}: {adata.n_obs} spots predicted (no counts to compare with)")
     merged = merge_predictions(preds)
-    write_h5ad(merged, out)
+    if args.format == "spatialdata":
+        from spafoundation.io.spatialdata_write import write_spatialdata
+
+        write_spatialdata(out, {n: imaged[n] for n in preds}, expression=preds)
+    else:
+        write_h5ad(merged, out)
     print(f"wrote {out}: {merged.n_obs} spots x {merged.n_vars} genes")
     if metrics:
         with atomic_path(out.with_suffix(".metrics.json")) as tmp:
@@ -92,7 +100,8 @@ def register(subparsers) -> None:
     p.add_argument("data", help="dataset folder, manifest (image + spot coordinates) or .h5ad")
     add_data_options(p)
     p.add_argument("--sections", help="comma-separated sections (default: every imaged section)")
-    p.add_argument("--out", required=True, help="predicted expression, .h5ad")
+    p.add_argument("--out", required=True, help="predicted expression, .h5ad (.zarr with --format spatialdata)")
+    add_format_option(p, "the --out .zarr")
     p.add_argument("--encoder", help="override the encoder the model refers to (name or model folder)")
     p.add_argument("--genes", help="comma-separated genes for the observed vs predicted figure "
                                    "(default: the 4 best predicted)")

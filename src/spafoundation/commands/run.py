@@ -20,9 +20,15 @@ from pathlib import Path
 import yaml
 
 from spafoundation import defaults
-from spafoundation.commands._common import add_data_options, add_precision_option, imaged_sections
+from spafoundation.commands._common import (
+    add_data_options,
+    add_format_option,
+    add_precision_option,
+    check_format_available,
+    imaged_sections,
+)
 from spafoundation.errors import InputError
-from spafoundation.report.run_folder import RunFolder
+from spafoundation.run_folder import RunFolder
 from spafoundation.utils.atomic import OUTPUT_MARKER, atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
 
@@ -31,6 +37,7 @@ DEFAULTS: dict = {
     "sections": None,  # all sections of the dataset
     "bin_um": None,  # Visium HD: spot size in microns (io/visium_hd.py); or --bin-um
     "image": None,  # the H&E of one Space Ranger sample (or one-library .h5ad) kept elsewhere; or --image
+    "image_scale": None,  # image px per full-resolution px when that image is a downscaled copy; or --image-scale
     "mpp": None,  # microns per pixel of the images, over what the data says; or --mpp
     "encoder": defaults.ENCODER,
     "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
@@ -146,6 +153,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     cache = str(cfg["cache_dir"] or folder.cache)
     common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else []),
               *(["--image", str(cfg["image"])] if cfg["image"] else []),
+              *(["--image-scale", repr(float(cfg["image_scale"]))] if cfg["image_scale"] else []),
               *(["--mpp", repr(float(cfg["mpp"]))] if cfg["mpp"] else [])]
     precision = ["--precision", str(cfg["precision"])] if cfg["precision"] else []
     enc = ["--encoder", str(cfg["encoder"]), *precision]
@@ -268,10 +276,11 @@ def run(args) -> int:
     for key in DATA_OPTIONS:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    for key in ("bin_um", "mpp"):
+    for key in ("bin_um", "mpp", "image_scale"):
         v = cfg[key]
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf")):
-            raise InputError(args.config, key, f"must be a positive number of microns, got {v!r}")
+            raise InputError(args.config, key, f"must be a positive number{' of microns' * (key != 'image_scale')}, "
+                             f"got {v!r}")
     if cfg["image"] is not None and not isinstance(cfg["image"], str):
         raise InputError(args.config, "image", f"must be the path of an image file, got {cfg['image']!r}")
     if cfg["precision"] is not None and cfg["precision"] not in CHOICES:
@@ -279,6 +288,7 @@ def run(args) -> int:
     if not cfg["data"]:
         raise InputError(args.config, "data", "no dataset: give --data or data: in the config")
     data_path = cfg["data"]
+    check_format_available(args)
     out = Path(args.out)
     folder = RunFolder(out)
     # bad input fails before any write
@@ -302,6 +312,8 @@ def run(args) -> int:
         print(f"  {note}")
     for i, s in enumerate(steps, 1):
         print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
+    if args.format == "spatialdata":
+        print(f"  then every result in one SpatialData store: {folder.spatialdata}")
     print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {folder.report}")
     if args.dry_run:
         return 0
@@ -330,6 +342,13 @@ def run(args) -> int:
             dt = time.perf_counter() - t0
             _mark_done(out, s, dt)
             summary.append({"step": s.title, "status": "done", "seconds": round(dt, 1)})
+        if args.format == "spatialdata":
+            from spafoundation.io.run_store import write_run_store
+
+            t0 = time.perf_counter()
+            print(f"SpatialData store: {write_run_store(out, data)}", flush=True)
+            summary.append({"step": "spatialdata store", "status": "done",
+                            "seconds": round(time.perf_counter() - t0, 1)})
         t0 = time.perf_counter()
         if cfg["report"]["enabled"]:
             from spafoundation.report.run_report import build_run_report
@@ -371,4 +390,5 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_precision_option(p)
     add_data_options(p)
+    add_format_option(p, "DIR/spafoundation.zarr, beside the steps' own files")
     p.set_defaults(func=run)

@@ -15,8 +15,10 @@ from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
+    add_format_option,
     add_precision_option,
     cache_dir,
+    check_format_available,
     command_dataset,
     imaged_sections,
     parse_sections,
@@ -40,6 +42,7 @@ def run(args, data: dict | None = None) -> int:
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
+    check_format_available(args)
     data = command_dataset(args, data, parse_sections(args.sections))
     imaged = imaged_sections(data, args.data)
     train_names = parse_sections(args.train_sections)
@@ -65,6 +68,7 @@ def run(args, data: dict | None = None) -> int:
         print(f"fitted on {', '.join(train)} ({model.training['n_spots']} spots, {len(model.genes)} genes) in "
               f"{time.perf_counter() - t0:.0f} s; anchoring weights image {w['image']:.2f}, neighbours "
               f"{w['interpolation']:.2f} ({w['method']})")
+    stored = {}  # --format spatialdata: the superpixels, written as one store after the last section
     with atomic_dir(out) as tmp:
         if not args.model:
             model.save(tmp / "model")
@@ -73,7 +77,10 @@ def run(args, data: dict | None = None) -> int:
             sp = cached.get(n) or superpixels(a, model.encoder, step_um=model.step_um, progress=not args.quiet,
                                               cache_dir=cache_dir(args))
             spa = superres_adata(a, sp, model.predict(sp), model, image_weight=args.image_weight)
-            spa.write_h5ad(tmp / f"{n}.h5ad")
+            if args.format == "spatialdata":
+                stored[n] = spa
+            else:
+                spa.write_h5ad(tmp / f"{n}.h5ad")
             np.savez_compressed(tmp / f"{n}_maps.npz", maps=grid_images(spa), genes=np.array(model.genes),
                                 step_um=spa.uns["superres"]["step_um"])
             if not args.no_figure:
@@ -87,6 +94,10 @@ def run(args, data: dict | None = None) -> int:
                          "(layers['counts'])")
             print(f"{n}: {spa.n_obs} superpixels of {spa.uns['superres']['step_um']:g} um x {spa.n_vars} genes in "
                   f"{time.perf_counter() - t0:.0f} s{extra}")
+        if stored:
+            from spafoundation.io.spatialdata_write import write_spatialdata
+
+            write_spatialdata(tmp / "superres.zarr", {n: imaged[n] for n in stored}, superres=stored)
     print(f"wrote {out}")
     return 0
 
@@ -109,6 +120,7 @@ def register(subparsers) -> None:
                         "(0: flat at the measurement, 1: the full image pattern; default: the weight learned by "
                         "scale transfer on the section's own spots, or the model's stored one where the section "
                         "has too few or trained the model)")
+    add_format_option(p, "DIR/superres.zarr, in place of the <section>.h5ad files")
     p.add_argument("--genes-to-draw", help="comma-separated genes for the figure (default: the first 4)")
     p.add_argument("--no-figure", action="store_true")
     add_cache_args(p)  # --cache-dir, --no-cache, --quiet: superpixel features are cached like spot embeddings

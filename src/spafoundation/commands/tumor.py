@@ -15,8 +15,10 @@ from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
+    add_format_option,
     add_precision_option,
     cache_dir,
+    check_format_available,
     command_dataset,
     imaged_sections,
     non_negative_float,
@@ -33,6 +35,7 @@ def run(args, data: dict | None = None) -> int:
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
+    check_format_available(args)
     data = command_dataset(args, data, None)
     wanted = parse_sections(args.sections)
     missing = [s for s in wanted or [] if s not in data]
@@ -51,8 +54,13 @@ def run(args, data: dict | None = None) -> int:
     with atomic_dir(out) as tmp:
         spots = list(res["spots"].values())
         merged = spots[0] if len(spots) == 1 else ad.concat(spots, merge="same", uns_merge="unique")
-        merged.write_h5ad(tmp / "spots.h5ad")
-        if res["grid"]:
+        if args.format == "spatialdata":
+            from spafoundation.io.spatialdata_write import write_spatialdata
+
+            write_spatialdata(tmp / "tumor.zarr", res["spots"], grids={"tumor_grid": res["grid"]})
+        else:
+            merged.write_h5ad(tmp / "spots.h5ad")
+        if res["grid"] and args.format == "h5ad":
             grids = list(res["grid"].values())
             (grids[0] if len(grids) == 1 else ad.concat(grids, merge="same", uns_merge="unique")).write_h5ad(
                 tmp / "grid.h5ad")
@@ -94,6 +102,7 @@ def register(subparsers) -> None:
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
     p.add_argument("--grid-um", type=non_negative_float, default=defaults.TUMOR_GRID_UM,
                    help="pitch of the tissue grid (0: spots only)")
+    add_format_option(p, "DIR/tumor.zarr, in place of spots.h5ad and grid.h5ad")
     p.add_argument("--no-figure", action="store_true", help="do not draw heatmaps")
     add_cache_args(p)
     add_precision_option(p)

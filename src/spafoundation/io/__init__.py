@@ -4,6 +4,7 @@ from spafoundation.io.anndata_spec import library_id, microns_per_pixel, spot_di
 from spafoundation.io.patches import PatchDataset, extract_patches, tissue_fraction
 from spafoundation.io.readers import detect_format, read_dataset
 from spafoundation.io.slide import open_slide
+from spafoundation.io.spatialdata_write import write_spatialdata
 
 __all__ = [
     "PatchDataset",
@@ -15,4 +16,5 @@ __all__ = [
     "read_dataset",
     "spot_diameter_fullres",
     "tissue_fraction",
+    "write_spatialdata",
 ]

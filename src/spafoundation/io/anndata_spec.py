@@ -6,7 +6,8 @@
 - ``obsm['spatial']``: spot centres in full-resolution pixels, x = column, y = row (float64).
 - ``uns['spatial'][library_id]``: ``images`` (``hires`` thumbnail), ``scalefactors`` (``tissue_hires_scalef``,
   ``spot_diameter_fullres``, ``microns_per_pixel``) and ``metadata`` (``image_path``, ``platform``,
-  ``mpp_source``, spot geometry in microns).
+  ``mpp_source``, spot geometry in microns; ``image_scale``, image px per full-resolution px, where the image is a
+  downscaled copy such as Space Ranger's hires PNG: ``io/downscaled.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from spafoundation.errors import InputError
-from spafoundation.io.slide import open_slide
+from spafoundation.io.downscaled import open_image
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ def spot_diameter_fullres(adata: ad.AnnData) -> float:
 def image_path(adata: ad.AnnData) -> str | None:
     path = spatial_meta(adata)["metadata"].get("image_path")
     return str(path) if path else None
+
+
+def image_scale(adata: ad.AnnData) -> float:
+    """Image px per full-resolution px of the section's image: 1 for the full-resolution H&E."""
+    return float(spatial_meta(adata)["metadata"].get("image_scale", 1.0))
 
 
 def validate_counts(X, path, field: str = "counts"):
@@ -95,7 +101,8 @@ def check_inside(xy: np.ndarray, width: int, height: int, path, field: str = "sp
         # export) given for the full-resolution H&E the coordinates refer to
         scale = max(float(xy[:, 0].max()) / max(width, 1), float(xy[:, 1].max()) / max(height, 1))
         hint = (f"; the spots reach {scale:.1f}x the image's size: spot coordinates are full-resolution pixels, "
-                "and this looks like a downscaled copy of the H&E" if scale > 1.5 else "")
+                "and this looks like a downscaled copy of the H&E (give its scale, image px per full-resolution px, "
+                "with --image-scale or image_scale: in a manifest)" if scale > 1.5 else "")
         raise InputError(
             path,
             field,
@@ -105,15 +112,17 @@ def check_inside(xy: np.ndarray, width: int, height: int, path, field: str = "sp
 
 
 def read_section_image(
-    image, xy: np.ndarray, mpp: float, coords_path, coords_field: str, *, with_image: bool = True
+    image, xy: np.ndarray, mpp: float, coords_path, coords_field: str, *, with_image: bool = True,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray | None, float, list[int]]:
-    """Open a section's image, check it is readable and that every spot centre lies on it.
+    """Open a section's image, check it is readable and that every spot centre lies on it (``scale``: image px per
+    full-resolution px, for a downscaled copy; the spots are checked against the full-resolution frame).
 
-    Returns (hires thumbnail or None, its scale factor, [width, height]). ``with_image=False`` skips the
-    thumbnail but still checks the file, so ``spafoundation info`` reports a truncated image."""
-    with open_slide(image, mpp=mpp) as slide:
+    Returns (hires thumbnail or None, its scale factor, the image file's [width, height]). ``with_image=False``
+    skips the thumbnail but still checks the file, so ``spafoundation info`` reports a truncated image."""
+    with open_image(image, mpp=mpp, scale=scale) as slide:
         check_inside(xy, slide.width, slide.height, coords_path, coords_field, image)
-        size = [int(slide.width), int(slide.height)]
+        size = [int(slide.level_shapes[0][1]), int(slide.level_shapes[0][0])]  # the file's own pixels
         if not with_image:
             slide.verify()
             return None, 1.0, size

@@ -9,6 +9,7 @@ Schema (paths are relative to the manifest's folder; top-level ``mpp``, ``pitch_
       - id: S1                    # section / library id (required, unique)
         patient: P1               # default: the section id
         image: S1.tif             # full-resolution H&E (optional: expression-only section)
+        image_scale: 0.25         # image px per full-resolution px, when the image is a downscaled copy (default 1)
         spots: S1_spots.csv       # required: columns id,x,y (full-resolution px, x = column) [,array_row,array_col]
         counts: S1_counts.tsv     # optional: .csv/.tsv(.gz) spots x genes, first column = spot id
                                   #   or S1.h5ad (obs_names = spot ids)
@@ -43,12 +44,13 @@ from spafoundation.io.anndata_spec import (
     read_section_image,
     validate_counts,
 )
+from spafoundation.io.downscaled import check_scale, warn_if_downscaled
 from spafoundation.io.visium import read_text_rows
 
 MANIFEST_NAMES = ("spafoundation.yaml", "manifest.yaml")
 DEFAULT_SPOT_DIAMETER_UM = 55.0
 SECTION_DEFAULTS = ("mpp", "pitch_um", "spot_diameter_um", "platform", "patient")
-SECTION_KEYS = ("id", "image", "spots", "counts", *SECTION_DEFAULTS)
+SECTION_KEYS = ("id", "image", "image_scale", "spots", "counts", *SECTION_DEFAULTS)
 
 
 def load_manifest(path: Path) -> tuple[dict, Path]:
@@ -222,6 +224,11 @@ def read_generic_section(
     has_grid = {"array_row", "array_col"} <= set(spots.columns)
     image = entry.get("image")
     image = _resolve(base, image, manifest_path, f"sections[{section}].image") if image else None
+    scale = 1.0
+    if entry.get("image_scale") is not None:
+        if image is None:
+            raise InputError(manifest_path, f"sections[{section}].image_scale", "is the scale of an image: give image")
+        scale = check_scale(entry["image_scale"], manifest_path, f"sections[{section}].image_scale")
     if mpp is not None:
         mpp, mpp_source = float(mpp), "given"
     elif opt["mpp"] is not None:
@@ -242,6 +249,7 @@ def read_generic_section(
             mpp = estimate_mpp_from_neighbours(xy, pitch, spots_path)
         mpp_source = f"estimated from the {pitch:g} um spot pitch"
     elif image is not None and (mpp := image_mpp(image)) is not None:
+        mpp *= scale  # the copy's pixels are 1 / scale full-resolution pixels wide
         mpp_source = "the image's metadata"
     else:
         raise InputError(manifest_path, f"sections[{section}].mpp", "unknown pixel size: give mpp or pitch_um, or "
@@ -250,8 +258,9 @@ def read_generic_section(
     hires, scalef, image_size = None, 1.0, []
     if image is not None:
         hires, scalef, image_size = read_section_image(
-            image, xy, mpp, spots_path, "x/y", with_image=with_images
+            image, xy, mpp, spots_path, "x/y", with_image=with_images, scale=scale
         )
+        warn_if_downscaled(section, image, mpp, scale, "read at its image_scale")
 
     n = len(spots)
     obs = pd.DataFrame(
@@ -279,6 +288,7 @@ def read_generic_section(
         extra_meta={
             "image_size": image_size,
             "counts_path": str(counts_path or ""),
+            **({"image_scale": scale, "image_source": "given"} if image is not None else {}),
             **({"spot_pitch_um": float(opt["pitch_um"])} if opt["pitch_um"] is not None else {}),
         },
     )
@@ -301,13 +311,15 @@ def read_generic_manifest(
 
 
 def read_spots_table(path: str | Path, *, image: str | Path | None = None, mpp: float | None = None,
-                     with_images: bool = True) -> dict[str, ad.AnnData]:
+                     image_scale: float | None = None, with_images: bool = True) -> dict[str, ad.AnnData]:
     """An H&E with a table of its spots (.csv/.tsv: columns id, x, y in the image's full-resolution pixels
     [, array_row, array_col]) and no counts: one section named by the table's file, for what needs only the image
     (predict-expression with a fitted model, embed, cluster, tumour with a model). The image is ``image``
-    (``--image``); the pixel size ``mpp``, else the image's own metadata. Counts need a manifest."""
+    (``--image``, a downscaled copy at ``image_scale``); the pixel size ``mpp``, else the image's own metadata.
+    Counts need a manifest."""
     path = Path(path)
     if image is None:
         raise InputError(path, "image", "a table of spots is read with its H&E: give --image")
-    entry = {"id": path.stem, "spots": str(path.resolve()), "image": str(Path(image).resolve())}
+    entry = {"id": path.stem, "spots": str(path.resolve()), "image": str(Path(image).resolve()),
+             "image_scale": image_scale}
     return {path.stem: read_generic_section(entry, {}, path.parent, path, mpp=mpp, with_images=with_images)}

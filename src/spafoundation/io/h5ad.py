@@ -5,8 +5,9 @@ Sections come from ``obs['section']``, else ``obs['library_id']`` (squidpy), els
 ``read_visium`` lack ``microns_per_pixel``: it is taken from the 55 um Visium spot diameter when the metadata
 says Space Ranger made it, else given by ``mpp=``, else the file is an InputError (unknown pixel size).
 Counts: X, unless X is normalised (not integral) and ``layers['counts']`` or ``.raw`` holds integer counts.
-The full-resolution H&E: ``image=`` (a file of one section), else the stored ``metadata['image_path']``, else the
-``metadata['source_image_path']`` that scanpy's and squidpy's ``read_visium(source_image_path=...)`` record.
+The full-resolution H&E: ``image=`` (a file of one section; ``image_scale=`` for a downscaled copy), else the
+stored ``metadata['image_path']`` (at its stored ``image_scale``), else the ``metadata['source_image_path']`` that
+scanpy's and squidpy's ``read_visium(source_image_path=...)`` record.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import check_unique, is_integral, read_section_image, validate_counts
+from spafoundation.io.downscaled import check_scale, warn_if_downscaled
 from spafoundation.io.visium import SPOT_DIAMETER_UM as VISIUM_SPOT_DIAMETER_UM
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,13 @@ def _complete_library(lib: dict, path: Path, section: str, mpp: float | None) ->
     return lib
 
 
-def _attach_image(lib: dict, xy: np.ndarray, path: Path, section: str, image, with_images: bool) -> None:
+def _attach_image(lib: dict, xy: np.ndarray, path: Path, section: str, image, with_images: bool,
+                  image_scale: float | None = None) -> None:
     """Point ``lib`` at the section's full-resolution H&E (see the module docstring), checked as the readers check
     theirs (readable, every spot on it). A ``source_image_path`` that does not exist (a file from another machine)
     leaves the section without an image, with a warning."""
     meta = lib["metadata"]
+    source = "given" if image is not None else "source_image_path"
     if image is None and not meta.get("image_path") and meta.get("source_image_path"):
         image = Path(str(meta["source_image_path"]))
         if not image.exists():
@@ -73,9 +77,13 @@ def _attach_image(lib: dict, xy: np.ndarray, path: Path, section: str, image, wi
     if image is None:
         return
     own_thumbnail = with_images and "hires" not in lib["images"]
-    hires, scalef, size = read_section_image(image, xy, float(lib["scalefactors"]["microns_per_pixel"]), path,
-                                             "obsm['spatial']", with_image=own_thumbnail)
+    scale = 1.0 if image_scale is None else check_scale(image_scale, image, "image_scale")
+    mpp = float(lib["scalefactors"]["microns_per_pixel"])
+    hires, scalef, size = read_section_image(image, xy, mpp, path, "obsm['spatial']", with_image=own_thumbnail,
+                                             scale=scale)
+    warn_if_downscaled(section, image, mpp, scale, source)
     meta["image_path"], meta["image_size"] = str(Path(image).resolve()), size
+    meta["image_scale"], meta["image_source"] = scale, source
     if own_thumbnail:
         lib["images"]["hires"] = hires
         lib["scalefactors"]["tissue_hires_scalef"] = scalef
@@ -98,7 +106,8 @@ def raw_counts(adata: ad.AnnData) -> tuple[ad.AnnData, str]:
 
 
 def read_spafoundation_h5ad(
-    path: str | Path, *, mpp: float | None = None, with_images: bool = True, image: str | Path | None = None
+    path: str | Path, *, mpp: float | None = None, with_images: bool = True, image: str | Path | None = None,
+    image_scale: float | None = None,
 ) -> dict[str, ad.AnnData]:
     """One AnnData per section of an .h5ad, keyed by section (library) id."""
     path = Path(path)
@@ -146,7 +155,7 @@ def read_spafoundation_h5ad(
         if "patient" not in part.obs:
             part.obs["patient"] = section
         lib = _complete_library(spatial[section], path, section, mpp)
-        _attach_image(lib, xy[rows, :2], path, section, image, with_images)
+        _attach_image(lib, xy[rows, :2], path, section, image, with_images, image_scale)
         if not with_images:
             lib["images"] = {}
         part.uns["spatial"] = {section: lib}

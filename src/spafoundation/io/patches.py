@@ -8,13 +8,19 @@ import torch
 from torch.utils.data import Dataset
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel
-from spafoundation.io.slide import Slide, open_slide
+from spafoundation.io.anndata_spec import image_path, image_scale, library_id, microns_per_pixel
+from spafoundation.io.downscaled import open_image
+from spafoundation.io.slide import Slide
 
 # A pixel is tissue when it is coloured (stain) or dark; glass is bright and grey.
 SATURATION_MIN = 0.08
 DARK_MAX = 200
 THUMB_SIDE = 2000  # px of the thumbnail tissue is found on
+# Brightest channel (0-255, blurred thumbnail) below which a large region is glass masked to black by an export (a
+# viewer's PNG, a masked scan): stained tissue never gets that dark at thumbnail scale, its most crowded nuclei stay
+# above ~130 in the red or blue channel of HER2ST's scans.
+MASKED_MAX = 50
+GLASS_MIN = 240.0  # grey level of clean glass (HER2ST's: 238-244), the least a masked image's glass is taken to be
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -37,14 +43,41 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
+def masked_background(thumb: np.ndarray, min_object: float = 1e-3) -> np.ndarray:
+    """The glass an export blacked out: near-black regions of at least ``min_object`` of the thumbnail (dark specks,
+    ink or debris, are left to the tissue rule), widened by the blur's reach, since the blur smears the black edge
+    into a ring of mid-grey that is no tissue either."""
+    from scipy import ndimage
+
+    brightest = ndimage.uniform_filter(thumb.max(axis=-1).astype(np.float32), size=5)
+    black = brightest < MASKED_MAX
+    labels, n = ndimage.label(black)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        large = sizes >= min_object * black.size
+        large[0] = False
+        black = large[labels]
+    return ndimage.binary_dilation(black, iterations=3) if black.any() else black
+
+
 def thumbnail_tissue_mask(thumb: np.ndarray, min_object: float = 1e-3) -> np.ndarray:
     """Tissue on a whole-slide thumbnail: pixels darker than an Otsu threshold of the blurred grey level, capped
     just below the glass level (the 95th percentile), then small specks removed. Unlike ``tissue_mask`` (a fixed
-    colour rule for patches), this adapts to tinted or uneven glass, which a saturation rule takes for tissue."""
+    colour rule for patches), this adapts to tinted or uneven glass, which a saturation rule takes for tissue.
+    Glass masked to black (``masked_background``) is never tissue: for the threshold it stands in for clean glass,
+    so the threshold still falls between tissue and glass as on the unmasked scan, not inside the tissue (Otsu on
+    the tissue alone would split dense tumour from pale stroma)."""
     from scipy import ndimage
 
     grey = ndimage.uniform_filter(thumb.astype(np.float32).mean(axis=-1), size=5)
-    glass = float(np.percentile(grey, 95))
+    masked = masked_background(thumb, min_object)
+    if masked.all():
+        return np.zeros(grey.shape, dtype=bool)
+    glass = float(np.percentile(grey[~masked], 95))
+    if masked.any():
+        # what the mask left is mostly tissue, whose brightest pixels understate the glass
+        glass = max(glass, GLASS_MIN)
+        grey[masked] = glass
     threshold = min(otsu_threshold(grey), glass - 10.0)
     mask = ndimage.binary_opening(grey < threshold, iterations=2)
     labels, n = ndimage.label(mask)
@@ -113,7 +146,7 @@ def open_section_slide(adata: ad.AnnData) -> Slide:
     if not path:
         raise InputError(None, f"uns['spatial']['{library_id(adata)}']['metadata']['image_path']",
                          "this section has no image")
-    return open_slide(path, mpp=microns_per_pixel(adata))
+    return open_image(path, mpp=microns_per_pixel(adata), scale=image_scale(adata))
 
 
 def extract_patches(
@@ -146,7 +179,7 @@ class PatchDataset(Dataset):
         self.path = image_path(adata)
         if not self.path:
             raise InputError(None, "image_path", f"section {library_id(adata)} has no image")
-        self.mpp = microns_per_pixel(adata)
+        self.mpp, self.scale = microns_per_pixel(adata), image_scale(adata)
         self.xy = np.asarray(adata.obsm["spatial"] if xy is None else xy, dtype=np.float64)
         self.size_um, self.out_px, self.transform = size_um, out_px, transform
         self._slide: Slide | None = None
@@ -156,7 +189,7 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, i: int):
         if self._slide is None:
-            self._slide = open_slide(self.path, mpp=self.mpp)
+            self._slide = open_image(self.path, mpp=self.mpp, scale=self.scale)
         x, y = self.xy[i]
         patch = self._slide.read_region((float(x), float(y)), self.size_um, self.out_px, mpp=self.mpp)
         tensor = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))

@@ -10,9 +10,9 @@ from spafoundation.errors import InputError
 from spafoundation.io import legacy_st
 
 FORMATS = ("legacy_st", "st_pipeline", "visium", "visium_hd", "visium_cohort", "hest", "generic", "h5ad",
-           "spots_table")
+           "spots_table", "spatialdata")
 # read_dataset's options a user sets for a whole dataset (command line, run config); None = not given
-DATA_OPTIONS = ("bin_um", "image", "mpp")
+DATA_OPTIONS = ("bin_um", "image", "image_scale", "mpp")
 
 
 def data_options(values) -> dict:
@@ -38,6 +38,10 @@ def detect_format(path: str | Path) -> str:
             path, "data", f"unsupported format '{suffix}': give a folder, an .h5ad, a generic manifest or a .csv "
             "of spots with --image"
         )
+    from spafoundation.io.spatialdata import is_spatialdata_store
+
+    if is_spatialdata_store(path):
+        return "spatialdata"
     if legacy_st.is_legacy_st(path):
         return "legacy_st"
     if legacy_st.is_st_pipeline_folder(path):
@@ -61,24 +65,32 @@ def detect_format(path: str | Path) -> str:
         "unsupported format: expected a legacy ST folder (ST-cnts/, or *_stdata.tsv beside "
         "spot_data-selection-*.tsv), Space Ranger outs/ of Visium or Visium HD "
         "(or a folder of Space Ranger samples), a HEST folder "
-        "(st/, wsis/, metadata/), a generic manifest (.yaml) or an .h5ad",
+        "(st/, wsis/, metadata/), a SpatialData store (.zarr), a generic manifest (.yaml) or an .h5ad",
     )
 
 
 def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um: float | None = None,
-                 image: str | Path | None = None, **kwargs) -> dict[str, ad.AnnData]:
+                 image: str | Path | None = None, image_scale: float | None = None,
+                 **kwargs) -> dict[str, ad.AnnData]:
     """Read any supported layout into one AnnData per section, keyed by section (library) id. ``bin_um``: the spot
     size of Visium HD data (``visium_hd.py``); an InputError for any other format. ``image``: the full-resolution
     H&E of a dataset of one section whose image is not with it (a Space Ranger sample, an .h5ad of one library);
-    formats that name each section's image (legacy ST, HEST, a manifest, a cohort) are an InputError."""
+    formats that name each section's image (legacy ST, HEST, a manifest, a cohort) are an InputError.
+    ``image_scale``: image px per full-resolution px of ``image`` when it is a downscaled copy (io/downscaled.py);
+    a Space Ranger sample without a full-resolution H&E is read from its hires PNG without it."""
     fmt = detect_format(path)
-    if bin_um is not None and fmt not in ("visium_hd", "visium_cohort"):
+    if bin_um is not None and fmt not in ("visium_hd", "visium_cohort", "spatialdata"):
         raise InputError(path, "bin_um", f"only Visium HD data has bins to choose; this is {fmt} data")
-    if image is not None and fmt in ("legacy_st", "st_pipeline", "hest", "generic"):
+    if image is not None and fmt in ("legacy_st", "st_pipeline", "hest", "generic", "spatialdata"):
         raise InputError(path, "image", f"--image is for one Space Ranger sample or a one-library .h5ad; {fmt} "
                          "data finds each section's image itself")
+    if image_scale is not None and image is None:
+        raise InputError(path, "image_scale", "--image-scale is the scale of the image given with --image (a "
+                         "manifest section gives it as image_scale:)")
     if image is not None:
         kwargs["image"] = image
+    if image_scale is not None:
+        kwargs["image_scale"] = image_scale
     if fmt == "visium_hd":
         from spafoundation.io.visium_hd import read_visium_hd
 
@@ -101,6 +113,10 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um:
         from spafoundation.io.hest import read_hest
 
         return read_hest(path, sections, **kwargs)
+    if fmt == "spatialdata":
+        from spafoundation.io.spatialdata import read_spatialdata
+
+        return read_spatialdata(path, sections, bin_um=bin_um, **kwargs)
     if fmt == "spots_table":
         from spafoundation.io.generic import read_spots_table
 

@@ -353,6 +353,10 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str =
     path = Path(path)
     if not path.exists():
         raise InputError(path, "image", "file not found")
+    from spafoundation.io.slide_zarr import ZarrSlide, is_ome_zarr_image
+
+    if backend in ("auto", "zarr") and is_ome_zarr_image(path):  # an image element of a SpatialData store
+        return ZarrSlide(path, mpp)
     suffix = path.suffix.lower()
     if backend == "openslide" or (backend == "auto" and suffix in OPENSLIDE_ONLY_SUFFIXES):
         if not _openslide_available():

@@ -9,6 +9,10 @@
     outs/spatial/tissue_hires_image.png         thumbnail (used as ``images['hires']``)
     full-resolution H&E                         ``image=`` or any .tif/.tiff/.btf/.svs/.jpg in the folder or outs/
 
+Without a full-resolution H&E (most public deposits ship only ``spatial/``), the section's image is the hires PNG
+at ``tissue_hires_scalef`` (``io/downscaled.py``); a given image is read at ``image_scale=``, else at the factor
+Space Ranger recorded for it when it is one of its own images, else as full-resolution.
+
 A cohort is a folder of such sample folders (``read_visium_cohort``): one section per subfolder, named by it;
 Visium HD samples (``visium_hd.py``) may sit among them.
 
@@ -37,6 +41,7 @@ from spafoundation.io.anndata_spec import (
     read_section_image,
     validate_counts,
 )
+from spafoundation.io.downscaled import check_scale, recorded_scale, warn_if_downscaled
 from spafoundation.io.slide import OPENSLIDE_ONLY_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES
 
 SPOT_DIAMETER_UM = 55.0
@@ -82,14 +87,14 @@ def visium_samples(path: Path) -> list[Path]:
     return sorted(d for d in path.iterdir() if d.is_dir() and d.name != "outs" and is_visium_sample(d))
 
 
-def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, image=None,
+def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, image=None, image_scale=None,
                        **kwargs) -> dict[str, ad.AnnData]:
     """A folder of Space Ranger samples, one section per subfolder (named by it); each sample's full-resolution
     image is found in its own folder. Only the requested sections are read."""
     path = Path(path)
-    if image is not None:
+    if image is not None or image_scale is not None:
         raise InputError(path, "image", "a cohort folder finds each sample's image in its own folder; "
-                         "give --image with one sample folder")
+                         "give --image (and --image-scale) with one sample folder")
     samples = {d.name: d for d in visium_samples(path)}
     if sections is not None:
         unknown = [s for s in sections if s not in samples]
@@ -253,6 +258,30 @@ def spaceranger_hires(spatial: Path, scalefactors: dict) -> tuple[np.ndarray, fl
         raise InputError(png, "hires image", f"unreadable image ({e})") from None
 
 
+def choose_image(given, image_scale: float | None, sample: Path, spatial: Path,
+                 scalefactors: dict) -> tuple[Path | None, float, str]:
+    """(the section's image, its scale in image px per full-resolution px, where it came from): the ``given`` one
+    at ``image_scale``, else at the factor Space Ranger recorded for it (its hires or lowres PNG), else at 1; else
+    the full-resolution H&E found in the sample folder; else Space Ranger's hires PNG at ``tissue_hires_scalef``.
+    None: no image at all."""
+    if given is not None:
+        given = Path(given)
+        if image_scale is not None:
+            return given, check_scale(image_scale, given, "image_scale"), "given"
+        recorded = recorded_scale(given, spatial, scalefactors)
+        return given, recorded or 1.0, "given" if recorded is None else "given, scalefactors_json.json"
+    if image_scale is not None:
+        raise InputError(sample, "image_scale", "--image-scale is the scale of the image given with --image")
+    found = find_fullres_image(sample, outs_dir(sample))
+    if found is not None:
+        return found, 1.0, "sample folder"
+    hires = spatial / "tissue_hires_image.png"
+    if hires.exists() and scalefactors.get("tissue_hires_scalef") is not None:
+        return hires, check_scale(scalefactors["tissue_hires_scalef"], spatial / "scalefactors_json.json",
+                                  "tissue_hires_scalef"), "hires"
+    return None, 1.0, ""
+
+
 def find_fullres_image(path: Path, outs: Path) -> Path | None:
     """The one image (not one of Space Ranger's thumbnails) in the sample folder, else in outs/, else in
     outs/spatial/. Several in the first folder that has any: an InputError naming them (which one is the H&E is not
@@ -276,11 +305,13 @@ def read_visium(
     image: str | Path | None = None,
     mpp: float | None = None,
     *,
+    image_scale: float | None = None,
     section: str | None = None,
     patient: str | None = None,
     with_images: bool = True,
 ) -> ad.AnnData:
-    """One Visium section. ``section`` defaults to the folder name (the one holding ``outs/``)."""
+    """One Visium section. ``section`` defaults to the folder name (the one holding ``outs/``); ``image_scale``:
+    image px per full-resolution px of a downscaled ``image``."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "data", "not found")
@@ -305,23 +336,28 @@ def read_visium(
 
     return spaceranger_anndata(
         X, genes, pos, xy, section=section, patient=patient,
-        image=Path(image) if image else find_fullres_image(path, outs), spatial=spatial, scalefactors=scalefactors, mpp=mpp_value, mpp_source=mpp_source, pos_path=pos_path,
+        image=choose_image(image, image_scale, path, spatial, scalefactors), spatial=spatial,
+        scalefactors=scalefactors, mpp=mpp_value, mpp_source=mpp_source, pos_path=pos_path,
         with_images=with_images, spot_diameter_um=SPOT_DIAMETER_UM, platform="visium",
         extra_meta={"spot_pitch_um": SPOT_PITCH_UM, "counts_path": str(counts_path)},
     )
 
 
-def spaceranger_anndata(X, genes, pos: pd.DataFrame, xy: np.ndarray, *, section: str, patient: str | None, image,
-                        spatial: Path, scalefactors: dict, mpp: float, mpp_source: str, pos_path: Path,
-                        with_images: bool, spot_diameter_um: float, platform: str, extra_obs: dict | None = None,
-                        extra_meta: dict | None = None) -> ad.AnnData:
-    """The section AnnData of a Space Ranger run (Visium or Visium HD) from its spots under tissue: the
-    full-resolution ``image`` checked against the spots, Space Ranger's own thumbnail preferred for plotting."""
+def spaceranger_anndata(X, genes, pos: pd.DataFrame, xy: np.ndarray, *, section: str, patient: str | None,
+                        image: tuple[Path | None, float, str], spatial: Path, scalefactors: dict, mpp: float,
+                        mpp_source: str, pos_path: Path, with_images: bool, spot_diameter_um: float, platform: str,
+                        extra_obs: dict | None = None, extra_meta: dict | None = None) -> ad.AnnData:
+    """The section AnnData of a Space Ranger run (Visium or Visium HD) from its spots under tissue: ``image``
+    (``choose_image``'s) checked against the spots, Space Ranger's own thumbnail preferred for plotting."""
+    image, image_scale, image_source = image
     hires, scalef, image_size = None, 1.0, []
     if image is not None:
         hires, scalef, image_size = read_section_image(
-            image, xy, mpp, pos_path, "pxl_col_in_fullres/pxl_row_in_fullres", with_image=with_images
+            image, xy, mpp, pos_path, "pxl_col_in_fullres/pxl_row_in_fullres", with_image=with_images,
+            scale=image_scale,
         )
+        warn_if_downscaled(section, image, mpp, image_scale, image_source)
+        extra_meta = {**(extra_meta or {}), "image_scale": image_scale, "image_source": image_source}
     if with_images:
         hires, scalef = spaceranger_hires(spatial, scalefactors) or (hires, scalef)
     obs = pd.DataFrame(

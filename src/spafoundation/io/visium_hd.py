@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import estimate_mpp_from_pitch
 from spafoundation.io.visium import (
-    find_fullres_image,
+    choose_image,
     outs_dir,
     read_scalefactors,
     read_spots_under_tissue,
@@ -130,6 +130,7 @@ def read_visium_hd(
     mpp: float | None = None,
     *,
     bin_um: float | None = None,
+    image_scale: float | None = None,
     section: str | None = None,
     patient: str | None = None,
     with_images: bool = True,
@@ -172,7 +173,7 @@ def read_visium_hd(
 
     return spaceranger_anndata(
         X, genes, pos, xy, section=section, patient=patient,
-        image=Path(image) if image else find_fullres_image(root, outs_dir(root)), spatial=spatial,
+        image=choose_image(image, image_scale, root, spatial, scalefactors), spatial=spatial,
         scalefactors=scalefactors, mpp=mpp_value, mpp_source=mpp_source, pos_path=pos_path, with_images=with_images,
         spot_diameter_um=spot_um, platform="visium_hd",
         extra_obs={"n_bins": pos["n_bins"].to_numpy(dtype=np.int64)},

@@ -36,14 +36,17 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "spafoundation"
 
 
-def slide_identity(path: str | os.PathLike) -> dict:
-    """Resolved path, size and modification time of an image file (an InputError when it is missing)."""
+def slide_identity(path: str | os.PathLike, scale: float = 1.0) -> dict:
+    """Resolved path, size and modification time of an image file (an InputError when it is missing), and its
+    scale where it is a downscaled copy read in the full-resolution frame (``io/downscaled.py``): the same file at
+    another scale gives other patches."""
     p = Path(path).resolve()
     try:
         st = p.stat()
     except FileNotFoundError:
         raise InputError(path, "image", "file not found") from None
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    identity = {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return identity if scale == 1.0 else {**identity, "scale": round(float(scale), 9)}
 
 
 def coords_digest(xy: np.ndarray) -> str:

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel
+from spafoundation.io.anndata_spec import image_path, image_scale, library_id, microns_per_pixel
 from spafoundation.io.patches import extract_patches, open_section_slide, tissue_fraction
 from spafoundation.models.cache import EmbeddingCache, cache_root, embedding_key, slide_identity
 from spafoundation.models.encoder import Encoder
@@ -78,7 +78,7 @@ def embed_adata(
 
     cache = None
     if cache_dir is not False:
-        slide = slide_identity(path)
+        slide = slide_identity(path, image_scale(adata))
         meta = {"section": section, "slide": slide, "encoder": encoder.identity, "patch_um": encoder.patch_um,
                 "input_size": encoder.input_size, "tta": tta, "n_spots": n}
         k = embedding_key(slide=slide, mpp=mpp, xy=xy, encoder=encoder.identity, patch_um=encoder.patch_um,

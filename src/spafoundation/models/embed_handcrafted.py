@@ -14,7 +14,7 @@ import anndata as ad
 import numpy as np
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel
+from spafoundation.io.anndata_spec import image_path, image_scale, library_id, microns_per_pixel
 from spafoundation.io.patches import extract_patches, open_section_slide
 from spafoundation.models import handcrafted
 from spafoundation.models.cache import (
@@ -56,7 +56,7 @@ def handcrafted_features(adata: ad.AnnData, kind: str, patch_um: float, patch_px
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     entry = None
     if cache_dir is not False:
-        slide = slide_identity(path)
+        slide = slide_identity(path, image_scale(adata))
         key = handcrafted_key(slide=slide, mpp=microns_per_pixel(adata), xy=xy, kind=kind, patch_um=patch_um,
                               patch_px=patch_px)
         entry = cache_root(cache_dir) / "handcrafted" / f"{key}.npz"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from spafoundation.report.html import Block, write_report
-from spafoundation.report.run_folder import RunFolder
+from spafoundation.run_folder import RunFolder
 from spafoundation.tasks.reliability import RELIABLE_R
 
 
@@ -112,6 +112,20 @@ def _cluster_rows(metrics: dict) -> list[dict]:
     return [{"section": n, "ARI": m["ari"], "NMI": m["nmi"], "spots scored": m["n_spots"]} for n, m in metrics.items()]
 
 
+def _image_note(adata) -> str:
+    """'yes', 'no', or what a downscaled copy costs: the detail the maps of that section rest on."""
+    from spafoundation.io.anndata_spec import image_path, image_scale, microns_per_pixel, spatial_meta
+
+    if not image_path(adata):
+        return "no"
+    scale = image_scale(adata)
+    if scale >= 1.0:
+        return "yes"
+    source = spatial_meta(adata)["metadata"].get("image_source") or "given"
+    return (f"downscaled copy ({source}): {microns_per_pixel(adata) / scale:.2f} um/px, {1 / scale:.1f}x coarser "
+            "than the full-resolution H&E; its maps are less accurate")
+
+
 def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: list[dict], *,
                      top_genes: int = 4, notes: Sequence[str] = ()) -> Path:
     """The report of the run folder ``out``; ``data``: the dataset the run read (with its thumbnails, for the
@@ -122,7 +136,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     folder = RunFolder(out)
     imaged = [n for n, a in data.items() if image_path(a)]
     ds = Block("Dataset", paragraphs=[f"{len(data)} sections, {len(imaged)} with an H&E image."])
-    ds.tables.append([{"section": n, "spots": a.n_obs, "genes": a.n_vars, "image": "yes" if image_path(a) else "no",
+    ds.tables.append([{"section": n, "spots": a.n_obs, "genes": a.n_vars, "image": _image_note(a),
                        "um/px": microns_per_pixel(a), "spot um": spatial_meta(a)["metadata"].get("spot_diameter_um")}
                       for n, a in data.items()])
     ds.figures.append((_overview(folder, {n: data[n] for n in imaged}),

@@ -65,7 +65,7 @@ SHRINKAGE = 1.0  # positive-part James-Stein constant: a weight is kept x (1 - S
 # A spot must be at least this many superpixel steps across to be super-resolved (and to train on): it then holds
 # about 1.8 superpixels (pi / 4 x 1.5^2); finer spots (Visium HD bins) hold one superpixel or none.
 MIN_SPOT_STEPS = 1.5
-SUPERPIXEL_CACHE_VERSION = 1  # bump when the superpixels of a section change for the same inputs
+SUPERPIXEL_CACHE_VERSION = 2  # bump when the superpixels of a section change for the same inputs
 
 
 @dataclass
@@ -211,11 +211,11 @@ def superpixel_cache_path(adata: ad.AnnData, encoder, up: int, min_tissue: float
     and precision, tile and superpixel geometry, tissue thresholds, and the spots (footprints are kept)."""
     if cache_dir is False:
         return None
-    from spafoundation.io.anndata_spec import image_path
+    from spafoundation.io.anndata_spec import image_path, image_scale
     from spafoundation.models.cache import cache_key, cache_root, coords_digest, slide_identity
 
     spot_xy = adata.obsm.get("spatial", np.zeros((0, 2)))
-    desc = {"version": SUPERPIXEL_CACHE_VERSION, "slide": slide_identity(image_path(adata)),
+    desc = {"version": SUPERPIXEL_CACHE_VERSION, "slide": slide_identity(image_path(adata), image_scale(adata)),
             "mpp": round(float(microns_per_pixel(adata)), 9), "encoder": encoder.identity,
             "precision": encoder.precision, "input_size": int(encoder.input_size),
             "patch_um": round(float(encoder.patch_um), 6), "up": int(up), "min_tissue": float(min_tissue),

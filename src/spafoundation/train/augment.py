@@ -1,6 +1,9 @@
 """H&E augmentations on batched tensors (B, 3, H, W), uint8 or float in [0, 1], driven by an explicit generator so that a
 resumed run draws exactly the same views.
 
+The random draws are made on the CPU generator and applied on the batch's own device: on a GPU the views are cut
+there (a CPU building twelve views of a large batch starves the GPU), and the views are the same on either device.
+
 Orientation is arbitrary on a slide (flips, 90 degree rotations); stain intensity varies between labs and days
 (HED jitter scales and shifts each stain's optical density); focus varies (blur)."""
 
@@ -18,18 +21,22 @@ OPTIONS = ("hed_sigma", "hed_bias", "brightness", "contrast", "saturation", "blu
            "local_px", "mask_shape", "mask_ratio", "mask_prob")
 
 
-def _u(gen: torch.Generator, *shape) -> torch.Tensor:
-    return torch.rand(*shape, generator=gen)
+def _u(gen: torch.Generator, *shape, device=None) -> torch.Tensor:
+    return torch.rand(*shape, generator=gen).to(device or "cpu")
 
 
 def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Each image: a random one of the 8 flips/rotations."""
+    """Each image: a random one of the 8 flips/rotations (applied per group of images sharing one, not per image)."""
     k = torch.randint(0, 4, (len(x),), generator=gen)
     flip = _u(gen, len(x)) < 0.5
     out = torch.empty_like(x)
-    for i in range(len(x)):
-        img = x[i].flip(-1) if flip[i] else x[i]
-        out[i] = torch.rot90(img, int(k[i]), dims=(-2, -1))
+    for f in (False, True):
+        for r in range(4):
+            idx = ((flip == f) & (k == r)).nonzero().flatten()
+            if len(idx):
+                idx = idx.to(x.device)
+                imgs = x[idx].flip(-1) if f else x[idx]
+                out[idx] = torch.rot90(imgs, r, dims=(-2, -1))
     return out
 
 
@@ -38,13 +45,13 @@ def hed_jitter(x: torch.Tensor, gen: torch.Generator, sigma: float = 0.05, bias:
     shifted by N(0, bias)."""
     if sigma <= 0 and bias <= 0:
         return x
-    rgb_from_hed = torch.as_tensor(RGB_FROM_HED, dtype=x.dtype)
-    hed_from_rgb = torch.as_tensor(HED_FROM_RGB, dtype=x.dtype)
+    rgb_from_hed = torch.as_tensor(RGB_FROM_HED, dtype=x.dtype, device=x.device)
+    hed_from_rgb = torch.as_tensor(HED_FROM_RGB, dtype=x.dtype, device=x.device)
     b = len(x)
     od = -torch.log((x * 255.0 + 1.0) / 256.0)  # (B, 3, H, W)
     hed = torch.einsum("bchw,cd->bdhw", od, hed_from_rgb)
-    scale = 1 + sigma * torch.randn(b, 3, 1, 1, generator=gen)
-    shift = bias * torch.randn(b, 3, 1, 1, generator=gen)
+    scale = 1 + sigma * torch.randn(b, 3, 1, 1, generator=gen).to(x.device)
+    shift = bias * torch.randn(b, 3, 1, 1, generator=gen).to(x.device)
     hed = hed * scale + shift
     od = torch.einsum("bdhw,dc->bchw", hed, rgb_from_hed)
     return ((256.0 * torch.exp(-od) - 1.0) / 255.0).clamp(0, 1)
@@ -53,11 +60,12 @@ def hed_jitter(x: torch.Tensor, gen: torch.Generator, sigma: float = 0.05, bias:
 def colour_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.1, contrast: float = 0.1,
                   saturation: float = 0.1) -> torch.Tensor:
     b = len(x)
-    out = x * (1 + brightness * (2 * _u(gen, b, 1, 1, 1) - 1))
+    d = x.device
+    out = x * (1 + brightness * (2 * _u(gen, b, 1, 1, 1, device=d) - 1))
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * (1 + contrast * (2 * _u(gen, b, 1, 1, 1) - 1)) + mean
+    out = (out - mean) * (1 + contrast * (2 * _u(gen, b, 1, 1, 1, device=d) - 1)) + mean
     grey = out.mean(dim=1, keepdim=True)
-    out = (out - grey) * (1 + saturation * (2 * _u(gen, b, 1, 1, 1) - 1)) + grey
+    out = (out - grey) * (1 + saturation * (2 * _u(gen, b, 1, 1, 1, device=d) - 1)) + grey
     return out.clamp(0, 1)
 
 
@@ -69,7 +77,7 @@ def gaussian_blur(x: torch.Tensor, gen: torch.Generator, p: float = 0.2, max_sig
     for i in chosen:
         s = float(sigmas[i])
         r = max(1, math.ceil(2 * s))
-        t = torch.arange(-r, r + 1, dtype=x.dtype)
+        t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
         k = torch.exp(-(t**2) / (2 * s * s))
         k = k / k.sum()
         img = F.pad(x[i : i + 1], (r, r, r, r), mode="reflect")
@@ -82,7 +90,7 @@ def random_resized_crop(x: torch.Tensor, out_px: int, gen: torch.Generator, scal
     """Per image, a square crop covering a random share ``scale`` of the area, resized to ``out_px``."""
     b, _, h, w = x.shape
     side = min(h, w)
-    out = torch.empty(b, x.shape[1], out_px, out_px, dtype=x.dtype)
+    out = torch.empty(b, x.shape[1], out_px, out_px, dtype=x.dtype, device=x.device)
     areas = scale[0] + (scale[1] - scale[0]) * _u(gen, b)
     for i in range(b):
         s = max(2, round(side * math.sqrt(float(areas[i]))))
@@ -140,7 +148,8 @@ def to_float(tiles: torch.Tensor) -> torch.Tensor:
 
 
 def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
+    return (x - mean) / std
 
 
 def mae_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std) -> dict:

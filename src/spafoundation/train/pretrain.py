@@ -33,7 +33,7 @@ from spafoundation.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
 
-TILES_VERSION = 3  # the tile sampling algorithm (3: Otsu tissue mask), part of the tile bank's cache key
+TILES_VERSION = 4  # tile sampling (3: Otsu tissue mask; 4: glass masked to black is none), in the bank's cache key
 DEFAULT_CONFIG: dict = {
     "seed": 0,
     "model": {"encoder": "random-vitt16", "overrides": {}},
@@ -265,7 +265,7 @@ class Pretrainer:
 
         o, enc = self.cfg["optim"], self.encoder
         idx = batch_indices(len(self.tiles), o["batch_size"], step, self.cfg["seed"], self.rank, self.world)
-        tiles = as_tensor(self.tiles[np.sort(idx)])
+        tiles = as_tensor(self.tiles[np.sort(idx)]).to(self.device, non_blocking=True)  # views cut on the GPU
         gen = torch.Generator().manual_seed(_step_seed(self.cfg["seed"], step, self.rank, 0))
         aug = self.cfg["augment"]
         if self.cfg["objective"]["name"] == "ibot":

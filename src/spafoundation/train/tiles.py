@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import Dataset
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel
+from spafoundation.io.anndata_spec import image_path, image_scale, library_id, microns_per_pixel
+from spafoundation.io.downscaled import open_image
 from spafoundation.io.patches import section_tissue, window_fraction
-from spafoundation.io.slide import Slide, open_slide
+from spafoundation.io.slide import Slide
 
 log = logging.getLogger(__name__)
 MIN_TISSUE = 0.5
@@ -72,7 +73,7 @@ class TileDataset(Dataset):
             raise InputError(None, "image", "no section has an image to pre-train on")
         if n_tiles < 1:
             raise ValueError("n_tiles must be positive")
-        self.sources = [(str(image_path(a)), microns_per_pixel(a), library_id(a)) for a in imaged]
+        self.sources = [(str(image_path(a)), microns_per_pixel(a), library_id(a), image_scale(a)) for a in imaged]
         rng = np.random.default_rng(seed)
         per = -(-int(n_tiles) // len(imaged))
         rows = []
@@ -91,8 +92,8 @@ class TileDataset(Dataset):
 
     def _slide(self, k: int) -> Slide:
         if k not in self._slides:
-            path, mpp, _ = self.sources[k]
-            self._slides[k] = open_slide(path, mpp=mpp)
+            path, mpp, _, scale = self.sources[k]
+            self._slides[k] = open_image(path, mpp=mpp, scale=scale)
         return self._slides[k]
 
     def _read(self, i: int) -> np.ndarray:
@@ -102,7 +103,7 @@ class TileDataset(Dataset):
 
     def _read_all(self) -> np.ndarray:
         out = np.empty((len(self), self.tile_px, self.tile_px, 3), dtype=np.uint8)
-        for k, (_, _, name) in enumerate(self.sources):  # one slide open at a time: memory stays bounded
+        for k, (_, _, name, _) in enumerate(self.sources):  # one slide open at a time: memory stays bounded
             rows = np.nonzero(self.index[:, 0] == k)[0]
             for i in rows:
                 out[i] = self._read(i)

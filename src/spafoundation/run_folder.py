@@ -1,5 +1,5 @@
-"""The folder ``spafoundation run`` writes: where each step puts its output and where the report reads it, said
-once for both (commands/run.py, report/run_report.py)."""
+"""The folder ``spafoundation run`` writes: where each step puts its output and where the report and the SpatialData
+store read it, said once for all (commands/run.py, report/run_report.py, io/run_store.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ class RunFolder:
     def superres(self) -> Path:
         return self.root / "superres"
 
+    def superres_section(self, section: str) -> Path:
+        return self.superres / f"{section}.h5ad"
+
     @property
     def tumor(self) -> Path:
         return self.root / "tumor"
@@ -57,6 +60,11 @@ class RunFolder:
     def steps(self) -> Path:
         """Markers of the finished steps (a rerun skips them)."""
         return self.root / ".steps"
+
+    @property
+    def spatialdata(self) -> Path:
+        """``run --format spatialdata``: every result in one store."""
+        return self.root / "spafoundation.zarr"
 
     @property
     def report(self) -> Path:

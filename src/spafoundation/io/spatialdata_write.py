@@ -1,0 +1,188 @@
+"""Results as one SpatialData zarr store, opened as it is by napari-spatialdata and spatialdata-plot.
+
+Per section ``S`` (names made safe for SpatialData: letters, digits, ``_ . -``), all in coordinate system ``S``,
+whose unit is one pixel of the section's full-resolution H&E:
+
+- ``images/S_he``: the H&E, multiscale (halved until it fits ``OVERVIEW_SIDE``), read from the source slide
+  ``chunk_px`` x ``chunk_px`` at a time as the store is written, never whole (a JPEG, which cannot be read by
+  region, is decoded once as everywhere else);
+- ``shapes/S_spots`` + ``tables/S_spots_table``: the measured spots as circles of their real diameter, the table
+  holding the counts (X, as read) and the spot annotations (tumour probability, marker score, spatial domain...);
+  this table makes the store a dataset again (``io/spatialdata.py`` reads it back);
+- ``tables/S_expression``: predicted expression (log-normalised) of the same spots;
+- ``shapes/S_superpixels`` + ``tables/S_superpixels_table``: super-resolution expression, one square per superpixel;
+- ``shapes/S_<grid>`` + ``tables/S_<grid>_table``: a tissue grid (tumour probability, domains), one square per tile.
+
+Every table carries ``uns['spafoundation_table']`` (what it holds) and ``uns['spatial']`` as the AnnData it came
+from, without the thumbnail (the H&E is in the store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from spafoundation.errors import InputError
+from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel, spot_diameter_fullres
+from spafoundation.io.spatialdata import TABLE_KIND_KEY, quiet_ome_zarr, require_spatialdata
+from spafoundation.utils.atomic import atomic_dir
+
+CHUNK_PX = 1024
+OVERVIEW_SIDE = 1024  # the coarsest level's longer side is at most this
+REGION_KEY, INSTANCE_KEY = "region", "instance_id"
+# obs columns of a task's spots that annotate the measured spots (commands/tumor.py, commands/cluster.py)
+SPOT_ANNOTATIONS = ("tumor_probability", "tumor_marker_score", "tumor_label", "spatial_domain")
+
+
+def element_name(text: str) -> str:
+    """``text`` with every character SpatialData refuses in a name replaced by ``_``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))
+    return name if name and name[0] not in ".-_" else f"s{name}"
+
+
+def lazy_image(path: str | Path, chunk_px: int = CHUNK_PX):
+    """The slide at ``path`` as a (c, y, x) uint8 dask array whose every chunk reads its own region when
+    computed."""
+    import dask.array as da
+
+    from spafoundation.io.slide import PILSlide, open_slide
+
+    with open_slide(path) as slide:
+        height, width = slide.height, slide.width
+        # A JPEG or PNG cannot be read by region: its first read decodes it whole into io/slide.py's cache. Reads
+        # one at a time, so that two threads do not both decode it; region-readable slides read in parallel.
+        one_at_a_time = threading.Lock() if isinstance(slide, PILSlide) else contextlib.nullcontext()
+
+    def read_chunk(block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
+        with one_at_a_time, open_slide(path) as slide:
+            return slide.read_level_region(0, x0, y0, x1 - x0, y1 - y0).transpose(2, 0, 1)
+
+    chunks = da.core.normalize_chunks((3, chunk_px, chunk_px), shape=(3, height, width))
+    return da.map_blocks(read_chunk, dtype=np.uint8, chunks=chunks, meta=np.empty((0, 0, 0), np.uint8))
+
+
+def _image_element(path: str, cs: str, chunk_px: int):
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity
+
+    data = lazy_image(path, chunk_px)
+    levels = max(0, math.ceil(math.log2(max(data.shape[1:]) / OVERVIEW_SIDE)))
+    return Image2DModel.parse(data, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+                              scale_factors=[2] * levels or None, chunks=(3, chunk_px, chunk_px),
+                              transformations={cs: Identity()})
+
+
+def _table(adata: ad.AnnData, region: str, kind: str) -> ad.AnnData:
+    """``adata`` as a SpatialData table annotating ``region`` row by row (instance ``i`` = shape ``i``)."""
+    from spatialdata.models import TableModel
+
+    table = adata.copy()
+    table.obs[REGION_KEY] = pd.Categorical([region] * table.n_obs)
+    table.obs[INSTANCE_KEY] = np.arange(table.n_obs)
+    if "spatial" in table.uns:
+        table.uns["spatial"] = {lib: {k: v for k, v in meta.items() if k != "images"}
+                                for lib, meta in table.uns["spatial"].items()}
+    table.uns[TABLE_KIND_KEY] = kind
+    table.uns.pop("spatialdata_attrs", None)
+    return TableModel.parse(table, region=region, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+
+
+def _circles(adata: ad.AnnData, cs: str):
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    radius = np.full(adata.n_obs, spot_diameter_fullres(adata) / 2)
+    return ShapesModel.parse(np.asarray(adata.obsm["spatial"], float), geometry=0, radius=radius,
+                             index=np.arange(adata.n_obs), transformations={cs: Identity()})
+
+
+def _squares(adata: ad.AnnData, side_px: float, cs: str):
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    x, y = np.asarray(adata.obsm["spatial"], float).T
+    half = side_px / 2
+    frame = gpd.GeoDataFrame(geometry=shapely.box(x - half, y - half, x + half, y + half),
+                             index=np.arange(adata.n_obs))
+    return ShapesModel.parse(frame, transformations={cs: Identity()})
+
+
+def _grid_side_px(grid: ad.AnnData) -> float:
+    """Side of a tile in full-resolution pixels: a tissue grid's ``uns['grid']`` or superpixels' ``uns['superres']``."""
+    if "grid" in grid.uns:
+        return float(grid.uns["grid"]["step_um"]) / float(grid.uns["grid"]["mpp"])
+    return float(grid.uns["superres"]["step_um"]) / microns_per_pixel(grid)
+
+
+def write_spatialdata(path: str | Path, spots: dict[str, ad.AnnData], *,
+                      expression: dict[str, ad.AnnData] | None = None,
+                      superres: dict[str, ad.AnnData] | None = None,
+                      grids: dict[str, dict[str, ad.AnnData]] | None = None,
+                      chunk_px: int = CHUNK_PX) -> Path:
+    """Write one SpatialData store at ``path`` (replaced whole, under a temporary name until complete).
+
+    ``spots``: {section: its spots as read, counts in X, annotations in obs}; ``expression``: {section: predicted
+    expression of those spots}; ``superres``: {section: superpixels (``tasks.superres.superres_adata``)};
+    ``grids``: {grid name, e.g. ``tumor_grid``: {section: tiles with ``uns['grid']``}}."""
+    path = Path(path)
+    sd = require_spatialdata(path, "--format")
+    elements: dict[str, dict] = {"images": {}, "shapes": {}, "tables": {}}
+    names = pd.Series([element_name(n) for n in spots], index=list(spots))
+    if names.duplicated().any():
+        clash = names[names.duplicated(keep=False)].index.tolist()
+        raise InputError(None, "section", f"sections {clash} have the same name in a SpatialData store")
+    for section, adata in spots.items():
+        s = names[section]
+        if library_id(adata) != section:
+            raise InputError(None, f"uns['spatial']['{library_id(adata)}']", f"section {section} is named "
+                             f"{library_id(adata)} in its own metadata")
+        if image_path(adata):
+            elements["images"][f"{s}_he"] = _image_element(image_path(adata), s, chunk_px)
+        elements["shapes"][f"{s}_spots"] = _circles(adata, s)
+        elements["tables"][f"{s}_spots_table"] = _table(adata, f"{s}_spots", "spots")
+        if expression and section in expression:
+            pred = expression[section]
+            if list(pred.obs_names) != list(adata.obs_names):
+                raise InputError(None, f"expression['{section}']", "predicted spots differ from the section's")
+            elements["tables"][f"{s}_expression"] = _table(pred, f"{s}_spots", "expression")
+        if superres and section in superres:
+            spa = superres[section]
+            elements["shapes"][f"{s}_superpixels"] = _squares(spa, _grid_side_px(spa), s)
+            elements["tables"][f"{s}_superpixels_table"] = _table(spa, f"{s}_superpixels", "superpixels")
+        for grid_name, per_section in (grids or {}).items():
+            if section in per_section:
+                grid, g = per_section[section], element_name(grid_name)
+                elements["shapes"][f"{s}_{g}"] = _squares(grid, _grid_side_px(grid), s)
+                elements["tables"][f"{s}_{g}_table"] = _table(grid, f"{s}_{g}", g)
+    sdata = sd.SpatialData(**elements)
+    with atomic_dir(path) as tmp, quiet_ome_zarr():
+        tmp.rmdir()  # SpatialData writes only a new store or over a zarr store, not into an empty folder
+        sdata.write(tmp)
+    return path
+
+
+def annotate_spots(spots: dict[str, ad.AnnData], *results: dict[str, ad.AnnData]) -> dict[str, ad.AnnData]:
+    """Copies of ``spots`` with the ``SPOT_ANNOTATIONS`` columns of each result ({section: spots AnnData}) matched by
+    spot id; a spot a result lacks gets NaN (or a missing category)."""
+    out = {}
+    for section, adata in spots.items():
+        adata = adata.copy()
+        for result in results:
+            if section not in result:
+                continue
+            obs = result[section].obs
+            for col in SPOT_ANNOTATIONS:
+                if col in obs:
+                    adata.obs[col] = obs[col].reindex(adata.obs_names)
+        out[section] = adata
+    return out
