@@ -21,9 +21,9 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
-from spafoundation.eval.genes import expression_matrix
 from spafoundation.eval.metrics import pearson_per_gene
 from spafoundation.io.readers import read_dataset
+from spafoundation.pp.genes import expression_matrix
 from spafoundation.tasks.expression import DEFAULT_ENCODER, fit_expression, resolve_encoder
 from spafoundation.utils.precision import REFERENCE
 

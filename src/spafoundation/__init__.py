@@ -1,6 +1,24 @@
-"""spafoundation: spatial gene expression from H&E histology with visual foundation models."""
+"""spafoundation: spatial gene expression from H&E histology with visual foundation models.
 
+``import spafoundation as sf``, as scanpy: ``sf.read`` (datasets of every supported layout), ``sf.pp``
+(normalisation, gene selection), ``sf.tl`` (embeddings, expression, super-resolution, tumour score, spatial domains),
+``sf.pl`` (their figures), ``sf.settings`` (device, precision, cache, threads, progress)."""
+
+import importlib
+
+from spafoundation._settings import settings
 from spafoundation.errors import InputError
 
 __version__ = "0.1.0"
-__all__ = ["InputError", "__version__"]
+__all__ = ["InputError", "__version__", "pl", "pp", "read", "settings", "tl"]
+
+
+def __getattr__(name: str):
+    # imported on first use: the CLI imports this package for its version and must not load anndata or torch
+    if name in ("pp", "tl", "pl"):
+        return importlib.import_module(f"spafoundation.{name}")
+    if name == "read":
+        from spafoundation._read import read
+
+        return read
+    raise AttributeError(f"module 'spafoundation' has no attribute {name!r}")

@@ -91,16 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from spafoundation.io.downscaled import forget_warnings
-    from spafoundation.utils.precision import set_default_precision
+    return call_command(args)
 
-    set_default_precision(getattr(args, "pipeline_precision", None))  # this command's choice only
-    forget_warnings()  # a downscaled image is named once per command
+
+
+def call_command(args: argparse.Namespace, *extra) -> int:
+    """Run a parsed command (``extra``: more arguments of its function, e.g. the dataset ``run`` read once) at its
+    ``--precision``, under the output rule (utils/outputs.py), and turn bad input, environment errors, SIGTERM, an
+    interrupt and a closed pipe into their exit codes and one line."""
+    from spafoundation._settings import settings
+    from spafoundation.io.downscaled import forget_warnings
     from spafoundation.utils.outputs import claim_output
 
+    precision = getattr(args, "pipeline_precision", None)
+    forget_warnings()  # a downscaled image is named once per command (each step of a run names its own)
     try:
-        with _sigterm_as_interrupt(), claim_output(args):
-            code = int(args.func(args) or 0)
+        with (_sigterm_as_interrupt(), claim_output(args),
+              settings.override(**({"precision": precision} if precision else {}))):  # this command's choice only
+            code = int(args.func(args, *extra) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe must surface here, not at interpreter exit
         return code
     except BrokenPipeError:
@@ -127,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spafoundation: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        set_default_precision(None)
 
 
 if __name__ == "__main__":

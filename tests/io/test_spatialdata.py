@@ -47,7 +47,7 @@ def manifest_section(manifest):
 def results_of(section: ad.AnnData):
     """What the commands would hand the writer, made from the section's real counts: log-normalised expression of
     8 genes as the prediction, a tumour probability and domains per spot, superpixels of 100 um and a 400 um grid."""
-    from spafoundation.eval.genes import expression_matrix
+    from spafoundation.pp.genes import expression_matrix
     from spafoundation.tasks.spot_features import locations_adata
 
     genes = list(section.var_names[np.argsort(-np.asarray(section.X.sum(axis=0)).ravel())[:8]])

@@ -3,7 +3,7 @@ import torch
 
 from spafoundation.errors import InputError
 from spafoundation.models import build_encoder, create_vit
-from spafoundation.models.hub import HUB_ENCODERS, hf_vit_to_timm
+from spafoundation.models.hub import H_OPTIMUS_0, UNI, hf_vit_to_timm
 from tests.conftest import TINY_KWARGS
 
 
@@ -40,7 +40,7 @@ def test_timm_name_with_local_weights(tmp_path):
 
 
 def test_documented_settings_of_the_zoo():
-    uni, hopt = HUB_ENCODERS["mahmoodlab/uni"], HUB_ENCODERS["bioptimus/h-optimus-0"]
+    uni, hopt = UNI, H_OPTIMUS_0
     assert uni.arch == "vit_large_patch16_224" and uni.timm_kwargs["init_values"] == 1e-5
     assert uni.timm_kwargs["dynamic_img_size"] is True
     assert hopt.timm_kwargs["reg_tokens"] == 4 and hopt.timm_kwargs["mlp_ratio"] == pytest.approx(5.33334)

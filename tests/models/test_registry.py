@@ -80,17 +80,17 @@ def test_spafoundation_names_need_weights(name, monkeypatch, tmp_path):
 
 
 def test_default_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
-    import spafoundation.models.registry as reg
+    import spafoundation.models.vits as vits
 
-    monkeypatch.setattr(reg, "DEFAULT_CHECKPOINT", tmp_path / "default")
+    monkeypatch.setattr(vits, "DEFAULT_CHECKPOINT", tmp_path / "default")
     with pytest.raises(InputError, match="not shipped"):
         build_encoder("spafoundation-default")
 
 
 def test_default_checkpoint_loads_when_present(monkeypatch, tiny_folder):
-    import spafoundation.models.registry as reg
+    import spafoundation.models.vits as vits
 
-    monkeypatch.setattr(reg, "DEFAULT_CHECKPOINT", tiny_folder)
+    monkeypatch.setattr(vits, "DEFAULT_CHECKPOINT", tiny_folder)
     assert build_encoder("spafoundation-default").embed_dim == 32
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -185,6 +186,7 @@ def test_expression_block_lists_the_genes_to_trust_and_flags_a_shifted_section(t
     import pandas as pd
 
     from spafoundation.report.run_report import _expression_block
+    from spafoundation.run_folder import RunFolder
 
     var = pd.DataFrame({"cv_pearson": [0.3, 0.02], "reliable": [True, False]}, index=["ERBB2", "NOISE1"])
     pred = ad.AnnData(np.zeros((3, 2), np.float32), var=var, obs=pd.DataFrame({"section": ["A1"] * 3},
@@ -195,6 +197,28 @@ def test_expression_block_lists_the_genes_to_trust_and_flags_a_shifted_section(t
     pred.write_h5ad(tmp_path / "expression" / "predicted.h5ad")
     (tmp_path / "expression" / "predicted.metrics.json").write_text(json.dumps({"A1": {
         "mean_r": 0.1, "median_r": 0.1, "n_significant": 1, "n_genes": 2, "rmse": 0.5}}))
-    text = " ".join(_expression_block(tmp_path, 2).paragraphs)
+    text = " ".join(_expression_block(RunFolder(tmp_path), 2).paragraphs)
     assert "Genes to trust: 1 of 2" in text and ": ERBB2." in text and "NOISE1" not in text
     assert "A1: image shift 4.05" in text and "at most 3.34" in text and "OUT OF THE TRAINING RANGE" in text
+
+
+def test_run_in_process_writes_what_its_printed_commands_write(her2st_root, tiny_folder, tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "run"
+    argv = [*_run_args(her2st_root, tiny_folder, out), "--set", "superres.enabled=false", "--set",
+            "tumor.enabled=false", "--set", "report.enabled=false"]
+    assert main([*argv, "--dry-run"]) == 0
+    commands = [line.split(": spafoundation ", 1)[1] for line in capsys.readouterr().out.splitlines()
+                if ": spafoundation " in line]
+    assert main(argv) == 0  # the steps in this process, on the dataset read once
+    by_hand = tmp_path / "by_hand"
+    for command in commands:  # the same commands, one process each, each reading the dataset itself
+        assert main([a.replace(str(out), str(by_hand)) for a in shlex.split(command)] + ["--quiet"]) == 0
+    for rel in ("expression/predicted.h5ad", "clusters/spots.h5ad"):
+        a, b = ad.read_h5ad(out / rel), ad.read_h5ad(by_hand / rel)
+        dense = [x.toarray() if hasattr(x, "toarray") else np.asarray(x) for x in (a.X, b.X)]
+        np.testing.assert_array_equal(*dense)
+        assert a.obs.equals(b.obs) and a.var.equals(b.var) and set(a.obsm) == set(b.obsm) and set(a.uns) == set(b.uns)
+    for rel in ("expression/predicted.metrics.json", "clusters/metrics.json"):
+        assert (out / rel).read_text() == (by_hand / rel).read_text()

@@ -8,23 +8,18 @@ import logging
 
 import pytest
 
+from spafoundation import settings
 from spafoundation.cli import main
 from spafoundation.tasks.expression import _encoder_reference, encoder_from_reference, resolve_encoder
-from spafoundation.utils.precision import (
-    chosen_precision,
-    default_precision,
-    int8_available,
-    set_default_precision,
-)
+from spafoundation.utils.precision import chosen_precision, default_precision, int8_available
 
 needs_int8 = pytest.mark.skipif(not int8_available(), reason="this torch build has no quantised CPU engine")
 
 
 @pytest.fixture(autouse=True)
 def _automatic_default():
-    set_default_precision(None)
-    yield
-    set_default_precision(None)
+    with settings.override(precision="auto"):
+        yield
 
 
 @needs_int8
@@ -32,11 +27,12 @@ def test_int8_on_cpu_by_default_and_the_users_choice_wins(tiny_folder):
     assert default_precision("cpu") == "int8" and default_precision("cuda:0") is None
     enc = resolve_encoder(str(tiny_folder))
     assert enc.precision == "int8" and enc.identity.endswith("+int8")  # its own cache key
-    set_default_precision("fp32")
+    settings.precision = "fp32"
     assert resolve_encoder(str(tiny_folder)).precision == "fp32"
     assert resolve_encoder(str(tiny_folder), precision="int8").precision == "int8"  # an explicit argument wins
     with pytest.raises(ValueError, match="precision"):
-        set_default_precision("int4")
+        settings.precision = "int4"
+    assert settings.precision == "fp32" and "precision='fp32'" in repr(settings)
 
 
 @needs_int8
@@ -49,7 +45,7 @@ def test_a_fitted_model_rebuilds_its_encoder_at_its_own_precision(tiny_folder, c
     old = {k: v for k, v in ref.items() if k != "precision"}  # written before the precision was recorded
     assert encoder_from_reference(old).precision == "fp32"
     assert "differs" not in caplog.text
-    set_default_precision("int8")  # the user's choice still wins, with a warning
+    settings.precision = "int8"  # the user's choice still wins, with a warning
     assert encoder_from_reference(ref).precision == "int8" and "differs" in caplog.text
 
 

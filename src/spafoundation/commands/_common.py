@@ -107,6 +107,16 @@ def data_options(args) -> dict:
     return read_options(args)
 
 
+def command_dataset(args, data: dict | None, sections: list[str] | None, **options) -> dict:
+    """The sections a command works on: read from ``args.data``, or, when ``run`` read the dataset once for all its
+    steps, copies of those in ``data`` (each step gets fresh objects, as if it had read them itself)."""
+    from spafoundation.io.readers import read_dataset, select_sections
+
+    if data is None:
+        return read_dataset(args.data, sections, **options, **data_options(args))
+    return {n: a.copy() for n, a in select_sections(data, sections, args.data).items()}
+
+
 def imaged_sections(data: dict, data_path, purpose: str = "") -> dict:
     """The sections of ``data`` that have an H&E image; none: an InputError saying how to give one."""
     from spafoundation.io.anndata_spec import image_path

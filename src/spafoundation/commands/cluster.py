@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
@@ -17,7 +18,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     check_format_available,
-    data_options,
+    command_dataset,
     imaged_sections,
     non_negative_float,
     parse_sections,
@@ -31,25 +32,11 @@ from spafoundation.utils.atomic import atomic_dir, check_output_dir
 KEY = "spatial_domain"
 
 
-def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: str, reference: str | None) -> None:
-    from spafoundation.report.spatial_maps import plot_panels
-
-    panels = [{"adata": spots, "values": spots.obs[KEY].to_numpy(), "title": "domains, spots", "categorical": True}]
-    if grid is not None:
-        step = grid.uns["grid"]
-        panels.append({"adata": grid, "values": grid.obs[KEY].to_numpy(), "categorical": True,
-                       "diameter_px": step["step_um"] / step["mpp"], "title": f"domains, {step['step_um']:g} um grid"})
-    if reference and reference in spots.obs:
-        panels.append({"adata": spots, "values": spots.obs[reference].astype(str).to_numpy(),
-                       "title": f"reference: {reference}", "categorical": True})
-    plot_panels(panels, path, title=f"{name}: spatial domains")
-
-
-def run(args) -> int:
+def run(args, data: dict | None = None) -> int:
+    from spafoundation import pl
     from spafoundation.eval.metrics import clustering_agreement
     from spafoundation.io.anndata_spec import microns_per_pixel
     from spafoundation.io.patches import tissue_grid
-    from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.clustering import domain_features, spatial_clusters
     from spafoundation.tasks.expression import ExpressionModel
     from spafoundation.tasks.spot_features import locations_adata
@@ -58,7 +45,9 @@ def run(args) -> int:
     check_output_dir(out)  # before the work: never replace a folder of the user's
     check_format_available(args)
     wanted = parse_sections(args.sections)
-    data = read_dataset(args.data, wanted, with_images=args.features != "expression", **data_options(args))
+    if args.features == "expression":  # read without thumbnails, whatever a caller read
+        data = None
+    data = command_dataset(args, data, wanted, with_images=args.features != "expression")
     usable = data if args.features == "expression" else imaged_sections(data, args.data, "to cluster from")
     sections = {n: a.copy() for n, a in usable.items()}
     if args.reference_column and not any(args.reference_column in a.obs for a in sections.values()):
@@ -101,7 +90,7 @@ def run(args) -> int:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if not args.no_figure:
             for n, a in sections.items():
-                draw_section(tmp / f"{n}_clusters.png", a, grids.get(n), n, args.reference_column)
+                pl.domains(a, KEY, grid=grids.get(n), reference=args.reference_column, path=tmp / f"{n}_clusters.png")
     print(f"wrote {out}: {sum(a.n_obs for a in sections.values())} spots in "
           f"{len(next(iter(sections.values())).obs[KEY].cat.categories)} domains")
     return 0
@@ -113,21 +102,23 @@ def register(subparsers) -> None:
     add_data_options(p)
     p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, metrics.json, figures)")
     p.add_argument("--sections", help="comma-separated sections (default: all; image features need an image)")
-    p.add_argument("--features", choices=["image", "expression", "predicted"], default="image",
+    p.add_argument("--features", choices=["image", "expression", "predicted"], default=defaults.DOMAIN_FEATURES,
                    help="cluster on image features, observed expression, or expression predicted by "
                         "--expression-model (default image)")
     p.add_argument("--expression-model", help="model folder from fit-expression (for --features predicted)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
-    p.add_argument("--genes", default="hvg:1000", help="genes for --features expression (default hvg:1000)")
-    p.add_argument("--method", choices=["kmeans", "leiden"], default="kmeans")
-    p.add_argument("--n-clusters", type=positive_int, default=7, help="number of domains (Leiden: found by bisection)")
+    p.add_argument("--genes", default=defaults.DOMAIN_EXPRESSION_GENES,
+                   help=f"genes for --features expression (default {defaults.DOMAIN_EXPRESSION_GENES})")
+    p.add_argument("--method", choices=["kmeans", "leiden"], default=defaults.DOMAIN_METHOD)
+    p.add_argument("--n-clusters", type=positive_int, default=defaults.N_DOMAINS,
+                   help=f"number of domains (Leiden: found by bisection; default {defaults.N_DOMAINS})")
     p.add_argument("--resolution", type=positive_float, help="Leiden resolution (instead of --n-clusters)")
-    p.add_argument("--smooth", type=unit_interval, default=0.5,
+    p.add_argument("--smooth", type=unit_interval, default=defaults.DOMAIN_SMOOTH,
                    help="weight of the neighbours' mean in the smoothed features (0: no smoothing)")
     p.add_argument("--radius-um", type=positive_float,
                    help="neighbour radius (default 1.5 x the nearest-spot distance)")
     p.add_argument("--reference-column", help="obs column of reference regions: ARI and NMI per section")
-    p.add_argument("--grid-um", type=non_negative_float, default=0.0,
+    p.add_argument("--grid-um", type=non_negative_float, default=defaults.DOMAIN_GRID_UM,
                    help="also assign a tissue grid of this pitch to domains")
     p.add_argument("--per-section", action="store_true", help="cluster each section on its own")
     add_format_option(p, "DIR/clusters.zarr, in place of spots.h5ad and grid.h5ad")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
     add_precision_option,
     cache_dir,
-    data_options,
+    command_dataset,
     non_negative_float,
     parse_sections,
     parse_target_sum,
@@ -15,16 +16,15 @@ from spafoundation.commands._common import (
     positive_int,
 )
 from spafoundation.errors import InputError
-from spafoundation.eval.genes import TARGET_SUM
+from spafoundation.pp.genes import TARGET_SUM
 
 
-def run(args) -> int:
-    from spafoundation.io.readers import read_dataset
+def run(args, data: dict | None = None) -> int:
     from spafoundation.tasks.expression import fit_expression
     from spafoundation.utils.atomic import check_output_dir
 
     check_output_dir(args.out)  # before the work: never replace a folder of the user's
-    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
+    data = command_dataset(args, data, parse_sections(args.sections))
     train = [a for a in data.values() if a.n_vars > 0]
     if not train:
         raise InputError(args.data, "counts", "no selected section has counts to train on")
@@ -62,11 +62,11 @@ def register(subparsers) -> None:
     add_data_options(p)
     p.add_argument("--sections", help="comma-separated training sections (default: all with counts and images)")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--encoder", default="spafoundation-default",
+    p.add_argument("--encoder", default=defaults.ENCODER,
                    help="encoder name or model folder (default: the shipped checkpoint)")
-    p.add_argument("--genes", default="hvg:50",
+    p.add_argument("--genes", default=defaults.EXPRESSION_GENES,
                    help="hvg:K (seurat flavour, training sections only), mean:K, or a gene-list file (.npy/.txt)")
-    p.add_argument("--head", default="ridge", choices=["ridge", "mlp", "finetune", "mean"],
+    p.add_argument("--head", default=defaults.EXPRESSION_HEAD, choices=["ridge", "mlp", "finetune", "mean"],
                    help="ridge: scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
                         "layer; finetune: the whole encoder + LayerNorm/Linear on the class token, MSE (the "
                         "authors' protocol, meant for a GPU); mean: the training-mean baseline")

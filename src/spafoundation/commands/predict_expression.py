@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 
 from spafoundation.commands._common import (
@@ -18,7 +17,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     check_format_available,
-    data_options,
+    command_dataset,
     imaged_sections,
     parse_sections,
 )
@@ -27,8 +26,8 @@ from spafoundation.utils.atomic import atomic_path, check_output_file, write_h5a
 
 
 def _evaluate(model, adata, pred) -> dict | None:
-    from spafoundation.eval.genes import expression_matrix
     from spafoundation.eval.metrics import evaluate_expression
+    from spafoundation.pp.genes import expression_matrix
 
     # a section measured on another panel is scored on the model's genes it has (m['n_genes'] says how many)
     shared = [i for i, g in enumerate(model.genes) if g in adata.var_names]
@@ -41,9 +40,8 @@ def _evaluate(model, adata, pred) -> dict | None:
     return m
 
 
-def run(args) -> int:
-    from spafoundation.io.readers import read_dataset
-    from spafoundation.tasks.expression import ExpressionModel
+def run(args, data: dict | None = None) -> int:
+    from spafoundation.tasks.expression import ExpressionModel, merge_predictions
 
     out = Path(args.out)
     check_output_file(out, ".zarr" if args.format == "spatialdata" else ".h5ad")
@@ -54,7 +52,7 @@ def run(args) -> int:
     if unknown:  # checked before the work, not when drawing the figure after it
         raise InputError(args.model, "--genes", f"not predicted by this model: {', '.join(unknown[:10])} (it predicts "
                          f"{', '.join(model.genes[:10])}{', ...' if len(model.genes) > 10 else ''})")
-    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
+    data = command_dataset(args, data, parse_sections(args.sections))
     imaged = imaged_sections(data, args.data, "to predict from")
     preds, metrics = {}, {}
     if (line := model.reliability_summary()) is not None:
@@ -75,11 +73,7 @@ def run(args) -> int:
                      if m["n_genes"] < len(model.genes) else ""))
         else:
             print(f"{name}: {adata.n_obs} spots predicted (no counts to compare with)")
-    merged = next(iter(preds.values())) if len(preds) == 1 else ad.concat(
-        list(preds.values()), merge="same", uns_merge="unique")
-    info = [p.uns["spafoundation_prediction"] for p in preds.values()]
-    merged.uns["spafoundation_prediction"] = {**info[0], **({"shift": {k: v for i in info for k, v in i["shift"].items()}}
-                                                             if "shift" in info[0] else {})}
+    merged = merge_predictions(preds)
     if args.format == "spatialdata":
         from spafoundation.io.spatialdata_write import write_spatialdata
 

@@ -1,10 +1,12 @@
 """``spafoundation run --data DATA --out DIR``: the whole analysis in one command, then an HTML report.
 
-Each step is one of the subcommands, run with arguments derived from the config (``--dry-run`` prints them as
-command lines a person can rerun): expression (fit on the sections with counts, predict the others), tumour map,
-spatial domains, report. A finished step leaves a marker with its arguments and its input files' fingerprints in
-``DIR/.steps``; a rerun skips it while both are unchanged (an interrupted run continues from what was complete) and
-redoes it, saying why, when an input file or an option changed."""
+Each step is one of the subcommands with arguments derived from the config (``--dry-run`` prints them as command
+lines a person can rerun, and they give the same outputs): expression (fit on the sections with counts, predict the
+others), super-resolution, tumour map, spatial domains, report. The steps run in this process on the dataset read
+once (each step gets its own copy of the sections). Where each step writes is ``RunFolder``, which the report reads
+too. A finished step leaves a marker with its arguments and its input files' fingerprints in ``DIR/.steps``; a rerun
+skips it while both are unchanged (an interrupted run continues from what was complete) and redoes it, saying why,
+when an input file or an option changed."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_data_options,
     add_format_option,
@@ -28,6 +31,7 @@ from spafoundation.commands._common import (
     imaged_sections,
 )
 from spafoundation.errors import InputError
+from spafoundation.run_folder import RunFolder
 from spafoundation.utils.atomic import OUTPUT_MARKER, atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
 
@@ -38,21 +42,25 @@ DEFAULTS: dict = {
     "image": None,  # the H&E of one Space Ranger sample (or one-library .h5ad) kept elsewhere; or --image
     "image_scale": None,  # image px per full-resolution px when that image is a downscaled copy; or --image-scale
     "mpp": None,  # microns per pixel of the images, over what the data says; or --mpp
-    "encoder": "spafoundation-default",
+    "encoder": defaults.ENCODER,
     "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
     "cache_dir": None,  # default: DIR/cache
     "expression": {"enabled": True, "model": None, "train_sections": None, "predict_sections": None,
-                   "genes": "hvg:50", "head": "ridge"},
-    "superres": {"enabled": True, "step_um": None, "genes": "hvg:50"},
-    "tumor": {"enabled": True, "route": None, "label_column": None, "markers": None, "grid_um": 100.0},
-    "clusters": {"enabled": True, "features": "image", "method": "kmeans", "n_clusters": 6, "smooth": 0.5,
-                 "reference_column": None, "grid_um": 0.0},
-    "report": {"enabled": True, "top_genes": 4},
+                   "genes": defaults.EXPRESSION_GENES, "head": defaults.EXPRESSION_HEAD},
+    "superres": {"enabled": True, "step_um": None, "genes": defaults.SUPERRES_GENES},
+    "tumor": {"enabled": True, "route": None, "label_column": None, "markers": None,
+              "grid_um": defaults.TUMOR_GRID_UM},
+    "clusters": {"enabled": True, "features": defaults.DOMAIN_FEATURES, "method": defaults.DOMAIN_METHOD,
+                 "n_clusters": defaults.N_DOMAINS, "smooth": defaults.DOMAIN_SMOOTH, "reference_column": None,
+                 "grid_um": defaults.DOMAIN_GRID_UM},
+    "report": {"enabled": True, "top_genes": defaults.REPORT_TOP_GENES},
 }
 
 
 @dataclass
 class Step:
+    """One step: the command that does it (``argv``, without the program name) and the output it writes."""
+
     name: str
     title: str
     argv: list[str]
@@ -61,15 +69,9 @@ class Step:
     def command(self) -> str:
         return "spafoundation " + " ".join(shlex.quote(a) for a in self.argv)
 
-
-def _check_keys(cfg: dict, defaults: dict, where: str = "") -> None:
-    for k, v in cfg.items():
-        if k not in defaults:
-            raise InputError(None, "config", f"unknown key {where}{k}")
-        if isinstance(defaults[k], dict):
-            if not isinstance(v, dict):
-                raise InputError(None, "config", f"{where}{k} must be a mapping")
-            _check_keys(v, defaults[k], f"{where}{k}.")
+    def reads_own_data(self) -> bool:
+        """Clustering on observed expression reads the dataset without thumbnails, as its command does."""
+        return self.name == "clusters" and self.argv[self.argv.index("--features") + 1] == "expression"
 
 
 def check_value_types(cfg: dict, config_path) -> None:
@@ -122,9 +124,9 @@ def expression_split(data: dict, cfg: dict) -> tuple[list[str], list[str]]:
 def check_inputs(data: dict, cfg: dict) -> None:
     """What would otherwise fail half-way through the run, checked before anything is written: tissue on every
     image, a gene selection that the training sections can satisfy, and the label columns the config names."""
-    from spafoundation.eval.genes import TARGET_SUM, select_genes
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.patches import section_tissue
+    from spafoundation.pp.genes import TARGET_SUM, select_genes
 
     for n, a in data.items():
         if image_path(a) and not section_tissue(a)[0].any():
@@ -164,8 +166,9 @@ def _tumor_markers_usable(data: dict, imaged: list[str], t: dict) -> bool:
 def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[Step]:
     """The steps of the run, as subcommands; ``notes`` collects what was left out and why."""
     notes = [] if notes is None else notes
+    folder = RunFolder(out)
     imaged = list(imaged_sections(data, data_path))
-    cache = str(cfg["cache_dir"] or out / "cache")
+    cache = str(cfg["cache_dir"] or folder.cache)
     common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else []),
               *(["--image", str(cfg["image"])] if cfg["image"] else []),
               *(["--image-scale", repr(float(cfg["image_scale"]))] if cfg["image_scale"] else []),
@@ -180,12 +183,12 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         if model is None and not train:
             notes.append(f"expression {_NO_COUNTS} (or give expression.model, a fitted model folder)")
         if model is None and train:
-            model = str(out / "expression" / "model")
+            model = str(folder.expression_model)
             steps.append(Step("fit_expression", "fit expression", [
                 "fit-expression", data_path, "--sections", ",".join(train), "--out", model, "--genes",
                 str(e["genes"]), "--head", str(e["head"]), *enc, *common], Path(model)))
         if model is not None and predict:
-            pred = out / "expression" / "predicted.h5ad"
+            pred = folder.predicted
             steps.append(Step("predict_expression", "predict expression", [
                 "predict-expression", model, data_path, "--sections", ",".join(predict), "--out", str(pred),
                 *precision, *common], pred))
@@ -207,10 +210,10 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
                              f"{step:g} um (Visium HD: --bin-um {MIN_SPOT_STEPS * step:g} or more)")
         if train:
             argv = ["superres", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(train),
-                    "--out", str(out / "superres"), "--genes", str(r["genes"]), *enc, *common]
+                    "--out", str(folder.superres), "--genes", str(r["genes"]), *enc, *common]
             if r["step_um"]:
                 argv += ["--step-um", str(r["step_um"])]
-            steps.append(Step("superres", "super-resolution maps", argv, out / "superres"))
+            steps.append(Step("superres", "super-resolution maps", argv, folder.superres))
     t = cfg["tumor"]
     if t["enabled"] and not _tumor_markers_usable(data, imaged, t):
         if t["route"]:
@@ -218,45 +221,49 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
     elif t["enabled"]:
         argv = ["tumor", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(imaged), "--out",
-                str(out / "tumor"), "--grid-um", str(t["grid_um"] or 0), *enc, *common]
+                str(folder.tumor), "--grid-um", str(t["grid_um"] or 0), *enc, *common]
         for key, flag in (("route", "--route"), ("label_column", "--label-column"), ("markers", "--markers")):
             if t[key]:
                 argv += [flag, ",".join(t[key]) if isinstance(t[key], list) else str(t[key])]
-        steps.append(Step("tumor", "tumour map", argv, out / "tumor"))
+        steps.append(Step("tumor", "tumour map", argv, folder.tumor))
     c = cfg["clusters"]
     if c["enabled"]:
-        argv = ["cluster", data_path, "--sections", ",".join(imaged), "--out", str(out / "clusters"), "--features",
+        argv = ["cluster", data_path, "--sections", ",".join(imaged), "--out", str(folder.clusters), "--features",
                 str(c["features"]), "--method", str(c["method"]), "--n-clusters", str(c["n_clusters"]), "--smooth",
                 str(c["smooth"]), "--grid-um", str(c["grid_um"] or 0), *enc, *common]
         if c["features"] == "predicted":
-            argv += ["--expression-model", str(out / "expression" / "model")]
+            argv += ["--expression-model", str(folder.expression_model)]
         if c["reference_column"]:
             argv += ["--reference-column", str(c["reference_column"])]
-        steps.append(Step("clusters", "spatial domains", argv, out / "clusters"))
+        steps.append(Step("clusters", "spatial domains", argv, folder.clusters))
     return steps
 
 
-def check_step_arguments(steps: list[Step]) -> None:
-    """Each step's arguments parsed as its command will parse them, before any step runs: a config value the command
-    refuses (clusters.smooth: 2) is an InputError now, not a failure after the steps before it."""
+def parse_step_arguments(steps: list[Step], extra: list[str] = ()) -> list:
+    """Each step's arguments parsed as its command parses them (``extra`` appended), before any step runs: a config
+    value the command refuses (clusters.smooth: 2) is an InputError now, not a failure after the steps before it."""
     import contextlib
     import io
 
     from spafoundation.cli import build_parser
 
     parser = build_parser()
+    parsed = []
     for s in steps:
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
-                parser.parse_args(s.argv)
+                args = parser.parse_args([*s.argv, *extra])
         except SystemExit:
             reason = err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
             raise InputError(None, f"config ({s.title})", reason) from None
+        args.argv = [*s.argv, *extra]  # what the step's outputs record as their command
+        parsed.append(args)
+    return parsed
 
 
 def _marker(out: Path, step: Step) -> Path:
-    return out / ".steps" / f"{step.name}.json"
+    return RunFolder(out).steps / f"{step.name}.json"
 
 
 def step_inputs(step: Step, data: dict, data_path: str, cache: str) -> dict[str, str]:
@@ -299,12 +306,11 @@ def _mark_done(out: Path, step: Step, seconds: float, inputs: dict[str, str]) ->
 
 
 def run(args) -> int:
-    from spafoundation.cli import main as cli_main
+    from spafoundation.cli import call_command
     from spafoundation.io.readers import DATA_OPTIONS, data_options, read_dataset
     from spafoundation.utils.config import load_yaml_config
 
     cfg = load_yaml_config(DEFAULTS, args.config, args.set)
-    _check_keys(cfg, DEFAULTS)
     check_value_types(cfg, args.config)
     if args.sections:
         cfg["sections"] = args.sections
@@ -333,16 +339,18 @@ def run(args) -> int:
         from spafoundation.utils.outputs import check_output_not_input, input_paths
 
         check_output_not_input(out, input_paths(argparse.Namespace(data=str(data_path), image=cfg["image"])))
+    folder = RunFolder(out)
     # bad input fails before any write
-    if not (out / ".steps").is_dir():  # a run folder this command wrote can be continued or redone
+    if not folder.steps.is_dir():  # a run folder this command wrote can be continued or redone
         check_output_dir(out)
     from spafoundation.models.cache import cache_root
 
     cache_root(cfg["cache_dir"] or out / "cache")
-    data = read_dataset(data_path, _names(cfg["sections"]), with_images=False, **data_options(cfg))
+    # read once for every step: with the thumbnails, which the figures draw on (not for a plan only)
+    data = read_dataset(data_path, _names(cfg["sections"]), with_images=not args.dry_run, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
-    check_step_arguments(steps)
+    step_args = parse_step_arguments(steps, ["--quiet"] if args.quiet else [])
     if not args.dry_run:
         check_inputs(data, cfg)
     print(f"spafoundation run: {len(data)} sections from {data_path} -> {out}")
@@ -357,8 +365,8 @@ def run(args) -> int:
     for i, s in enumerate(steps, 1):
         print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
     if args.format == "spatialdata":
-        print(f"  then every result in one SpatialData store: {out / 'spafoundation.zarr'}")
-    print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {out / 'report.html'}")
+        print(f"  then every result in one SpatialData store: {folder.spatialdata}")
+    print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {folder.report}")
     if args.dry_run:
         return 0
     fresh = not out.exists()
@@ -369,13 +377,12 @@ def run(args) -> int:
     for p in remove_stale_temporaries_under(out, unnamed=True):
         print(f"  removed {p.relative_to(out)}, a temporary file of a run that was killed")
     (out / OUTPUT_MARKER).touch()  # the run folder and what its steps write in it are ours to replace
-    with atomic_path(out / "config.yaml") as tmp:
+    with atomic_path(folder.config) as tmp:
         Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
-    quiet = ["--quiet"] if args.quiet else []
     summary = []
     try:
         cache = str(cfg["cache_dir"] or out / "cache")
-        for i, s in enumerate(steps, 1):
+        for i, (s, s_args) in enumerate(zip(steps, step_args, strict=True), 1):
             inputs = step_inputs(s, data, data_path, cache)
             done, why_not = _earlier_run(out, s, inputs)
             if done:
@@ -385,7 +392,7 @@ def run(args) -> int:
             # a step's earlier output is replaced by the step itself (utils/atomic.py), keeping the user's files
             print(f"[{i}/{len(steps) + 1}] {s.title}{f' (redone: {why_not})' if why_not else ''} ...", flush=True)
             t0 = time.perf_counter()
-            code = cli_main([*s.argv, *quiet])
+            code = call_command(s_args, None if s.reads_own_data() else data)
             if code != 0:
                 raise _StepFailed(s, code)
             dt = time.perf_counter() - t0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
@@ -18,7 +19,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     check_format_available,
-    data_options,
+    command_dataset,
     imaged_sections,
     parse_sections,
     positive_float,
@@ -28,21 +29,8 @@ from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
-def draw(path: Path, spa, genes: list[str], name: str) -> None:
-    from spafoundation.report.spatial_maps import plot_panels
-
-    d = spa.uns["superres"]["step_um"] / next(iter(spa.uns["spatial"].values()))["scalefactors"]["microns_per_pixel"]
-    panels = []
-    for g in genes:
-        v = np.asarray(spa[:, g].X).ravel()
-        lo, hi = np.percentile(v, [1, 99])
-        panels.append({"adata": spa, "values": v, "title": f"{g}, {spa.uns['superres']['step_um']:g} um",
-                       "vmin": lo, "vmax": hi, "diameter_px": d})
-    plot_panels(panels, path, title=f"{name}: super-resolution expression (log1p normalised)")
-
-
-def run(args) -> int:
-    from spafoundation.io.readers import read_dataset
+def run(args, data: dict | None = None) -> int:
+    from spafoundation import pl
     from spafoundation.tasks.superres import (
         SuperresModel,
         check_spots_resolvable,
@@ -55,7 +43,7 @@ def run(args) -> int:
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
     check_format_available(args)
-    data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
+    data = command_dataset(args, data, parse_sections(args.sections))
     imaged = imaged_sections(data, args.data)
     train_names = parse_sections(args.train_sections)
     for s in train_names or []:
@@ -71,7 +59,7 @@ def run(args) -> int:
         t0 = time.perf_counter()
         from spafoundation.tasks.expression import resolve_encoder
 
-        enc = resolve_encoder(args.encoder or "spafoundation-default")
+        enc = resolve_encoder(args.encoder or defaults.ENCODER)
         check_spots_resolvable(train, enc, args.step_um)  # before any superpixel is computed
         cached = {n: superpixels(a, enc, step_um=args.step_um, progress=not args.quiet, cache_dir=cache_dir(args))
                   for n, a in train.items()}
@@ -97,7 +85,7 @@ def run(args) -> int:
                                 step_um=spa.uns["superres"]["step_um"])
             if not args.no_figure:
                 genes = args.genes_to_draw.split(",") if args.genes_to_draw else model.genes[:4]
-                draw(tmp / f"{n}_superres.png", spa, [g for g in genes if g in model.genes], n)
+                pl.superres(spa, [g for g in genes if g in model.genes], path=tmp / f"{n}_superres.png")
             extra = ""
             if "counts" in spa.layers:
                 w = spa.uns["superres"]["anchoring"]
@@ -123,7 +111,8 @@ def register(subparsers) -> None:
     p.add_argument("--train-sections", help="sections with counts to train on (default: every selected one)")
     p.add_argument("--model", help="a model folder from an earlier superres run (DIR/model)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
-    p.add_argument("--genes", default="hvg:50", help="hvg:K, mean:K or a gene-list file (default hvg:50)")
+    p.add_argument("--genes", default=defaults.SUPERRES_GENES,
+                   help=f"hvg:K, mean:K or a gene-list file (default {defaults.SUPERRES_GENES})")
     p.add_argument("--step-um", type=positive_float,
                    help="superpixel pitch: one encoder token (16 um by default) divided by a whole number, e.g. 8")
     p.add_argument("--image-weight", type=unit_interval,

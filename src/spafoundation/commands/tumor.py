@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
@@ -18,7 +19,7 @@ from spafoundation.commands._common import (
     add_precision_option,
     cache_dir,
     check_format_available,
-    data_options,
+    command_dataset,
     imaged_sections,
     non_negative_float,
     parse_sections,
@@ -26,39 +27,16 @@ from spafoundation.commands._common import (
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
-SCORES = {"tumor_probability": ("tumour probability", "magma", 0.0, 1.0),
-          "tumor_marker_score": ("marker score (z)", "magma", None, None)}
 
-
-def draw_section(path: Path, spots: ad.AnnData, grid: ad.AnnData | None, name: str) -> None:
-    """Scores over the H&E: spots, then the tissue grid, then the labels when known."""
-    from spafoundation.report.spatial_maps import plot_panels
-
-    panels = []
-    for col, (title, cmap, vmin, vmax) in SCORES.items():
-        if col in spots.obs:
-            panels.append({"adata": spots, "values": spots.obs[col].to_numpy(), "title": f"{title}, spots",
-                           "cmap": cmap, "vmin": vmin, "vmax": vmax})
-        if grid is not None and col in grid.obs:
-            step_px = grid.uns["grid"]["step_um"] / grid.uns["grid"]["mpp"]
-            panels.append({"adata": grid, "values": grid.obs[col].to_numpy(), "cmap": cmap, "vmin": vmin,
-                           "vmax": vmax, "diameter_px": step_px,
-                           "title": f"{title}, {grid.uns['grid']['step_um']:g} um grid"})
-    if "tumor_label" in spots.obs:
-        lab = spots.obs["tumor_label"].map({1.0: "tumour", 0.0: "other"}).fillna("unknown").to_numpy()
-        panels.append({"adata": spots, "values": lab, "title": "labels", "categorical": True})
-    plot_panels(panels, path, title=f"{name}: tumour detection")
-
-
-def run(args) -> int:
+def run(args, data: dict | None = None) -> int:
+    from spafoundation import pl
     from spafoundation.io.anndata_spec import image_path
-    from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.tumor import TumorModel, marker_list, sample_note, tumor_maps, tumor_routes
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
     check_format_available(args)
-    data = read_dataset(args.data, **data_options(args))
+    data = command_dataset(args, data, None)
     wanted = parse_sections(args.sections)
     missing = [s for s in wanted or [] if s not in data]
     if missing:
@@ -93,7 +71,7 @@ def run(args) -> int:
         (tmp / "metrics.json").write_text(json.dumps(res["metrics"], indent=2) + "\n")
         if not args.no_figure:
             for n, a in res["spots"].items():
-                draw_section(tmp / f"{n}_tumor.png", a, res["grid"].get(n), n)
+                pl.tumor(a, res["grid"].get(n), path=tmp / f"{n}_tumor.png")
     for route, per in res["metrics"].items():
         for n, m in per.items():
             print(f"{n} {route}: ROC AUC {m['roc_auc']:.3f}, PR AUC {m['pr_auc']:.3f} "
@@ -122,7 +100,8 @@ def register(subparsers) -> None:
                    "cancer markers ERBB2, GRB7, STARD3, PGAP3, KRT8/18/19, EPCAM, CDH1, MUC1, CD24)")
     p.add_argument("--model", help="a tumour model folder written by an earlier run (DIR/model)")
     p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
-    p.add_argument("--grid-um", type=non_negative_float, default=100.0, help="pitch of the tissue grid (0: spots only)")
+    p.add_argument("--grid-um", type=non_negative_float, default=defaults.TUMOR_GRID_UM,
+                   help="pitch of the tissue grid (0: spots only)")
     add_format_option(p, "DIR/tumor.zarr, in place of spots.h5ad and grid.h5ad")
     p.add_argument("--no-figure", action="store_true", help="do not draw heatmaps")
     add_cache_args(p)

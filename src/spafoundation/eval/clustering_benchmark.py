@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from spafoundation.eval.expression_benchmark import Contender, FeatureStore
-from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.eval.metrics import clustering_agreement
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.tasks.clustering import (
     EXPRESSION_GENES,
     IMAGE_RECIPE,

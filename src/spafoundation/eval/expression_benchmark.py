@@ -18,9 +18,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.eval.metrics import evaluate_expression
 from spafoundation.eval.splits import benchmark_splits, summarize_splits
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.tasks.heads import HEADS
 from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
 

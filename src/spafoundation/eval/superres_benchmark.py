@@ -25,9 +25,9 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from spafoundation.eval.genes import TARGET_SUM, common_genes, expression_matrix, select_genes
 from spafoundation.eval.metrics import evaluate_expression, pearson_per_gene, ssim_grid
 from spafoundation.eval.splits import LOPO, benchmark_splits, section_patient, summarize_splits
+from spafoundation.pp.genes import TARGET_SUM, common_genes, expression_matrix, select_genes
 from spafoundation.tasks.heads import RidgeHead
 from spafoundation.tasks.spot_features import locations_adata, spot_features
 from spafoundation.tasks.superres import (

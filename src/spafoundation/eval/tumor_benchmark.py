@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from spafoundation.eval.expression_benchmark import Contender, FeatureStore
-from spafoundation.eval.genes import expression_matrix
 from spafoundation.eval.metrics import classification_metrics
 from spafoundation.eval.splits import benchmark_splits, summarize_splits
+from spafoundation.pp.genes import expression_matrix
 from spafoundation.tasks.heads import RidgeHead
 from spafoundation.tasks.labels import TUMOR_PATTERN, label_source, tumor_labels
 from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, TumorClassifier

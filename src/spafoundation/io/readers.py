@@ -122,7 +122,7 @@ def _read_format(path, sections, *, bin_um, image, image_scale, **kwargs) -> dic
         from spafoundation.io.visium_hd import read_visium_hd
 
         adata = read_visium_hd(path, bin_um=bin_um, **kwargs)
-        return _select({adata.obs["section"].iloc[0]: adata}, sections, path)
+        return select_sections({adata.obs["section"].iloc[0]: adata}, sections, path)
     if fmt == "visium_cohort":
         from spafoundation.io.visium import read_visium_cohort
 
@@ -135,7 +135,7 @@ def _read_format(path, sections, *, bin_um, image, image_scale, **kwargs) -> dic
         from spafoundation.io.visium import read_visium
 
         adata = read_visium(path, **kwargs)
-        return _select({adata.obs["section"].iloc[0]: adata}, sections, path)
+        return select_sections({adata.obs["section"].iloc[0]: adata}, sections, path)
     if fmt == "hest":
         from spafoundation.io.hest import read_hest
 
@@ -147,17 +147,18 @@ def _read_format(path, sections, *, bin_um, image, image_scale, **kwargs) -> dic
     if fmt == "spots_table":
         from spafoundation.io.generic import read_spots_table
 
-        return _select(read_spots_table(path, **kwargs), sections, path)
+        return select_sections(read_spots_table(path, **kwargs), sections, path)
     if fmt == "generic":
         from spafoundation.io.generic import read_generic_manifest
 
-        return _select(read_generic_manifest(path, **kwargs), sections, path)
+        return select_sections(read_generic_manifest(path, **kwargs), sections, path)
     from spafoundation.io.h5ad import read_spafoundation_h5ad
 
-    return _select(read_spafoundation_h5ad(path, **kwargs), sections, path)
+    return select_sections(read_spafoundation_h5ad(path, **kwargs), sections, path)
 
 
-def _select(data: dict[str, ad.AnnData], sections: list[str] | None, path) -> dict[str, ad.AnnData]:
+def select_sections(data: dict[str, ad.AnnData], sections: list[str] | None, path) -> dict[str, ad.AnnData]:
+    """``sections`` of ``data`` in that order (all for None); an InputError naming an unknown one."""
     if sections is None:
         return data
     unknown = [s for s in sections if s not in data]

@@ -13,8 +13,7 @@ import anndata as ad
 
 from spafoundation.io.anndata_spec import image_path, microns_per_pixel
 from spafoundation.io.spatialdata_write import annotate_spots, write_spatialdata
-
-STORE_NAME = "spafoundation.zarr"
+from spafoundation.run_folder import RunFolder
 
 
 def _by_section(path: Path, spots: dict[str, ad.AnnData]) -> dict[str, ad.AnnData]:
@@ -38,16 +37,15 @@ def _grids(path: Path, spots: dict[str, ad.AnnData]) -> dict[str, ad.AnnData]:
 
 def write_run_store(out: Path, data: dict[str, ad.AnnData]) -> Path:
     """``out/spafoundation.zarr`` from the step outputs of the run folder ``out``; ``data``: the run's sections."""
-    out = Path(out)
+    folder = RunFolder(out)
     spots = {n: a for n, a in data.items() if image_path(a)}
-    predicted = _by_section(out / "expression" / "predicted.h5ad", spots)
+    predicted = _by_section(folder.predicted, spots)
     expression = {n: p[spots[n].obs_names].copy() for n, p in predicted.items()
                   if set(spots[n].obs_names) <= set(p.obs_names)}
-    superres = {n: ad.read_h5ad(out / "superres" / f"{n}.h5ad") for n in spots
-                if (out / "superres" / f"{n}.h5ad").exists()}
-    annotated = annotate_spots(spots, _by_section(out / "tumor" / "spots.h5ad", spots),
-                               _by_section(out / "clusters" / "spots.h5ad", spots))
-    grids = {"tumor_grid": _grids(out / "tumor" / "grid.h5ad", spots),
-             "domain_grid": _grids(out / "clusters" / "grid.h5ad", spots)}
-    return write_spatialdata(out / STORE_NAME, annotated, expression=expression, superres=superres,
+    superres = {n: ad.read_h5ad(folder.superres_section(n)) for n in spots if folder.superres_section(n).exists()}
+    annotated = annotate_spots(spots, _by_section(folder.tumor / "spots.h5ad", spots),
+                               _by_section(folder.clusters / "spots.h5ad", spots))
+    grids = {"tumor_grid": _grids(folder.tumor / "grid.h5ad", spots),
+             "domain_grid": _grids(folder.clusters / "grid.h5ad", spots)}
+    return write_spatialdata(folder.spatialdata, annotated, expression=expression, superres=superres,
                              grids={k: v for k, v in grids.items() if v})

@@ -26,11 +26,15 @@ META = "meta.json"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$SPAFOUNDATION_CACHE``, else ``~/.cache/spafoundation``; an InputError naming where it
-    came from when it (or a folder on its path) is a file."""
+    """``cache_dir``, else ``sf.settings.cache_dir``, else ``$SPAFOUNDATION_CACHE``, else ``~/.cache/spafoundation``;
+    an InputError naming where it came from when it (or a folder on its path) is a file."""
+    from spafoundation._settings import settings
+
     env = os.environ.get("SPAFOUNDATION_CACHE")
     if cache_dir:
         root, source = Path(cache_dir).expanduser(), "--cache-dir"
+    elif settings.cache_dir:
+        root, source = Path(settings.cache_dir).expanduser(), "sf.settings.cache_dir"
     elif env:
         root, source = Path(env).expanduser(), "$SPAFOUNDATION_CACHE"
     else:

@@ -47,8 +47,9 @@ def _num_prefix_tokens(model: nn.Module) -> int:
 class Encoder(nn.Module):
     """An image encoder with the fields of the Encoder contract (docs/architecture.md).
 
-    ``forward`` takes a float NCHW tensor that went through ``preprocess`` and returns the pooled embedding
-    (B, embed_dim); ``forward_tokens`` returns the patch tokens (B, n_patch_tokens, D) without prefix tokens.
+    As timm's models: ``forward_features`` takes a float NCHW tensor that went through ``preprocess`` and returns
+    every token, ``forward_head`` pools them into the embedding (B, embed_dim), and ``forward`` is both;
+    ``forward_tokens`` returns the patch tokens (B, n_patch_tokens, D) without prefix tokens.
     """
 
     def __init__(
@@ -121,25 +122,38 @@ class Encoder(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every output token of the backbone, float32 (B, num_prefix_tokens + n_patch_tokens, width); a CNN's
+        feature map (B, C, H, W) comes back as tokens (B, H * W, C)."""
         with self._autocast():
             feats = self.model.forward_features(x)
         if feats.ndim == 4:  # CNN feature map (B, C, H, W) -> tokens, no prefix
             feats = feats.flatten(2).transpose(1, 2)
         return feats.float()
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return self._features(x)[:, self.num_prefix_tokens :]
+    def split_tokens(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class embedding (B, width), patch tokens (B, n_patch_tokens, width)) of ``forward_features``' output;
+        without a class token the class embedding is the mean patch token."""
+        patch = features[:, self.num_prefix_tokens :]
+        cls = features[:, 0] if self.num_prefix_tokens else patch.mean(dim=1)
+        return cls, patch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self._features(x)
-        patch = feats[:, self.num_prefix_tokens :]
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding (B, embed_dim) of ``forward_features``' output, by ``pooling``."""
+        cls, patch = self.split_tokens(features)
         if self.pooling == "mean":
             return patch.mean(dim=1)
-        cls = feats[:, 0] if self.num_prefix_tokens else patch.mean(dim=1)
         if self.pooling == "cls":
             return cls
         return torch.cat([cls, patch.mean(dim=1)], dim=1)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch tokens (B, n_patch_tokens, width), without prefix tokens."""
+        return self.split_tokens(self.forward_features(x))[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding (B, embed_dim) of preprocessed images."""
+        return self.forward_head(self.forward_features(x))
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, input_size={self.input_size}, target_mpp={self.target_mpp}, "

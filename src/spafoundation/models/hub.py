@@ -1,4 +1,5 @@
-"""Third-party encoders: ``timm:<name>`` and ``hf-hub:<repo>`` (UNI, Phikon, H-optimus-0 and timm hub models).
+"""Third-party encoders: ``timm:<name>`` and ``hf-hub:<repo>`` (UNI, Phikon, H-optimus-0 registered by name, and
+any timm model on the hub).
 
 Weights come from a local file (``weights=``) or the local Hugging Face cache; with ``HF_HUB_OFFLINE=1`` (or no
 network) nothing is downloaded and a model that is not cached raises an InputError that names the repository.
@@ -16,6 +17,7 @@ import torch
 
 from spafoundation.errors import InputError
 from spafoundation.models.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, create_vit
+from spafoundation.models.registry import register_encoder
 from spafoundation.models.weights import (
     clean_state_dict,
     extract_state_dict,
@@ -43,34 +45,50 @@ class HubSpec:
     extra: dict = field(default_factory=dict)
 
 
-HUB_ENCODERS: dict[str, HubSpec] = {
-    # UNI (Chen et al., Nat Med 2024): ViT-L/16 DINOv2, 224 px at 20x (~0.5 um/px), ImageNet normalisation.
-    "mahmoodlab/uni": HubSpec(
-        name="uni",
-        arch="vit_large_patch16_224",
-        timm_kwargs={"patch_size": 16, "init_values": 1e-5, "dynamic_img_size": True},
-        precision="fp16",
-        files=("pytorch_model.bin", "model.safetensors"),
-    ),
-    # Phikon (Filiot et al. 2023): iBOT ViT-B/16 on TCGA at 20x, published as a transformers ViTModel.
-    "owkin/phikon": HubSpec(
-        name="phikon",
-        arch="vit_base_patch16_224",
-        timm_kwargs={},
-        key_format="hf-vit",
-        files=("model.safetensors", "pytorch_model.bin"),
-    ),
-    # H-optimus-0 (Bioptimus 2024): ViT-g/14 with 4 registers, SwiGLU MLP, 224 px at 0.5 um/px, own mean/std.
-    "bioptimus/h-optimus-0": HubSpec(
-        name="h-optimus-0",
-        arch="vit_giant_patch14_reg4_dinov2",
-        timm_kwargs={"init_values": 1e-5, "mlp_ratio": 5.33334, "mlp_layer": "SwiGLUPacked", "act_layer": "silu",
-                     "reg_tokens": 4, "no_embed_class": True, "dynamic_img_size": False},
-        mean=(0.707223, 0.578729, 0.703617),
-        std=(0.211883, 0.230117, 0.177517),
-        precision="fp16",
-    ),
-}
+# UNI (Chen et al., Nat Med 2024): ViT-L/16 DINOv2, 224 px at 20x (~0.5 um/px), ImageNet normalisation.
+UNI = HubSpec(
+    name="uni",
+    arch="vit_large_patch16_224",
+    timm_kwargs={"patch_size": 16, "init_values": 1e-5, "dynamic_img_size": True},
+    precision="fp16",
+    files=("pytorch_model.bin", "model.safetensors"),
+)
+# Phikon (Filiot et al. 2023): iBOT ViT-B/16 on TCGA at 20x, published as a transformers ViTModel.
+PHIKON = HubSpec(
+    name="phikon",
+    arch="vit_base_patch16_224",
+    timm_kwargs={},
+    key_format="hf-vit",
+    files=("model.safetensors", "pytorch_model.bin"),
+)
+# H-optimus-0 (Bioptimus 2024): ViT-g/14 with 4 registers, SwiGLU MLP, 224 px at 0.5 um/px, own mean/std.
+H_OPTIMUS_0 = HubSpec(
+    name="h-optimus-0",
+    arch="vit_giant_patch14_reg4_dinov2",
+    timm_kwargs={"init_values": 1e-5, "mlp_ratio": 5.33334, "mlp_layer": "SwiGLUPacked", "act_layer": "silu",
+                 "reg_tokens": 4, "no_embed_class": True, "dynamic_img_size": False},
+    mean=(0.707223, 0.578729, 0.703617),
+    std=(0.211883, 0.230117, 0.177517),
+    precision="fp16",
+)
+
+
+@register_encoder("hf-hub:MahmoodLab/UNI")
+def uni(weights=None, overrides=None, pretrained=True) -> Encoder:
+    """UNI ViT-L/16 (gated; local Hugging Face cache)"""
+    return build_hub_spec("MahmoodLab/UNI", UNI, weights, overrides, pretrained)
+
+
+@register_encoder("hf-hub:owkin/phikon")
+def phikon(weights=None, overrides=None, pretrained=True) -> Encoder:
+    """Phikon ViT-B/16 (local Hugging Face cache)"""
+    return build_hub_spec("owkin/phikon", PHIKON, weights, overrides, pretrained)
+
+
+@register_encoder("hf-hub:bioptimus/H-optimus-0")
+def h_optimus_0(weights=None, overrides=None, pretrained=True) -> Encoder:
+    """H-optimus-0 ViT-g/14 (local Hugging Face cache)"""
+    return build_hub_spec("bioptimus/H-optimus-0", H_OPTIMUS_0, weights, overrides, pretrained)
 
 
 def safe_name(name: str) -> str:
@@ -162,21 +180,26 @@ def _load_state_file(model, path: str, key_format: str, label: str) -> None:
     load_backbone_state(model, state, path or label)
 
 
-def _config_hash(cfg: dict) -> str:
+def config_hash(cfg: dict) -> str:
+    """A short digest of an architecture config, part of an encoder's identity."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def build_hf_hub(repo: str, weights=None, overrides: dict | None = None) -> Encoder:
+def build_hub_spec(repo: str, spec: HubSpec, weights=None, overrides: dict | None = None,
+                   pretrained: bool = True) -> Encoder:
+    """A hub encoder of known architecture: weights from ``weights=`` or the local hub cache (``pretrained=False``:
+    none, random weights)."""
     overrides = dict(overrides or {})
-    spec = HUB_ENCODERS.get(repo.lower())
-    if spec is None:
-        return _build_timm_hub(repo, weights, overrides)
     kwargs = {**spec.timm_kwargs, **overrides.pop("timm_kwargs", {})}
     input_size = int(overrides.pop("input_size", spec.input_size))
-    path = str(weights) if weights else fetch_hub_file(repo, spec.files)
     model = create_vit(spec.arch, input_size, **kwargs)
-    _load_state_file(model, path, spec.key_format, f"hf-hub:{repo}")
     cfg = {"arch": spec.arch, "timm_kwargs": kwargs, "source": f"hf-hub:{repo}"}
+    if pretrained:
+        path = str(weights) if weights else fetch_hub_file(repo, spec.files)
+        _load_state_file(model, path, spec.key_format, f"hf-hub:{repo}")
+        identity = f"hf-hub:{repo}@{file_sha256(path)}-{config_hash(cfg)}"
+    else:
+        identity = f"hf-hub:{repo}@untrained-{config_hash({**cfg, 'input_size': input_size})}"
     return Encoder(
         model,
         name=overrides.pop("name", spec.name),
@@ -186,12 +209,12 @@ def build_hf_hub(repo: str, weights=None, overrides: dict | None = None) -> Enco
         target_mpp=overrides.pop("target_mpp", spec.target_mpp),
         pooling=overrides.pop("pooling", "cls"),
         precision=overrides.pop("precision", spec.precision),
-        identity=f"hf-hub:{repo}@{file_sha256(path)}-{_config_hash(cfg)}",
+        identity=identity,
         config=cfg,
     )
 
 
-def _build_timm_hub(repo: str, weights, overrides: dict) -> Encoder:
+def build_timm_hub(repo: str, weights, overrides: dict) -> Encoder:
     """Any other timm model on the hub: its config.json must be in the local cache (or downloadable)."""
     import timm
 

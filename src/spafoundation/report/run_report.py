@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from spafoundation.report.html import Block, write_report
+from spafoundation.run_folder import RunFolder
 from spafoundation.tasks.reliability import RELIABLE_R
 
 
@@ -17,32 +18,29 @@ def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _overview(out: Path, data_path: str, names: list[str], options: dict) -> Path:
-    """H&E thumbnails with the spots, coloured by log total counts where counts exist (``options``: the run's
-    ``read_dataset`` options, e.g. its Visium HD spot size)."""
-    from spafoundation.io.readers import read_dataset
+def _overview(folder: RunFolder, sections: dict) -> Path:
+    """H&E thumbnails with the spots, coloured by log total counts where counts exist."""
     from spafoundation.report.spatial_maps import plot_panels
 
-    sections = read_dataset(data_path, names, **options)
     panels = []
     for n, a in sections.items():
         total = np.log1p(np.asarray(a.X.sum(axis=1)).ravel()) if a.n_vars else np.zeros(a.n_obs)
         panels.append({"adata": a, "values": total, "cmap": "viridis",
                        "title": f"{n}: log total counts" if a.n_vars else f"{n}: spots (no counts)"})
-    return plot_panels(panels, out / "report_files" / "overview.png", n_cols=min(4, len(panels)),
+    return plot_panels(panels, folder.report_files / "overview.png", n_cols=min(4, len(panels)),
                        title="sections and spots")
 
 
-def _expression_block(out: Path, top_genes: int) -> Block | None:
+def _expression_block(folder: RunFolder, top_genes: int) -> Block | None:
     import anndata as ad
 
     from spafoundation.report.spatial_maps import plot_panels
 
-    pred_path = out / "expression" / "predicted.h5ad"
+    pred_path = folder.predicted
     if not pred_path.is_file():
         return None
     b = Block("Expression from H&E")
-    cfg = _read_json(out / "expression" / "model" / "config.json")
+    cfg = _read_json(folder.expression_model / "config.json")
     if cfg:
         tr = cfg.get("training", {})
         target = "library-size normalised counts" if (cfg.get("target") or {}).get("target_sum") else "counts"
@@ -63,7 +61,7 @@ def _expression_block(out: Path, top_genes: int) -> Block | None:
                                if limit is not None else "")
                             + (": OUT OF THE TRAINING RANGE (another stain, scanner or resolution); expect lower "
                                "accuracy than the cross-validated r" if s.get("out_of_range") else "") + ".")
-    metrics = _read_json(out / "expression" / "predicted.metrics.json") or {}
+    metrics = _read_json(folder.predicted_metrics) or {}
     if metrics:
         b.paragraphs.append("Held-out sections (never seen in training): Pearson r per gene between predicted and "
                             "measured expression across the spots of the section.")
@@ -71,7 +69,7 @@ def _expression_block(out: Path, top_genes: int) -> Block | None:
                           "genes significant (BH 5%)": f"{m['n_significant']}/{m['n_genes']}",
                           "RMSE": m.get("rmse", float("nan"))} for n, m in metrics.items()])
         for n in metrics:
-            fig = out / "expression" / f"predicted_{n}_maps.png"
+            fig = folder.predicted_maps(n)
             if fig.is_file():
                 b.figures.append((fig, f"{n}: observed (top) and predicted (bottom) expression of the best-predicted "
                                        "genes"))
@@ -82,14 +80,13 @@ def _expression_block(out: Path, top_genes: int) -> Block | None:
         sub.uns["spatial"] = {n: pred.uns["spatial"][n]} if n in pred.uns.get("spatial", {}) else sub.uns["spatial"]
         genes = list(sub.var_names[np.argsort(-np.asarray(sub.X).std(axis=0))[:top_genes]])
         fig = plot_panels([{"adata": sub, "values": np.asarray(sub[:, g].X).ravel(), "title": f"{g} predicted"}
-                           for g in genes], out / "report_files" / f"{n}_predicted.png",
+                           for g in genes], folder.report_files / f"{n}_predicted.png",
                           title=f"{n}: predicted expression (most variable predicted genes; no counts to compare)")
         b.figures.append((fig, f"{n}: predicted expression"))
     return b
 
 
-def _task_block(out: Path, folder: str, title: str, text: str, suffix: str, metric_rows) -> Block | None:
-    d = out / folder
+def _task_block(d: Path, title: str, text: str, suffix: str, metric_rows) -> Block | None:
     if not d.is_dir():
         return None
     b = Block(title, paragraphs=[text])
@@ -131,24 +128,24 @@ def _image_note(adata) -> str:
 
 def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: list[dict], *,
                      top_genes: int = 4, notes: Sequence[str] = ()) -> Path:
-    """``notes``: what the run left out and why (shown under Run)."""
+    """The report of the run folder ``out``; ``data``: the dataset the run read (with its thumbnails, for the
+    overview); ``notes``: what the run left out and why (shown under Run)."""
     from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta
-    from spafoundation.io.readers import data_options
     from spafoundation.tasks.tumor import tumor_routes
 
-    out = Path(out)
+    folder = RunFolder(out)
     imaged = [n for n, a in data.items() if image_path(a)]
     ds = Block("Dataset", paragraphs=[f"{len(data)} sections, {len(imaged)} with an H&E image."])
     ds.tables.append([{"section": n, "spots": a.n_obs, "genes": a.n_vars, "image": _image_note(a),
                        "um/px": microns_per_pixel(a), "spot um": spatial_meta(a)["metadata"].get("spot_diameter_um")}
                       for n, a in data.items()])
-    ds.figures.append((_overview(out, data_path, imaged, data_options(cfg)),
+    ds.figures.append((_overview(folder, {n: data[n] for n in imaged}),
                        "H&E of each imaged section with its spots"))
     blocks = [ds]
-    expr = _expression_block(out, top_genes)
+    expr = _expression_block(folder, top_genes)
     if expr:
         blocks.append(expr)
-    sr = _task_block(out, "superres", "Super-resolution maps",
+    sr = _task_block(folder.superres, "Super-resolution maps",
                      "Expression on superpixels of the encoder's patch tokens over the whole tissue (X in "
                      "superres/<section>.h5ad, arrays in <section>_maps.npz). Sections with counts are anchored "
                      "to their spots (inside a spot: its measurement plus the image's and the neighbouring spots' "
@@ -158,7 +155,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
         blocks.append(sr)
     t = cfg.get("tumor", {})
     route = t.get("route") or tumor_routes(None, bool(t.get("label_column")))[0]
-    tumor = _task_block(out, "tumor", "Tumour map",
+    tumor = _task_block(folder.tumor, "Tumour map",
                         f"Route: {route}. Supervised: logistic regression on spot features trained on the spots of "
                         f"obs['{t.get('label_column')}']; label-free: the predicted expression of tumour marker "
                         "genes (z-scored). A section used in training is scored by a model fitted without it; "
@@ -167,7 +164,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     if tumor:
         blocks.append(tumor)
     c = cfg.get("clusters", {})
-    clusters = _task_block(out, "clusters", "Spatial domains",
+    clusters = _task_block(folder.clusters, "Spatial domains",
                            f"{c.get('method')} on {c.get('features')} features, k = {c.get('n_clusters')}, "
                            f"smoothing weight {c.get('smooth')} over each section's spot graph; domains shared "
                            "across sections.", "clusters", _cluster_rows)
@@ -177,5 +174,5 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
                                            "run: spafoundation run --config DIR/config.yaml --out DIR).",
                                            *(n[:1].upper() + n[1:] + "." for n in notes)],
                         tables=[summary] if summary else []))
-    return write_report(out / "report.html", "spafoundation report", blocks,
+    return write_report(folder.report, "spafoundation report", blocks,
                         subtitle=f"data: {data_path}; encoder: {cfg.get('encoder')}")

@@ -12,10 +12,13 @@ from spafoundation.io.anndata_spec import library_id, spot_diameter_fullres
 from spafoundation.utils.atomic import atomic_path
 
 
-def _figure(n_rows: int, n_cols: int, panel: float = 3.2):
+def _figure(n_rows: int, n_cols: int, panel: float = 3.2, to_file: bool = True):
+    """``to_file``: the figure goes to a file, so no display is needed (Agg); otherwise the session's own backend
+    (a notebook's inline one) shows it."""
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if to_file:
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel * n_cols, panel * n_rows), squeeze=False)
@@ -66,12 +69,13 @@ def draw_spots(ax, adata: ad.AnnData, values: np.ndarray, *, title: str = "", cm
 
 
 def plot_observed_vs_predicted(section: ad.AnnData, prediction: ad.AnnData, genes: Sequence[str], path,
-                               *, target_sum=1e4) -> Path:
+                               *, target_sum=1e4):
     """One column per gene: observed (normalised as the model's targets) above predicted, Pearson r in the
     title. Each map has its own colour range (1st-99th percentile): a regression toward the mean compresses
-    predictions, and what a reader compares is the pattern. Written atomically as PNG."""
-    from spafoundation.eval.genes import expression_matrix
+    predictions, and what a reader compares is the pattern. Written atomically as PNG (``path=None``: the figure
+    is returned)."""
     from spafoundation.eval.metrics import pearson_per_gene
+    from spafoundation.pp.genes import expression_matrix
 
     genes = [g for g in genes if g in prediction.var_names]
     if not genes:
@@ -79,7 +83,7 @@ def plot_observed_vs_predicted(section: ad.AnnData, prediction: ad.AnnData, gene
     observed = expression_matrix(section, genes, target_sum)
     predicted = np.asarray(prediction[:, genes].X, dtype=np.float64)
     r = pearson_per_gene(observed, predicted)
-    plt, fig, axes = _figure(2, len(genes))
+    plt, fig, axes = _figure(2, len(genes), to_file=path is not None)
     for j, g in enumerate(genes):
         for row, (adata, vals, title) in enumerate([(section, observed[:, j], f"{g} observed"),
                                                     (prediction, predicted[:, j], f"{g} predicted (r = {r[j]:.2f})")]):
@@ -87,15 +91,16 @@ def plot_observed_vs_predicted(section: ad.AnnData, prediction: ad.AnnData, gene
             sc = draw_spots(axes[row, j], adata, vals, title=title, vmin=lo, vmax=hi)
             fig.colorbar(sc, ax=axes[row, j], shrink=0.7)
     fig.suptitle(f"{library_id(section)}: observed vs predicted, log1p normalised expression", fontsize=10)
-    return save_figure(plt, fig, path)
+    return save_figure(plt, fig, path) if path is not None else fig
 
 
-def plot_panels(panels: Sequence[dict], path, *, title: str = "", n_cols: int | None = None) -> Path:
+def plot_panels(panels: Sequence[dict], path, *, title: str = "", n_cols: int | None = None):
     """Maps side by side, one per dict of ``draw_spots`` arguments (``adata``, ``values``, ``title``, and any of
-    ``categorical``, ``cmap``, ``vmin``, ``vmax``, ``diameter_px``); continuous maps get a colour bar."""
+    ``categorical``, ``cmap``, ``vmin``, ``vmax``, ``diameter_px``); continuous maps get a colour bar. Written
+    atomically to ``path``, or returned as a matplotlib Figure for ``path=None``."""
     n_cols = n_cols or len(panels)
     n_rows = -(-len(panels) // n_cols)
-    plt, fig, axes = _figure(n_rows, n_cols)
+    plt, fig, axes = _figure(n_rows, n_cols, to_file=path is not None)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
     for ax, p in zip(axes.ravel(), panels, strict=False):
@@ -104,7 +109,7 @@ def plot_panels(panels: Sequence[dict], path, *, title: str = "", n_cols: int | 
             fig.colorbar(sc, ax=ax, shrink=0.7)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save_figure(plt, fig, path)
+    return save_figure(plt, fig, path) if path is not None else fig
 
 
 def save_figure(plt, fig, path) -> Path:

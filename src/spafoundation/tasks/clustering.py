@@ -14,6 +14,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
+from spafoundation import defaults
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import microns_per_pixel
 
@@ -89,7 +90,7 @@ def _leiden(Z: np.ndarray, resolution: float, seed: int) -> np.ndarray:
 
 def _cluster(Z: np.ndarray, method: str, n_clusters: int | None, resolution: float | None, seed: int) -> np.ndarray:
     if method == "kmeans":
-        k = int(n_clusters or 7)
+        k = int(n_clusters or defaults.N_DOMAINS)
         if k > len(Z):
             raise InputError(None, "--n-clusters", f"{k} domains asked of {len(Z)} spots")
         return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
@@ -110,7 +111,8 @@ def _cluster(Z: np.ndarray, method: str, n_clusters: int | None, resolution: flo
     return best
 
 
-def cluster_features(features: np.ndarray, *, method: str = "kmeans", n_clusters: int | None = 7,
+def cluster_features(features: np.ndarray, *, method: str = defaults.DOMAIN_METHOD,
+                     n_clusters: int | None = defaults.N_DOMAINS,
                      resolution: float | None = None, seed: int = 0, blocks: list[int] | None = None) -> np.ndarray:
     """Cluster ids (0..k-1) of feature rows after scaling and PCA. k-means with ``n_clusters``; Leiden at
     ``resolution`` or, given ``n_clusters``, at the resolution (by bisection) that gives that many clusters."""
@@ -120,7 +122,8 @@ def cluster_features(features: np.ndarray, *, method: str = "kmeans", n_clusters
 
 
 def spatial_clusters(sections: dict[str, ad.AnnData], features: dict[str, np.ndarray], *, method: str = "kmeans",
-                     n_clusters: int | None = 7, resolution: float | None = None, smooth_weight: float = 0.5,
+                     n_clusters: int | None = defaults.N_DOMAINS, resolution: float | None = None,
+                     smooth_weight: float = defaults.DOMAIN_SMOOTH,
                      radius_um: float | None = None, seed: int = 0, key: str = "spatial_domain",
                      grids: dict[str, ad.AnnData] | None = None,
                      grid_features: dict[str, np.ndarray] | None = None,
@@ -161,7 +164,7 @@ FEATURE_KINDS = ("image", "expression", "predicted")
 # Image features for domains: what the spot and a twice-wider patch look like; no neighbour averaging in the
 # features themselves, the graph smoothing does that (and can be switched off).
 IMAGE_RECIPE = {"source": "encoder+colour_texture", "context": 2.0, "neighbours_um": 0.0}
-EXPRESSION_GENES = "hvg:1000"
+EXPRESSION_GENES = defaults.DOMAIN_EXPRESSION_GENES
 
 
 def domain_features(sections: dict[str, ad.AnnData], kind: str, *, encoder=None, expression_model=None,
@@ -173,7 +176,7 @@ def domain_features(sections: dict[str, ad.AnnData], kind: str, *, encoder=None,
     ``image``: encoder + colour/texture of the spot patch and of a twice-wider one; ``expression``: observed
     log-normalised counts of highly variable genes (chosen over all sections); ``predicted``: the expression a
     fitted ``ExpressionModel`` predicts from the image."""
-    from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
+    from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
 
     locations = locations or {}
     if kind == "expression":

@@ -14,9 +14,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from spafoundation import defaults
 from spafoundation.errors import InputError
-from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.io.anndata_spec import image_path, library_id
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.tasks.heads import HEADS
 from spafoundation.tasks.reliability import (
     RELIABLE_R,
@@ -32,11 +33,11 @@ from spafoundation.tasks.spot_features import (
     needs_encoder,
     spot_features,
 )
-from spafoundation.utils.model_folder import CONFIG_FILE, read_model_folder, write_model_folder
+from spafoundation.utils.model_folder import CONFIG_FILE, fitted_on, read_model_folder, write_model_folder
 
 log = logging.getLogger(__name__)
 FORMAT = "spafoundation-expression"
-DEFAULT_ENCODER = "spafoundation-default"
+DEFAULT_ENCODER = defaults.ENCODER
 # The default features (BENCHMARKS.md, chosen on leave-one-patient-out and checked on leave-one-section-out): the
 # encoder's embedding and colour/stain/texture statistics of the spot patch and of a patch twice as wide, each also
 # averaged over the spots within 300 um, every feature z-scored within its section (stain and scanner offsets out).
@@ -60,14 +61,29 @@ def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None, 
         return None
     if isinstance(encoder, (str, Path)):
         from spafoundation.models.registry import build_encoder
-        from spafoundation.utils.precision import default_precision
+        from spafoundation.utils.precision import chosen_precision, default_precision
 
+        automatic = precision is None and default_precision(device) != chosen_precision()
         precision = precision or default_precision(device)
         enc = build_encoder(str(encoder), weights=weights, device=device,
                             overrides={"precision": precision} if precision else None)
+        if automatic and precision:  # say so: the outputs differ (slightly) from the encoder's own precision
+            log.info("encoder %s at %s precision on %s (sf.settings.precision='auto'; set 'fp32' to opt out)",
+                     encoder, precision, device)
         enc.config["source_ref"] = str(Path(encoder).resolve()) if Path(str(encoder)).exists() else str(encoder)
         return enc
     return encoder
+
+
+def merge_predictions(preds: dict[str, ad.AnnData]) -> ad.AnnData:
+    """Several sections' predictions as one AnnData (every library in ``uns['spatial']``), with every section's
+    image-shift report in ``uns['spafoundation_prediction']['shift']``."""
+    merged = next(iter(preds.values())) if len(preds) == 1 else ad.concat(
+        list(preds.values()), merge="same", uns_merge="unique")
+    info = [p.uns["spafoundation_prediction"] for p in preds.values()]
+    merged.uns["spafoundation_prediction"] = {**info[0], **({"shift": {k: v for i in info for k, v in i["shift"].items()}}
+                                                             if "shift" in info[0] else {})}
+    return merged
 
 
 def encoder_from_reference(ref: dict, device: str = "cpu"):
@@ -158,6 +174,11 @@ class ExpressionModel:
         if self.encoder is None and self.encoder_ref is not None:
             self.encoder = encoder_from_reference(self.encoder_ref)
         return self.encoder
+
+    def __repr__(self) -> str:
+        reliable = f"; {len(self.reliable())} reliable" if self.gene_table() else ""
+        return (f"ExpressionModel({self.head.kind} head, {len(self.genes)} genes{reliable}, "
+                f"{fitted_on(self.training, self.encoder_ref)})")
 
     def describe(self) -> dict:
         return {"head": self.head.kind, "recipe": self.recipe, "n_genes": len(self.genes),
@@ -255,7 +276,8 @@ def section_patients(train: Sequence[ad.AnnData]) -> dict[str, str]:
             for a in train}
 
 
-def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, genes="hvg:50", head: str = "ridge",
+def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, genes=defaults.EXPRESSION_GENES,
+                   head: str = defaults.EXPRESSION_HEAD,
                    target_sum: float | None = TARGET_SUM, cache_dir=None, progress: bool = False,
                    head_params: dict | None = None, candidate_genes: Sequence[str] | None = None,
                    **feature_options) -> ExpressionModel:

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+from spafoundation import defaults
 from spafoundation.errors import InputError
-from spafoundation.eval.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.io.anndata_spec import library_id, microns_per_pixel, spot_diameter_fullres
 from spafoundation.io.patches import (
     extract_patches,
@@ -52,7 +52,8 @@ from spafoundation.io.patches import (
     tissue_grid,
     tissue_share,
 )
-from spafoundation.utils.model_folder import read_model_folder, write_model_folder
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
+from spafoundation.utils.model_folder import fitted_on, read_model_folder, write_model_folder
 
 FORMAT = "spafoundation-superres"
 MIN_TISSUE = 0.25  # superpixels with less tissue than this are left out of the map
@@ -175,9 +176,7 @@ def _encode_superpixels(adata: ad.AnnData, encoder, g: int, up: int, min_tissue:
             xy_b = centres[start:start + batch_size]
             patches = extract_patches(adata, tile_um, encoder.input_size, xy=xy_b, slide=slide)
             x = encoder.preprocess(patches)
-            feats_all = encoder._features(x)  # one pass: tokens and class embedding together
-            tok = feats_all[:, encoder.num_prefix_tokens:]
-            cls = feats_all[:, 0] if encoder.num_prefix_tokens else tok.mean(dim=1)
+            cls, tok = encoder.split_tokens(encoder.forward_features(x))  # one pass: tokens and class embedding
             tok = tok.transpose(1, 2).reshape(len(x), -1, g, g)
             if up > 1:
                 tok = F.interpolate(tok, size=(n, n), mode="bilinear", align_corners=False)
@@ -331,6 +330,11 @@ class SuperresModel:
     def predict(self, sp: Superpixels) -> np.ndarray:
         return self.head.predict(sp.features)
 
+    def __repr__(self) -> str:
+        step = f"{self.step_um:g} um" if self.step_um else "one-token"
+        return (f"SuperresModel({len(self.genes)} genes on {step} superpixels, "
+                f"{fitted_on(self.training, self.encoder_ref)})")
+
     def save(self, folder) -> Path:
         cfg = {"format": FORMAT, "version": 1, "genes": self.genes, "step_um": self.step_um,
                "target": {"normalize": "log1p", "target_sum": self.target_sum}, "encoder": self.encoder_ref,
@@ -349,7 +353,7 @@ class SuperresModel:
                    anchoring=cfg.get("anchoring"))
 
 
-def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes="hvg:50", step_um: float | None = None,
+def fit_superres(train: dict[str, ad.AnnData], encoder, *, genes=defaults.SUPERRES_GENES, step_um: float | None = None,
                  target_sum: float | None = TARGET_SUM, footprints: dict | None = None,
                  cached: dict[str, Superpixels] | None = None, progress: bool = False) -> SuperresModel:
     """Fit on sections with counts: the ridge head maps each spot's mean superpixel features to its expression.

@@ -23,7 +23,7 @@ from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import microns_per_pixel
 from spafoundation.tasks.labels import TUMOR_PATTERN, tumor_labels
 from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
-from spafoundation.utils.model_folder import read_model_folder, write_model_folder
+from spafoundation.utils.model_folder import fitted_on, read_model_folder, write_model_folder
 
 # HER2+ breast cancer: the HER2 amplicon (ERBB2, GRB7, STARD3, PGAP3) and luminal epithelial genes (keratins,
 # EPCAM, CDH1, MUC1, CD24), which mark tumour epithelium against stroma, immune cells and fat.
@@ -134,6 +134,11 @@ class TumorModel:
             self.encoder = encoder_from_reference(self.encoder_ref)
         return self.encoder
 
+    def __repr__(self) -> str:
+        labels = self.training.get("label_column")
+        return (f"TumorModel(logistic regression{f' on labels of obs[{labels!r}]' if labels else ''}, "
+                f"{fitted_on(self.training, self.encoder_ref)})")
+
     def predict(self, adata: ad.AnnData, *, cache_dir=None, progress: bool = False) -> np.ndarray:
         feats = spot_features(adata, self.recipe, self._encoder(), cache_dir=cache_dir, progress=progress)
         return self.classifier.predict_proba(feats)
@@ -233,9 +238,9 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
     ``{"spots": {name: AnnData}, "grid": {name: AnnData}, "metrics": {route: {name: {...}}}, "model": TumorModel,
     "marker_model": ExpressionModel}``.
     """
-    from spafoundation.eval.genes import TARGET_SUM, expression_matrix
     from spafoundation.eval.metrics import classification_metrics
     from spafoundation.io.patches import tissue_grid
+    from spafoundation.pp.genes import TARGET_SUM, expression_matrix
     from spafoundation.tasks.expression import DEFAULT_ENCODER, ExpressionModel, resolve_encoder
     from spafoundation.tasks.heads import RidgeHead
     from spafoundation.tasks.spot_features import locations_adata

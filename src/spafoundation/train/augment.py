@@ -16,6 +16,10 @@ import torch.nn.functional as F
 
 from spafoundation.models.handcrafted import HED_FROM_RGB, RGB_FROM_HED
 
+# The keys of the ``augment`` section of a pre-training config (each read below with its default).
+OPTIONS = ("hed_sigma", "hed_bias", "brightness", "contrast", "saturation", "blur_p", "crop_scale", "n_local",
+           "local_px", "mask_shape", "mask_ratio", "mask_prob")
+
 
 def _u(gen: torch.Generator, *shape, device=None) -> torch.Tensor:
     return torch.rand(*shape, generator=gen).to(device or "cpu")

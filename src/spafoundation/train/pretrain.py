@@ -28,7 +28,7 @@ import yaml
 
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path
-from spafoundation.utils.config import load_yaml_config, merge_config
+from spafoundation.utils.config import FREE, check_keys, load_yaml_config, merge_config
 from spafoundation.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
@@ -49,14 +49,25 @@ DEFAULT_CONFIG: dict = {
 
 # -- configuration --------------------------------------------------------------------------------------------
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
-    """The pre-training config: defaults, then the YAML file, then ``--set key=value`` overrides."""
+    """The pre-training config: defaults, then the YAML file, then ``--set key=value`` overrides; a key that none
+    of them knows (``optim.stepz``) or a value of the wrong type (``optim.steps=abc``) is an InputError naming it."""
+    from spafoundation.models.objectives import OBJECTIVES, objective_params
+    from spafoundation.models.vits import OVERRIDE_KEYS
+    from spafoundation.train.augment import OPTIONS
     from spafoundation.utils.config_types import check_value_types
 
-    cfg = load_yaml_config(DEFAULT_CONFIG, path, overrides)
+    sections = {"model.overrides": OVERRIDE_KEYS, "model.overrides.timm_kwargs": FREE, "augment": OPTIONS,
+                "objective.params": FREE}
+    cfg = load_yaml_config(DEFAULT_CONFIG, path, overrides, sections)
     check_value_types(cfg, DEFAULT_CONFIG, path)
     for key in ("steps", "batch_size"):
         if cfg["optim"][key] < 1:
             raise InputError(path, f"optim.{key}", f"must be >= 1, got {cfg['optim'][key]!r}")
+    name = cfg["objective"]["name"]
+    if name not in OBJECTIVES:
+        raise InputError(path, "objective.name", f"unknown objective {name!r}; choose {' or '.join(OBJECTIVES)}")
+    check_keys(cfg["objective"]["params"] or {}, {}, {"objective.params": objective_params(name)}, path=path,
+               where="objective.params.")
     return cfg
 
 

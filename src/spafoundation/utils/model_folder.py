@@ -16,6 +16,14 @@ from spafoundation.utils.atomic import atomic_dir
 CONFIG_FILE = "config.json"
 
 
+def fitted_on(training: dict, encoder_ref: dict | None) -> str:
+    """'encoder NAME, fitted on C2, C3 (1234 spots)': what a model's repr says about its training."""
+    sections = training.get("sections")
+    where = f"fitted on {', '.join(map(str, sections))}" if sections else "training sections not recorded"
+    spots = f" ({training['n_spots']} spots)" if training.get("n_spots") else ""
+    return f"encoder {(encoder_ref or {}).get('name', 'none')}, {where}{spots}"
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()

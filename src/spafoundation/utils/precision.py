@@ -2,8 +2,8 @@
 
 On CPU that is dynamic int8 (every Linear layer quantised): bench/cpu_fast_path.py measures it 1.3x (ViT-Ti) to 2.1x
 (ViT-B/16) faster than fp32 with downstream Pearson unchanged within 0.001, the fastest path that keeps accuracy.
-Elsewhere the encoder's own precision. The CLI's ``--precision`` sets the choice for one command
-(``set_default_precision``); a fitted model rebuilds its encoder at the precision it was fitted with unless the user
+Elsewhere the encoder's own precision. The user chooses with ``sf.settings.precision`` (the CLI's ``--precision``
+sets it for one command); a fitted model rebuilds its encoder at the precision it was fitted with unless the user
 chose one."""
 
 from __future__ import annotations
@@ -13,19 +13,12 @@ CHOICES = ("fp32", "bf16", "fp16", "int8")  # models/encoder.py PRECISIONS + int
 # baseline should be at its best; bench/cpu_fast_path.py checks the pipeline itself at int8.
 REFERENCE = "fp32"
 
-_chosen: str | None = None
-
-
-def set_default_precision(precision: str | None) -> None:
-    """The user's choice for encoders built by the pipeline from now on (None: back to the automatic default)."""
-    global _chosen
-    if precision is not None and precision not in CHOICES:
-        raise ValueError(f"precision must be one of {CHOICES}, got {precision!r}")
-    _chosen = precision
-
 
 def chosen_precision() -> str | None:
-    return _chosen
+    """``sf.settings.precision`` where the user chose one, None for ``"auto"``."""
+    from spafoundation._settings import settings
+
+    return settings.chosen_precision()
 
 
 def int8_available() -> bool:
@@ -37,8 +30,9 @@ def int8_available() -> bool:
 
 def default_precision(device="cpu") -> str | None:
     """The user's choice, else int8 on CPU where a quantised engine exists, else None (the encoder's own)."""
-    if _chosen:
-        return _chosen
+    chosen = chosen_precision()
+    if chosen:
+        return chosen
     import torch
 
     return "int8" if torch.device(device).type == "cpu" and int8_available() else None

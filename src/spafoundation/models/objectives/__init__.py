@@ -11,17 +11,27 @@ from __future__ import annotations
 from torch import nn
 
 
-def build_objective(name: str, backbone: nn.Module, cfg: dict | None = None) -> nn.Module:
-    cfg = dict(cfg or {})
+def objective_class(name: str) -> type[nn.Module]:
     if name == "mae":
         from spafoundation.models.objectives.mae import MAEObjective
 
-        return MAEObjective(backbone, **cfg)
+        return MAEObjective
     if name == "ibot":
         from spafoundation.models.objectives.ibot import IBOTObjective
 
-        return IBOTObjective(backbone, **cfg)
+        return IBOTObjective
     raise ValueError(f"unknown pre-training objective {name!r}; choose 'ibot' or 'mae'")
+
+
+def objective_params(name: str) -> tuple[str, ...]:
+    """The settings an objective takes (``objective.params`` of a pre-training config): its keyword arguments."""
+    import inspect
+
+    return tuple(p for p in inspect.signature(objective_class(name)).parameters if p != "backbone")
+
+
+def build_objective(name: str, backbone: nn.Module, cfg: dict | None = None) -> nn.Module:
+    return objective_class(name)(backbone, **dict(cfg or {}))
 
 
 OBJECTIVES = ("ibot", "mae")

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from spafoundation.errors import InputError
-from spafoundation.eval.genes import expression_matrix, normalize_log1p, read_gene_list, select_genes
+from spafoundation.pp.genes import expression_matrix, normalize_log1p, read_gene_list, select_genes
 
 
 def test_normalize_log1p_uses_library_size_of_all_genes():

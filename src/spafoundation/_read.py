@@ -1,0 +1,44 @@
+"""``sf.read``: any supported dataset as one AnnData per section."""
+
+from __future__ import annotations
+
+import os
+
+
+def read(path: str | os.PathLike, sections=None, *, bin_um: float | None = None, image: str | os.PathLike | None = None,
+         mpp: float | None = None, with_images: bool = True):
+    """Read a spatial transcriptomics dataset with its H&E images, whatever its layout.
+
+    Parameters
+    ----------
+    path
+        A legacy ST folder (HER2ST), ST Pipeline files, a Space Ranger sample (Visium, Visium HD) or a folder of
+        them, a HEST-1k folder, a manifest (``.yaml``/``.json``), an ``.h5ad``, or a ``.csv`` of spots with
+        ``image``. The layout is detected (README, "Input formats").
+    sections
+        Section ids to read (a list, or one id); default all.
+    bin_um
+        Visium HD: spot size in microns (a bin size Space Ranger wrote, or a multiple that sums k x k bins).
+    image
+        The full-resolution H&E of a dataset of one section whose image is not with it.
+    mpp
+        Microns per pixel of the images, over what the data says.
+    with_images
+        Load the ``hires`` thumbnail into ``uns['spatial'][section]['images']`` (for plotting); the full-resolution
+        image is always read lazily from ``metadata['image_path']``.
+
+    Returns
+    -------
+    dict[str, AnnData]
+        Section id -> AnnData with raw counts in ``X``, ``obsm['spatial']`` (full-resolution pixels),
+        ``uns['spatial'][section]`` (images, scale factors, ``microns_per_pixel``), ``obs['section']`` and
+        ``obs['patient']``. Every ``sf.tl`` function takes this mapping as is; ``anndata.concat(list(d.values()),
+        uns_merge="unique")`` gives the one-AnnData form (``library_key="section"``).
+    """
+    from spafoundation.io.readers import read_dataset
+
+    if isinstance(sections, str):
+        sections = [sections]
+    options = {"with_images": with_images, **({"mpp": mpp} if mpp is not None else {})}
+    return read_dataset(path, list(sections) if sections is not None else None, bin_um=bin_um, image=image,
+                        **options)

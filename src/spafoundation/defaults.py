@@ -1,0 +1,16 @@
+"""Every setting's one default, shared by the Python API (``sf.tl``), the CLI's options and ``run``'s config.
+
+Literals only: the CLI builds its parser from these, and ``spafoundation --help`` must not import torch or sklearn."""
+
+ENCODER = "spafoundation-default"
+EXPRESSION_GENES = "hvg:50"  # hvg:K, mean:K or a gene-list file (tasks/expression.py)
+EXPRESSION_HEAD = "ridge"
+SUPERRES_GENES = "hvg:50"
+TUMOR_GRID_UM = 100.0  # pitch of the tumour map's tissue grid (0: spots only)
+DOMAIN_FEATURES = "image"
+DOMAIN_METHOD = "kmeans"
+N_DOMAINS = 7
+DOMAIN_SMOOTH = 0.5  # weight of the neighbours' mean in a spot's smoothed features
+DOMAIN_GRID_UM = 0.0  # domains on a tissue grid besides the spots (0: spots only)
+DOMAIN_EXPRESSION_GENES = "hvg:1000"  # genes of features="expression"
+REPORT_TOP_GENES = 4

@@ -1,0 +1,88 @@
+"""``sf.tl.fit_superres`` / ``sf.tl.superres``: expression on superpixels much finer than the spots."""
+
+from __future__ import annotations
+
+from spafoundation import defaults
+from spafoundation._sections import LIBRARY_KEY, Sections
+from spafoundation.tl._common import cache_dir, encoder_for, progress
+
+
+def fit_superres(data, encoder=defaults.ENCODER, *, sections=None, library_key: str = LIBRARY_KEY,
+                 genes=defaults.SUPERRES_GENES, step_um: float | None = None):
+    """Fit the super-resolution model on sections with counts (the ``superres`` command's training).
+
+    Parameters
+    ----------
+    data
+        One AnnData, or a mapping of section -> AnnData; an AnnData of several sections tells them apart by
+        ``obs[library_key]``.
+    encoder
+        Encoder name, model folder or Encoder (see ``sf.tl.embed``).
+    sections
+        The sections to train on (default: every section of ``data`` with counts).
+    library_key
+        Column of ``obs`` naming each spot's section, in an AnnData of several sections.
+    genes
+        ``"hvg:K"``, ``"mean:K"``, a gene-list file or a list of symbols, chosen on the training sections.
+    step_um
+        Superpixel pitch: one encoder token (default) divided by a whole number, e.g. 8 (um).
+
+    Returns
+    -------
+    SuperresModel
+        For ``sf.tl.superres``; ``save(folder)`` / ``SuperresModel.load(folder)``.
+    """
+    from spafoundation.errors import InputError
+    from spafoundation.tasks.superres import check_spots_resolvable, superpixels
+    from spafoundation.tasks.superres import fit_superres as fit
+
+    train = {n: a for n, a in Sections(data, library_key).select(sections).items() if a.n_vars > 0}
+    if not train:
+        raise InputError(None, "counts", "no section has counts to train super-resolution on")
+    enc = encoder_for(encoder)
+    check_spots_resolvable(train, enc, step_um)  # before any superpixel is computed
+    cached = {n: superpixels(a, enc, step_um=step_um, progress=progress(), cache_dir=cache_dir())
+              for n, a in train.items()}
+    return fit(train, enc, genes=genes, step_um=step_um, cached=cached)
+
+
+def superres(data, model=None, *, sections=None, library_key: str = LIBRARY_KEY, image_weight: float | None = None,
+             **fit_options):
+    """Expression on superpixels over the whole tissue, anchored to the measured spots where there are counts.
+
+    Parameters
+    ----------
+    data
+        One AnnData, or a mapping of section -> AnnData; an AnnData of several sections tells them apart by
+        ``obs[library_key]``. Every section mapped needs its H&E image.
+    model
+        A SuperresModel (``sf.tl.fit_superres``) or the folder of a saved one; None: fitted here on the sections of
+        ``data`` with counts (``fit_options``: ``encoder``, ``genes``, ``step_um``).
+    sections
+        The sections to map (default: all of ``data``).
+    library_key
+        Column of ``obs`` naming each spot's section, in an AnnData of several sections.
+    image_weight
+        Inside measured spots, how much of the image's pattern to keep around the measurement (0: flat at the
+        measurement, 1: the full pattern); default learned on the section's own spots.
+
+    Returns
+    -------
+    A new AnnData of superpixels per section (a mapping for a mapping; one AnnData, the sections stacked, for an
+    AnnData): ``X`` predicted log1p(normalised expression), ``obsm['spatial']`` superpixel centres in the section's
+    full-resolution pixels, ``uns['spatial']`` the section's library, ``uns['superres']`` (``step_um``,
+    ``anchoring``), ``layers['counts']`` the spots' counts redistributed over their superpixels (sections with
+    counts).
+    """
+    from spafoundation.tasks.superres import SuperresModel, superpixels, superres_adata
+
+    if model is None:
+        model = fit_superres(data, library_key=library_key, **fit_options)
+    elif not isinstance(model, SuperresModel):
+        model = SuperresModel.load(model)
+    split = Sections(data, library_key)
+    parts = {}
+    for n, a in split.select(sections).items():
+        sp = superpixels(a, model.encoder, step_um=model.step_um, progress=progress(), cache_dir=cache_dir())
+        parts[n] = superres_adata(a, sp, model.predict(sp), model, image_weight=image_weight)
+    return split.merge(parts)

@@ -1,0 +1,105 @@
+"""The Python API (sf.read / sf.pp / sf.tl / sf.pl): one convention for several sections (a mapping of section ->
+AnnData, or one AnnData with obs['section']) giving the same results, annotations written in place or into a copy,
+predictions as new AnnData with the same obs."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import spafoundation as sf
+from spafoundation.errors import InputError
+
+SECTIONS = ("C3", "C4")
+N_SPOTS = 40
+
+
+@pytest.fixture(autouse=True)
+def _quiet_fp32():
+    with sf.settings.override(progress=False, precision="fp32"):
+        yield
+
+
+@pytest.fixture
+def pair(her2st_imaged):
+    """40 spots of C3 and of C4, private copies."""
+    return {n: her2st_imaged[n][:N_SPOTS].copy() for n in SECTIONS}
+
+
+def _combined(pair):
+    return ad.concat(list(pair.values()), uns_merge="unique")
+
+
+def test_embed_writes_the_same_into_a_mapping_and_into_one_anndata(pair, tiny_encoder):
+    combined = _combined(pair)
+    assert sf.tl.embed(pair, tiny_encoder, key_added="X_tiny") is None
+    copy = sf.tl.embed(combined, tiny_encoder, key_added="X_tiny", copy=True)
+    assert "X_tiny" not in combined.obsm and copy.obsm["X_tiny"].shape == (2 * N_SPOTS, 32)
+    np.testing.assert_array_equal(copy.obsm["X_tiny"], np.concatenate([pair[n].obsm["X_tiny"] for n in SECTIONS]))
+    np.testing.assert_array_equal(copy.obs["tissue_fraction"].to_numpy(),
+                                  np.concatenate([pair[n].obs["tissue_fraction"] for n in SECTIONS]))
+    assert set(copy.uns["spafoundation_embeddings"]) == set(SECTIONS)
+
+
+def test_expression_fit_predict_in_both_forms(pair, tiny_folder, tmp_path):
+    model = sf.tl.fit_expression(pair, str(tiny_folder), genes="hvg:5")
+    assert "fitted on C3, C4 (80 spots)" in repr(model) and "5 genes" in repr(model)
+    preds = sf.tl.predict_expression(pair, model)
+    assert set(preds) == set(SECTIONS) and preds["C4"].n_vars == 5
+    assert preds["C4"].obs_names.equals(pair["C4"].obs_names) and "reliable" in preds["C4"].var
+    one = sf.tl.predict_expression(_combined(pair), model)
+    np.testing.assert_allclose(one.X, np.concatenate([preds[n].X for n in SECTIONS]), rtol=1e-5)
+    assert set(one.uns["spafoundation_prediction"]["shift"]) == set(SECTIONS)
+    model.save(tmp_path / "model")
+    again = sf.tl.predict_expression(pair["C4"], str(tmp_path / "model"))
+    np.testing.assert_allclose(again.X, preds["C4"].X, rtol=1e-5)
+
+
+def test_domains_and_tumour_scores_are_shared_across_sections_in_both_forms(pair, tiny_encoder):
+    combined = _combined(pair)
+    options = {"encoder": tiny_encoder, "n_clusters": 3}
+    sf.tl.spatial_domains(pair, **options)
+    sf.tl.spatial_domains(combined, key_added="domain", **options)
+    labels = np.concatenate([pair[n].obs["spatial_domain"].astype(str) for n in SECTIONS])
+    np.testing.assert_array_equal(combined.obs["domain"].astype(str).to_numpy(), labels)
+    assert list(combined.obs["domain"].cat.categories) == ["0", "1", "2"]
+    assert "spatial_connectivities" in pair["C3"].obsp
+    scored = sf.tl.tumor_score(combined, label_column="cluster_annotation", encoder=tiny_encoder, copy=True)
+    assert "tumor_probability" not in combined.obs
+    p = scored.obs["tumor_probability"].to_numpy()
+    assert p.dtype == np.float64 and np.isfinite(p).all() and ((0 <= p) & (p <= 1)).all()
+    assert set(scored.uns["spafoundation_tumor"]) == set(SECTIONS)
+    assert "roc_auc" in scored.uns["spafoundation_tumor"]["C4"]["metrics"]["supervised"]
+
+
+def test_figures_come_back_as_figures_or_files(pair, tmp_path):
+    pair["C3"].obs["spatial_domain"] = (np.arange(N_SPOTS) % 3).astype(str)
+    fig = sf.pl.domains(pair, section="C3", reference="cluster_annotation")
+    assert len([a for a in fig.axes if a.get_visible()]) == 2
+    assert sf.pl.domains(pair["C3"], path=tmp_path / "d.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="one section"):
+        sf.pl.domains(pair)
+
+
+def test_one_anndata_of_several_sections_needs_its_library_key(pair):
+    combined = _combined(pair)
+    del combined.obs["section"]
+    with pytest.raises(InputError, match="library_key"):
+        sf.tl.embed(combined)
+    with pytest.raises(InputError, match="unknown section"):
+        sf.pp.select_genes(pair, sections=["C9"])
+    with pytest.raises(TypeError, match="AnnData"):
+        sf.tl.spatial_domains([pair["C3"]])
+
+
+def test_superres_fits_on_the_sections_with_counts_and_maps_each(her2st_imaged, tiny_encoder):
+    data = {"C3": her2st_imaged["C3"].copy()}
+    model = sf.tl.fit_superres(data, tiny_encoder, genes="hvg:3")
+    assert "fitted on C3" in repr(model) and len(model.genes) == 3
+    maps = sf.tl.superres(data, model)
+    spa = maps["C3"]
+    assert spa.n_vars == 3 and spa.n_obs > data["C3"].n_obs and list(spa.uns["spatial"]) == ["C3"]
+    assert "counts" in spa.layers and spa.uns["superres"]["step_um"] == pytest.approx(model.encoder.patch_um / 2)
+    fig = sf.pl.superres(maps, ["ERBB2", *model.genes[:1]])
+    assert len([a for a in fig.axes if a.get_visible() and a.get_title()]) == 1
