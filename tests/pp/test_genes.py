@@ -38,8 +38,11 @@ def test_gene_list_file_and_candidates(her2st_imaged, her2st_root, tmp_path):
     assert 0 < len(genes) <= 785
     assert genes == [g for g in read_gene_list(path) if g in set(genes)]  # file order kept
     txt = tmp_path / "genes.txt"
-    txt.write_text("ERBB2\nNOT_A_GENE\nGAPDH\n")
+    txt.write_text("ERBB2\nGAPDH\n")  # genes the test sections do not measure are left out of a benchmark's list
     assert select_genes(train, str(txt), candidates=["ERBB2"]) == ["ERBB2"]
+    txt.write_text("ERBB2\nNOT_A_GENE\nGAPDH\n")  # one the training sections lack is the user's to fix
+    with pytest.raises(InputError, match="NOT_A_GENE"):
+        select_genes(train, str(txt), candidates=["ERBB2"])
     with pytest.raises(InputError, match="genes"):
         select_genes(train, "hvg:zero")
     with pytest.raises(InputError, match="gene list file not found"):

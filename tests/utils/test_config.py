@@ -60,7 +60,7 @@ def test_shipped_pretrain_configs_follow_the_schema(config):
 
 
 def test_run_refuses_a_misspelt_nested_setting(tmp_path, capsys):
-    argv = ["run", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--set", "clusters.n_cluster=3"]
+    argv = ["run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--set", "clusters.n_cluster=3"]
     assert main(argv) == EXIT_BAD_INPUT
     assert "clusters.n_cluster: unknown setting (did you mean clusters.n_clusters?)" in capsys.readouterr().err
 

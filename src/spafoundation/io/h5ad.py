@@ -13,6 +13,7 @@ scanpy's and squidpy's ``read_visium(source_image_path=...)`` record.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -122,7 +123,9 @@ def read_spafoundation_h5ad(
     if not path.exists():
         raise InputError(path, "data", "not found")
     try:
-        adata = ad.read_h5ad(path)
+        with warnings.catch_warnings():  # repeated names are checked below, with an error that names the file
+            warnings.filterwarnings("ignore", message=r"(Variable|Observation) names are not unique")
+            adata = ad.read_h5ad(path)
     except Exception as e:
         raise InputError(path, "data", f"unreadable .h5ad ({e})") from None
     if "spatial" not in adata.obsm:

@@ -81,15 +81,22 @@ def select_genes(train: Sequence[ad.AnnData], spec, target_sum: float | None = T
     genes the test sections also measure: names only, no test values)."""
     if not train:
         raise InputError(None, "sections", "no training section with counts")
-    genes = common_genes(train)
-    if candidates is not None:
-        keep = set(candidates)
-        genes = [g for g in genes if g in keep]
+    measured = common_genes(train)
+    keep = set(measured if candidates is None else candidates)
+    genes = [g for g in measured if g in keep]
     if not genes:
         raise InputError(None, "var_names", "the training sections share no gene")
+
+    def among_candidates(listed: list[str], source: str) -> list[str]:
+        # a listed gene the training sections lack is the user's mistake; one outside the candidates (a gene the
+        # test sections do not measure, in a benchmark) is left out in silence
+        chosen = [g for g in listed if g in keep]
+        if not chosen:
+            raise InputError(source, "genes", "none of the requested genes is measured in the test sections")
+        return chosen
+
     if isinstance(spec, (list, tuple, np.ndarray)):
-        wanted = [str(g) for g in spec]
-        return _keep_known(wanted, genes, "genes")
+        return among_candidates(_keep_known([str(g) for g in spec], measured, "genes"), "genes")
     spec = str(spec)
     kind, _, k = spec.partition(":")
     if kind in ("hvg", "mean") and k.isdigit() and int(k) > 0:
@@ -104,7 +111,7 @@ def select_genes(train: Sequence[ad.AnnData], spec, target_sum: float | None = T
         return [genes[i] for i in idx]
     path = Path(spec)
     if path.suffix in (".npy", ".txt", ".csv", ".tsv") or path.exists():
-        return _keep_known(read_gene_list(path), genes, str(path), strict=True)
+        return among_candidates(_keep_known(read_gene_list(path), measured, str(path), strict=True), str(path))
     raise InputError(None, "genes", f"unknown gene spec {spec!r}: use hvg:K, mean:K or a gene-list file")
 
 
