@@ -47,12 +47,17 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             m = _TMP_PID.match(p.name)
             if (m and m["name"] == path.name and m["host"] == _HOST and int(m["pid"]) != os.getpid()
                     and not _pid_alive(int(m["pid"]))):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                _remove(p)
                 removed.append(p)
     return removed
+
+
+def _remove(p: Path) -> None:
+    """A file, link or folder, gone (a link is removed, never followed)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 # Before temporaries carried their writer's pid: '.<name>.<8 random characters>.tmp', never cleaned up.
@@ -71,10 +76,7 @@ def remove_stale_temporaries_under(folder: str | os.PathLike, *, unnamed: bool =
         if m:
             removed += [q for q in remove_stale_temporaries(p.with_name(m["name"])) if q not in removed]
         elif unnamed and _TMP_UNNAMED.match(p.name):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            _remove(p)
             removed.append(p)
     return removed
 
