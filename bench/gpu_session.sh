@@ -2,7 +2,8 @@
 # The whole GPU check of issue 21 as one command on the device machine, inside one time limit (LIMIT seconds):
 # pre-training first (bench/gpu_session.py), then inference throughput (bench/gpu_throughput.py) in what is left.
 # The machine's python3 holds torch and timm; the other dependencies travel as wheels in .whl, the HER2ST subset in
-# devdata/. Everything is written under $OUT; the encoder comes back halved (fp16) in parts of at most 15 MB.
+# devdata/ (both made by bench/gpu_inputs.sh). Everything is written under $OUT; the encoder comes back halved (fp16)
+# in parts of at most 15 MB.
 #   bash bench/gpu_session.sh
 set -uo pipefail
 START=$(date +%s)
