@@ -221,6 +221,23 @@ def test_round_trip_same_values_and_positions(written_store):
 
 
 @needs_extra
+def test_section_without_an_image_comes_back_without_one(manifest_section, her2st_root, tmp_path):
+    """Sections clustered on their counts alone (B1 has no H&E) are written and read back as such; a store that
+    lost a section's image is still an error (test_bad_store_is_one_line_error_exit_2)."""
+    from spafoundation.io.spatialdata_write import write_spatialdata
+
+    b1 = read_dataset(her2st_root, sections=["B1"])["B1"]
+    assert not image_path(b1)
+    write_spatialdata(tmp_path / "mixed.zarr", {"S1": manifest_section, "B1": b1}, chunk_px=512)
+    back = read_dataset(tmp_path / "mixed.zarr")
+    assert set(back) == {"S1", "B1"} and image_path(back["S1"]) and not image_path(back["B1"])
+    np.testing.assert_array_equal(back["B1"].X.toarray(), b1.X.toarray())
+    np.testing.assert_allclose(back["B1"].obsm["spatial"], b1.obsm["spatial"])
+    assert microns_per_pixel(back["B1"]) == pytest.approx(microns_per_pixel(b1))
+    assert spot_diameter_fullres(back["B1"]) == pytest.approx(spot_diameter_fullres(b1))
+
+
+@needs_extra
 def test_image_is_written_chunk_by_chunk(manifest_section, tmp_path, monkeypatch):
     from spafoundation.io.spatialdata_write import write_spatialdata
 

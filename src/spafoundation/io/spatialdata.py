@@ -224,6 +224,13 @@ def _table_rows(shapes, table: ad.AnnData, path: Path, table_name: str, region: 
     return rows, where
 
 
+def _written_without_image(table: ad.AnnData, names: list[str]) -> bool:
+    """Whether spafoundation wrote this table for a section that had no H&E (expression-only, e.g. clustered on
+    its counts): such a section is read back without an image, while a store that lost its image is an error."""
+    meta = _library(table, names).get("metadata") or {}
+    return TABLE_KIND_KEY in table.uns and "image_path" in meta and not meta["image_path"]
+
+
 def _library(table: ad.AnnData, names: list[str]) -> dict:
     """The table's ``uns['spatial']`` entry of the section, found under one of ``names``, else the only entry."""
     spatial = table.uns.get("spatial")
@@ -279,21 +286,28 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
     shapes = sdata.shapes[region]
     rows, where = _table_rows(shapes, table, path, table_name, region)
     centres, diameters = _spot_geometry(shapes, path, region)
-    image_name, to_pixels = _image_for(sdata, path, region)
-    xy = centres[where] @ to_pixels[:2, :2].T + to_pixels[:2, 2]
-    scale = float(np.sqrt(abs(np.linalg.det(to_pixels[:2, :2]))))  # image px per shape unit
-    diameter_px = float(np.median(diameters)) * scale
     _, region_key, instance_key = get_table_keys(table)
     obs = rows.obs.drop(columns=[c for c in (region_key, instance_key) if c in rows.obs])
     named = obs["section"].astype(str).unique() if "section" in obs else []
     section = str(named[0]) if len(named) == 1 else HD_BINS.sub("", region)
+    try:
+        image_name, to_pixels = _image_for(sdata, path, region)
+    except InputError:
+        if not _written_without_image(table, [section, region]):
+            raise
+        image_name, to_pixels = None, np.eye(3)  # spafoundation wrote its spots in full-resolution pixels
+    xy = centres[where] @ to_pixels[:2, :2].T + to_pixels[:2, 2]
+    scale = float(np.sqrt(abs(np.linalg.det(to_pixels[:2, :2]))))  # image px per shape unit
+    diameter_px = float(np.median(diameters)) * scale
     mpp_px, mpp_source, platform = _pixel_size(sdata, rows, path, region, section, mpp, diameter_px, scale)
     if scale < 2 / 3:  # e.g. a store with Space Ranger's hires PNG and no full-resolution image
         log.warning("%s: %s: the finest image sharing the spots' coordinate system (%s) is %.1fx coarser than "
                     "their frame: patches will be blurred", path, region, image_name, 1 / scale)
-    image_dir = path / "images" / image_name
-    field = f"shapes/{region}"
-    hires, scalef, size = read_section_image(image_dir, xy, mpp_px, path, field, with_image=with_images)
+    image_dir = path / "images" / image_name if image_name else None
+    hires, scalef, size = None, 1.0, None
+    if image_dir is not None:
+        hires, scalef, size = read_section_image(image_dir, xy, mpp_px, path, f"shapes/{region}",
+                                                 with_image=with_images)
     counts = validate_counts(rows.X, path, f"tables/{table_name}: X") if rows.n_vars else None
     check_unique(rows.obs_names, path, f"tables/{table_name}: obs_names")
     ids = list(rows.obs_names)
@@ -308,7 +322,8 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
     ids = [i if i.startswith(f"{section}_") else f"{section}_{i}" for i in ids]
     return build_anndata(counts=counts, genes=list(rows.var_names), spot_ids=ids, xy=xy, obs=obs,
                          library=section, mpp=mpp_px, mpp_source=mpp_source,
-                         spot_diameter_um=diameter_px * mpp_px, platform=platform, image_path=str(image_dir),
+                         spot_diameter_um=diameter_px * mpp_px, platform=platform,
+                         image_path=str(image_dir) if image_dir else None,
                          hires=hires, hires_scalef=scalef,
                          extra_meta={"image_size": size, "spatialdata_region": region,
                                      "spatialdata_image": image_name, "spatialdata_table": table_name,
