@@ -62,13 +62,10 @@ class Sections:
 
     def select(self, names) -> dict[str, ad.AnnData]:
         """The sections named (all for None), an InputError for an unknown one."""
-        if names is None:
-            return dict(self.by_name)
-        names = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in names if n not in self.by_name]
-        if unknown:
-            raise InputError(None, "sections", f"unknown section(s) {unknown}; have {list(self.by_name)}")
-        return {n: self.by_name[n] for n in names}
+        from spafoundation.io.readers import select_sections
+
+        names = [names] if isinstance(names, str) else names
+        return dict(select_sections(self.by_name, None if names is None else list(names), None))
 
     def set_obs(self, column: str, values: dict[str, np.ndarray | pd.Series]) -> None:
         """``obs[column]`` of each section's spots (``values``: section -> one value per spot), in the input; in a

@@ -11,7 +11,6 @@ image's resolution, upsampled where the copy is coarser than the encoder's input
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 from spafoundation.errors import InputError
@@ -56,13 +55,13 @@ def open_image(path, mpp: float | None = None, scale: float = 1.0) -> Slide:
 
 def check_scale(value, path, field: str) -> float:
     """A scale factor as given (manifest, config, scalefactors_json.json): a positive finite number."""
+    from spafoundation.io.values import positive_number
+
     try:
-        scale = float(value)
-    except (TypeError, ValueError):
-        scale = float("nan")
-    if isinstance(value, bool) or not (math.isfinite(scale) and scale > 0):
-        raise InputError(path, field, f"must be a positive number (image px per full-resolution px), got {value!r}")
-    return scale
+        return positive_number(value, path, field)
+    except InputError:
+        raise InputError(path, field, "must be a positive number (image px per full-resolution px), got "
+                         f"{value!r}") from None
 
 
 def recorded_scale(image: Path, spatial: Path, scalefactors: dict) -> float | None:
