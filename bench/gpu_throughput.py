@@ -124,8 +124,10 @@ def measure(args) -> dict:
             ("spafoundation-default", 8 if small else 1024, () if small else ("reduce-overhead",), ())):
         enc = build_encoder(name, device=DEVICE)
         flops = counted_flops(build_encoder(name), enc.input_size)
-        runs = [(p, m, fn, dt, batch) for p, m, fn, dt in variants(enc, compile_modes)]
-        runs += [(p, m, fn, dt, b) for p, m, fn, dt in variants(enc, ())[4:5] for b in sweep if b != batch]
+        ways = variants(enc, compile_modes)
+        bf16_eager = ways[4]  # the batch sweep runs the bf16-weights eager forward already built
+        runs = [(p, m, fn, dt, batch) for p, m, fn, dt in ways]
+        runs += [(*bf16_eager, b) for b in sweep if b != batch]
         for precision, mode, fn, dtype, b in runs:
             x = torch.rand(b, 3, enc.input_size, enc.input_size, device=DEVICE).to(dtype)
             row = {"encoder": name, "input_px": enc.input_size, "precision": precision, "mode": mode, "batch": b}
