@@ -74,9 +74,9 @@ def pasted_insets(masked: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(~masked)
     if not masked.any() or n < 2:
         return insets
-    tissue_in = ndimage.sum(tissue, labels, index=np.arange(1, n + 1))
+    most_tissue = int(np.argmax(ndimage.sum(tissue, labels, index=np.arange(1, n + 1))))
     for i, box in enumerate(ndimage.find_objects(labels)):
-        if i == int(np.argmax(tissue_in)):
+        if i == most_tissue:
             continue
         region = labels[box] == i + 1
         if region.mean() < INSET_FILL:
@@ -131,8 +131,8 @@ def _thumbnail_tissue(thumb: np.ndarray, min_object: float) -> tuple[np.ndarray,
 
 
 def tissue_fraction(patches: np.ndarray, off_slide: np.ndarray | None = None) -> np.ndarray:
-    """Share of tissue pixels per patch, for patches shaped (n, h, w, 3); pixels ``off_slide`` (n, h, w) is True
-    for (``patch_off_slide``: masked glass, a pasted picture) are none, however dark."""
+    """Share of tissue pixels per patch, for patches shaped (n, h, w, 3). ``off_slide`` (n, h, w) marks the pixels
+    that are no part of the slide (``patch_off_slide``: masked glass, a pasted picture): never tissue, however dark."""
     tissue = tissue_mask(patches)
     if off_slide is not None:
         tissue &= ~off_slide
