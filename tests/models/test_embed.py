@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from spafoundation.errors import InputError
+from spafoundation.io import read_dataset
+from spafoundation.io.patches import tissue_fraction
 from spafoundation.models import build_encoder, embed_adata
 from spafoundation.models import cache as cache_mod
 from spafoundation.models.embed import UNS_KEY, embed_patches
@@ -37,6 +39,19 @@ def test_embed_writes_obsm_and_second_call_is_a_cache_hit(c2_16, tiny_encoder, t
 
     patches = extract_patches(c2_16, tiny_encoder.patch_um, tiny_encoder.input_size)
     np.testing.assert_allclose(embed_patches(tiny_encoder, patches), emb, rtol=1e-5, atol=1e-5)
+    # a plain scan is all slide: the tissue share is the colour rule's, pixel for pixel
+    np.testing.assert_array_equal(tf, tissue_fraction(patches).astype(np.float32))
+
+
+def test_black_glass_is_flagged_low_tissue(her2st_root, tiny_encoder):
+    """A1's glass is blacked out: patches there are dark, yet no tissue; its spots are on tissue."""
+    a1 = read_dataset(her2st_root, ["A1"], with_images=False)["A1"][:6].copy()
+    xy = a1.obsm["spatial"].astype(np.float64)
+    xy[4:] = [[1000.0, 7000.0], [300.0, 300.0]]  # corners of the frame, blacked out
+    a1.obsm["spatial"] = xy
+    embed_adata(a1, tiny_encoder, cache_dir=False, progress=False)
+    assert a1.obs["low_tissue"].tolist() == [False] * 4 + [True] * 2
+    assert (a1.obs["tissue_fraction"].to_numpy()[:4] > 0.9).all()
 
 
 def test_cache_key_changes_with_what_matters(c2_16, tiny_encoder, tmp_path):

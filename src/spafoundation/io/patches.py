@@ -21,6 +21,8 @@ THUMB_SIDE = 2000  # px of the thumbnail tissue is found on
 # above ~130 in the red or blue channel of HER2ST's scans.
 MASKED_MAX = 50
 GLASS_MIN = 240.0  # grey level of clean glass (HER2ST's: 238-244), the least a masked image's glass is taken to be
+# Share of its bounding box a region fills to be a pasted rectangle (the blur's reach rounds its corners a little).
+INSET_FILL = 0.95
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -60,38 +62,98 @@ def masked_background(thumb: np.ndarray, min_object: float = 1e-3) -> np.ndarray
     return ndimage.binary_dilation(black, iterations=3) if black.any() else black
 
 
+def pasted_insets(masked: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """Pictures pasted onto an image whose glass was blacked out (a viewer's thumbnail of the section, a legend):
+    regions the mask left that are axis-aligned rectangles framed by glass. The export blacked out the slide's own
+    glass, so glass left bright around a rectangle is the background of a picture on top of it; a section's own
+    outline is not a rectangle. The region holding the most tissue is never one (an image padded with black to a
+    larger frame is a glass-framed rectangle too). ``tissue``: the tissue candidates, glass being what is not."""
+    from scipy import ndimage
+
+    insets = np.zeros(masked.shape, dtype=bool)
+    labels, n = ndimage.label(~masked)
+    if not masked.any() or n < 2:
+        return insets
+    most_tissue = int(np.argmax(ndimage.sum(tissue, labels, index=np.arange(1, n + 1))))
+    for i, box in enumerate(ndimage.find_objects(labels)):
+        if i == most_tissue:
+            continue
+        region = labels[box] == i + 1
+        if region.mean() < INSET_FILL:
+            continue
+        rim = np.zeros(region.shape, dtype=bool)
+        rim[[0, -1], :] = rim[:, [0, -1]] = True
+        rim &= region
+        if tissue[box][rim].mean() < 0.5:  # framed by glass, not cut through tissue
+            insets[box] |= region
+    return insets
+
+
 def thumbnail_tissue_mask(thumb: np.ndarray, min_object: float = 1e-3) -> np.ndarray:
     """Tissue on a whole-slide thumbnail: pixels darker than an Otsu threshold of the blurred grey level, capped
     just below the glass level (the 95th percentile), then small specks removed. Unlike ``tissue_mask`` (a fixed
     colour rule for patches), this adapts to tinted or uneven glass, which a saturation rule takes for tissue.
-    Glass masked to black (``masked_background``) is never tissue: for the threshold it stands in for clean glass,
-    so the threshold still falls between tissue and glass as on the unmasked scan, not inside the tissue (Otsu on
-    the tissue alone would split dense tumour from pale stroma)."""
+    What is no part of the slide (``off_slide_mask``) is never tissue."""
+    return _thumbnail_tissue(thumb, min_object)[0]
+
+
+def off_slide_mask(thumb: np.ndarray, min_object: float = 1e-3) -> np.ndarray:
+    """What on a thumbnail is no part of the slide: glass an export blacked out (``masked_background``) and the
+    pictures pasted onto such an image (``pasted_insets``). Empty on a plain scan."""
+    return _thumbnail_tissue(thumb, min_object)[1]
+
+
+def _thumbnail_tissue(thumb: np.ndarray, min_object: float) -> tuple[np.ndarray, np.ndarray]:
+    """(tissue, off the slide) of a thumbnail. Masked glass stands in for clean glass in the threshold, so the
+    threshold still falls between tissue and glass as on the unmasked scan, not inside the tissue (Otsu on the
+    tissue alone would split dense tumour from pale stroma)."""
     from scipy import ndimage
 
     grey = ndimage.uniform_filter(thumb.astype(np.float32).mean(axis=-1), size=5)
     masked = masked_background(thumb, min_object)
     if masked.all():
-        return np.zeros(grey.shape, dtype=bool)
+        return np.zeros(grey.shape, dtype=bool), masked
     glass = float(np.percentile(grey[~masked], 95))
     if masked.any():
         # what the mask left is mostly tissue, whose brightest pixels understate the glass
         glass = max(glass, GLASS_MIN)
         grey[masked] = glass
     threshold = min(otsu_threshold(grey), glass - 10.0)
-    mask = ndimage.binary_opening(grey < threshold, iterations=2)
+    off_slide = masked | pasted_insets(masked, grey < threshold)
+    mask = ndimage.binary_opening((grey < threshold) & ~off_slide, iterations=2)
     labels, n = ndimage.label(mask)
     if n:
         sizes = np.bincount(labels.ravel())
         small = sizes < min_object * mask.size
         small[0] = False
         mask[small[labels]] = False
-    return mask
+    return mask, off_slide
 
 
-def tissue_fraction(patches: np.ndarray) -> np.ndarray:
-    """Share of tissue pixels per patch, for patches shaped (n, h, w, 3)."""
-    return tissue_mask(patches).reshape(len(patches), -1).mean(axis=1)
+def tissue_fraction(patches: np.ndarray, off_slide: np.ndarray | None = None) -> np.ndarray:
+    """Share of tissue pixels per patch, for patches shaped (n, h, w, 3). ``off_slide`` (n, h, w) marks the pixels
+    that are no part of the slide (``patch_off_slide``: masked glass, a pasted picture): never tissue, however dark."""
+    tissue = tissue_mask(patches)
+    if off_slide is not None:
+        tissue &= ~off_slide
+    return tissue.reshape(len(patches), -1).mean(axis=1)
+
+
+def section_off_slide(slide: Slide) -> tuple[np.ndarray, float] | None:
+    """(``off_slide_mask`` of the slide's thumbnail, thumbnail px per level-0 px), or None when all of it is slide."""
+    thumb, scale = slide.thumbnail(THUMB_SIDE)
+    off = off_slide_mask(thumb)
+    return (off, scale) if off.any() else None
+
+
+def patch_off_slide(off: tuple[np.ndarray, float], xy: np.ndarray, size_px: float, out_px: int) -> np.ndarray:
+    """(n, out_px, out_px): which pixels of the patches of side ``size_px`` (level-0 px) centred on ``xy``, resampled
+    to ``out_px``, fall off the slide on a ``section_off_slide`` map (nearest thumbnail pixel)."""
+    mask, scale = off
+    offsets = ((np.arange(out_px) + 0.5) / out_px - 0.5) * size_px
+    cols = np.clip(np.floor((xy[:, :1] + offsets) * scale).astype(int), 0, mask.shape[1] - 1)
+    rows = np.clip(np.floor((xy[:, 1:] + offsets) * scale).astype(int), 0, mask.shape[0] - 1)
+    return mask[rows[:, :, None], cols[:, None, :]]
 
 
 def window_fraction(mask: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: float) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 from spafoundation.errors import InputError
 from spafoundation.utils.atomic import atomic_path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when embeddings or tissue fractions change for the same inputs (2: masked glass is no tissue)
 CHUNK = 256
 COMPLETE = "embeddings.npz"
 META = "meta.json"

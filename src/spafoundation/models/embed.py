@@ -11,7 +11,13 @@ from tqdm.auto import tqdm
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path, image_scale, library_id, microns_per_pixel
-from spafoundation.io.patches import extract_patches, open_section_slide, tissue_fraction
+from spafoundation.io.patches import (
+    extract_patches,
+    open_section_slide,
+    patch_off_slide,
+    section_off_slide,
+    tissue_fraction,
+)
 from spafoundation.models.cache import EmbeddingCache, cache_root, embedding_key, slide_identity
 from spafoundation.models.encoder import Encoder
 
@@ -61,7 +67,8 @@ def embed_adata(
     Patches of ``encoder.patch_um`` microns around each spot centre are resampled to ``encoder.input_size`` px.
     Results are cached on disk (``cache_dir``, ``$SPAFOUNDATION_CACHE`` or ``~/.cache/spafoundation``;
     ``cache_dir=False`` disables the cache) and a run that was killed resumes from the last complete chunk.
-    Also sets ``obs['tissue_fraction']`` (share of tissue pixels in the patch) and ``obs['low_tissue']``.
+    Also sets ``obs['tissue_fraction']`` (share of tissue pixels in the patch; glass masked to black and a picture
+    pasted onto the image are none, as on the slide's tissue mask) and ``obs['low_tissue']``.
     """
     key = key or f"X_{encoder.name}"
     section = library_id(adata)
@@ -121,10 +128,13 @@ def _compute(adata, encoder, xy, cache, tta, batch_size, progress, section):
     bar = tqdm(total=n, initial=n_cached, disable=not progress, unit="spot", desc=f"embed {section}")
     slide = open_section_slide(adata) if todo else None
     try:
+        off = section_off_slide(slide) if slide is not None else None
+        size_px = encoder.patch_um / microns_per_pixel(adata)
         for i in todo:
             s = work.chunk_slice(i)
             patches = extract_patches(adata, encoder.patch_um, encoder.input_size, xy=xy[s], slide=slide)
-            tf[s] = tissue_fraction(patches)
+            tf[s] = tissue_fraction(patches, None if off is None else
+                                    patch_off_slide(off, xy[s], size_px, encoder.input_size))
             for start in range(0, len(patches), batch_size):
                 block = patches[start : start + batch_size]
                 emb[s.start + start : s.start + start + len(block)] = embed_patches(

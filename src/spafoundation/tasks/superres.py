@@ -65,7 +65,7 @@ SHRINKAGE = 1.0  # positive-part James-Stein constant: a weight is kept x (1 - S
 # A spot must be at least this many superpixel steps across to be super-resolved (and to train on): it then holds
 # about 1.8 superpixels (pi / 4 x 1.5^2); finer spots (Visium HD bins) hold one superpixel or none.
 MIN_SPOT_STEPS = 1.5
-SUPERPIXEL_CACHE_VERSION = 2  # bump when the superpixels of a section change for the same inputs
+SUPERPIXEL_CACHE_VERSION = 3  # bump when the superpixels of a section change for the same inputs (3: pasted insets)
 
 
 @dataclass

@@ -35,7 +35,8 @@ def embed(data, encoder=defaults.ENCODER, *, library_key: str = LIBRARY_KEY, key
     None, or a copy of ``data`` with ``copy=True``. Writes
 
     - ``obsm[key_added]``: float32 (n_spots, embed_dim);
-    - ``obs['tissue_fraction']``: share of tissue pixels in each patch, ``obs['low_tissue']`` below 0.1;
+    - ``obs['tissue_fraction']``: share of tissue pixels in each patch (glass masked to black is
+      none), ``obs['low_tissue']`` below 0.1;
     - ``uns['spafoundation_embeddings'][key_added]``: encoder identity, patch size, cache status (in an AnnData of
       several sections, ``uns['spafoundation_embeddings'][section]``).
 

@@ -33,7 +33,9 @@ from spafoundation.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
 
-TILES_VERSION = 4  # tile sampling (3: Otsu tissue mask; 4: glass masked to black is none), in the bank's cache key
+# tile sampling (3: Otsu tissue mask; 4: glass masked to black is none; 5: nor a picture pasted onto such an image),
+# in the bank's cache key
+TILES_VERSION = 5
 DEFAULT_CONFIG: dict = {
     "seed": 0,
     "model": {"encoder": "random-vitt16", "overrides": {}},
