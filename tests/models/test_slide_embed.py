@@ -113,6 +113,13 @@ def test_cli_tiles_folder_restart_and_bad_slide(c2_small, tiny_folder, tmp_path,
     assert not (out / "slide2.h5ad").exists() and not list(out.glob(".*tmp"))
     assert json.loads((out / "slide2.json").read_text())["status"] == "failed"
 
+    # a slide embedded on an older tissue mask is redone, not skipped
+    record = json.loads((out / "slide0.json").read_text())
+    (out / "slide0.json").write_text(json.dumps({**record, "tissue_mask_version": record["tissue_mask_version"] - 1}))
+    (folder / "slide2.tif").unlink()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("already done, skipped") == 1
+
 
 def test_cli_tiles_manifest_errors(c2_small, tmp_path, capsys):
     bad = tmp_path / "m.csv"

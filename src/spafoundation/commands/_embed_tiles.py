@@ -2,7 +2,7 @@
 
 Under ``torchrun --nproc_per_node N`` the slides are dealt round-robin to the N processes (one GPU each where
 there are GPUs). Every slide is written atomically with a JSON record beside it, so a run that crashed restarts
-where it stopped: slides whose record matches the encoder and tile geometry are skipped. When all processes are
+where it stopped: slides whose record matches the encoder, tile geometry and tissue mask version are skipped. When all processes are
 done, rank 0 writes ``index.csv`` (one row per slide). A slide that fails is reported there and the run goes on;
 the exit code is then 2."""
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from spafoundation.errors import InputError
+from spafoundation.io.patches import TISSUE_MASK_VERSION
 from spafoundation.io.slide_list import list_slides
 from spafoundation.utils.atomic import atomic_path, write_h5ad
 from spafoundation.utils.distributed import barrier, current_world, device_for, shard
@@ -58,7 +59,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(f"tiles_{encoder.name}")
     out.mkdir(parents=True, exist_ok=True)
     want = {"encoder": encoder.identity, "tile_um": float(encoder.patch_um), "input_size": encoder.input_size,
-            "min_tissue": float(args.min_tissue)}
+            "min_tissue": float(args.min_tissue), "tissue_mask_version": TISSUE_MASK_VERSION}
     mine = shard(slides, world)
     if world.is_main:
         print(f"{len(slides)} slide(s), {world.size} process(es); encoder {encoder.name} ({encoder.precision}): "

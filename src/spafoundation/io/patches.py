@@ -23,6 +23,9 @@ MASKED_MAX = 50
 GLASS_MIN = 240.0  # grey level of clean glass (HER2ST's: 238-244), the least a masked image's glass is taken to be
 # Share of its bounding box a region fills to be a pasted rectangle (the blur's reach rounds its corners a little).
 INSET_FILL = 0.95
+# What the thumbnail tissue mask finds for the same image (1: Otsu; 2: glass masked to black is none; 3: nor a picture
+# pasted onto such an image). Outputs drawn on the mask record it, so a rerun redoes them when it changes.
+TISSUE_MASK_VERSION = 3
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
