@@ -11,6 +11,7 @@ run continues from what was complete) and redoes it, saying why, when an input f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -141,14 +142,14 @@ _NO_MARKERS = ("no marker gene (tumor.markers, default HER2+ breast cancer's) is
                "with counts")
 
 
-def _tumor_markers_usable(data: dict, imaged: list[str], t: dict) -> bool:
-    """Whether the tumour step's label-free route, when the config leads to it, has marker genes to train on (the
+def _tumor_markers_usable(data: dict, step: TumorStep) -> bool:
+    """Whether the tumour step's label-free route, when its settings lead to it, has marker genes to train on (the
     supervised route alone, from labels, needs none)."""
     from spafoundation.tasks.tumor import marker_list, marker_training, tumor_routes
 
-    if "markers" not in tumor_routes(t["route"], labelled=bool(t["label_column"])):
+    if "markers" not in tumor_routes(step.route, labelled=bool(step.label_column)):
         return True
-    return bool(marker_training({n: data[n] for n in imaged}, marker_list(t["markers"]))[1])
+    return bool(marker_training({n: data[n] for n in step.train_sections}, marker_list(step.markers))[1])
 
 
 def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[RunStep]:
@@ -177,29 +178,32 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         train = expression_split(data, e)[0] if e["enabled"] else [n for n in imaged if data[n].n_vars > 0]
         if not train:
             notes.append(f"super-resolution {_NO_COUNTS}")
-        if train:
+        if train:  # checked as a step before its values are used here
+            superres = SuperresStep(**common, sections=imaged, train_sections=train, out=folder.superres,
+                                    genes=r["genes"], encoder=cfg["encoder"], step_um=r["step_um"] or None)
             from spafoundation.tasks.expression import resolve_encoder
             from spafoundation.tasks.superres import MIN_SPOT_STEPS, spots_resolvable, superpixel_step_um
 
-            step = superpixel_step_um(resolve_encoder(cfg["encoder"]), r["step_um"])
+            step = superpixel_step_um(resolve_encoder(superres.encoder), superres.step_um)
             too_fine = [n for n in train if not spots_resolvable(data[n], step)]
             train = [n for n in train if n not in too_fine]
             if too_fine:
                 notes.append(f"super-resolution {'left out' if not train else 'not trained on'} "
                              f"{', '.join(too_fine)}: spots span fewer than {MIN_SPOT_STEPS:g} superpixels of "
                              f"{step:g} um (Visium HD: --bin-um {MIN_SPOT_STEPS * step:g} or more)")
-        if train:
-            steps.append(SuperresStep(**common, sections=imaged, train_sections=train, out=folder.superres,
-                                      genes=r["genes"], encoder=cfg["encoder"], step_um=r["step_um"] or None))
+            if train:
+                steps.append(dataclasses.replace(superres, train_sections=train))
     t = cfg["tumor"]
-    if t["enabled"] and not _tumor_markers_usable(data, imaged, t):
-        if t["route"]:
-            raise InputError(None, "tumor.markers", f"route {t['route']}: {_NO_MARKERS}")
-        notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
-    elif t["enabled"]:
-        steps.append(TumorStep(**common, sections=imaged, train_sections=imaged, out=folder.tumor,
-                               grid_um=t["grid_um"] or 0.0, encoder=cfg["encoder"], route=t["route"] or None,
-                               label_column=t["label_column"] or None, markers=t["markers"] or None))
+    if t["enabled"]:
+        tumor = TumorStep(**common, sections=imaged, train_sections=imaged, out=folder.tumor,
+                          grid_um=t["grid_um"] or 0.0, encoder=cfg["encoder"], route=t["route"] or None,
+                          label_column=t["label_column"] or None, markers=t["markers"] or None)
+        if _tumor_markers_usable(data, tumor):
+            steps.append(tumor)
+        elif tumor.route:
+            raise InputError(None, "tumor.markers", f"route {tumor.route}: {_NO_MARKERS}")
+        else:
+            notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
     c = cfg["clusters"]
     if c["enabled"]:
         steps.append(ClusterStep(**common, sections=imaged, out=folder.clusters, features=c["features"],
