@@ -38,7 +38,7 @@ from spafoundation.commands._run_steps import (
 )
 from spafoundation.errors import InputError
 from spafoundation.run_folder import RunFolder
-from spafoundation.utils.atomic import OUTPUT_MARKER, atomic_path, check_output_dir
+from spafoundation.utils.atomic import atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
 
 DEFAULTS: dict = {
@@ -216,7 +216,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
 
 
 def _marker(out: Path, step: RunStep) -> Path:
-    return RunFolder(out).steps / f"{step.name}.json"
+    return RunFolder(out).step_marker(step.name)
 
 
 def step_inputs(step: RunStep, data: dict, data_path: str, cache: str) -> dict[str, str]:
@@ -327,7 +327,7 @@ def run(args) -> int:
     # left by a run that was killed (SIGKILL, a power cut); cli.main holds this folder's lock, so none is live
     for p in remove_stale_temporaries_under(out, unnamed=True):
         print(f"  removed {p.relative_to(out)}, a temporary file of a run that was killed")
-    (out / OUTPUT_MARKER).touch()  # the run folder and what its steps write in it are ours to replace
+    folder.output_marker.touch()  # the run folder and what its steps write in it are ours to replace
     with atomic_path(folder.config) as tmp:
         Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
     summary = []
