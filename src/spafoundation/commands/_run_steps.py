@@ -77,6 +77,11 @@ def _typed(value, hint):
 _WANTED = {str: "text", float: "a number", int: "a whole number", Path: "a path"}
 
 
+def _wanted(hint) -> str:
+    """What a field of type ``hint`` takes, for an error message: ``"a number"``, ``"a list of names"``."""
+    return " or ".join(_WANTED.get(k, "a list of names") for k in _kinds(hint))
+
+
 @dataclass(kw_only=True)
 class RunStep:
     """What every step has: the dataset and how to read it, its sections, its output, the embedding cache and the
@@ -116,11 +121,10 @@ class RunStep:
         if value is None:  # left to the command's default where the field may be None
             if type(None) in typing.get_args(hint):
                 return None
-            refuse(f"must be {' or '.join(_WANTED.get(k, 'a list of names') for k in _kinds(hint))}, got None")
+            refuse(f"must be {_wanted(hint)}, got None")
         typed = _typed(value, hint)
         if typed is None:
-            wanted = " or ".join(_WANTED.get(k, "a list of names") for k in _kinds(hint))
-            refuse(f"must be {wanted}, got {value!r}")
+            refuse(f"must be {_wanted(hint)}, got {value!r}")
         if action.type is not None and isinstance(typed, int | float):
             try:  # the option's own rule: a positive number, a number from 0 to 1, ...
                 typed = action.type(typed)
@@ -133,7 +137,7 @@ class RunStep:
     @property
     def argv(self) -> list[str]:
         """The equivalent command line, without the program name: what ``--dry-run`` prints and a finished step's
-        marker records (the data options and the cache last, as in the commands' help)."""
+        marker records (the options every step shares last)."""
         options = _options(self.command)
         words = [self.command, *(str(_argument(getattr(self, n))) for n in self.positionals)]
         shared = {f.name for f in fields(RunStep)} - {"data", "out", "sections"}
