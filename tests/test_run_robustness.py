@@ -147,7 +147,9 @@ def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder,
 
 def test_a_step_whose_inputs_changed_is_redone(c2_small, tmp_path):
     """A finished step is reused only while its arguments and its input files (size and time) are unchanged."""
-    from spafoundation.commands.run import Step, _earlier_run, _mark_done, step_inputs
+    import dataclasses
+
+    from spafoundation.commands.run import ClusterStep, _earlier_run, _mark_done, step_inputs
     from spafoundation.io import read_dataset
 
     root = write_manifest(tmp_path / "data", c2_small)
@@ -155,8 +157,7 @@ def test_a_step_whose_inputs_changed_is_redone(c2_small, tmp_path):
     genes.write_text("IGKC\n")
     data = read_dataset(root, with_images=False)
     out = tmp_path / "run"
-    step = Step("clusters", "spatial domains", ["cluster", str(root), "--genes", str(genes), "--out",
-                                                 str(out / "clusters")], out / "clusters")
+    step = ClusterStep(data=str(root), genes=str(genes), out=out / "clusters")
     (out / "clusters").mkdir(parents=True)
     cache = str(out / "cache")
     _mark_done(out, step, 1.0, step_inputs(step, data, str(root), cache))
@@ -171,7 +172,7 @@ def test_a_step_whose_inputs_changed_is_redone(c2_small, tmp_path):
         done, why = _earlier_run(out, step, step_inputs(step, data, str(root), cache))
         assert not done and "changed since the earlier run" in why, why
         _mark_done(out, step, 1.0, step_inputs(step, data, str(root), cache))
-    other = Step(step.name, step.title, [*step.argv, "--n-clusters", "3"], step.output)
+    other = dataclasses.replace(step, n_clusters=3)
     assert _earlier_run(out, other, step_inputs(other, data, str(root), cache)) == (
         False, "its options changed since the earlier run")
 

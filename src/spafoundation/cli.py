@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (``cluster``, ``fit-expression``), as ``spafoundation`` registers it."""
+    module = importlib.import_module(f"spafoundation.commands.{name.replace('-', '_')}")
+    holder = argparse.ArgumentParser(prog="spafoundation").add_subparsers()
+    module.register(holder)
+    return holder.choices[name]
+
+
 # What the machine refuses, as opposed to a bug: one line naming the path, not a traceback.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from spafoundation.utils.atomic import OUTPUT_MARKER
+
 
 @dataclass(frozen=True)
 class RunFolder:
@@ -18,6 +20,11 @@ class RunFolder:
     @property
     def expression_model(self) -> Path:
         return self.root / "expression" / "model"
+
+    @property
+    def expression_model_config(self) -> Path:
+        """What the model was trained on, its genes, head and encoder (``ExpressionModel.save``)."""
+        return self.expression_model / "config.json"
 
     @property
     def predicted(self) -> Path:
@@ -47,6 +54,20 @@ class RunFolder:
     def clusters(self) -> Path:
         return self.root / "clusters"
 
+    # inside the tumour and domain steps' folders (commands/tumor.py, commands/cluster.py)
+    def spots(self, step: Path) -> Path:
+        return step / "spots.h5ad"
+
+    def grid(self, step: Path) -> Path:
+        return step / "grid.h5ad"
+
+    def metrics(self, step: Path) -> Path:
+        return step / "metrics.json"
+
+    def figures(self, step: Path, kind: str) -> list[Path]:
+        """A step's figures, one per section: ``<section>_<kind>.png`` (kind: tumor, clusters, superres)."""
+        return sorted(step.glob(f"*_{kind}.png"))
+
     # the run's own files
     @property
     def cache(self) -> Path:
@@ -57,9 +78,18 @@ class RunFolder:
         return self.root / "config.yaml"
 
     @property
+    def output_marker(self) -> Path:
+        """Says the folder is spafoundation's to replace (utils/atomic.py), as every command's output folder."""
+        return self.root / OUTPUT_MARKER
+
+    @property
     def steps(self) -> Path:
         """Markers of the finished steps (a rerun skips them)."""
         return self.root / ".steps"
+
+    def step_marker(self, name: str) -> Path:
+        """The marker of the finished step ``name``: its command line and its inputs' fingerprints."""
+        return self.steps / f"{name}.json"
 
     @property
     def spatialdata(self) -> Path:
@@ -73,3 +103,12 @@ class RunFolder:
     @property
     def report_files(self) -> Path:
         return self.root / "report_files"
+
+    @property
+    def overview(self) -> Path:
+        """The report's figure of every imaged section with its spots."""
+        return self.report_files / "overview.png"
+
+    def predicted_figure(self, section: str) -> Path:
+        """The report's figure of a predicted section without counts to compare with."""
+        return self.report_files / f"{section}_predicted.png"

@@ -107,14 +107,17 @@ def data_options(args) -> dict:
     return read_options(args)
 
 
-def command_dataset(args, data: dict | None, sections: list[str] | None, **options) -> dict:
+def command_dataset(args, data: dict | None, sections: list[str] | None, *, with_images: bool = True) -> dict:
     """The sections a command works on: read from ``args.data``, or, when ``run`` read the dataset once for all its
-    steps, copies of those in ``data`` (each step gets fresh objects, as if it had read them itself)."""
+    steps, copies of those in ``data`` (each step gets fresh objects, as if it had read them itself).
+    ``with_images=False``: without the H&E thumbnails, as ``read_dataset`` gives them (the copies drop theirs)."""
+    from spafoundation.io.anndata_spec import without_thumbnail
     from spafoundation.io.readers import read_dataset, select_sections
 
     if data is None:
-        return read_dataset(args.data, sections, **options, **data_options(args))
-    return {n: a.copy() for n, a in select_sections(data, sections, args.data).items()}
+        return read_dataset(args.data, sections, with_images=with_images, **data_options(args))
+    chosen = select_sections(data, sections, args.data)
+    return {n: a.copy() if with_images else without_thumbnail(a) for n, a in chosen.items()}
 
 
 def imaged_sections(data: dict, data_path, purpose: str = "") -> dict:

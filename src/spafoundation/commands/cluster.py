@@ -45,8 +45,7 @@ def run(args, data: dict | None = None) -> int:
     check_output_dir(out)  # before the work: never replace a folder of the user's
     check_format_available(args)
     wanted = parse_sections(args.sections)
-    if args.features == "expression":  # read without thumbnails, whatever a caller read
-        data = None
+    # observed expression needs no image: without thumbnails, whether read here or handed over by run
     data = command_dataset(args, data, wanted, with_images=args.features != "expression")
     usable = data if args.features == "expression" else imaged_sections(data, args.data, "to cluster from")
     sections = {n: a.copy() for n, a in usable.items()}

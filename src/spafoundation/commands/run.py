@@ -1,23 +1,21 @@
 """``spafoundation run --data DATA --out DIR``: the whole analysis in one command, then an HTML report.
 
-Each step is one of the subcommands with arguments derived from the config (``--dry-run`` prints them as command
-lines a person can rerun, and they give the same outputs): expression (fit on the sections with counts, predict the
-others), super-resolution, tumour map, spatial domains, report. The steps run in this process on the dataset read
-once (each step gets its own copy of the sections). Where each step writes is ``RunFolder``, which the report reads
-too. A finished step leaves a marker with its arguments and its input files' fingerprints in ``DIR/.steps``; a rerun
-skips it while both are unchanged (an interrupted run continues from what was complete) and redoes it, saying why,
-when an input file or an option changed."""
+The plan is a list of typed step configs (commands/_run_steps.py), made from the config and checked before any step
+runs: expression (fit on the sections with counts, predict the others), super-resolution, tumour map, spatial
+domains, then the report. Each step runs in this process as its command's function on the dataset read once (each
+step gets its own copy of the sections); ``--dry-run`` prints each as the command line that writes the same outputs.
+Where each step writes is ``RunFolder``, which the report reads too. A finished step leaves a marker with its command
+line and its input files' fingerprints in ``DIR/.steps``; a rerun skips it while both are unchanged (an interrupted
+run continues from what was complete) and redoes it, saying why, when an input file or an option changed."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -30,9 +28,17 @@ from spafoundation.commands._common import (
     check_format_available,
     imaged_sections,
 )
+from spafoundation.commands._run_steps import (
+    ClusterStep,
+    FitExpressionStep,
+    PredictExpressionStep,
+    RunStep,
+    SuperresStep,
+    TumorStep,
+)
 from spafoundation.errors import InputError
 from spafoundation.run_folder import RunFolder
-from spafoundation.utils.atomic import OUTPUT_MARKER, atomic_path, check_output_dir
+from spafoundation.utils.atomic import atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
 
 DEFAULTS: dict = {
@@ -55,23 +61,6 @@ DEFAULTS: dict = {
                  "grid_um": defaults.DOMAIN_GRID_UM},
     "report": {"enabled": True, "top_genes": defaults.REPORT_TOP_GENES},
 }
-
-
-@dataclass
-class Step:
-    """One step: the command that does it (``argv``, without the program name) and the output it writes."""
-
-    name: str
-    title: str
-    argv: list[str]
-    output: Path
-
-    def command(self) -> str:
-        return "spafoundation " + " ".join(shlex.quote(a) for a in self.argv)
-
-    def reads_own_data(self) -> bool:
-        """Clustering on observed expression reads the dataset without thumbnails, as its command does."""
-        return self.name == "clusters" and self.argv[self.argv.index("--features") + 1] == "expression"
 
 
 def check_value_types(cfg: dict, config_path) -> None:
@@ -153,29 +142,25 @@ _NO_MARKERS = ("no marker gene (tumor.markers, default HER2+ breast cancer's) is
                "with counts")
 
 
-def _tumor_markers_usable(data: dict, imaged: list[str], t: dict) -> bool:
-    """Whether the tumour step's label-free route, when the config leads to it, has marker genes to train on (the
+def _tumor_markers_usable(data: dict, step: TumorStep) -> bool:
+    """Whether the tumour step's label-free route, when its settings lead to it, has marker genes to train on (the
     supervised route alone, from labels, needs none)."""
     from spafoundation.tasks.tumor import marker_list, marker_training, tumor_routes
 
-    if "markers" not in tumor_routes(t["route"], labelled=bool(t["label_column"])):
+    if "markers" not in tumor_routes(step.route, labelled=bool(step.label_column)):
         return True
-    return bool(marker_training({n: data[n] for n in imaged}, marker_list(t["markers"]))[1])
+    return bool(marker_training({n: data[n] for n in step.train_sections}, marker_list(step.markers))[1])
 
 
-def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[Step]:
-    """The steps of the run, as subcommands; ``notes`` collects what was left out and why."""
+def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | None = None) -> list[RunStep]:
+    """The steps of the run, as typed step configs (checked as they are made: a value a step's command would refuse
+    is an InputError now, before any step runs); ``notes`` collects what was left out and why."""
     notes = [] if notes is None else notes
     folder = RunFolder(out)
     imaged = list(imaged_sections(data, data_path))
-    cache = str(cfg["cache_dir"] or folder.cache)
-    common = ["--cache-dir", cache, *(["--bin-um", f"{cfg['bin_um']:g}"] if cfg["bin_um"] else []),
-              *(["--image", str(cfg["image"])] if cfg["image"] else []),
-              *(["--image-scale", repr(float(cfg["image_scale"]))] if cfg["image_scale"] else []),
-              *(["--mpp", repr(float(cfg["mpp"]))] if cfg["mpp"] else [])]
-    precision = ["--precision", str(cfg["precision"])] if cfg["precision"] else []
-    enc = ["--encoder", str(cfg["encoder"]), *precision]
-    steps = []
+    common = {"data": data_path, "cache_dir": str(cfg["cache_dir"] or folder.cache),
+              "pipeline_precision": cfg["precision"], **{k: cfg[k] for k in ("bin_um", "image", "image_scale", "mpp")}}
+    steps: list[RunStep] = []
     e = cfg["expression"]
     if e["enabled"]:
         train, predict = expression_split(data, e)
@@ -184,91 +169,59 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
             notes.append(f"expression {_NO_COUNTS} (or give expression.model, a fitted model folder)")
         if model is None and train:
             model = str(folder.expression_model)
-            steps.append(Step("fit_expression", "fit expression", [
-                "fit-expression", data_path, "--sections", ",".join(train), "--out", model, "--genes",
-                str(e["genes"]), "--head", str(e["head"]), *enc, *common], Path(model)))
+            steps.append(FitExpressionStep(**common, sections=train, out=folder.expression_model, genes=e["genes"],
+                                           head=e["head"], encoder=cfg["encoder"]))
         if model is not None and predict:
-            pred = folder.predicted
-            steps.append(Step("predict_expression", "predict expression", [
-                "predict-expression", model, data_path, "--sections", ",".join(predict), "--out", str(pred),
-                *precision, *common], pred))
+            steps.append(PredictExpressionStep(**common, model=model, sections=predict, out=folder.predicted))
     r = cfg["superres"]
     if r["enabled"]:
         train = expression_split(data, e)[0] if e["enabled"] else [n for n in imaged if data[n].n_vars > 0]
         if not train:
             notes.append(f"super-resolution {_NO_COUNTS}")
-        if train:
+        if train:  # checked as a step before its values are used here
+            superres = SuperresStep(**common, sections=imaged, train_sections=train, out=folder.superres,
+                                    genes=r["genes"], encoder=cfg["encoder"], step_um=r["step_um"] or None)
             from spafoundation.tasks.expression import resolve_encoder
             from spafoundation.tasks.superres import MIN_SPOT_STEPS, spots_resolvable, superpixel_step_um
 
-            step = superpixel_step_um(resolve_encoder(cfg["encoder"]), r["step_um"])
+            step = superpixel_step_um(resolve_encoder(superres.encoder), superres.step_um)
             too_fine = [n for n in train if not spots_resolvable(data[n], step)]
             train = [n for n in train if n not in too_fine]
             if too_fine:
                 notes.append(f"super-resolution {'left out' if not train else 'not trained on'} "
                              f"{', '.join(too_fine)}: spots span fewer than {MIN_SPOT_STEPS:g} superpixels of "
                              f"{step:g} um (Visium HD: --bin-um {MIN_SPOT_STEPS * step:g} or more)")
-        if train:
-            argv = ["superres", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(train),
-                    "--out", str(folder.superres), "--genes", str(r["genes"]), *enc, *common]
-            if r["step_um"]:
-                argv += ["--step-um", str(r["step_um"])]
-            steps.append(Step("superres", "super-resolution maps", argv, folder.superres))
+            if train:
+                steps.append(dataclasses.replace(superres, train_sections=train))
     t = cfg["tumor"]
-    if t["enabled"] and not _tumor_markers_usable(data, imaged, t):
-        if t["route"]:
-            raise InputError(None, "tumor.markers", f"route {t['route']}: {_NO_MARKERS}")
-        notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
-    elif t["enabled"]:
-        argv = ["tumor", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(imaged), "--out",
-                str(folder.tumor), "--grid-um", str(t["grid_um"] or 0), *enc, *common]
-        for key, flag in (("route", "--route"), ("label_column", "--label-column"), ("markers", "--markers")):
-            if t[key]:
-                argv += [flag, ",".join(t[key]) if isinstance(t[key], list) else str(t[key])]
-        steps.append(Step("tumor", "tumour map", argv, folder.tumor))
+    if t["enabled"]:
+        tumor = TumorStep(**common, sections=imaged, train_sections=imaged, out=folder.tumor,
+                          grid_um=t["grid_um"] or 0.0, encoder=cfg["encoder"], route=t["route"] or None,
+                          label_column=t["label_column"] or None, markers=t["markers"] or None)
+        if _tumor_markers_usable(data, tumor):
+            steps.append(tumor)
+        elif tumor.route:
+            raise InputError(None, "tumor.markers", f"route {tumor.route}: {_NO_MARKERS}")
+        else:
+            notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
     c = cfg["clusters"]
     if c["enabled"]:
-        argv = ["cluster", data_path, "--sections", ",".join(imaged), "--out", str(folder.clusters), "--features",
-                str(c["features"]), "--method", str(c["method"]), "--n-clusters", str(c["n_clusters"]), "--smooth",
-                str(c["smooth"]), "--grid-um", str(c["grid_um"] or 0), *enc, *common]
-        if c["features"] == "predicted":
-            argv += ["--expression-model", str(folder.expression_model)]
-        if c["reference_column"]:
-            argv += ["--reference-column", str(c["reference_column"])]
-        steps.append(Step("clusters", "spatial domains", argv, folder.clusters))
+        steps.append(ClusterStep(**common, sections=imaged, out=folder.clusters, features=c["features"],
+                                 method=c["method"], n_clusters=c["n_clusters"], smooth=c["smooth"],
+                                 grid_um=c["grid_um"] or 0.0, encoder=cfg["encoder"],
+                                 expression_model=(str(folder.expression_model) if c["features"] == "predicted"
+                                                   else None),
+                                 reference_column=c["reference_column"] or None))
     return steps
 
 
-def parse_step_arguments(steps: list[Step], extra: list[str] = ()) -> list:
-    """Each step's arguments parsed as its command parses them (``extra`` appended), before any step runs: a config
-    value the command refuses (clusters.smooth: 2) is an InputError now, not a failure after the steps before it."""
-    import contextlib
-    import io
-
-    from spafoundation.cli import build_parser
-
-    parser = build_parser()
-    parsed = []
-    for s in steps:
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                args = parser.parse_args([*s.argv, *extra])
-        except SystemExit:
-            reason = err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
-            raise InputError(None, f"config ({s.title})", reason) from None
-        args.argv = [*s.argv, *extra]  # what the step's outputs record as their command
-        parsed.append(args)
-    return parsed
+def _marker(out: Path, step: RunStep) -> Path:
+    return RunFolder(out).step_marker(step.name)
 
 
-def _marker(out: Path, step: Step) -> Path:
-    return RunFolder(out).steps / f"{step.name}.json"
-
-
-def step_inputs(step: Step, data: dict, data_path: str, cache: str) -> dict[str, str]:
+def step_inputs(step: RunStep, data: dict, data_path: str, cache: str) -> dict[str, str]:
     """Fingerprints of what ``step`` reads: the dataset, each section's image and counts, and every path among its
-    arguments (a model folder, a gene list), but not its own output or the embedding cache."""
+    settings (a model folder, a gene list), but not its own output or the embedding cache."""
     from spafoundation.io.anndata_spec import spatial_meta
     from spafoundation.utils.provenance import fingerprint
 
@@ -276,11 +229,11 @@ def step_inputs(step: Step, data: dict, data_path: str, cache: str) -> dict[str,
     for a in data.values():
         meta = spatial_meta(a)["metadata"]
         paths += [meta.get(k) for k in ("image_path", "counts_path") if meta.get(k)]
-    paths += [a for a in step.argv[1:] if a and not a.startswith("-") and os.path.exists(a)]
-    return fingerprint(paths, exclude=(step.output, cache))
+    paths += step.named_paths()
+    return fingerprint(paths, exclude=(step.out, cache))
 
 
-def _earlier_run(out: Path, step: Step, inputs: dict[str, str]) -> tuple[bool, str]:
+def _earlier_run(out: Path, step: RunStep, inputs: dict[str, str]) -> tuple[bool, str]:
     """(whether ``step`` was done by an earlier run from the same arguments and inputs, why not when it was done
     from others)."""
     from spafoundation.utils.provenance import changed
@@ -289,7 +242,7 @@ def _earlier_run(out: Path, step: Step, inputs: dict[str, str]) -> tuple[bool, s
         done = json.loads(_marker(out, step).read_text())
     except (OSError, ValueError):
         return False, ""
-    if not isinstance(done, dict) or not step.output.exists():
+    if not isinstance(done, dict) or not step.out.exists():
         return False, ""
     if done.get("argv") != step.argv:
         return False, "its options changed since the earlier run"
@@ -300,13 +253,12 @@ def _earlier_run(out: Path, step: Step, inputs: dict[str, str]) -> tuple[bool, s
     return True, ""
 
 
-def _mark_done(out: Path, step: Step, seconds: float, inputs: dict[str, str]) -> None:
+def _mark_done(out: Path, step: RunStep, seconds: float, inputs: dict[str, str]) -> None:
     with atomic_path(_marker(out, step)) as tmp:
         Path(tmp).write_text(json.dumps({"argv": step.argv, "inputs": inputs, "seconds": round(seconds, 1)}) + "\n")
 
 
 def run(args) -> int:
-    from spafoundation.cli import call_command
     from spafoundation.io.readers import DATA_OPTIONS, data_options, read_dataset
     from spafoundation.utils.config import load_yaml_config
 
@@ -345,12 +297,11 @@ def run(args) -> int:
         check_output_dir(out)
     from spafoundation.models.cache import cache_root
 
-    cache_root(cfg["cache_dir"] or out / "cache")
+    cache_root(cfg["cache_dir"] or folder.cache)
     # read once for every step: with the thumbnails, which the figures draw on (not for a plan only)
     data = read_dataset(data_path, _names(cfg["sections"]), with_images=not args.dry_run, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
-    step_args = parse_step_arguments(steps, ["--quiet"] if args.quiet else [])
     if not args.dry_run:
         check_inputs(data, cfg)
     print(f"spafoundation run: {len(data)} sections from {data_path} -> {out}")
@@ -363,7 +314,7 @@ def run(args) -> int:
     for note in notes:
         print(f"  {note}")
     for i, s in enumerate(steps, 1):
-        print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command()}")
+        print(f"  [{i}/{len(steps) + 1}] {s.title}: {s.command_line()}")
     if args.format == "spatialdata":
         print(f"  then every result in one SpatialData store: {folder.spatialdata}")
     print(f"  [{len(steps) + 1}/{len(steps) + 1}] report: {folder.report}")
@@ -376,13 +327,13 @@ def run(args) -> int:
     # left by a run that was killed (SIGKILL, a power cut); cli.main holds this folder's lock, so none is live
     for p in remove_stale_temporaries_under(out, unnamed=True):
         print(f"  removed {p.relative_to(out)}, a temporary file of a run that was killed")
-    (out / OUTPUT_MARKER).touch()  # the run folder and what its steps write in it are ours to replace
+    folder.output_marker.touch()  # the run folder and what its steps write in it are ours to replace
     with atomic_path(folder.config) as tmp:
         Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
     summary = []
     try:
-        cache = str(cfg["cache_dir"] or out / "cache")
-        for i, (s, s_args) in enumerate(zip(steps, step_args, strict=True), 1):
+        cache = str(cfg["cache_dir"] or folder.cache)
+        for i, s in enumerate(steps, 1):
             inputs = step_inputs(s, data, data_path, cache)
             done, why_not = _earlier_run(out, s, inputs)
             if done:
@@ -392,7 +343,7 @@ def run(args) -> int:
             # a step's earlier output is replaced by the step itself (utils/atomic.py), keeping the user's files
             print(f"[{i}/{len(steps) + 1}] {s.title}{f' (redone: {why_not})' if why_not else ''} ...", flush=True)
             t0 = time.perf_counter()
-            code = call_command(s_args, None if s.reads_own_data() else data)
+            code = s.run(data, quiet=args.quiet)
             if code != 0:
                 raise _StepFailed(s, code)
             dt = time.perf_counter() - t0
@@ -429,7 +380,7 @@ def run(args) -> int:
 
 
 class _StepFailed(Exception):
-    def __init__(self, step: Step, code: int):
+    def __init__(self, step: RunStep, code: int):
         super().__init__(step.name)
         self.step, self.code = step, code
 

@@ -55,6 +55,16 @@ def image_path(adata: ad.AnnData) -> str | None:
     return str(path) if path else None
 
 
+def without_thumbnail(adata: ad.AnnData) -> ad.AnnData:
+    """A copy of ``adata`` as a reader gives it with ``with_images=False``: no hires thumbnail, its scale factors
+    back at 1 (the image file is still named, so patches can be read)."""
+    copy = adata.copy()
+    for lib in copy.uns.get("spatial", {}).values():
+        lib["images"] = {}
+        lib["scalefactors"] = {**lib["scalefactors"], "tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0}
+    return copy
+
+
 def image_scale(adata: ad.AnnData) -> float:
     """Image px per full-resolution px of the section's image: 1 for the full-resolution H&E."""
     return float(spatial_meta(adata)["metadata"].get("image_scale", 1.0))

@@ -43,9 +43,9 @@ def write_run_store(out: Path, data: dict[str, ad.AnnData]) -> Path:
     expression = {n: p[spots[n].obs_names].copy() for n, p in predicted.items()
                   if set(spots[n].obs_names) <= set(p.obs_names)}
     superres = {n: ad.read_h5ad(folder.superres_section(n)) for n in spots if folder.superres_section(n).exists()}
-    annotated = annotate_spots(spots, _by_section(folder.tumor / "spots.h5ad", spots),
-                               _by_section(folder.clusters / "spots.h5ad", spots))
-    grids = {"tumor_grid": _grids(folder.tumor / "grid.h5ad", spots),
-             "domain_grid": _grids(folder.clusters / "grid.h5ad", spots)}
+    annotated = annotate_spots(spots, _by_section(folder.spots(folder.tumor), spots),
+                               _by_section(folder.spots(folder.clusters), spots))
+    grids = {"tumor_grid": _grids(folder.grid(folder.tumor), spots),
+             "domain_grid": _grids(folder.grid(folder.clusters), spots)}
     return write_spatialdata(folder.spatialdata, annotated, expression=expression, superres=superres,
                              grids={k: v for k, v in grids.items() if v})

@@ -27,7 +27,7 @@ def _overview(folder: RunFolder, sections: dict) -> Path:
         total = np.log1p(np.asarray(a.X.sum(axis=1)).ravel()) if a.n_vars else np.zeros(a.n_obs)
         panels.append({"adata": a, "values": total, "cmap": "viridis",
                        "title": f"{n}: log total counts" if a.n_vars else f"{n}: spots (no counts)"})
-    return plot_panels(panels, folder.report_files / "overview.png", n_cols=min(4, len(panels)),
+    return plot_panels(panels, folder.overview, n_cols=min(4, len(panels)),
                        title="sections and spots")
 
 
@@ -40,7 +40,7 @@ def _expression_block(folder: RunFolder, top_genes: int) -> Block | None:
     if not pred_path.is_file():
         return None
     b = Block("Expression from H&E")
-    cfg = _read_json(folder.expression_model / "config.json")
+    cfg = _read_json(folder.expression_model_config)
     if cfg:
         tr = cfg.get("training", {})
         target = "library-size normalised counts" if (cfg.get("target") or {}).get("target_sum") else "counts"
@@ -80,20 +80,20 @@ def _expression_block(folder: RunFolder, top_genes: int) -> Block | None:
         sub.uns["spatial"] = {n: pred.uns["spatial"][n]} if n in pred.uns.get("spatial", {}) else sub.uns["spatial"]
         genes = list(sub.var_names[np.argsort(-np.asarray(sub.X).std(axis=0))[:top_genes]])
         fig = plot_panels([{"adata": sub, "values": np.asarray(sub[:, g].X).ravel(), "title": f"{g} predicted"}
-                           for g in genes], folder.report_files / f"{n}_predicted.png",
+                           for g in genes], folder.predicted_figure(n),
                           title=f"{n}: predicted expression (most variable predicted genes; no counts to compare)")
         b.figures.append((fig, f"{n}: predicted expression"))
     return b
 
 
-def _task_block(d: Path, title: str, text: str, suffix: str, metric_rows) -> Block | None:
+def _task_block(folder: RunFolder, d: Path, title: str, text: str, suffix: str, metric_rows) -> Block | None:
     if not d.is_dir():
         return None
     b = Block(title, paragraphs=[text])
-    rows = metric_rows(_read_json(d / "metrics.json") or {})
+    rows = metric_rows(_read_json(folder.metrics(d)) or {})
     if rows:
         b.tables.append(rows)
-    b.figures += [(f, f.stem.replace("_", " ")) for f in sorted(d.glob(f"*_{suffix}.png"))]
+    b.figures += [(f, f.stem.replace("_", " ")) for f in folder.figures(d, suffix)]
     return b
 
 
@@ -145,7 +145,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     expr = _expression_block(folder, top_genes)
     if expr:
         blocks.append(expr)
-    sr = _task_block(folder.superres, "Super-resolution maps",
+    sr = _task_block(folder, folder.superres, "Super-resolution maps",
                      "Expression on superpixels of the encoder's patch tokens over the whole tissue (X in "
                      "superres/<section>.h5ad, arrays in <section>_maps.npz). Sections with counts are anchored "
                      "to their spots (inside a spot: its measurement plus the image's and the neighbouring spots' "
@@ -155,7 +155,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
         blocks.append(sr)
     t = cfg.get("tumor", {})
     route = t.get("route") or tumor_routes(None, bool(t.get("label_column")))[0]
-    tumor = _task_block(folder.tumor, "Tumour map",
+    tumor = _task_block(folder, folder.tumor, "Tumour map",
                         f"Route: {route}. Supervised: logistic regression on spot features trained on the spots of "
                         f"obs['{t.get('label_column')}']; label-free: the predicted expression of tumour marker "
                         "genes (z-scored). A section used in training is scored by a model fitted without it; "
@@ -164,7 +164,7 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     if tumor:
         blocks.append(tumor)
     c = cfg.get("clusters", {})
-    clusters = _task_block(folder.clusters, "Spatial domains",
+    clusters = _task_block(folder, folder.clusters, "Spatial domains",
                            f"{c.get('method')} on {c.get('features')} features, k = {c.get('n_clusters')}, "
                            f"smoothing weight {c.get('smooth')} over each section's spot graph; domains shared "
                            "across sections.", "clusters", _cluster_rows)
