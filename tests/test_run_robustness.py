@@ -3,6 +3,7 @@ run continues from the finished steps; the embedding cache stays readable)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -175,6 +176,14 @@ def test_a_step_whose_inputs_changed_is_redone(c2_small, tmp_path):
     other = dataclasses.replace(step, n_clusters=3)
     assert _earlier_run(out, other, step_inputs(other, data, str(root), cache)) == (
         False, "its options changed since the earlier run")
+    # a step drawn on an older tissue mask (tissue grids and fractions) is redone
+    from spafoundation.run_folder import RunFolder
+
+    marker = RunFolder(out).step_marker(step.name)
+    done = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**done, "tissue_mask_version": done["tissue_mask_version"] - 1}))
+    done, why = _earlier_run(out, step, step_inputs(step, data, str(root), cache))
+    assert not done and "tissue mask changed" in why
 
 
 def test_config_values_of_the_wrong_type_fail_before_any_step(c2_small, tmp_path, capsys):

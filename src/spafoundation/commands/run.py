@@ -37,6 +37,7 @@ from spafoundation.commands._run_steps import (
     TumorStep,
 )
 from spafoundation.errors import InputError
+from spafoundation.io.patches import TISSUE_MASK_VERSION
 from spafoundation.run_folder import RunFolder
 from spafoundation.utils.atomic import atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
@@ -246,6 +247,8 @@ def _earlier_run(out: Path, step: RunStep, inputs: dict[str, str]) -> tuple[bool
         return False, ""
     if done.get("argv") != step.argv:
         return False, "its options changed since the earlier run"
+    if done.get("tissue_mask_version") != TISSUE_MASK_VERSION:  # tissue grids, tissue fractions: drawn on the mask
+        return False, "the tissue mask changed since the earlier run (a newer spafoundation)"
     moved = changed(done.get("inputs") or {}, inputs)
     if moved:
         return False, (f"its input {moved[0]} changed since the earlier run" if len(moved) == 1 else
@@ -255,7 +258,8 @@ def _earlier_run(out: Path, step: RunStep, inputs: dict[str, str]) -> tuple[bool
 
 def _mark_done(out: Path, step: RunStep, seconds: float, inputs: dict[str, str]) -> None:
     with atomic_path(_marker(out, step)) as tmp:
-        Path(tmp).write_text(json.dumps({"argv": step.argv, "inputs": inputs, "seconds": round(seconds, 1)}) + "\n")
+        Path(tmp).write_text(json.dumps({"argv": step.argv, "inputs": inputs, "seconds": round(seconds, 1),
+                                  "tissue_mask_version": TISSUE_MASK_VERSION}) + "\n")
 
 
 def run(args) -> int:
