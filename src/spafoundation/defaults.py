@@ -14,3 +14,5 @@ DOMAIN_SMOOTH = 0.5  # weight of the neighbours' mean in a spot's smoothed featu
 DOMAIN_GRID_UM = 0.0  # domains on a tissue grid besides the spots (0: spots only)
 DOMAIN_EXPRESSION_GENES = "hvg:1000"  # genes of features="expression"
 REPORT_TOP_GENES = 4
+STAIN_NORM = "none"  # none, macenko or reinhard (io/stain.py); none: neither method beat it across patients (README)
+STAIN_NORM_METHODS = ("none", "macenko", "reinhard")
