@@ -154,13 +154,14 @@ STAIN_NORM_HELP = (
     "tissue patches. Default none: on HER2ST leave-one-patient-out neither beat it (README, 'Stain normalisation')")
 
 
-def add_stain_option(p, fitted: bool = False) -> None:
-    """``--stain-norm`` (and, where no model supplies the reference, ``--stain-reference``)."""
+def add_stain_option(p, fitted: bool = False, where: str | None = None) -> None:
+    """``--stain-norm``; where the command fits no reference of its own (``fitted`` False), ``--stain-reference``
+    too. ``where``: how the command chooses its reference, for the help."""
     from spafoundation import defaults
 
-    where = ("the reference is fitted over tissue patches of the training sections and saved in the model, so "
-             "predict-expression maps new sections to it" if fitted else
-             "the reference is --stain-reference, else the built-in one (HER2ST patient C)")
+    where = where or ("the reference is fitted over tissue patches of the training sections and saved in the model, "
+                      "so predict-expression maps new sections to it" if fitted else
+                      "the reference is --stain-reference, else the built-in one (HER2ST patient C)")
     p.add_argument("--stain-norm", choices=defaults.STAIN_NORM_METHODS, default=defaults.STAIN_NORM,
                    help=f"{STAIN_NORM_HELP}; {where}")
     if not fitted:

@@ -45,6 +45,7 @@ DEFAULTS: dict = {
     "encoder": defaults.ENCODER,
     "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
     "cache_dir": None,  # default: DIR/cache
+    "stain_norm": defaults.STAIN_NORM,  # none, macenko or reinhard: fit-expression, tumor and cluster (io/stain.py)
     "expression": {"enabled": True, "model": None, "train_sections": None, "predict_sections": None,
                    "genes": defaults.EXPRESSION_GENES, "head": defaults.EXPRESSION_HEAD},
     "superres": {"enabled": True, "step_um": None, "genes": defaults.SUPERRES_GENES},
@@ -87,6 +88,9 @@ def check_value_types(cfg: dict, config_path) -> None:
         value = cfg[key]
         if (value is not None or key == "encoder") and (not isinstance(value, str) or not value.strip()):
             raise InputError(config_path, key, f"must be {wanted}, got {value!r}")
+    if cfg["stain_norm"] not in defaults.STAIN_NORM_METHODS:
+        raise InputError(config_path, "stain_norm", f"must be one of {', '.join(defaults.STAIN_NORM_METHODS)}, got "
+                         f"{cfg['stain_norm']!r}")
 
 
 def _names(value) -> list[str] | None:
@@ -175,6 +179,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
               *(["--mpp", repr(float(cfg["mpp"]))] if cfg["mpp"] else [])]
     precision = ["--precision", str(cfg["precision"])] if cfg["precision"] else []
     enc = ["--encoder", str(cfg["encoder"]), *precision]
+    stain = ["--stain-norm", str(cfg["stain_norm"])] if cfg["stain_norm"] != defaults.STAIN_NORM else []
     steps = []
     e = cfg["expression"]
     if e["enabled"]:
@@ -186,7 +191,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
             model = str(folder.expression_model)
             steps.append(Step("fit_expression", "fit expression", [
                 "fit-expression", data_path, "--sections", ",".join(train), "--out", model, "--genes",
-                str(e["genes"]), "--head", str(e["head"]), *enc, *common], Path(model)))
+                str(e["genes"]), "--head", str(e["head"]), *enc, *stain, *common], Path(model)))
         if model is not None and predict:
             pred = folder.predicted
             steps.append(Step("predict_expression", "predict expression", [
@@ -221,7 +226,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         notes.append(f"tumour map left out: no labels (tumor.label_column) and {_NO_MARKERS}")
     elif t["enabled"]:
         argv = ["tumor", data_path, "--sections", ",".join(imaged), "--train-sections", ",".join(imaged), "--out",
-                str(folder.tumor), "--grid-um", str(t["grid_um"] or 0), *enc, *common]
+                str(folder.tumor), "--grid-um", str(t["grid_um"] or 0), *enc, *stain, *common]
         for key, flag in (("route", "--route"), ("label_column", "--label-column"), ("markers", "--markers")):
             if t[key]:
                 argv += [flag, ",".join(t[key]) if isinstance(t[key], list) else str(t[key])]
@@ -231,6 +236,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         argv = ["cluster", data_path, "--sections", ",".join(imaged), "--out", str(folder.clusters), "--features",
                 str(c["features"]), "--method", str(c["method"]), "--n-clusters", str(c["n_clusters"]), "--smooth",
                 str(c["smooth"]), "--grid-um", str(c["grid_um"] or 0), *enc, *common]
+        if c["features"] == "image":
+            argv += stain
         if c["features"] == "predicted":
             argv += ["--expression-model", str(folder.expression_model)]
         if c["reference_column"]:

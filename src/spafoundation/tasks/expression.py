@@ -29,6 +29,7 @@ from spafoundation.tasks.reliability import (
 from spafoundation.tasks.spot_features import (
     HANDCRAFTED_PATCH_PX,
     HANDCRAFTED_PATCH_UM,
+    fit_recipe_stain,
     make_recipe,
     needs_encoder,
     recipe_stain,
@@ -306,11 +307,8 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
         return _fit_finetuned(train, tuned_from, select_genes(train, genes, target_sum, candidate_genes),
                               target_sum, head_params, progress, genes)
     recipe = make_recipe(**{**DEFAULT_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
-    if recipe["stain_norm"] != "none" and recipe["stain_reference"] is None:
-        # the reference is the training sections' look, stored in the model: a new patient is mapped to it
-        from spafoundation.io.stain import fit_reference_on_sections
-
-        recipe["stain_reference"] = fit_reference_on_sections(train, recipe["stain_norm"]).to_dict()
+    # the reference is the training sections' look, stored in the model: a new patient is mapped to it
+    recipe = fit_recipe_stain(recipe, train)
     enc = resolve_encoder(encoder) if needs_encoder(recipe) else None
     gene_list = select_genes(train, genes, target_sum, candidate_genes)
     X, Y, groups, blocks = training_matrices(train, gene_list, recipe, enc, target_sum=target_sum,

@@ -64,6 +64,16 @@ def make_recipe(**kwargs) -> dict:
     return recipe
 
 
+def fit_recipe_stain(recipe: dict, sections) -> dict:
+    """``recipe`` with its stain reference fitted over tissue patches of ``sections`` (AnnData; the training
+    sections of a model, or every section a shared space is made of), where it normalises stain and has none yet."""
+    if recipe.get("stain_norm", "none") == "none" or recipe.get("stain_reference") is not None:
+        return recipe
+    from spafoundation.io.stain import fit_reference_on_sections
+
+    return {**recipe, "stain_reference": fit_reference_on_sections(list(sections), recipe["stain_norm"]).to_dict()}
+
+
 def recipe_stain(recipe: dict, path=None) -> StainReference | None:
     """The ``StainReference`` a recipe normalises patches to (its own, else the built-in one), None for ``none``;
     an InputError naming ``path`` (a model's config.json) when the stored reference is not one."""
