@@ -30,7 +30,6 @@ from spafoundation.io.patches import MASKED_MAX, tissue_mask
 
 log = logging.getLogger(__name__)
 METHODS = defaults.STAIN_NORM_METHODS
-DEFAULT_METHOD = defaults.STAIN_NORM
 OD_MIN = 0.15  # optical density below which a channel counts as transparent (Macenko et al. 2009's beta)
 ANGLE_PERCENTILE = 1.0  # robust extremes of the stain angles (Macenko's alpha)
 MAX_PERCENTILE = 99.0  # a stain's "maximum" concentration
