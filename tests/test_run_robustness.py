@@ -190,7 +190,7 @@ def test_config_values_of_the_wrong_type_fail_before_any_step(c2_small, tmp_path
     root = write_manifest(tmp_path / "data", c2_small)
     out = tmp_path / "out"
     for setting, field in (("report.top_genes=abc", "report.top_genes"), ("encoder=", "encoder"),
-                           ("clusters.enabled=maybe", "clusters.enabled")):
+                           ("clusters.enabled=maybe", "clusters.enabled"), ("stain_norm=vahadane", "stain_norm")):
         capsys.readouterr()
         assert main(["run", "--data", str(root), "--out", str(out), "--dry-run", "--set", setting]) == EXIT_BAD_INPUT
         err = capsys.readouterr().err.strip().splitlines()
@@ -209,3 +209,17 @@ def test_out_inside_the_dataset_named_by_the_config_is_refused(c2_small, tmp_pat
     assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(root / "run"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "inside the dataset folder" in err[0] and not (root / "run").exists()
+
+
+def test_run_stain_norm_reaches_every_step_that_computes_image_features(c2_small, tmp_path, capsys):
+    root = write_manifest(tmp_path / "data", c2_small)
+    assert main(["run", "--data", str(root), "--out", str(tmp_path / "out"), "--dry-run",
+                 "--set", "stain_norm=macenko"]) == 0
+    plan = capsys.readouterr().out
+    steps = {line.split(": spafoundation ")[1].split()[0]: line for line in plan.splitlines()
+             if ": spafoundation " in line}
+    assert {"fit-expression", "cluster"} <= set(steps), plan
+    for command, line in steps.items():  # predict-expression takes the model's own reference
+        assert ("--stain-norm macenko" in line) == (command in ("fit-expression", "tumor", "cluster")), line
+    assert main(["run", "--data", str(root), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "--stain-norm" not in capsys.readouterr().out  # the default: patches as scanned

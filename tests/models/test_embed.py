@@ -122,3 +122,25 @@ def test_section_without_image(c2_16, tiny_encoder):
 def test_inference_leaves_grad_mode_alone(tiny_encoder):
     embed_patches(tiny_encoder, np.zeros((1, 32, 32, 3), np.uint8))
     assert torch.is_grad_enabled()
+
+
+def test_stain_normalised_embeddings_are_their_own_cache_entry(c2_16, tiny_encoder, tmp_path):
+    """sf.tl.embed(stain_norm=...): the encoder sees the normalised patches, and a normalised embedding is never
+    served from (or into) the entry of the patches as scanned."""
+    import spafoundation as sf
+    from spafoundation.io import extract_patches
+    from spafoundation.io.stain import builtin_reference, section_stain
+
+    with sf.settings.override(cache_dir=tmp_path, progress=False):
+        raw = sf.tl.embed(c2_16, tiny_encoder, copy=True)
+        normed = sf.tl.embed(c2_16, tiny_encoder, stain_norm="reinhard", copy=True)
+        with pytest.raises(ValueError, match="stain_reference needs"):
+            sf.tl.embed(c2_16, tiny_encoder, stain_reference=builtin_reference("macenko"))
+    a, b = raw.obsm["X_random-vitt16"], normed.obsm["X_random-vitt16"]
+    assert not np.allclose(a, b, atol=1e-4)
+    record = normed.uns[UNS_KEY]["X_random-vitt16"]
+    assert record["cache"] == "miss" and record["stain_norm"]["method"] == "reinhard"
+    np.testing.assert_array_equal(normed.obs["tissue_fraction"], raw.obs["tissue_fraction"])
+    patches = extract_patches(c2_16, tiny_encoder.patch_um, tiny_encoder.input_size)
+    expected = embed_patches(tiny_encoder, section_stain(c2_16, builtin_reference("reinhard"))(patches))
+    np.testing.assert_allclose(b, expected, rtol=1e-5, atol=1e-5)

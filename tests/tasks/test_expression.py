@@ -174,3 +174,48 @@ def test_a_damaged_or_mismatched_model_folder_is_one_input_error(small_sections,
                  str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--genes: not predicted by this model: NOPE" in err[0] and not out.exists()
+
+
+def test_stain_reference_is_fitted_on_training_sections_saved_and_applied_at_prediction(small_sections, tiny_encoder,
+                                                                                         tmp_path):
+    from spafoundation.io.stain import builtin_reference
+    from spafoundation.tasks.spot_features import spot_features
+
+    train, test = small_sections[:2], small_sections[2]
+    cache = tmp_path / "cache"
+    model = fit_expression(train, tiny_encoder, genes="hvg:5", stain_norm="macenko", neighbours_um=0, context=1,
+                           cache_dir=cache)
+    stored = model.recipe["stain_reference"]
+    assert model.recipe["stain_norm"] == "macenko" and stored["source"] == "sections C2,C3"
+    assert stored["max_concentration"] != builtin_reference("macenko").to_dict()["max_concentration"]
+    model.save(tmp_path / "model")
+    loaded = ExpressionModel.load(tmp_path / "model", encoder=tiny_encoder)
+    assert loaded.recipe["stain_reference"] == stored
+    # prediction normalises the new section to the training reference, without being told
+    normalised = spot_features(test, model.recipe, tiny_encoder, cache_dir=cache)
+    raw = spot_features(test, {**model.recipe, "stain_norm": "none", "stain_reference": None}, tiny_encoder,
+                        cache_dir=cache)
+    builtin = spot_features(test, {**model.recipe, "stain_reference": None}, tiny_encoder, cache_dir=cache)
+    np.testing.assert_allclose(loaded.features(test, cache_dir=cache), normalised, atol=1e-5)
+    assert not np.allclose(normalised, raw, atol=1e-3) and not np.allclose(normalised, builtin, atol=1e-3)
+    np.testing.assert_allclose(loaded.predict(test, cache_dir=cache).X, model.head.predict(normalised), atol=1e-4)
+    # a damaged stored reference: one error naming the file and the field
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    cfg["recipe"]["stain_reference"]["stain_matrix"] = [[0.1, 0.2]]
+    (tmp_path / "model" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match=r"config\.json: recipe\.stain_reference\.stain_matrix"):
+        ExpressionModel.load(tmp_path / "model")
+
+
+def test_cli_stain_norm_values(her2st_root, tiny_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit-expression", str(her2st_root), "--sections", "C3", "--encoder", str(tiny_folder),
+              "--stain-norm", "vahadane", "--out", str(tmp_path / "m")])
+    assert e.value.code == 2 and "--stain-norm" in capsys.readouterr().err
+    assert main(["embed", str(her2st_root), "--sections", "C3", "--encoder", str(tiny_folder), "--tiles",
+                 "--stain-norm", "macenko", "--out", str(tmp_path / "tiles")]) == 2
+    assert "--stain-norm" in capsys.readouterr().err
+    assert main(["embed", str(her2st_root), "--sections", "C3", "--encoder", str(tiny_folder),
+                 "--stain-reference", str(tmp_path / "none.png"), "--out", str(tmp_path / "e.h5ad")]) == 2
+    assert "--stain-reference: needs --stain-norm" in capsys.readouterr().err
+    assert not (tmp_path / "tiles").exists() and not (tmp_path / "e.h5ad").exists()

@@ -163,7 +163,8 @@ class RunStep:
                 default = action.type(default)
             setattr(ns, dest, default)
         for f in fields(self):
-            setattr(ns, f.name, _argument(getattr(self, f.name)))
+            if getattr(self, f.name) is not None:  # None leaves the command's default, as ``argv`` leaves the flag out
+                setattr(ns, f.name, _argument(getattr(self, f.name)))
         ns.quiet = quiet
         return ns
 
@@ -192,6 +193,7 @@ class FitExpressionStep(RunStep):
     genes: str = _setting(defaults.EXPRESSION_GENES, "expression.genes")
     head: str = _setting(defaults.EXPRESSION_HEAD, "expression.head")
     encoder: str = _setting(defaults.ENCODER, "encoder")
+    stain_norm: str | None = _setting(key="stain_norm")
 
 
 @dataclass(kw_only=True)
@@ -235,6 +237,7 @@ class TumorStep(RunStep):
     route: str | None = _setting(key="tumor.route")
     label_column: str | None = _setting(key="tumor.label_column")
     markers: list[str] | None = field(default=None, metadata={"key": "tumor.markers"})
+    stain_norm: str | None = _setting(key="stain_norm")
 
 
 @dataclass(kw_only=True)
@@ -254,3 +257,4 @@ class ClusterStep(RunStep):
     encoder: str = _setting(defaults.ENCODER, "encoder")
     expression_model: str | None = None
     reference_column: str | None = _setting(key="clusters.reference_column")
+    stain_norm: str | None = _setting(key="stain_norm")  # on image features only

@@ -16,6 +16,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_format_option,
     add_precision_option,
+    add_stain_option,
     cache_dir,
     check_format_available,
     command_dataset,
@@ -59,7 +60,7 @@ def run(args, data: dict | None = None) -> int:
     model = ExpressionModel.load(args.expression_model, encoder=args.encoder) if args.expression_model else None
     feats, grid_feats, blocks = domain_features(sections, args.features, encoder=args.encoder, expression_model=model,
                                         genes=args.genes, locations=grids, cache_dir=cache_dir(args),
-                                        progress=not args.quiet)
+                                        progress=not args.quiet, stain_norm=args.stain_norm)
     runs = [{n: sections[n] for n in sections}] if not args.per_section else [{n: sections[n]} for n in sections]
     for group in runs:
         spatial_clusters(group, {n: feats[n] for n in group}, method=args.method, n_clusters=args.n_clusters,
@@ -123,6 +124,8 @@ def register(subparsers) -> None:
     add_format_option(p, "DIR/clusters.zarr, in place of spots.h5ad and grid.h5ad")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figure", action="store_true")
+    add_stain_option(p, fitted=True, where="image features: the reference is fitted over tissue patches of all the "
+                     "clustered sections, so they share one look")
     add_cache_args(p)
     add_precision_option(p)
     p.set_defaults(func=run)

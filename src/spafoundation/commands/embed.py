@@ -10,11 +10,13 @@ import anndata as ad
 from spafoundation.commands._common import (
     add_data_options,
     add_precision_option,
+    add_stain_option,
     data_options,
     imaged_sections,
     non_negative_int,
     parse_sections,
     positive_int,
+    stain_reference,
     unit_interval,
 )
 from spafoundation.errors import InputError
@@ -33,6 +35,9 @@ def run(args) -> int:
     if args.tiles:
         from spafoundation.commands._embed_tiles import run as run_tiles
 
+        if args.stain_norm != "none":
+            raise InputError(None, "--stain-norm", "is not applied to --tiles yet (whole-slide tiles have no spot "
+                             "sample to estimate a slide's stain from); embed spots, or leave it at none")
         return run_tiles(args)
     from spafoundation.models.embed import UNS_KEY, embed_adata
     from spafoundation.tasks.expression import resolve_encoder
@@ -48,23 +53,25 @@ def run(args) -> int:
     world = current_world()
     if world.size > 1 and args.no_cache:
         raise InputError(None, "--no-cache", "under torchrun the ranks hand their sections over through the cache")
+    stain = stain_reference(args)  # before the encoder is built: a bad reference image fails fast
     encoder = resolve_encoder(args.encoder, device=device_for(world, args.device), weights=args.weights)
     print(f"encoder {encoder.name}: {encoder.embed_dim}-d, {encoder.input_size} px patches of "
-          f"{encoder.patch_um:g} um, tta={'on' if args.tta else 'off'}")
+          f"{encoder.patch_um:g} um, tta={'on' if args.tta else 'off'}, stain normalisation "
+          f"{'none' if stain is None else f'{stain.method} to {stain.source}'}")
     key = f"X_{encoder.name}"
     cache_dir = False if args.no_cache else args.cache_dir
     if world.size > 1:
         # Each rank embeds its share of the sections into the cache; rank 0 then gathers them as cache hits.
         for name in shard(list(imaged), world):
             embed_adata(imaged[name].copy(), encoder, cache_dir=cache_dir, tta=args.tta,
-                        batch_size=args.batch_size, progress=not args.quiet, key=key)
+                        batch_size=args.batch_size, progress=not args.quiet, key=key, stain=stain)
             print(f"[rank {world.rank}] {name}: embedded")
         barrier(world)
         if not world.is_main:
             return 0
     for name, adata in imaged.items():
         embed_adata(adata, encoder, cache_dir=cache_dir, tta=args.tta, batch_size=args.batch_size,
-                    progress=not args.quiet, key=key)
+                    progress=not args.quiet, key=key, stain=stain)
         rec = adata.uns[UNS_KEY][key]
         low = int(adata.obs["low_tissue"].sum())
         print(f"{name}: {adata.n_obs} spots, cache {rec['cache']} ({rec['n_from_cache']} from cache), "
@@ -102,6 +109,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps); under torchrun cuda means "
                    "one GPU per process")
     add_precision_option(p)
+    add_stain_option(p)
     tiles = p.add_argument_group("whole slides (--tiles)")
     tiles.add_argument("--tiles", action="store_true",
                        help="embed a grid of encoder-sized tiles over each slide's tissue, one h5ad per slide; "

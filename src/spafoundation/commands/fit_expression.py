@@ -7,6 +7,7 @@ from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
     add_precision_option,
+    add_stain_option,
     cache_dir,
     command_dataset,
     non_negative_float,
@@ -42,12 +43,13 @@ def run(args, data: dict | None = None) -> int:
         train, encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
         cache_dir=cache_dir(args), progress=not args.quiet, head_params=head_params or None,
         source=args.features, tta=args.tta or None, context=args.context, neighbours_um=args.neighbours_um,
-        standardize=args.standardize,
+        standardize=args.standardize, stain_norm=args.stain_norm,
     )
     model.save(args.out)
     t = model.training
+    shown = {k: v for k, v in model.recipe.items() if k != "stain_reference"}  # its numbers are in config.json
     print(f"fitted {args.head} head on {len(t['sections'])} section(s) ({', '.join(t['sections'])}), "
-          f"{t['n_spots']} spots, {len(model.genes)} genes; features {model.recipe}")
+          f"{t['n_spots']} spots, {len(model.genes)} genes; features {shown}")
     if t.get("cv_mean_r") is not None:
         print(f"inner cross-validation over training sections: mean per-gene r {t['cv_mean_r']:.3f}")
     if (line := model.reliability_summary()) is not None:
@@ -85,6 +87,7 @@ def register(subparsers) -> None:
     p.add_argument("--standardize", choices=["section", "none"],
                    help="section (default): z-score every feature within each section, removing stain and scanner "
                         "offsets between slides; none: raw feature values")
+    add_stain_option(p, fitted=True)
     add_cache_args(p)
     add_precision_option(p)
     p.set_defaults(func=run)

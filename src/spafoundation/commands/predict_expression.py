@@ -42,6 +42,7 @@ def _evaluate(model, adata, pred) -> dict | None:
 
 def run(args, data: dict | None = None) -> int:
     from spafoundation.tasks.expression import ExpressionModel, merge_predictions
+    from spafoundation.tasks.spot_features import recipe_stain
 
     out = Path(args.out)
     check_output_file(out, ".zarr" if args.format == "spatialdata" else ".h5ad")
@@ -57,6 +58,8 @@ def run(args, data: dict | None = None) -> int:
     preds, metrics = {}, {}
     if (line := model.reliability_summary()) is not None:
         print(line)
+    if (stain := recipe_stain(model.recipe)) is not None:  # the model's own: the head learnt on normalised patches
+        print(f"stain normalisation: {stain.method}, to the model's reference ({stain.source})")
     for name, adata in imaged.items():
         preds[name] = model.predict(adata, cache_dir=cache_dir(args), progress=not args.quiet)
         shift = preds[name].uns["spafoundation_prediction"].get("shift", {}).get(name)

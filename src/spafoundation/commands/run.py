@@ -52,6 +52,7 @@ DEFAULTS: dict = {
     "encoder": defaults.ENCODER,
     "precision": None,  # default: int8 on CPU (utils/precision.py); fp32 to opt out
     "cache_dir": None,  # default: DIR/cache
+    "stain_norm": defaults.STAIN_NORM,  # none, macenko or reinhard: fit-expression, tumor and cluster (io/stain.py)
     "expression": {"enabled": True, "model": None, "train_sections": None, "predict_sections": None,
                    "genes": defaults.EXPRESSION_GENES, "head": defaults.EXPRESSION_HEAD},
     "superres": {"enabled": True, "step_um": None, "genes": defaults.SUPERRES_GENES},
@@ -77,6 +78,9 @@ def check_value_types(cfg: dict, config_path) -> None:
         value = cfg[key]
         if (value is not None or key == "encoder") and (not isinstance(value, str) or not value.strip()):
             raise InputError(config_path, key, f"must be {wanted}, got {value!r}")
+    if cfg["stain_norm"] not in defaults.STAIN_NORM_METHODS:
+        raise InputError(config_path, "stain_norm", f"must be one of {', '.join(defaults.STAIN_NORM_METHODS)}, got "
+                         f"{cfg['stain_norm']!r}")
 
 
 def _names(value) -> list[str] | None:
@@ -161,6 +165,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     imaged = list(imaged_sections(data, data_path))
     common = {"data": data_path, "cache_dir": str(cfg["cache_dir"] or folder.cache),
               "pipeline_precision": cfg["precision"], **{k: cfg[k] for k in ("bin_um", "image", "image_scale", "mpp")}}
+    stain = cfg["stain_norm"] if cfg["stain_norm"] != defaults.STAIN_NORM else None  # the default prints nothing
     steps: list[RunStep] = []
     e = cfg["expression"]
     if e["enabled"]:
@@ -171,7 +176,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         if model is None and train:
             model = str(folder.expression_model)
             steps.append(FitExpressionStep(**common, sections=train, out=folder.expression_model, genes=e["genes"],
-                                           head=e["head"], encoder=cfg["encoder"]))
+                                           head=e["head"], encoder=cfg["encoder"], stain_norm=stain))
         if model is not None and predict:
             steps.append(PredictExpressionStep(**common, model=model, sections=predict, out=folder.predicted))
     r = cfg["superres"]
@@ -198,7 +203,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
     if t["enabled"]:
         tumor = TumorStep(**common, sections=imaged, train_sections=imaged, out=folder.tumor,
                           grid_um=t["grid_um"] or 0.0, encoder=cfg["encoder"], route=t["route"] or None,
-                          label_column=t["label_column"] or None, markers=t["markers"] or None)
+                          label_column=t["label_column"] or None, markers=t["markers"] or None,
+                          stain_norm=stain)
         if _tumor_markers_usable(data, tumor):
             steps.append(tumor)
         elif tumor.route:
@@ -212,7 +218,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
                                  grid_um=c["grid_um"] or 0.0, encoder=cfg["encoder"],
                                  expression_model=(str(folder.expression_model) if c["features"] == "predicted"
                                                    else None),
-                                 reference_column=c["reference_column"] or None))
+                                 reference_column=c["reference_column"] or None,
+                                 stain_norm=stain if c["features"] == "image" else None))
     return steps
 
 

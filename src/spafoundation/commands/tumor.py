@@ -17,6 +17,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_format_option,
     add_precision_option,
+    add_stain_option,
     cache_dir,
     check_format_available,
     command_dataset,
@@ -50,7 +51,7 @@ def run(args, data: dict | None = None) -> int:
     routes = tumor_routes(args.route, labelled=bool(args.label_column or args.model))
     res = tumor_maps(targets, train, routes=routes, label_column=args.label_column, positive=args.positive,
                      markers=markers, model=model, encoder=args.encoder, grid_um=args.grid_um or None,
-                     cache_dir=cache_dir(args), progress=not args.quiet)
+                     cache_dir=cache_dir(args), progress=not args.quiet, stain_norm=args.stain_norm)
     with atomic_dir(out) as tmp:
         spots = list(res["spots"].values())
         merged = spots[0] if len(spots) == 1 else ad.concat(spots, merge="same", uns_merge="unique")
@@ -104,6 +105,8 @@ def register(subparsers) -> None:
                    help="pitch of the tissue grid (0: spots only)")
     add_format_option(p, "DIR/tumor.zarr, in place of spots.h5ad and grid.h5ad")
     p.add_argument("--no-figure", action="store_true", help="do not draw heatmaps")
+    add_stain_option(p, fitted=True, where="the reference is fitted over tissue patches of the training sections and "
+                     "saved with the model (--model: the model's own)")
     add_cache_args(p)
     add_precision_option(p)
     p.set_defaults(func=run)

@@ -4,6 +4,8 @@ Splits (``eval.splits``): leave-one-patient-out when two or more patients have i
 direction, then their mean), and leave-one-section-out within each patient. For each split the genes are chosen on the training sections only (among the genes the test
 section measures, names only), features come from the same per-section cache for every split, and each contender's
 head is fitted on the training sections and scored per test section (metrics.evaluate_expression), never pooled.
+A contender with a stain normalisation maps every section to a reference fitted on the split's training sections
+only (``io.stain.fit_reference_on_sections``), as a fitted model does.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ class Contender:
     context: float = 1.0
     neighbours_um: float = 0.0
     standardize: str = "none"
+    stain_norm: str = "none"  # macenko / reinhard: to a reference fitted on each split's training sections
     head_params: dict = field(default_factory=dict)
     ceiling: bool = False  # fitted on one half of the test section itself and scored on the other: not a contender
 
     def recipe(self) -> dict:
         return make_recipe(source=self.source, tta=self.tta, context=self.context, neighbours_um=self.neighbours_um,
-                           standardize=self.standardize)
+                           standardize=self.standardize, stain_norm=self.stain_norm)
 
 
 def pipeline_contender(name: str, encoder: str | None, head: str = "ridge") -> Contender:
@@ -83,6 +86,13 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
             replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
                                        "no per-section z", default_encoder), standardize="none"),
         ]
+        for method in ("macenko", "reinhard"):  # issue #17: a default only where it beats none across patients
+            rows += [
+                Contender(f"colour/texture + ridge, per-section z, {method} stain norm", source="colour_texture",
+                          stain_norm=method, **section),
+                replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
+                                           f"per-section z, {method} stain norm", default_encoder), stain_norm=method),
+            ]
     rows.append(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, per-section z "
                                    "(default)", default_encoder))
     rows.append(replace(pipeline_contender("ceiling: default pipeline fitted on the other half of the test section "
@@ -112,9 +122,12 @@ class FeatureStore:
             self._encoders[name] = resolve_encoder(name)
         return self._encoders[name]
 
-    def get(self, contender: Contender, section: str) -> tuple[np.ndarray, list[int]]:
-        """(features, block widths) of ``section``."""
+    def get(self, contender: Contender, section: str, stain=None) -> tuple[np.ndarray, list[int]]:
+        """(features, block widths) of ``section``; ``stain``: the split's ``StainReference`` where the contender
+        normalises stain."""
         recipe = contender.recipe()
+        if stain is not None:
+            recipe["stain_reference"] = stain.to_dict()
         enc_name = contender.encoder if needs_encoder(recipe) else None
         key = (json.dumps([enc_name, recipe], sort_keys=True), section)
         if key not in self._feats:
@@ -139,6 +152,19 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
         raise InputError(None, "sections", "the benchmark needs at least two imaged sections with counts")
     store = FeatureStore(sections, cache_dir, progress, encoders)
     rows, gene_sets = [], {}
+    references: dict[tuple[str, tuple[str, ...]], object] = {}
+
+    def stain_for(c: Contender, train: Sequence[str]):
+        """The reference of ``c``'s stain normalisation fitted on the training sections (once per split)."""
+        if c.stain_norm == "none":
+            return None
+        key = (c.stain_norm, tuple(train))
+        if key not in references:
+            from spafoundation.io.stain import fit_reference_on_sections
+
+            references[key] = fit_reference_on_sections([sections[n] for n in train], c.stain_norm)
+        return references[key]
+
     for kind, direction, test, train in splits:
         candidates = set.intersection(*(set(sections[t].var_names) for t in test))
         gene_list = select_genes([sections[n] for n in train], genes, target_sum, sorted(candidates))
@@ -150,17 +176,19 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
             t0 = time.perf_counter()
             if c.ceiling:
                 for t in test:
-                    m = _within_section(c, store.get(c, t), expression_matrix(sections[t], gene_list, target_sum),
+                    m = _within_section(c, store.get(c, t, stain_for(c, test)),
+                                        expression_matrix(sections[t], gene_list, target_sum),
                                         np.asarray(sections[t].obsm["spatial"])[:, 0])
                     rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
                                  "n_train_sections": 0, "n_genes": len(gene_list), "alpha": None,
                                  "fit_seconds": round(time.perf_counter() - t0, 2), **m})
                 continue
-            X = np.concatenate([store.get(c, n)[0] for n in train])
-            head = HEADS[c.head](**c.head_params).fit(X, Y, groups, store.get(c, train[0])[1])
+            stain = stain_for(c, train)
+            X = np.concatenate([store.get(c, n, stain)[0] for n in train])
+            head = HEADS[c.head](**c.head_params).fit(X, Y, groups, store.get(c, train[0], stain)[1])
             for t in test:
                 y_true = expression_matrix(sections[t], gene_list, target_sum)
-                m = evaluate_expression(y_true, head.predict(store.get(c, t)[0]))
+                m = evaluate_expression(y_true, head.predict(store.get(c, t, stain)[0]))
                 m.pop("r")
                 rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
                              "n_train_sections": len(train),

@@ -1,7 +1,8 @@
 """On-disk cache of spot embeddings: atomic, chunked and resumable.
 
 An entry is a folder named by a hash of everything the embeddings depend on: the slide file (resolved path,
-size, mtime), pixel size, spot coordinates, encoder identity (name + weights hash), patch geometry and TTA.
+size, mtime), pixel size, spot coordinates, encoder identity (name + weights hash), patch geometry, TTA and the
+stain normalisation (method and reference digest; absent without one, so entries made before it stay valid).
 Chunks of ``CHUNK`` spots are written as they finish (temp file + rename), so a killed run resumes from the last
 complete chunk; when all are done they are merged into one ``embeddings.npz`` and the chunks are removed.
 """
@@ -71,8 +72,14 @@ def cache_key(desc: dict) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def stain_key(reference) -> dict:
+    """The part of a cache key that a stain normalisation adds (``io.stain.StainReference``): nothing without one."""
+    return {} if reference is None else {"stain": {"method": reference.method, "reference": reference.digest()}}
+
+
 def embedding_key(*, slide: dict, mpp: float, xy: np.ndarray, encoder: str, patch_um: float, input_size: int,
-                  tta: bool) -> str:
+                  tta: bool, stain=None) -> str:
+    """The entry name of a section's embeddings (``stain``: the ``StainReference`` its patches were normalised to)."""
     desc = {
         "version": CACHE_VERSION,
         "slide": slide,
@@ -83,6 +90,7 @@ def embedding_key(*, slide: dict, mpp: float, xy: np.ndarray, encoder: str, patc
         "patch_um": round(float(patch_um), 6),
         "input_size": int(input_size),
         "tta": bool(tta),
+        **stain_key(stain),
     }
     return cache_key(desc)
 

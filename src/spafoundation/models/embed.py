@@ -18,6 +18,7 @@ from spafoundation.io.patches import (
     section_off_slide,
     tissue_fraction,
 )
+from spafoundation.io.stain import section_stain
 from spafoundation.models.cache import EmbeddingCache, cache_root, embedding_key, slide_identity
 from spafoundation.models.encoder import Encoder
 
@@ -61,8 +62,12 @@ def embed_adata(
     batch_size: int = 64,
     progress: bool = True,
     key: str | None = None,
+    stain=None,
 ) -> np.ndarray:
     """One embedding per spot, stored in ``adata.obsm[key or 'X_<encoder.name>']`` and returned.
+
+    ``stain``: an ``io.stain.StainReference`` the patches are normalised to before the encoder sees them (the
+    section's own stain estimated over a sample of its spots, ``io.stain.section_stain``); None: the patches as read.
 
     Patches of ``encoder.patch_um`` microns around each spot centre are resampled to ``encoder.input_size`` px.
     Results are cached on disk (``cache_dir``, ``$SPAFOUNDATION_CACHE`` or ``~/.cache/spafoundation``;
@@ -87,29 +92,31 @@ def embed_adata(
     if cache_dir is not False:
         slide = slide_identity(path, image_scale(adata))
         meta = {"section": section, "slide": slide, "encoder": encoder.identity, "patch_um": encoder.patch_um,
-                "input_size": encoder.input_size, "tta": tta, "n_spots": n}
+                "input_size": encoder.input_size, "tta": tta, "n_spots": n,
+                **({} if stain is None else {"stain": stain.to_dict()})}
         k = embedding_key(slide=slide, mpp=mpp, xy=xy, encoder=encoder.identity, patch_um=encoder.patch_um,
-                          input_size=encoder.input_size, tta=tta)
+                          input_size=encoder.input_size, tta=tta, stain=stain)
         cache = EmbeddingCache(cache_root(cache_dir), k, n, meta)
 
     hit = cache.load() if cache is not None else None
     if hit is not None:
         (emb, tf), n_cached, status = hit, n, "hit"
     else:
-        emb, tf, n_cached = _compute(adata, encoder, xy, cache, tta, batch_size, progress, section)
+        emb, tf, n_cached = _compute(adata, encoder, xy, cache, tta, batch_size, progress, section,
+                                     section_stain(adata, stain))
         status = "off" if cache is None else "partial" if n_cached else "miss"
     adata.obsm[key] = emb
     adata.obs["tissue_fraction"] = tf.astype(np.float32)
     adata.obs["low_tissue"] = tf < MIN_TISSUE
     record = {"encoder": encoder.name, "identity": encoder.identity, "patch_um": float(encoder.patch_um),
               "input_size": int(encoder.input_size), "tta": bool(tta), "cache": status,
-              "n_from_cache": int(n_cached)}
+              "n_from_cache": int(n_cached), "stain_norm": "none" if stain is None else stain.record()}
     adata.uns.setdefault(UNS_KEY, {})[key] = record
     log.info("%s: %s %s (%d spots, cache %s)", section, key, emb.shape, n, status)
     return emb
 
 
-def _compute(adata, encoder, xy, cache, tta, batch_size, progress, section):
+def _compute(adata, encoder, xy, cache, tta, batch_size, progress, section, normalise=None):
     """Embed every chunk not already in the cache; returns (embeddings, tissue_fraction, n taken from cache)."""
     n = len(xy)
     work = cache if cache is not None else EmbeddingCache("", "", n)
@@ -133,8 +140,11 @@ def _compute(adata, encoder, xy, cache, tta, batch_size, progress, section):
         for i in todo:
             s = work.chunk_slice(i)
             patches = extract_patches(adata, encoder.patch_um, encoder.input_size, xy=xy[s], slide=slide)
+            # of the patch as scanned: normalisation must not move the tissue flag
             tf[s] = tissue_fraction(patches, None if off is None else
                                     patch_off_slide(off, xy[s], size_px, encoder.input_size))
+            if normalise is not None:
+                patches = normalise(patches)
             for start in range(0, len(patches), batch_size):
                 block = patches[start : start + batch_size]
                 emb[s.start + start : s.start + start + len(block)] = embed_patches(

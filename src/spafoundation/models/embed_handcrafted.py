@@ -16,6 +16,7 @@ import numpy as np
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path, image_scale, library_id, microns_per_pixel
 from spafoundation.io.patches import extract_patches, open_section_slide
+from spafoundation.io.stain import section_stain
 from spafoundation.models import handcrafted
 from spafoundation.models.cache import (
     cache_key,
@@ -24,6 +25,7 @@ from spafoundation.models.cache import (
     load_npz,
     save_npz,
     slide_identity,
+    stain_key,
 )
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,11 @@ FUNCTIONS = {"mean_colour": handcrafted.mean_colour, "colour_texture": handcraft
 CHUNK = 1024
 
 
-def handcrafted_key(*, slide: dict, mpp: float, xy: np.ndarray, kind: str, patch_um: float, patch_px: int) -> str:
+def handcrafted_key(*, slide: dict, mpp: float, xy: np.ndarray, kind: str, patch_um: float, patch_px: int,
+                    stain=None) -> str:
     return cache_key({"what": "handcrafted", "version": handcrafted.FEATURES_VERSION, "kind": kind, "slide": slide,
                       "mpp": round(float(mpp), 9), "coords": coords_digest(xy), "n": len(xy),
-                      "patch_um": round(float(patch_um), 6), "patch_px": int(patch_px)})
+                      "patch_um": round(float(patch_um), 6), "patch_px": int(patch_px), **stain_key(stain)})
 
 
 def _load(path, n: int) -> np.ndarray | None:
@@ -46,9 +49,10 @@ def _load(path, n: int) -> np.ndarray | None:
 
 
 def handcrafted_features(adata: ad.AnnData, kind: str, patch_um: float, patch_px: int, *,
-                         cache_dir=None) -> np.ndarray:
+                         cache_dir=None, stain=None) -> np.ndarray:
     """(spots x d) float32 features ``kind`` ('mean_colour' or 'colour_texture') of ``patch_um`` patches around each
-    spot centre, resampled to ``patch_px``. ``cache_dir=False``: no cache."""
+    spot centre, resampled to ``patch_px``. ``cache_dir=False``: no cache. ``stain``: an ``io.stain.StainReference``
+    the patches are normalised to first (as ``embed_adata``)."""
     fn = FUNCTIONS[kind]
     path = image_path(adata)
     if not path:
@@ -58,15 +62,16 @@ def handcrafted_features(adata: ad.AnnData, kind: str, patch_um: float, patch_px
     if cache_dir is not False:
         slide = slide_identity(path, image_scale(adata))
         key = handcrafted_key(slide=slide, mpp=microns_per_pixel(adata), xy=xy, kind=kind, patch_um=patch_um,
-                              patch_px=patch_px)
+                              patch_px=patch_px, stain=stain)
         entry = cache_root(cache_dir) / "handcrafted" / f"{key}.npz"
         hit = _load(entry, len(xy))
         if hit is not None:
             log.info("%s: %s features %s (cache hit)", library_id(adata), kind, hit.shape)
             return hit
+    normalise = section_stain(adata, stain) or (lambda patches: patches)
     slide = open_section_slide(adata)
     try:
-        parts = [fn(extract_patches(adata, patch_um, patch_px, xy=xy[i:i + CHUNK], slide=slide))
+        parts = [fn(normalise(extract_patches(adata, patch_um, patch_px, xy=xy[i:i + CHUNK], slide=slide)))
                  for i in range(0, len(xy), CHUNK)]
     finally:
         slide.close()

@@ -169,13 +169,15 @@ EXPRESSION_GENES = defaults.DOMAIN_EXPRESSION_GENES
 
 def domain_features(sections: dict[str, ad.AnnData], kind: str, *, encoder=None, expression_model=None,
                     genes: str | list = EXPRESSION_GENES, locations: dict[str, ad.AnnData] | None = None,
-                    cache_dir=None, progress: bool = False) -> tuple[dict, dict, list[int] | None]:
+                    cache_dir=None, progress: bool = False,
+                    stain_norm: str = "none") -> tuple[dict, dict, list[int] | None]:
     """Features per section to cluster on, the same for ``locations`` (a grid; image and predicted only), and the
     widths of the feature blocks (image features; None otherwise).
 
     ``image``: encoder + colour/texture of the spot patch and of a twice-wider one; ``expression``: observed
     log-normalised counts of highly variable genes (chosen over all sections); ``predicted``: the expression a
-    fitted ``ExpressionModel`` predicts from the image."""
+    fitted ``ExpressionModel`` predicts from the image. ``stain_norm`` (image features): every section's patches
+    normalised to one reference fitted over tissue patches of all ``sections``, so they share one look."""
     from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
 
     locations = locations or {}
@@ -198,12 +200,13 @@ def domain_features(sections: dict[str, ad.AnnData], kind: str, *, encoder=None,
         return {n: f(a) for n, a in sections.items()}, {n: f(a) for n, a in locations.items()}, None
     if kind == "image":
         from spafoundation.tasks.expression import DEFAULT_ENCODER, resolve_encoder
-        from spafoundation.tasks.spot_features import spot_features
+        from spafoundation.tasks.spot_features import fit_recipe_stain, make_recipe, spot_features
 
         enc = resolve_encoder(encoder or DEFAULT_ENCODER)
+        recipe = fit_recipe_stain(make_recipe(**IMAGE_RECIPE, stain_norm=stain_norm), sections.values())
 
         def f(a):
-            return spot_features(a, IMAGE_RECIPE, enc, cache_dir=cache_dir, progress=progress, with_blocks=True)
+            return spot_features(a, recipe, enc, cache_dir=cache_dir, progress=progress, with_blocks=True)
 
         spots = {n: f(a) for n, a in sections.items()}
         grid = {n: f(a)[0] for n, a in locations.items()}

@@ -29,8 +29,10 @@ from spafoundation.tasks.reliability import (
 from spafoundation.tasks.spot_features import (
     HANDCRAFTED_PATCH_PX,
     HANDCRAFTED_PATCH_UM,
+    fit_recipe_stain,
     make_recipe,
     needs_encoder,
+    recipe_stain,
     spot_features,
 )
 from spafoundation.utils.model_folder import CONFIG_FILE, fitted_on, read_model_folder, write_model_folder
@@ -231,6 +233,9 @@ class ExpressionModel:
             if len(v) != len(cfg["genes"]):
                 raise InputError(folder / CONFIG_FILE, f"reliability.gene_cv_r.{k}",
                                  f"{len(v)} values for {len(cfg['genes'])} genes")
+        if not isinstance(cfg.get("recipe"), dict):
+            raise InputError(folder / CONFIG_FILE, "recipe", "expected the feature recipe (a mapping)")
+        recipe_stain(cfg["recipe"], folder / CONFIG_FILE)  # a damaged stored reference: an error naming the field
         ref = cfg.get("encoder")
         if ref and ref.get("embedded"):
             ref = {**ref, "name": str(folder / ref["name"])}
@@ -284,7 +289,9 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     """Fit a head from spot features to normalised expression on ``train`` (sections with counts and images).
 
     ``feature_options``: ``source`` ("encoder", "mean_colour", "colour_texture" or several joined by "+"), ``tta``, ``context``,
-    ``neighbours_um`` (see tasks/spot_features.py). ``candidate_genes`` limits gene selection (e.g. to the genes the
+    ``neighbours_um``, ``standardize``, ``stain_norm`` (see tasks/spot_features.py). With ``stain_norm`` "macenko"
+    or "reinhard" and no ``stain_reference``, the reference is fitted over tissue patches of the training sections
+    and saved in the model, so prediction maps any new section to it. ``candidate_genes`` limits gene selection (e.g. to the genes the
     sections to predict also measure, so they can be evaluated).
     """
     train = list(train)
@@ -300,6 +307,8 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
         return _fit_finetuned(train, tuned_from, select_genes(train, genes, target_sum, candidate_genes),
                               target_sum, head_params, progress, genes)
     recipe = make_recipe(**{**DEFAULT_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
+    # the reference is the training sections' look, stored in the model: a new patient is mapped to it
+    recipe = fit_recipe_stain(recipe, train)
     enc = resolve_encoder(encoder) if needs_encoder(recipe) else None
     gene_list = select_genes(train, genes, target_sum, candidate_genes)
     X, Y, groups, blocks = training_matrices(train, gene_list, recipe, enc, target_sum=target_sum,

@@ -12,7 +12,10 @@ A feature recipe is a small dict (JSON-serialisable, saved with every model):
 - ``standardize``: ``"section"`` z-scores every feature over the spots of the section it was computed on, so a
   section's stain, scanner and resolution offsets are removed before any head sees it (the head then learns from
   differences between spots of one section, which is also what per-section Pearson scores); ``"none"`` keeps the
-  raw values (models saved before this option existed).
+  raw values (models saved before this option existed);
+- ``stain_norm``: ``"macenko"`` or ``"reinhard"`` normalises every patch's stain to ``stain_reference`` (a
+  ``StainReference.to_dict()``; a fitted model stores the one fitted on its training sections, and None means the
+  built-in reference, ``io/stain.py``) before any source sees it; ``"none"`` (default) reads the patches as scanned.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from spafoundation.io.anndata_spec import library_id, microns_per_pixel
+from spafoundation.io.stain import METHODS as STAIN_METHODS
+from spafoundation.io.stain import StainReference, builtin_reference
 
 log = logging.getLogger(__name__)
 SOURCES = ("encoder", "mean_colour", "colour_texture")
 HANDCRAFTED_PATCH_PX = 64  # colour statistics do not need the encoder's resolution
 HANDCRAFTED_PATCH_UM = 112.0  # the field of view of every registered encoder (and of the HEST benchmark)
-DEFAULT_RECIPE = {"source": "encoder", "tta": False, "context": 1.0, "neighbours_um": 0.0, "standardize": "none"}
+DEFAULT_RECIPE = {"source": "encoder", "tta": False, "context": 1.0, "neighbours_um": 0.0, "standardize": "none",
+                  "stain_norm": "none", "stain_reference": None}
 STANDARDIZE = ("none", "section")
 MIN_SECTION_SPOTS = 30  # fewer spots than this give unstable per-section statistics: a warning says so
 
@@ -49,7 +55,35 @@ def make_recipe(**kwargs) -> dict:
         raise ValueError("context must be >= 1 (a multiple of the spot patch)")
     if recipe["standardize"] not in STANDARDIZE:
         raise ValueError(f"standardize must be one of {STANDARDIZE}, got {recipe['standardize']!r}")
+    if recipe["stain_norm"] not in STAIN_METHODS:
+        raise ValueError(f"stain_norm must be one of {STAIN_METHODS}, got {recipe['stain_norm']!r}")
+    reference = recipe_stain(recipe)
+    if reference is not None and reference.method != recipe["stain_norm"]:
+        raise ValueError(f"stain_reference is a {reference.method} reference, but stain_norm is "
+                         f"{recipe['stain_norm']!r}")
     return recipe
+
+
+def fit_recipe_stain(recipe: dict, sections) -> dict:
+    """``recipe`` with its stain reference fitted over tissue patches of ``sections`` (AnnData; the training
+    sections of a model, or every section a shared space is made of), where it normalises stain and has none yet."""
+    if recipe.get("stain_norm", "none") == "none" or recipe.get("stain_reference") is not None:
+        return recipe
+    from spafoundation.io.stain import fit_reference_on_sections
+
+    return {**recipe, "stain_reference": fit_reference_on_sections(list(sections), recipe["stain_norm"]).to_dict()}
+
+
+def recipe_stain(recipe: dict, path=None) -> StainReference | None:
+    """The ``StainReference`` a recipe normalises patches to (its own, else the built-in one), None for ``none``;
+    an InputError naming ``path`` (a model's config.json) when the stored reference is not one."""
+    method = recipe.get("stain_norm", "none")
+    if method == "none":
+        return None
+    stored = recipe.get("stain_reference")
+    if stored is None:
+        return builtin_reference(method)
+    return StainReference.from_dict(stored, path, "recipe.stain_reference")
 
 
 def standardize_section(feats: np.ndarray, section: str = "section", reference: np.ndarray | None = None) -> np.ndarray:
@@ -107,7 +141,8 @@ def spot_features(adata: ad.AnnData, recipe: dict, encoder=None, *, xy: np.ndarr
     if "encoder" in sources and encoder is None:
         raise ValueError("the 'encoder' feature source needs an encoder")
     factors = [1.0] + ([float(recipe["context"])] if float(recipe["context"]) > 1 else [])
-    parts = [_source_features(adata, src, encoder, f, bool(recipe["tta"]), cache_dir, progress)
+    stain = recipe_stain(recipe)
+    parts = [_source_features(adata, src, encoder, f, bool(recipe["tta"]), cache_dir, progress, stain)
              for src in sources for f in factors]
     feats = np.concatenate(parts, axis=1)
     blocks = [p.shape[1] for p in parts]
@@ -128,19 +163,20 @@ def needs_encoder(recipe: dict) -> bool:
     return "encoder" in str(recipe["source"]).split("+")
 
 
-def _source_features(adata, source: str, encoder, factor: float, tta: bool, cache_dir, progress) -> np.ndarray:
+def _source_features(adata, source: str, encoder, factor: float, tta: bool, cache_dir, progress,
+                     stain=None) -> np.ndarray:
     """One source's features of patches ``factor`` times the base field of view around each centre."""
     if source == "encoder":
         from spafoundation.models.embed import embed_adata
 
         if factor == 1:
-            return embed_adata(adata, encoder, cache_dir=cache_dir, tta=tta, progress=progress)
+            return embed_adata(adata, encoder, cache_dir=cache_dir, tta=tta, progress=progress, stain=stain)
         return embed_adata(adata, context_encoder(encoder, factor), cache_dir=cache_dir, tta=tta, progress=progress,
-                           key=f"X_{encoder.name}_context{factor:g}")
+                           key=f"X_{encoder.name}_context{factor:g}", stain=stain)
     from spafoundation.models.embed_handcrafted import handcrafted_features
 
     size_um = (encoder.patch_um if encoder is not None else HANDCRAFTED_PATCH_UM) * factor
-    return handcrafted_features(adata, source, size_um, HANDCRAFTED_PATCH_PX, cache_dir=cache_dir)
+    return handcrafted_features(adata, source, size_um, HANDCRAFTED_PATCH_PX, cache_dir=cache_dir, stain=stain)
 
 
 def locations_adata(section: ad.AnnData, xy: np.ndarray) -> ad.AnnData:

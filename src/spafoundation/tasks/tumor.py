@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import microns_per_pixel
 from spafoundation.tasks.labels import TUMOR_PATTERN, tumor_labels
-from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
+from spafoundation.tasks.spot_features import fit_recipe_stain, make_recipe, needs_encoder, spot_features
 from spafoundation.utils.model_folder import fitted_on, read_model_folder, write_model_folder
 
 # HER2+ breast cancer: the HER2 amplicon (ERBB2, GRB7, STARD3, PGAP3) and luminal epithelial genes (keratins,
@@ -254,6 +254,8 @@ def tumor_maps(targets: dict[str, ad.AnnData], train: dict[str, ad.AnnData], *, 
         recipe = make_recipe(**{**TUMOR_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
         enc = resolve_encoder(encoder or DEFAULT_ENCODER) if needs_encoder(recipe) else None
     sections = {**train, **targets}
+    if model is None:  # a stain reference fitted on the training sections, saved with the model
+        recipe = fit_recipe_stain(recipe, train.values())
     labels = {n: tumor_labels(a, label_column, positive) for n, a in sections.items()
               if label_column and label_column in a.obs}
     lab_train = [n for n in train if n in labels and np.isfinite(labels[n]).any()]

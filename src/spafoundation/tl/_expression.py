@@ -36,8 +36,9 @@ def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key
     head_params
         Hyper-parameters of the head (``epochs``, ``lr``, ...).
     **feature_options
-        ``source``, ``tta``, ``context``, ``neighbours_um``, ``standardize`` (tasks/spot_features.py); the
-        defaults are the benchmarked pipeline's.
+        ``source``, ``tta``, ``context``, ``neighbours_um``, ``standardize``, ``stain_norm`` (``"none"``,
+        ``"macenko"`` or ``"reinhard"``: patches normalised to a reference fitted on the training sections and
+        saved in the model; tasks/spot_features.py); the defaults are the benchmarked pipeline's.
 
     Returns
     -------
