@@ -1,0 +1,36 @@
+"""The commands (and so ``run``'s steps) compute through ``sf.tl``: one path from the data to a result for the CLI
+and the Python API. Each test swaps an ``sf.tl`` function for a wrapper that records its calls."""
+
+from __future__ import annotations
+
+import anndata as ad
+import pytest
+
+import spafoundation.tl as tl
+from spafoundation.cli import main
+
+
+@pytest.fixture
+def record(monkeypatch):
+    """``record(name)``: ``sf.tl.<name>`` still computes, and every call's keyword arguments land in the list
+    returned."""
+    def wrap(name: str) -> list[dict]:
+        calls, original = [], getattr(tl, name)
+
+        def recorder(*args, **kwargs):
+            calls.append(kwargs)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(tl, name, recorder)
+        return calls
+
+    return wrap
+
+
+def test_cluster_computes_through_spatial_domains(her2st_root, tmp_path, record):
+    calls = record("spatial_domains")
+    out = tmp_path / "clusters"
+    assert main(["cluster", str(her2st_root), "--sections", "C4", "--features", "expression", "--n-clusters", "3",
+                 "--genes", "hvg:100", "--no-figure", "--quiet", "--out", str(out)]) == 0
+    assert len(calls) == 1 and calls[0]["n_clusters"] == 3 and calls[0]["features"] == "expression"
+    assert ad.read_h5ad(out / "spots.h5ad").obs["spatial_domain"].nunique() == 3
