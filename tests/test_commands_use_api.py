@@ -44,3 +44,18 @@ def test_tumor_computes_through_tumor_maps(her2st_root, tiny_folder, tmp_path, r
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     assert len(calls) == 1 and calls[0]["sections"] == ["C2", "C3"] and calls[0]["route"] == "supervised"
     assert ad.read_h5ad(out / "spots.h5ad").obs["tumor_probability"].between(0, 1).all()
+
+
+def test_predict_expression_computes_through_predict_expression(her2st_imaged, tiny_folder, tmp_path, record):
+    from spafoundation.tasks.expression import fit_expression
+
+    fit_expression([her2st_imaged["C3"][:60].copy()], str(tiny_folder), genes="hvg:5",
+                   cache_dir=tmp_path / "cache").save(tmp_path / "model")
+    data = tmp_path / "c4.h5ad"
+    her2st_imaged["C4"][:60].copy().write_h5ad(data)
+    calls = record("predict_expression")
+    out = tmp_path / "pred.h5ad"
+    assert main(["predict-expression", str(tmp_path / "model"), str(data), "--out", str(out), "--no-figure",
+                 "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert len(calls) == 1
+    assert ad.read_h5ad(out).shape == (60, 5)
