@@ -59,3 +59,13 @@ def test_predict_expression_computes_through_predict_expression(her2st_imaged, t
                  "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert len(calls) == 1
     assert ad.read_h5ad(out).shape == (60, 5)
+
+
+def test_fit_expression_computes_through_fit_expression(her2st_imaged, tiny_folder, tmp_path, record):
+    data = tmp_path / "c3.h5ad"
+    her2st_imaged["C3"][:60].copy().write_h5ad(data)
+    calls = record("fit_expression")
+    assert main(["fit-expression", str(data), "--encoder", str(tiny_folder), "--genes", "hvg:5", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "model")]) == 0
+    assert len(calls) == 1 and calls[0]["genes"] == "hvg:5"
+    assert len(tl.ExpressionModel.load(tmp_path / "model").genes) == 5
