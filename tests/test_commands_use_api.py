@@ -69,3 +69,15 @@ def test_fit_expression_computes_through_fit_expression(her2st_imaged, tiny_fold
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "model")]) == 0
     assert len(calls) == 1 and calls[0]["genes"] == "hvg:5"
     assert len(tl.ExpressionModel.load(tmp_path / "model").genes) == 5
+
+
+def test_superres_fits_and_maps_through_fit_superres_and_superres(her2st_imaged, tiny_folder, tmp_path, record):
+    data = tmp_path / "c3.h5ad"
+    her2st_imaged["C3"][:60].copy().write_h5ad(data)
+    fits, maps = record("fit_superres"), record("superres")
+    out = tmp_path / "sr"
+    assert main(["superres", str(data), "--encoder", str(tiny_folder), "--genes", "hvg:3", "--step-um", "28",
+                 "--no-figure", "--quiet", "--no-cache", "--out", str(out)]) == 0
+    assert len(fits) == 1 and len(maps) == 1 and maps[0]["sections"] == ["C3"]
+    assert "C3" in maps[0]["superpixels"]  # the fit's superpixels, not computed a second time
+    assert ad.read_h5ad(out / "C3.h5ad").n_vars == 3
