@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from spafoundation.errors import InputError
 
@@ -56,6 +57,23 @@ def add_cache_args(p) -> None:
 
 def cache_dir(args):
     return False if args.no_cache else args.cache_dir
+
+
+@contextlib.contextmanager
+def api_settings(args):
+    """``sf.settings`` for the ``sf.tl`` calls of one command: its cache (``--cache-dir``, ``--no-cache``) and
+    progress bars (``--quiet``), put back afterwards. A ``--cache-dir`` that is a file is refused here, under its
+    own name, as the task code would name it."""
+    from spafoundation._settings import settings
+    from spafoundation.models.cache import cache_root
+
+    changes = {"progress": not args.quiet}
+    if args.no_cache:
+        changes["cache_dir"] = False
+    elif args.cache_dir:
+        changes["cache_dir"] = cache_root(args.cache_dir)
+    with settings.override(**changes):
+        yield
 
 
 def add_precision_option(p) -> None:

@@ -17,7 +17,7 @@ from spafoundation.commands._common import (
     add_format_option,
     add_precision_option,
     add_stain_option,
-    cache_dir,
+    api_settings,
     check_format_available,
     command_dataset,
     imaged_sections,
@@ -34,11 +34,10 @@ KEY = "spatial_domain"
 
 
 def run(args, data: dict | None = None) -> int:
-    from spafoundation import pl
+    from spafoundation import pl, tl
     from spafoundation.eval.metrics import clustering_agreement
     from spafoundation.io.anndata_spec import microns_per_pixel
     from spafoundation.io.patches import tissue_grid
-    from spafoundation.tasks.clustering import domain_features, spatial_clusters
     from spafoundation.tasks.expression import ExpressionModel
     from spafoundation.tasks.spot_features import locations_adata
 
@@ -58,17 +57,13 @@ def run(args, data: dict | None = None) -> int:
             grids[n] = locations_adata(a, tissue_grid(a, args.grid_um))
             grids[n].uns["grid"] = {"step_um": args.grid_um, "mpp": microns_per_pixel(a), "section": n}
     model = ExpressionModel.load(args.expression_model, encoder=args.encoder) if args.expression_model else None
-    feats, grid_feats, blocks = domain_features(sections, args.features, encoder=args.encoder, expression_model=model,
-                                        genes=args.genes, locations=grids, cache_dir=cache_dir(args),
-                                        progress=not args.quiet, stain_norm=args.stain_norm)
-    runs = [{n: sections[n] for n in sections}] if not args.per_section else [{n: sections[n]} for n in sections]
-    for group in runs:
-        spatial_clusters(group, {n: feats[n] for n in group}, method=args.method, n_clusters=args.n_clusters,
-                         resolution=args.resolution, smooth_weight=args.smooth, radius_um=args.radius_um,
-                         seed=args.seed, key=KEY, grids={n: grids[n] for n in group if n in grids} or None,
-                         grid_features=grid_feats, blocks=blocks)
+    with api_settings(args):
+        tl.spatial_domains(sections, features=args.features, encoder=args.encoder or defaults.ENCODER,
+                           expression_model=model, genes=args.genes, method=args.method, n_clusters=args.n_clusters,
+                           resolution=args.resolution, smooth=args.smooth, radius_um=args.radius_um, seed=args.seed,
+                           per_section=args.per_section, locations=grids, key_added=KEY, stain_norm=args.stain_norm)
     metrics = {}
-    for n, a in sections.items():
+    for n, a in sections.items():  # the command's record of its own options, over sf.tl's
         a.uns["spafoundation_clustering"] = {k: getattr(args, k) for k in (
             "features", "method", "n_clusters", "resolution", "smooth", "radius_um", "seed", "per_section")}
         if args.reference_column and args.reference_column in a.obs:

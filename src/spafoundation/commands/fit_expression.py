@@ -8,7 +8,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_precision_option,
     add_stain_option,
-    cache_dir,
+    api_settings,
     command_dataset,
     non_negative_float,
     parse_sections,
@@ -21,12 +21,13 @@ from spafoundation.pp.genes import TARGET_SUM
 
 
 def run(args, data: dict | None = None) -> int:
-    from spafoundation.tasks.expression import fit_expression
+    from spafoundation import tl
+    from spafoundation._settings import settings
     from spafoundation.utils.atomic import check_output_dir
 
     check_output_dir(args.out)  # before the work: never replace a folder of the user's
     data = command_dataset(args, data, parse_sections(args.sections))
-    train = [a for a in data.values() if a.n_vars > 0]
+    train = {n: a for n, a in data.items() if a.n_vars > 0}
     if not train:
         raise InputError(args.data, "counts", "no selected section has counts to train on")
     head_params = {}
@@ -34,17 +35,12 @@ def run(args, data: dict | None = None) -> int:
         head_params["max_epochs" if args.head == "mlp" else "epochs"] = args.epochs
     if args.lr:
         head_params["lr"] = args.lr
-    encoder = args.encoder
-    if args.device != "cpu":
-        from spafoundation.tasks.expression import resolve_encoder
-
-        encoder = resolve_encoder(args.encoder, device=args.device)
-    model = fit_expression(
-        train, encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
-        cache_dir=cache_dir(args), progress=not args.quiet, head_params=head_params or None,
-        source=args.features, tta=args.tta or None, context=args.context, neighbours_um=args.neighbours_um,
-        standardize=args.standardize, stain_norm=args.stain_norm,
-    )
+    with api_settings(args), settings.override(device=args.device):
+        model = tl.fit_expression(
+            train, args.encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
+            head_params=head_params or None, source=args.features, tta=args.tta or None, context=args.context,
+            neighbours_um=args.neighbours_um, standardize=args.standardize, stain_norm=args.stain_norm,
+        )
     model.save(args.out)
     t = model.training
     shown = {k: v for k, v in model.recipe.items() if k != "stain_reference"}  # its numbers are in config.json

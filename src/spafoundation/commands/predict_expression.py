@@ -15,7 +15,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_format_option,
     add_precision_option,
-    cache_dir,
+    api_settings,
     check_format_available,
     command_dataset,
     imaged_sections,
@@ -41,6 +41,7 @@ def _evaluate(model, adata, pred) -> dict | None:
 
 
 def run(args, data: dict | None = None) -> int:
+    from spafoundation import tl
     from spafoundation.tasks.expression import ExpressionModel, merge_predictions
     from spafoundation.tasks.spot_features import recipe_stain
 
@@ -55,13 +56,14 @@ def run(args, data: dict | None = None) -> int:
                          f"{', '.join(model.genes[:10])}{', ...' if len(model.genes) > 10 else ''})")
     data = command_dataset(args, data, parse_sections(args.sections))
     imaged = imaged_sections(data, args.data, "to predict from")
-    preds, metrics = {}, {}
+    metrics = {}
     if (line := model.reliability_summary()) is not None:
         print(line)
     if (stain := recipe_stain(model.recipe)) is not None:  # the model's own: the head learnt on normalised patches
         print(f"stain normalisation: {stain.method}, to the model's reference ({stain.source})")
+    with api_settings(args):
+        preds = tl.predict_expression(imaged, model)
     for name, adata in imaged.items():
-        preds[name] = model.predict(adata, cache_dir=cache_dir(args), progress=not args.quiet)
         shift = preds[name].uns["spafoundation_prediction"].get("shift", {}).get(name)
         if shift is not None:
             limit = "" if shift["training_limit"] is None else f" (training sections: up to {shift['training_limit']:.2f})"

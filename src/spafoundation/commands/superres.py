@@ -17,7 +17,7 @@ from spafoundation.commands._common import (
     add_data_options,
     add_format_option,
     add_precision_option,
-    cache_dir,
+    api_settings,
     check_format_available,
     command_dataset,
     imaged_sections,
@@ -30,15 +30,8 @@ from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
 def run(args, data: dict | None = None) -> int:
-    from spafoundation import pl
-    from spafoundation.tasks.superres import (
-        SuperresModel,
-        check_spots_resolvable,
-        fit_superres,
-        grid_images,
-        superpixels,
-        superres_adata,
-    )
+    from spafoundation import pl, tl
+    from spafoundation.tasks.superres import SuperresModel, grid_images
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
@@ -49,21 +42,17 @@ def run(args, data: dict | None = None) -> int:
     for s in train_names or []:
         if s not in imaged or imaged[s].n_vars == 0:
             raise InputError(args.data, "--train-sections", f"section {s} is not a selected imaged section with counts")
+    cached = {}  # the training sections' superpixels, computed once for the fit and the maps
     if args.model:
         model = SuperresModel.load(args.model, encoder=args.encoder)
-        cached = {}
     else:
         train = {n: a for n, a in imaged.items() if a.n_vars > 0 and (not train_names or n in train_names)}
         if not train:
             raise InputError(args.data, "counts", "no selected imaged section has counts to train on; give --model")
         t0 = time.perf_counter()
-        from spafoundation.tasks.expression import resolve_encoder
-
-        enc = resolve_encoder(args.encoder or defaults.ENCODER)
-        check_spots_resolvable(train, enc, args.step_um)  # before any superpixel is computed
-        cached = {n: superpixels(a, enc, step_um=args.step_um, progress=not args.quiet, cache_dir=cache_dir(args))
-                  for n, a in train.items()}
-        model = fit_superres(train, enc, genes=args.genes, step_um=args.step_um, cached=cached)
+        with api_settings(args):
+            model = tl.fit_superres(train, args.encoder or defaults.ENCODER, genes=args.genes, step_um=args.step_um,
+                                    superpixels=cached)
         w = model.anchoring
         print(f"fitted on {', '.join(train)} ({model.training['n_spots']} spots, {len(model.genes)} genes) in "
               f"{time.perf_counter() - t0:.0f} s; anchoring weights image {w['image']:.2f}, neighbours "
@@ -72,11 +61,11 @@ def run(args, data: dict | None = None) -> int:
     with atomic_dir(out) as tmp:
         if not args.model:
             model.save(tmp / "model")
-        for n, a in imaged.items():
+        for n in imaged:
             t0 = time.perf_counter()
-            sp = cached.get(n) or superpixels(a, model.encoder, step_um=model.step_um, progress=not args.quiet,
-                                              cache_dir=cache_dir(args))
-            spa = superres_adata(a, sp, model.predict(sp), model, image_weight=args.image_weight)
+            with api_settings(args):  # section by section: each is written before the next is mapped
+                spa = tl.superres(imaged, model, sections=[n], image_weight=args.image_weight,
+                                  superpixels=cached)[n]
             if args.format == "spatialdata":
                 stored[n] = spa
             else:

@@ -18,7 +18,7 @@ from spafoundation.commands._common import (
     add_format_option,
     add_precision_option,
     add_stain_option,
-    cache_dir,
+    api_settings,
     check_format_available,
     command_dataset,
     imaged_sections,
@@ -30,9 +30,9 @@ from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
 def run(args, data: dict | None = None) -> int:
-    from spafoundation import pl
+    from spafoundation import pl, tl
     from spafoundation.io.anndata_spec import image_path
-    from spafoundation.tasks.tumor import TumorModel, marker_list, sample_note, tumor_maps, tumor_routes
+    from spafoundation.tasks.tumor import TumorModel, sample_note
 
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
@@ -46,12 +46,12 @@ def run(args, data: dict | None = None) -> int:
     targets = imaged_sections({n: a for n, a in data.items() if not wanted or n in wanted}, args.data, "to score")
     train_names = parse_sections(args.train_sections)
     train = {n: a for n, a in imaged.items() if not train_names or n in train_names}
-    markers = marker_list(args.markers)
     model = TumorModel.load(args.model, encoder=args.encoder) if args.model else None
-    routes = tumor_routes(args.route, labelled=bool(args.label_column or args.model))
-    res = tumor_maps(targets, train, routes=routes, label_column=args.label_column, positive=args.positive,
-                     markers=markers, model=model, encoder=args.encoder, grid_um=args.grid_um or None,
-                     cache_dir=cache_dir(args), progress=not args.quiet, stain_norm=args.stain_norm)
+    with api_settings(args):
+        res = tl.tumor_maps(data, label_column=args.label_column, route=args.route, markers=args.markers,
+                            positive=args.positive, sections=list(targets), train_sections=list(train), model=model,
+                            encoder=args.encoder or defaults.ENCODER, grid_um=args.grid_um,
+                            stain_norm=args.stain_norm)
     with atomic_dir(out) as tmp:
         spots = list(res["spots"].values())
         merged = spots[0] if len(spots) == 1 else ad.concat(spots, merge="same", uns_merge="unique")

@@ -285,14 +285,15 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
                    head: str = defaults.EXPRESSION_HEAD,
                    target_sum: float | None = TARGET_SUM, cache_dir=None, progress: bool = False,
                    head_params: dict | None = None, candidate_genes: Sequence[str] | None = None,
-                   **feature_options) -> ExpressionModel:
+                   device: str = "cpu", **feature_options) -> ExpressionModel:
     """Fit a head from spot features to normalised expression on ``train`` (sections with counts and images).
 
     ``feature_options``: ``source`` ("encoder", "mean_colour", "colour_texture" or several joined by "+"), ``tta``, ``context``,
     ``neighbours_um``, ``standardize``, ``stain_norm`` (see tasks/spot_features.py). With ``stain_norm`` "macenko"
     or "reinhard" and no ``stain_reference``, the reference is fitted over tissue patches of the training sections
-    and saved in the model, so prediction maps any new section to it. ``candidate_genes`` limits gene selection (e.g. to the genes the
-    sections to predict also measure, so they can be evaluated).
+    and saved in the model, so prediction maps any new section to it. ``candidate_genes`` limits gene selection (e.g.
+    to the genes the sections to predict also measure, so they can be evaluated). ``device``: where an encoder given
+    by name is built (only when the features need one).
     """
     train = list(train)
     for a in train:
@@ -303,13 +304,13 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     if head not in HEADS:
         raise InputError(None, "head", f"unknown head {head!r}; choose from {sorted(HEADS)}")
     if head == "finetune":
-        tuned_from = resolve_encoder(encoder, precision="fp32")  # training needs float weights
+        tuned_from = resolve_encoder(encoder, device=device, precision="fp32")  # training needs float weights
         return _fit_finetuned(train, tuned_from, select_genes(train, genes, target_sum, candidate_genes),
                               target_sum, head_params, progress, genes)
     recipe = make_recipe(**{**DEFAULT_FEATURES, **{k: v for k, v in feature_options.items() if v is not None}})
     # the reference is the training sections' look, stored in the model: a new patient is mapped to it
     recipe = fit_recipe_stain(recipe, train)
-    enc = resolve_encoder(encoder) if needs_encoder(recipe) else None
+    enc = resolve_encoder(encoder, device=device) if needs_encoder(recipe) else None
     gene_list = select_genes(train, genes, target_sum, candidate_genes)
     X, Y, groups, blocks = training_matrices(train, gene_list, recipe, enc, target_sum=target_sum,
                                              cache_dir=cache_dir, progress=progress)

@@ -10,7 +10,7 @@ from spafoundation.tl._domains import spatial_domains
 from spafoundation.tl._embed import embed
 from spafoundation.tl._expression import fit_expression, predict_expression
 from spafoundation.tl._superres import fit_superres, superres
-from spafoundation.tl._tumor import tumor_score
+from spafoundation.tl._tumor import tumor_maps, tumor_score
 
 __all__ = ["ExpressionModel", "SuperresModel", "TumorModel", "embed", "fit_expression", "fit_superres", "predict_expression", "spatial_domains", "superres",
-           "tumor_score"]
+           "tumor_maps", "tumor_score"]

@@ -13,8 +13,9 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
                     expression_model=None, genes=defaults.DOMAIN_EXPRESSION_GENES,
                     method: str = defaults.DOMAIN_METHOD, n_clusters: int | None = defaults.N_DOMAINS,
                     resolution: float | None = None, smooth: float = defaults.DOMAIN_SMOOTH,
-                    radius_um: float | None = None, seed: int = 0, sections=None,
-                    key_added: str = "spatial_domain", library_key: str = LIBRARY_KEY, copy: bool = False):
+                    radius_um: float | None = None, seed: int = 0, sections=None, per_section: bool = False,
+                    locations=None, stain_norm: str = defaults.STAIN_NORM, key_added: str = "spatial_domain",
+                    library_key: str = LIBRARY_KEY, copy: bool = False):
     """Spatial domains (the ``cluster`` command): each section's spot features smoothed over its spot graph, then
     all spots clustered together, so a domain means the same in every section.
 
@@ -46,6 +47,16 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
         Random seed of the clustering.
     sections
         The sections to cluster together (default: all of ``data``).
+    per_section
+        Cluster each section on its own instead (its domains mean nothing in another section); the features are
+        still made over all of them (``features="expression"``: the same genes).
+    locations
+        A mapping of section -> AnnData of other points of that section (a tissue grid:
+        ``tasks.spot_features.locations_adata``), smoothed over their own graph and each given the nearest domain
+        in its ``obs[key_added]``; image or predicted features only.
+    stain_norm
+        ``"none"``, ``"macenko"`` or ``"reinhard"`` (image features): every section's patches mapped to one stain
+        reference fitted over tissue patches of all the clustered sections (``io/stain.py``).
     key_added
         Column of ``obs`` for the domains.
     library_key
@@ -56,7 +67,7 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
     Returns
     -------
     None, or a copy of ``data`` with ``copy=True``. Writes ``obs[key_added]`` (categorical, the same categories in
-    every section), ``uns['spafoundation_clustering']`` (the parameters), and, in each section's own AnnData (a
+    every section unless ``per_section``), ``uns['spafoundation_clustering']`` (the parameters), and, in each section's own AnnData (a
     mapping's, or an AnnData of one section), ``obsp['spatial_connectivities']`` / ``obsp['spatial_distances']``,
     the spot graph it was smoothed over.
     """
@@ -65,13 +76,19 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
     data = copy_data(data) if copy else data
     split = Sections(data, library_key)
     chosen = split.select(sections)
-    feats, _, blocks = domain_features(chosen, features, encoder=encoder_for(encoder) if features == "image" else None,
-                                       expression_model=expression_model, genes=genes, cache_dir=cache_dir(),
-                                       progress=progress())
-    spatial_clusters(chosen, feats, method=method, n_clusters=n_clusters, resolution=resolution,
-                     smooth_weight=smooth, radius_um=radius_um, seed=seed, key=key_added, blocks=blocks)
+    locations = locations or {}
+    feats, location_feats, blocks = domain_features(
+        chosen, features, encoder=encoder_for(encoder) if features == "image" else None,
+        expression_model=expression_model, genes=genes, locations=locations, cache_dir=cache_dir(),
+        progress=progress(), stain_norm=stain_norm)
+    for group in ([{n: a} for n, a in chosen.items()] if per_section else [chosen]):
+        spatial_clusters(group, {n: feats[n] for n in group}, method=method, n_clusters=n_clusters,
+                         resolution=resolution, smooth_weight=smooth, radius_um=radius_um, seed=seed, key=key_added,
+                         grids={n: locations[n] for n in group if n in locations} or None,
+                         grid_features=location_feats, blocks=blocks)
     split.set_obs(key_added, {n: a.obs[key_added] for n, a in chosen.items()})
     params = {"features": features, "method": method, "n_clusters": n_clusters, "resolution": resolution,
-              "smooth": smooth, "radius_um": radius_um, "seed": seed, "key_added": key_added}
+              "smooth": smooth, "radius_um": radius_um, "seed": seed, "per_section": per_section,
+              "stain_norm": stain_norm, "key_added": key_added}
     split.set_uns(UNS_KEY, {n: params for n in chosen})
     return data if copy else None

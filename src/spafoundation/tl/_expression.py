@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from spafoundation import defaults
 from spafoundation._sections import LIBRARY_KEY, Sections
 from spafoundation.pp.genes import TARGET_SUM
-from spafoundation.tl._common import cache_dir, encoder_for, progress
+from spafoundation.tl._common import cache_dir, progress
 
 
 def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key: str = LIBRARY_KEY,
@@ -21,7 +21,8 @@ def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key
         One AnnData, or a mapping of section -> AnnData; an AnnData of several sections tells them apart by
         ``obs[library_key]``. Training sections need counts in ``X`` and an H&E image.
     encoder
-        Encoder name, model folder or Encoder (see ``sf.tl.embed``).
+        Encoder name, model folder or Encoder (see ``sf.tl.embed``); a name is built on ``sf.settings.device``, only
+        when the features use an encoder.
     sections
         The sections to train on (default: all of ``data``).
     library_key
@@ -46,11 +47,13 @@ def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key
         ``predict`` / ``sf.tl.predict_expression``, ``save(folder)`` / ``ExpressionModel.load(folder)``; its repr
         says what it was fitted on, ``reliable()`` which genes to trust.
     """
+    from spafoundation._settings import settings
     from spafoundation.tasks.expression import fit_expression as fit
 
     train = Sections(data, library_key).select(sections)
-    return fit(list(train.values()), encoder_for(encoder), genes=genes, head=head, target_sum=target_sum,
-               cache_dir=cache_dir(), progress=progress(), head_params=head_params, **feature_options)
+    # a name is built by the task code, on settings.device, only if the features use it (at fp32 for "finetune")
+    return fit(list(train.values()), encoder, genes=genes, head=head, target_sum=target_sum, cache_dir=cache_dir(),
+               progress=progress(), head_params=head_params, device=settings.device, **feature_options)
 
 
 def predict_expression(data, model, *, sections=None, library_key: str = LIBRARY_KEY):

@@ -8,7 +8,7 @@ from spafoundation.tl._common import cache_dir, encoder_for, progress
 
 
 def fit_superres(data, encoder=defaults.ENCODER, *, sections=None, library_key: str = LIBRARY_KEY,
-                 genes=defaults.SUPERRES_GENES, step_um: float | None = None):
+                 genes=defaults.SUPERRES_GENES, step_um: float | None = None, superpixels: dict | None = None):
     """Fit the super-resolution model on sections with counts (the ``superres`` command's training).
 
     Parameters
@@ -26,6 +26,11 @@ def fit_superres(data, encoder=defaults.ENCODER, *, sections=None, library_key: 
         ``"hvg:K"``, ``"mean:K"``, a gene-list file or a list of symbols, chosen on the training sections.
     step_um
         Superpixel pitch: one encoder token (default) divided by a whole number, e.g. 8 (um).
+    superpixels
+        A dict that keeps the training sections' superpixels (section -> ``tasks.superres.Superpixels``): those
+        already in it are used, those computed here are added, so that ``sf.tl.superres`` given the same dict maps
+        the training sections without computing them again (which, without the cache, costs a second pass of the
+        encoder over their tissue).
 
     Returns
     -------
@@ -33,21 +38,24 @@ def fit_superres(data, encoder=defaults.ENCODER, *, sections=None, library_key: 
         For ``sf.tl.superres``; ``save(folder)`` / ``SuperresModel.load(folder)``.
     """
     from spafoundation.errors import InputError
-    from spafoundation.tasks.superres import check_spots_resolvable, superpixels
+    from spafoundation.tasks.superres import check_spots_resolvable
     from spafoundation.tasks.superres import fit_superres as fit
+    from spafoundation.tasks.superres import superpixels as section_superpixels
 
     train = {n: a for n, a in Sections(data, library_key).select(sections).items() if a.n_vars > 0}
     if not train:
         raise InputError(None, "counts", "no section has counts to train super-resolution on")
     enc = encoder_for(encoder)
     check_spots_resolvable(train, enc, step_um)  # before any superpixel is computed
-    cached = {n: superpixels(a, enc, step_um=step_um, progress=progress(), cache_dir=cache_dir())
-              for n, a in train.items()}
-    return fit(train, enc, genes=genes, step_um=step_um, cached=cached)
+    cached = superpixels if superpixels is not None else {}
+    for n, a in train.items():
+        if n not in cached:
+            cached[n] = section_superpixels(a, enc, step_um=step_um, progress=progress(), cache_dir=cache_dir())
+    return fit(train, enc, genes=genes, step_um=step_um, cached={n: cached[n] for n in train})
 
 
 def superres(data, model=None, *, sections=None, library_key: str = LIBRARY_KEY, image_weight: float | None = None,
-             **fit_options):
+             superpixels: dict | None = None, **fit_options):
     """Expression on superpixels over the whole tissue, anchored to the measured spots where there are counts.
 
     Parameters
@@ -65,6 +73,9 @@ def superres(data, model=None, *, sections=None, library_key: str = LIBRARY_KEY,
     image_weight
         Inside measured spots, how much of the image's pattern to keep around the measurement (0: flat at the
         measurement, 1: the full pattern); default learned on the section's own spots.
+    superpixels
+        Superpixels already computed, section -> ``tasks.superres.Superpixels`` of the same spots at the model's
+        ``step_um`` (the dict given to ``fit_superres``), used instead of computing them again.
 
     Returns
     -------
@@ -74,15 +85,18 @@ def superres(data, model=None, *, sections=None, library_key: str = LIBRARY_KEY,
     ``anchoring``), ``layers['counts']`` the spots' counts redistributed over their superpixels (sections with
     counts).
     """
-    from spafoundation.tasks.superres import SuperresModel, superpixels, superres_adata
+    from spafoundation.tasks.superres import SuperresModel, superres_adata
+    from spafoundation.tasks.superres import superpixels as section_superpixels
 
+    kept = superpixels if superpixels is not None else {}
     if model is None:
-        model = fit_superres(data, library_key=library_key, **fit_options)
+        model = fit_superres(data, library_key=library_key, superpixels=kept, **fit_options)
     elif not isinstance(model, SuperresModel):
         model = SuperresModel.load(model)
     split = Sections(data, library_key)
     parts = {}
     for n, a in split.select(sections).items():
-        sp = superpixels(a, model.encoder, step_um=model.step_um, progress=progress(), cache_dir=cache_dir())
+        sp = kept.get(n) or section_superpixels(a, model.encoder, step_um=model.step_um, progress=progress(),
+                                                cache_dir=cache_dir())
         parts[n] = superres_adata(a, sp, model.predict(sp), model, image_weight=image_weight)
     return split.merge(parts)
