@@ -106,3 +106,21 @@ def test_cache_keys_differ_by_method_and_reference():
     assert len(set(emb)) == 4 and len(set(hand)) == 4
     # without a normalisation the key is what it was before the option existed: existing caches stay valid
     assert emb[0] == embedding_key(**common, encoder="e", patch_um=112, input_size=112, tta=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_reference_image_gives_the_reference_of_its_tissue_and_glass_is_refused(c2_patches, method, tmp_path):
+    from PIL import Image
+
+    tile = tmp_path / "tile.png"
+    Image.fromarray(np.concatenate(list(c2_patches), axis=1)).save(tile)
+    ref = stain.reference_from_image(tile, method)
+    fitted = stain.fit_reference(c2_patches, method)
+    assert ref.method == method and ref.source == f"image {tile}"
+    for k in stain.KEYS[method]:
+        np.testing.assert_allclose(ref.arrays[k], fitted.arrays[k], rtol=1e-6)
+    glass = tmp_path / "glass.png"
+    Image.fromarray(np.full((64, 64, 3), 242, np.uint8)).save(glass)
+    with pytest.raises(InputError) as e:
+        stain.reference_from_image(glass, method)
+    assert "glass.png" in str(e.value) and "--stain-reference" in str(e.value)

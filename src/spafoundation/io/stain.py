@@ -190,11 +190,17 @@ def _check_values(method: str, values: dict, path, field_name: str) -> dict:
 def fit_reference(patches: np.ndarray, method: str, source: str = "") -> StainReference:
     """A reference fitted over the tissue pixels of many patches (uint8 RGB, (n, h, w, 3)) together; an InputError
     when they hold too little tissue."""
-    stats = stain_statistics(patches, method)
-    if stats is None:
+    reference = _reference(patches, method, source)
+    if reference is None:
         raise InputError(None, "stain_norm", f"{method}: the reference patches ({source or 'given'}) hold fewer than "
                          f"{MIN_PIXELS} stained tissue pixels, or not two stains, to fit a reference on")
-    return StainReference(method, {k: v.tolist() for k, v in stats.items()}, source)
+    return reference
+
+
+def _reference(patches: np.ndarray, method: str, source: str) -> StainReference | None:
+    """The ``method`` reference of the tissue pixels of ``patches``, None when they give no estimate."""
+    stats = stain_statistics(patches, method)
+    return None if stats is None else StainReference(method, {k: v.tolist() for k, v in stats.items()}, source)
 
 
 def builtin_reference(method: str) -> StainReference:
@@ -214,11 +220,11 @@ def reference_from_image(path, method: str) -> StainReference:
             rgb = np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as e:
         raise InputError(path, "--stain-reference", f"cannot read the image ({e})") from None
-    stats = stain_statistics(rgb, method)
-    if stats is None:
+    reference = _reference(rgb, method, f"image {path}")
+    if reference is None:
         raise InputError(path, "--stain-reference", f"holds fewer than {MIN_PIXELS} stained tissue pixels (or not "
                          f"two stains) to fit a {method} reference on")
-    return StainReference(method, {k: v.tolist() for k, v in stats.items()}, f"image {path}")
+    return reference
 
 
 class StainNormalizer:
