@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
+from spafoundation import defaults
 from spafoundation.eval.metrics import pearson_per_gene
 from spafoundation.io.readers import read_dataset
 from spafoundation.pp.genes import expression_matrix
@@ -63,7 +64,7 @@ def run(argv=None) -> int:
                 lines.append(row)
     body = ("## How far to trust a prediction (per-gene cv r, image shift)\n\n"
             "Command: `.venv/bin/python bench/reliability.py`\n\n"
-            f"Default expression model ({DEFAULT_ENCODER} pipeline, ridge, {REFERENCE}), fitted on the training "
+            f"Default expression model ({DEFAULT_ENCODER} pipeline, {defaults.EXPRESSION_HEAD} head, {REFERENCE}), fitted on the training "
             "sections, scored per held-out section: Pearson r per gene across its spots. 'cv over': the level of the "
             "stored cross-validated r (patients where the training sections come from two). Reliable: cv r >= 0.1. "
             "Shift: median distance of the section's spots to the nearest training spot in whitened colour/texture "

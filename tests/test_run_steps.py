@@ -41,7 +41,7 @@ def test_plan_is_typed_step_configs(her2st_root, her2st_imaged, tiny_folder, tmp
                                         ClusterStep]
     fit, predict, _, tumor, clusters = steps
     folder = RunFolder(tmp_path / "run")
-    assert fit.sections == ["C3"] and fit.out == folder.expression_model and fit.head == "ridge"
+    assert fit.sections == ["C3"] and fit.out == folder.expression_model and fit.head == "ridge-ensemble"
     assert predict.model == str(folder.expression_model) and predict.sections == ["C4"]
     assert tumor.markers == ["ERBB2", "GRB7"] and tumor.grid_um == 200.0 and isinstance(tumor.grid_um, float)
     # the values as the command's parser would give them: a whole number stays one, a number from YAML is a float

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from spafoundation.eval.metrics import pearson_per_gene
-from spafoundation.tasks.heads import HEADS, MeanHead, RidgeHead
+from spafoundation.tasks.heads import (
+    HEADS,
+    MeanHead,
+    RidgeEnsembleHead,
+    RidgeHead,
+    build_head,
+    chosen_params,
+    ensemble_members,
+)
 
 
 def _signal(n=240, d=20, g=6, noise=0.5, seed=0):
@@ -18,7 +26,7 @@ def _signal(n=240, d=20, g=6, noise=0.5, seed=0):
     return X.astype(np.float32), Y.astype(np.float32), groups
 
 
-@pytest.mark.parametrize("kind", ["ridge", "mlp"])
+@pytest.mark.parametrize("kind", ["ridge", "ridge-ensemble", "mlp"])
 def test_head_learns_and_round_trips(kind):
     X, Y, groups = _signal()
     params = {"max_epochs": 60, "patience": 10} if kind == "mlp" else {}
@@ -30,7 +38,7 @@ def test_head_learns_and_round_trips(kind):
 
 
 @pytest.mark.parametrize("n", [1, 2, 9])
-@pytest.mark.parametrize("kind", ["ridge", "mlp"])
+@pytest.mark.parametrize("kind", ["ridge", "ridge-ensemble", "mlp"])
 def test_too_few_training_spots_are_a_clear_input_error(kind, n):
     from spafoundation.errors import InputError
 
@@ -63,3 +71,33 @@ def test_mean_head_is_constant():
     X, Y, groups = _signal()
     pred = MeanHead().fit(X, Y, groups).predict(X[:5])
     np.testing.assert_allclose(pred, np.broadcast_to(Y.mean(0), pred.shape), rtol=1e-6)
+
+
+def test_ridge_ensemble_is_the_mean_of_its_members():
+    X, Y, groups = _signal(d=20)
+    blocks = [12, 8]
+    head = RidgeEnsembleHead(members=[None, [1]]).fit(X[:180], Y[:180], groups[:180], blocks)
+    every = RidgeHead().fit(X[:180], Y[:180], groups[:180], blocks)
+    second = RidgeHead().fit(X[:180, 12:], Y[:180], groups[:180], [8])
+    assert head.alpha == [every.alpha, second.alpha]
+    np.testing.assert_allclose(head.predict(X[180:]), (every.predict(X[180:]) + second.predict(X[180:, 12:])) / 2,
+                               rtol=1e-5, atol=1e-5)
+    assert len(head.cv_scores) == 1 and -1 <= head.cv_scores[0] <= 1
+    again = RidgeEnsembleHead.from_state(head.state(), head.hp)
+    np.testing.assert_allclose(again.predict(X[180:]), head.predict(X[180:]), rtol=1e-6, atol=1e-6)
+    # refitted on other rows with the alphas it chose (per-gene cross-validated r)
+    refit = RidgeEnsembleHead(**chosen_params(head)).fit(X[:120], Y[:120], groups[:120], blocks)
+    assert [p.alphas for p in refit.parts] == [(a,) for a in head.alpha]
+    with pytest.raises(ValueError, match="not a set of the 2 feature blocks"):
+        RidgeEnsembleHead(members=[[2]]).fit(X, Y, groups, blocks)
+
+
+def test_default_ensemble_adds_the_spot_colour_texture_block():
+    labels = ["encoder", "encoder@x2", "colour_texture", "colour_texture@x2"]
+    assert ensemble_members(labels) == [None, [2]]
+    assert ensemble_members(["encoder"]) == [None]  # nothing to add: one ridge
+    assert ensemble_members(["colour_texture"]) == [None]
+    recipe = {"source": "encoder+colour_texture", "context": 2.0, "neighbours_um": 300.0}
+    assert build_head("ridge-ensemble", None, recipe).members == [None, [2]]
+    assert build_head("ridge-ensemble", {"members": [[0]]}, recipe).members == [[0]]
+    assert isinstance(build_head("ridge", None, recipe), RidgeHead)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from spafoundation.tasks.spot_features import (
+    block_labels,
     locations_adata,
     make_recipe,
     neighbour_mean,
@@ -44,6 +45,9 @@ def test_fused_features_blocks(her2st_c2, tiny_encoder, tmp_path):
     feats, blocks = spot_features(a, recipe, tiny_encoder, cache_dir=tmp_path, with_blocks=True)
     d = tiny_encoder.embed_dim
     assert blocks[:4] == [d, d, blocks[2], blocks[2]] and blocks[4:] == blocks[:4]
+    assert block_labels(recipe) == ["encoder", "encoder@x2", "colour_texture", "colour_texture@x2",
+                                    "neighbours:encoder", "neighbours:encoder@x2", "neighbours:colour_texture",
+                                    "neighbours:colour_texture@x2"]
     assert feats.shape == (12, sum(blocks)) and np.isfinite(feats).all()
     # the context block sees a wider field: it differs from the spot block
     assert not np.allclose(feats[:, :d], feats[:, d:2 * d])

@@ -64,8 +64,11 @@ def register(subparsers) -> None:
                    help="encoder name or model folder (default: the shipped checkpoint)")
     p.add_argument("--genes", default=defaults.EXPRESSION_GENES,
                    help="hvg:K (seurat flavour, training sections only), mean:K, or a gene-list file (.npy/.txt)")
-    p.add_argument("--head", default=defaults.EXPRESSION_HEAD, choices=["ridge", "mlp", "finetune", "mean"],
-                   help="ridge: scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
+    p.add_argument("--head", default=defaults.EXPRESSION_HEAD,
+                   choices=["ridge-ensemble", "ridge", "mlp", "finetune", "mean"],
+                   help="ridge-ensemble (default): the mean of two ridges, one on every feature block and one on "
+                        "the spot patch's colour/texture alone, which carries best to another patient; ridge: "
+                        "scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
                         "layer; finetune: the whole encoder + LayerNorm/Linear on the class token, MSE (the "
                         "authors' protocol, meant for a GPU); mean: the training-mean baseline")
     p.add_argument("--epochs", type=positive_int, help="epochs of the finetune head (default 20) / maximum for mlp")

@@ -18,7 +18,7 @@ from spafoundation import defaults
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path, library_id
 from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
-from spafoundation.tasks.heads import HEADS
+from spafoundation.tasks.heads import HEADS, build_head, chosen_params
 from spafoundation.tasks.reliability import (
     RELIABLE_R,
     SHIFT_PREFIX,
@@ -217,7 +217,8 @@ class ExpressionModel:
         if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
             raise InputError(folder / CONFIG_FILE, "genes", "expected a non-empty list of gene symbols")
         head_state = {k: v for k, v in state.items() if not k.startswith(SHIFT_PREFIX)}
-        outputs = head_state["coef"].shape[0] if "coef" in head_state else (
+        coef = next((v for k, v in head_state.items() if k.split(".")[-1] == "coef"), None)  # ensembles: member0.coef
+        outputs = coef.shape[0] if coef is not None else (
             len(head_state["y_mean"]) if "y_mean" in head_state else None)
         if outputs is not None and outputs != len(genes):
             raise InputError(folder / HEAD_FILE, "genes", f"the head predicts {outputs} genes but config.json lists "
@@ -314,7 +315,7 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     gene_list = select_genes(train, genes, target_sum, candidate_genes)
     X, Y, groups, blocks = training_matrices(train, gene_list, recipe, enc, target_sum=target_sum,
                                              cache_dir=cache_dir, progress=progress)
-    fitted = HEADS[head](**(head_params or {})).fit(X, Y, groups, blocks)
+    fitted = build_head(head, head_params, recipe).fit(X, Y, groups, blocks)
     cv = getattr(fitted, "cv_scores", None)
     patients = section_patients(train)
     training = {"sections": [library_id(a) for a in train], "patients": patients, "n_spots": len(X),
@@ -323,10 +324,10 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     gene_cv = {}
     if head != "mean":
         # the fitted hyper-parameters again (ridge: its chosen alpha), refitted without each section / patient
-        params = {**(head_params or {}), **({"alphas": (fitted.alpha,)} if head == "ridge" else {})}
+        params = {**(head_params or {}), **chosen_params(fitted)}
 
         def make_head():
-            return HEADS[head](**params)
+            return build_head(head, params, recipe)
 
         folds = {"sections": groups, "patients": np.array([patients[g] for g in groups])}
         gene_cv = {k: r for k, f in folds.items() if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks))

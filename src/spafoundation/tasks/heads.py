@@ -3,6 +3,9 @@
 - ``RidgeHead``: standard scaling + PCA + ridge; alpha chosen by inner cross-validation over training sections
   (grouped, so a section never informs its own validation) on the mean per-gene Pearson, the metric we report.
   Feature blocks of different widths (encoder embedding, colour statistics) are weighted equally.
+- ``RidgeEnsembleHead``: the mean of ridge heads each fitted on some of the feature blocks (``members``); the
+  default pipeline's is one ridge on every block and one on the spot patch's colour/texture statistics alone,
+  which carry best to another patient (BENCHMARKS.md).
 - ``MLPHead``: one hidden layer, trained with AdamW on standardised targets, early stopping on a held-out section.
 """
 
@@ -85,8 +88,14 @@ class RidgeHead:
             Zva = pca.transform(Zva) if pca is not None else Zva
             for i, a in enumerate(self.alphas):
                 scores[i] += _score(Y[va], Ridge(alpha=a).fit(Ztr, Y[tr]).predict(Zva))
-        self.alpha = self.alphas[int(np.argmax(scores))]
         self.cv_scores = (scores / len(folds)).tolist()
+        return self.fit_at(X, Y, self.alphas[int(np.argmax(scores))])
+
+    def fit_at(self, X: np.ndarray, Y: np.ndarray, alpha: float, blocks=None) -> RidgeHead:
+        """Fitted at ``alpha``, without cross-validation."""
+        if blocks is not None:
+            self.blocks = [int(b) for b in blocks]
+        self.alpha = float(alpha)
         self.scaler, self.pca, Z = self._transform_fit(X)
         self.ridge = Ridge(alpha=self.alpha).fit(Z, Y)
         return self
@@ -117,6 +126,84 @@ class RidgeHead:
         head.ridge = Ridge(alpha=head.alpha)
         head.ridge.coef_, head.ridge.intercept_ = st["coef"], st["intercept"]
         head.ridge.n_features_in_ = st["coef"].shape[1]
+        return head
+
+
+class RidgeEnsembleHead:
+    """The mean prediction of ridge heads, member ``i`` fitted on the feature blocks ``members[i]`` (indices into
+    the blocks of ``fit``; None: every block). Each member chooses its alpha by the same grouped inner
+    cross-validation as ``RidgeHead``, or uses ``member_alphas[i]`` when given."""
+
+    kind = "ridge-ensemble"
+
+    def __init__(self, n_pcs: int = N_PCS, alphas=ALPHAS, blocks=None, members=None, member_alphas=None):
+        self.n_pcs, self.alphas = int(n_pcs), tuple(float(a) for a in alphas)
+        self.blocks = [int(b) for b in blocks] if blocks else None
+        self.members = [None if m is None else [int(i) for i in m] for m in (members or [None])]
+        self.member_alphas = None if member_alphas is None else [float(a) for a in member_alphas]
+        if self.member_alphas is not None and len(self.member_alphas) != len(self.members):
+            raise ValueError(f"{len(self.member_alphas)} member alphas for {len(self.members)} members")
+
+    @property
+    def hp(self) -> dict:
+        return {"n_pcs": self.n_pcs, "alphas": list(self.alphas), "blocks": self.blocks, "members": self.members,
+                "member_alphas": self.member_alphas}
+
+    @property
+    def alpha(self) -> list[float]:
+        return [p.alpha for p in self.parts]
+
+    def _columns(self, member) -> tuple[np.ndarray, list[int] | None]:
+        """Column indices and block widths of one member (every column where the blocks are unknown)."""
+        if member is None or not self.blocks:
+            if member is not None:
+                raise ValueError("ensemble members name feature blocks, but the features came without blocks")
+            return np.arange(sum(self.blocks)) if self.blocks else slice(None), self.blocks
+        if any(i < 0 or i >= len(self.blocks) for i in member) or not member:
+            raise ValueError(f"ensemble member {member} is not a set of the {len(self.blocks)} feature blocks")
+        starts = np.cumsum([0, *self.blocks])
+        cols = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in member])
+        return cols, [self.blocks[i] for i in member]
+
+    def _member(self, i: int) -> RidgeHead:
+        return RidgeHead(self.n_pcs, (self.member_alphas[i],) if self.member_alphas else self.alphas)
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None) -> RidgeEnsembleHead:
+        if blocks is not None:
+            self.blocks = [int(b) for b in blocks]
+        self.parts = []
+        for i, m in enumerate(self.members):
+            cols, widths = self._columns(m)
+            self.parts.append(self._member(i).fit(X[:, cols], Y, groups, widths))
+        # the ensemble's own inner cross-validated score, each member at the alpha it chose
+        folds = _folds(groups, len(X))
+        score = 0.0
+        for tr, va in folds:
+            pred = np.zeros((len(va), Y.shape[1]))
+            for part, m in zip(self.parts, self.members, strict=True):
+                cols, widths = self._columns(m)
+                pred += RidgeHead(self.n_pcs).fit_at(X[tr][:, cols], Y[tr], part.alpha, widths).predict(X[va][:, cols])
+            score += _score(Y[va], pred / len(self.members))
+        self.cv_scores = [score / len(folds)]
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        pred = sum(p.predict(X[:, self._columns(m)[0]]).astype(np.float64)
+                   for p, m in zip(self.parts, self.members, strict=True))
+        return (pred / len(self.parts)).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"member{i}.{k}": v for i, p in enumerate(self.parts) for k, v in p.state().items()}
+
+    @classmethod
+    def from_state(cls, st: dict[str, np.ndarray], hp: dict | None = None) -> RidgeEnsembleHead:
+        head = cls(**(hp or {}))
+        head.parts = []
+        for i, m in enumerate(head.members):
+            prefix = f"member{i}."
+            part_state = {k[len(prefix):]: v for k, v in st.items() if k.startswith(prefix)}
+            head.parts.append(RidgeHead.from_state(part_state, {"n_pcs": head.n_pcs,
+                                                                "blocks": head._columns(m)[1]}))
         return head
 
 
@@ -266,4 +353,36 @@ class FineTunedHead:
         return head
 
 
-HEADS = {"ridge": RidgeHead, "mlp": MLPHead, "mean": MeanHead, "finetune": FineTunedHead}
+# The second member of the default ensemble: the spot patch's own colour/texture statistics (no wider field of view,
+# no neighbours). Across patients (HER2ST, C <-> A1) a ridge on them alone beat the ridge on every block, which
+# wins within a patient; their mean kept the better of the two on both splits (BENCHMARKS.md).
+ENSEMBLE_BLOCK = "colour_texture"
+
+
+def ensemble_members(labels: list[str]) -> list[list[int] | None]:
+    """The default ensemble over feature blocks named ``labels``: every block, and the spot patch's colour/texture
+    block alone where there is one besides others."""
+    return [None] + ([[labels.index(ENSEMBLE_BLOCK)]] if ENSEMBLE_BLOCK in labels and len(labels) > 1 else [])
+
+
+def build_head(kind: str, params: dict | None, recipe: dict):
+    """An unfitted head ``kind`` with ``params``; a ridge ensemble without members gets the default ones for the
+    blocks of ``recipe`` (tasks/spot_features.py)."""
+    from spafoundation.tasks.spot_features import block_labels
+
+    params = dict(params or {})
+    if kind == RidgeEnsembleHead.kind and params.get("members") is None:
+        params["members"] = ensemble_members(block_labels(recipe))
+    return HEADS[kind](**params)
+
+
+def chosen_params(head) -> dict:
+    """The hyper-parameters a fitted head chose (a ridge's alpha), to refit the same head on other rows."""
+    if isinstance(head, RidgeEnsembleHead):
+        return {"members": head.members, "member_alphas": head.alpha}
+    if isinstance(head, RidgeHead):
+        return {"alphas": (head.alpha,)}
+    return {}
+
+
+HEADS = {"ridge": RidgeHead, "ridge-ensemble": RidgeEnsembleHead, "mlp": MLPHead, "mean": MeanHead, "finetune": FineTunedHead}

@@ -159,6 +159,16 @@ def spot_features(adata: ad.AnnData, recipe: dict, encoder=None, *, xy: np.ndarr
     return (feats, blocks) if with_blocks else feats
 
 
+def block_labels(recipe: dict) -> list[str]:
+    """The name of each feature block of ``recipe``, in the order ``spot_features`` concatenates them: every source
+    at every field of view (``colour_texture``, ``encoder@x2``), then, with a neighbourhood, the same names behind
+    ``neighbours:``."""
+    recipe = make_recipe(**recipe)
+    factors = [1.0] + ([float(recipe["context"])] if float(recipe["context"]) > 1 else [])
+    labels = [src if f == 1 else f"{src}@x{f:g}" for src in str(recipe["source"]).split("+") for f in factors]
+    return labels + [f"neighbours:{name}" for name in labels] if float(recipe["neighbours_um"]) > 0 else labels
+
+
 def needs_encoder(recipe: dict) -> bool:
     return "encoder" in str(recipe["source"]).split("+")
 
