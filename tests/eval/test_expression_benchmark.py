@@ -1,0 +1,82 @@
+"""The expression benchmark's contenders and splits, on tiny synthetic sections with synthetic features: the default
+row is the fit-expression default (features and ridge ensemble), the same features under one ridge sit beside it,
+and every head is scored per test section on both leave-one-patient-out directions and within each patient."""
+
+from __future__ import annotations
+
+import zlib
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from spafoundation import defaults
+from spafoundation.eval import expression_benchmark as eb
+from spafoundation.eval.metrics import evaluate_expression
+from spafoundation.eval.splits import LOPO, LOSO
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix
+from spafoundation.tasks.heads import RidgeHead
+from spafoundation.tasks.spot_features import block_labels
+
+WIDTH = 3  # columns per feature block
+
+
+def _section(name: str, patient: str, seed: int, n: int = 60) -> ad.AnnData:
+    """Spots whose counts follow a latent ``z`` that the colour/texture block sees clearly and the other blocks
+    through noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=n)
+    counts = np.column_stack([rng.poisson(np.exp(1.5 + 0.6 * w * z)) for w in (1.0, -1.0, 0.5, 0.0)])
+    obs = pd.DataFrame({"section": name, "patient": patient}, index=[f"{name}_{i}" for i in range(n)])
+    a = ad.AnnData(counts.astype(np.float32), obs=obs, var=pd.DataFrame(index=["G1", "G2", "G3", "G4"]))
+    a.uns["z"] = z
+    return a
+
+
+class _Store:
+    """Stands in for FeatureStore: for each block of the contender's recipe, WIDTH columns; the colour/texture
+    block carries the latent signal, the others mostly noise."""
+
+    def __init__(self, sections, *args, **kwargs):
+        self.sections = sections
+
+    def get(self, contender, name, stain=None):
+        labels = block_labels(contender.recipe())
+        a = self.sections[name]
+        rng = np.random.default_rng(zlib.crc32(f"{name}:{labels}".encode()))
+        z = a.uns["z"][:, None]
+        parts = [(z if label == "colour_texture" else 0.3 * z) + rng.normal(size=(a.n_obs, WIDTH))
+                 for label in labels]
+        return np.hstack(parts).astype(np.float32), [WIDTH] * len(labels)
+
+
+def test_default_row_is_the_ridge_ensemble_beside_one_ridge(monkeypatch):
+    monkeypatch.setattr(eb, "FeatureStore", _Store)
+    sections = {"C1": _section("C1", "C", 0), "C2": _section("C2", "C", 1), "A1": _section("A1", "A", 2)}
+    contenders = eb.baseline_contenders("enc", "random-enc", options=True)
+    default = next(c for c in contenders if c.name.endswith("(default)"))
+    one_ridge = next(c for c in contenders if c.name.endswith(", one ridge"))
+    assert default.head == defaults.EXPRESSION_HEAD == "ridge-ensemble" and one_ridge.head == "ridge"
+    assert default.recipe() == one_ridge.recipe()
+
+    rows, genes = eb.run_expression_benchmark(sections, [default, one_ridge], genes="mean:4")
+    assert set(zip(rows["split"], rows["direction"], strict=True)) == {
+        (LOPO, "A -> C"), (LOPO, "C -> A"), (LOSO, "within C")}
+    assert rows["mean_r"].notna().all()
+
+    # C -> A: the default row scores the mean of a ridge on every block and one on the colour/texture block alone
+    store = _Store(sections)
+    train = ["C1", "C2"]
+    gene_list = genes[f"{LOPO}:C -> A:A1"]
+    X = np.concatenate([store.get(default, n)[0] for n in train])
+    Y = np.concatenate([expression_matrix(sections[n], gene_list, TARGET_SUM) for n in train])
+    groups = np.repeat(train, 60)
+    blocks = store.get(default, "A1")[1]
+    ct = block_labels(default.recipe()).index("colour_texture")
+    cols = np.arange(ct * WIDTH, (ct + 1) * WIDTH)
+    test = store.get(default, "A1")[0]
+    pred = (RidgeHead().fit(X, Y, groups, blocks).predict(test)
+            + RidgeHead().fit(X[:, cols], Y, groups, [WIDTH]).predict(test[:, cols])) / 2
+    expected = evaluate_expression(expression_matrix(sections["A1"], gene_list, TARGET_SUM), pred)["mean_r"]
+    got = rows[(rows["contender"] == default.name) & (rows["direction"] == "C -> A")]["mean_r"].item()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
