@@ -64,7 +64,8 @@ def test_default_row_is_the_ridge_ensemble_beside_one_ridge(monkeypatch):
         (LOPO, "A -> C"), (LOPO, "C -> A"), (LOSO, "within C")}
     assert rows["mean_r"].notna().all()
 
-    # C -> A: the default row scores the mean of a ridge on every block and one on the colour/texture block alone
+    # C -> A: the default row scores the mean of a ridge on every block and one on the colour/texture and
+    # nuclei blocks alone
     store = _Store(sections)
     train = ["C1", "C2"]
     gene_list = genes[f"{LOPO}:C -> A:A1"]
@@ -72,11 +73,12 @@ def test_default_row_is_the_ridge_ensemble_beside_one_ridge(monkeypatch):
     Y = np.concatenate([expression_matrix(sections[n], gene_list, TARGET_SUM) for n in train])
     groups = np.repeat(train, 60)
     blocks = store.get(default, "A1")[1]
-    ct = block_labels(default.recipe()).index("colour_texture")
-    cols = np.arange(ct * WIDTH, (ct + 1) * WIDTH)
+    labels = block_labels(default.recipe())
+    narrow = [labels.index("colour_texture"), labels.index("nuclei")]
+    cols = np.concatenate([np.arange(i * WIDTH, (i + 1) * WIDTH) for i in narrow])
     test = store.get(default, "A1")[0]
     pred = (RidgeHead().fit(X, Y, groups, blocks).predict(test)
-            + RidgeHead().fit(X[:, cols], Y, groups, [WIDTH]).predict(test[:, cols])) / 2
+            + RidgeHead().fit(X[:, cols], Y, groups, [WIDTH] * 2).predict(test[:, cols])) / 2
     expected = evaluate_expression(expression_matrix(sections["A1"], gene_list, TARGET_SUM), pred)["mean_r"]
     got = rows[(rows["contender"] == default.name) & (rows["direction"] == "C -> A")]["mean_r"].item()
     np.testing.assert_allclose(got, expected, rtol=1e-5)

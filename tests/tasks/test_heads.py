@@ -92,12 +92,14 @@ def test_ridge_ensemble_is_the_mean_of_its_members():
         RidgeEnsembleHead(members=[[2]]).fit(X, Y, groups, blocks)
 
 
-def test_default_ensemble_adds_the_spot_colour_texture_block():
+def test_default_ensemble_adds_the_spot_colour_texture_and_nuclei_blocks():
     labels = ["encoder", "encoder@x2", "colour_texture", "colour_texture@x2"]
     assert ensemble_members(labels) == [None, [2]]
+    assert ensemble_members([*labels, "nuclei"]) == [None, [2, 4]]
     assert ensemble_members(["encoder"]) == [None]  # nothing to add: one ridge
-    assert ensemble_members(["colour_texture"]) == [None]
-    recipe = {"source": "encoder+colour_texture", "context": 2.0, "neighbours_um": 300.0}
-    assert build_head("ridge-ensemble", None, recipe).members == [None, [2]]
+    assert ensemble_members(["colour_texture", "nuclei"]) == [None]
+    recipe = {"source": "encoder+colour_texture+nuclei", "context": 2.0, "neighbours_um": 300.0}
+    # nuclei at the spot's field of view only: blocks encoder, encoder@x2, colour_texture, colour_texture@x2, nuclei
+    assert build_head("ridge-ensemble", None, recipe).members == [None, [2, 4]]
     assert build_head("ridge-ensemble", {"members": [[0]]}, recipe).members == [[0]]
     assert isinstance(build_head("ridge", None, recipe), RidgeHead)

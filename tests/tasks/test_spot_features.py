@@ -58,6 +58,19 @@ def test_fused_features_blocks(her2st_c2, tiny_encoder, tmp_path):
     assert loc.n_vars == 0 and loc.n_obs == 3 and loc.uns["spatial"] is a.uns["spatial"]
 
 
+def test_nuclei_block_at_the_spot_field_of_view_only(her2st_c2, tiny_encoder, tmp_path):
+    from spafoundation.models.nuclei import N_FEATURES
+
+    a = her2st_c2[:6].copy()
+    recipe = {"source": "colour_texture+nuclei", "context": 2.0, "neighbours_um": 300.0, "standardize": "section"}
+    feats, blocks = spot_features(a, recipe, tiny_encoder, cache_dir=tmp_path, with_blocks=True)
+    labels = block_labels(recipe)
+    assert labels == ["colour_texture", "colour_texture@x2", "nuclei", "neighbours:colour_texture",
+                      "neighbours:colour_texture@x2", "neighbours:nuclei"]
+    assert len(blocks) == len(labels) and blocks[2] == N_FEATURES and feats.shape == (6, sum(blocks))
+    assert np.isfinite(feats).all()
+
+
 def test_encoder_source_needs_encoder(her2st_c2):
     with pytest.raises(ValueError, match="needs an encoder"):
         spot_features(her2st_c2[:2].copy(), {"source": "encoder"})

@@ -67,7 +67,7 @@ def register(subparsers) -> None:
     p.add_argument("--head", default=defaults.EXPRESSION_HEAD,
                    choices=["ridge-ensemble", "ridge", "mlp", "finetune", "mean"],
                    help="ridge-ensemble (default): the mean of two ridges, one on every feature block and one on "
-                        "the spot patch's colour/texture alone, which carries best to another patient; ridge: "
+                        "the spot patch's colour/texture and nuclei alone, which carry best to another patient; ridge: "
                         "scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
                         "layer; finetune: the whole encoder + LayerNorm/Linear on the class token, MSE (the "
                         "authors' protocol, meant for a GPU); mean: the training-mean baseline")
@@ -76,8 +76,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda, mps)")
     p.add_argument("--target-sum", default=str(TARGET_SUM),
                    help="targets are log1p(counts / library size * target-sum); 'none' for log1p of raw counts")
-    p.add_argument("--features", help="feature source: encoder, colour_texture, mean_colour, or joined with '+' "
-                                      "(default encoder+colour_texture)")
+    p.add_argument("--features", help="feature source: encoder, colour_texture, nuclei, mean_colour, or joined "
+                                      "with '+' (default encoder+colour_texture+nuclei)")
     p.add_argument("--tta", action="store_true", help="average embeddings over the 8 rotations/flips")
     p.add_argument("--context", type=positive_float,
                    help="also embed a patch this many times wider (default 2; 1 = off)")

@@ -72,6 +72,7 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
         Contender("mean colour + ridge, per-section z", source="mean_colour", **section),
         Contender("colour/texture + ridge", source="colour_texture"),
         Contender("colour/texture + ridge, per-section z", source="colour_texture", **section),
+        Contender("nuclei + ridge, per-section z", source="nuclei", **section),
         Contender(f"{random_encoder} + ridge", encoder=random_encoder),
         Contender(f"{default_encoder} + ridge", encoder=default_encoder),
         Contender(f"{default_encoder} + ridge, per-section z", encoder=default_encoder, **section),
@@ -82,29 +83,33 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
             Contender(f"{default_encoder} + ridge, tta", encoder=default_encoder, tta=True),
             Contender(f"{default_encoder} + ridge, context x2", encoder=default_encoder, context=2.0),
             Contender(f"{default_encoder} + ridge, neighbours 300 um", encoder=default_encoder, neighbours_um=300.0),
-            pipeline_contender(f"pipeline: {random_encoder} + colour/texture, context, neighbours, per-section z",
+            pipeline_contender(f"pipeline: {random_encoder} + colour/texture, nuclei, context, neighbours, per-section z",
                                random_encoder),
-            replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
+            replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, "
                                        "no per-section z", default_encoder), standardize="none"),
             # issue #17: one ridge on every block wins within a patient; the ensemble is the default for what
             # it keeps across patients
-            replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
+            replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, "
                                        "per-section z, one ridge", default_encoder), head="ridge"),
+            # issue #17: what the nuclear features add (the pipeline without them, same head)
+            replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
+                                       "per-section z, ridge ensemble, no nuclei", default_encoder),
+                    source="encoder+colour_texture"),
         ]
         for method in ("macenko", "reinhard"):  # issue #17: a default only where it beats none across patients
             rows += [
                 Contender(f"colour/texture + ridge, per-section z, {method} stain norm", source="colour_texture",
                           stain_norm=method, **section),
-                replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
+                replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, "
                                            f"per-section z, {method} stain norm", default_encoder), stain_norm=method),
             ]
-    rows.append(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, per-section z, "
+    rows.append(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, per-section z, "
                                    "ridge ensemble (default)", default_encoder))
     rows.append(replace(pipeline_contender("ceiling: default pipeline fitted on the other half of the test section "
                                            "itself", default_encoder), ceiling=True))
     for enc in extra_encoders:
         rows += [Contender(f"{enc} + ridge", encoder=enc),
-                 pipeline_contender(f"pipeline: {enc} + colour/texture, context, neighbours, per-section z", enc)]
+                 pipeline_contender(f"pipeline: {enc} + colour/texture, nuclei, context, neighbours, per-section z", enc)]
     return rows
 
 

@@ -39,7 +39,7 @@ def tumor_contenders(default_encoder: str, random_encoder: str) -> list[Contende
     from spafoundation.tasks.tumor import TUMOR_FEATURES
 
     fused = {"head": "logistic", "source": "encoder+colour_texture", "encoder": default_encoder}
-    pipe = pipeline_contender(f"expression pipeline: {default_encoder} + colour/texture, context, neighbours, "
+    pipe = pipeline_contender(f"expression pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, "
                               "per-section z", default_encoder, head="logistic")
     default = Contender(f"{default_encoder} + colour/texture + logistic, per-section z (default)", head="logistic",
                         encoder=default_encoder, **TUMOR_FEATURES)

@@ -17,7 +17,7 @@ from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path, image_scale, library_id, microns_per_pixel
 from spafoundation.io.patches import extract_patches, open_section_slide
 from spafoundation.io.stain import section_stain
-from spafoundation.models import handcrafted
+from spafoundation.models import handcrafted, nuclei
 from spafoundation.models.cache import (
     cache_key,
     cache_root,
@@ -29,7 +29,9 @@ from spafoundation.models.cache import (
 )
 
 log = logging.getLogger(__name__)
-FUNCTIONS = {"mean_colour": handcrafted.mean_colour, "colour_texture": handcrafted.colour_texture_features}
+FUNCTIONS = {"mean_colour": handcrafted.mean_colour, "colour_texture": handcrafted.colour_texture_features,
+             "nuclei": nuclei.nuclei_features}
+MEASURES_SIZES = {"nuclei"}  # these take the patch's microns per pixel as well
 CHUNK = 1024
 
 
@@ -50,10 +52,12 @@ def _load(path, n: int) -> np.ndarray | None:
 
 def handcrafted_features(adata: ad.AnnData, kind: str, patch_um: float, patch_px: int, *,
                          cache_dir=None, stain=None) -> np.ndarray:
-    """(spots x d) float32 features ``kind`` ('mean_colour' or 'colour_texture') of ``patch_um`` patches around each
+    """(spots x d) float32 features ``kind`` ('mean_colour', 'colour_texture' or 'nuclei') of ``patch_um`` patches around each
     spot centre, resampled to ``patch_px``. ``cache_dir=False``: no cache. ``stain``: an ``io.stain.StainReference``
     the patches are normalised to first (as ``embed_adata``)."""
-    fn = FUNCTIONS[kind]
+    def fn(patches):
+        return FUNCTIONS[kind](patches, patch_um / patch_px) if kind in MEASURES_SIZES else FUNCTIONS[kind](patches)
+
     path = image_path(adata)
     if not path:
         raise InputError(None, f"uns['spatial']['{library_id(adata)}']", "section has no H&E image")

@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 FORMAT = "spafoundation-expression"
 DEFAULT_ENCODER = defaults.ENCODER
 # The default features (BENCHMARKS.md, chosen on leave-one-patient-out and checked on leave-one-section-out): the
-# encoder's embedding and colour/stain/texture statistics of the spot patch and of a patch twice as wide, each also
-# averaged over the spots within 300 um, every feature z-scored within its section (stain and scanner offsets out).
-DEFAULT_FEATURES = {"source": "encoder+colour_texture", "tta": False, "context": 2.0, "neighbours_um": 300.0,
+# encoder's embedding and colour/stain/texture statistics of the spot patch and of a patch twice as wide, nuclear
+# count/size/darkness of the spot patch, each also averaged over the spots within 300 um, every feature z-scored
+# within its section (stain and scanner offsets out).
+DEFAULT_FEATURES = {"source": "encoder+colour_texture+nuclei", "tta": False, "context": 2.0, "neighbours_um": 300.0,
                     "standardize": "section"}
 HEAD_FILE, EMBEDDED_ENCODER = "head.npz", "encoder"
 

@@ -4,8 +4,8 @@
   (grouped, so a section never informs its own validation) on the mean per-gene Pearson, the metric we report.
   Feature blocks of different widths (encoder embedding, colour statistics) are weighted equally.
 - ``RidgeEnsembleHead``: the mean of ridge heads each fitted on some of the feature blocks (``members``); the
-  default pipeline's is one ridge on every block and one on the spot patch's colour/texture statistics alone,
-  which carry best to another patient (BENCHMARKS.md).
+  default pipeline's is one ridge on every block and one on the spot patch's colour/texture and nuclear statistics
+  alone, which carry best to another patient (BENCHMARKS.md).
 - ``MLPHead``: one hidden layer, trained with AdamW on standardised targets, early stopping on a held-out section.
 """
 
@@ -353,16 +353,17 @@ class FineTunedHead:
         return head
 
 
-# The second member of the default ensemble: the spot patch's own colour/texture statistics (no wider field of view,
-# no neighbours). Across patients (HER2ST, C <-> A1) a ridge on them alone beat the ridge on every block, which
-# wins within a patient; their mean kept the better of the two on both splits (BENCHMARKS.md).
-ENSEMBLE_BLOCK = "colour_texture"
+# The second member of the default ensemble: the spot patch's own colour/texture and nuclear statistics (no wider field
+# of view, no neighbours). Across patients (HER2ST, C <-> A1) a ridge on them carried better than the ridge on every
+# block, which wins within a patient; their mean kept the better of the two on both splits (BENCHMARKS.md).
+ENSEMBLE_BLOCKS = ("colour_texture", "nuclei")
 
 
 def ensemble_members(labels: list[str]) -> list[list[int] | None]:
     """The default ensemble over feature blocks named ``labels``: every block, and the spot patch's colour/texture
-    block alone where there is one besides others."""
-    return [None] + ([[labels.index(ENSEMBLE_BLOCK)]] if ENSEMBLE_BLOCK in labels and len(labels) > 1 else [])
+    and nuclei blocks alone where there are others besides them."""
+    narrow = [labels.index(name) for name in ENSEMBLE_BLOCKS if name in labels]
+    return [None] + ([narrow] if narrow and len(narrow) < len(labels) else [])
 
 
 def build_head(kind: str, params: dict | None, recipe: dict):

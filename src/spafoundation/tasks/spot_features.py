@@ -1,11 +1,12 @@
 """Per-spot feature matrices for the expression, tumour and clustering heads.
 
 A feature recipe is a small dict (JSON-serialisable, saved with every model):
-``{"source": "encoder" | "mean_colour" | "colour_texture" | "encoder+colour_texture", "tta": bool,
+``{"source": "encoder" | "mean_colour" | "colour_texture" | "nuclei" | several joined by "+", "tta": bool,
 "context": float, "neighbours_um": float}``.
 - ``encoder``: the encoder's embedding of the spot patch (cached on disk by ``embed_adata``);
 - ``mean_colour`` / ``colour_texture``: hand-crafted colour, stain and texture statistics of the same patch
-  (cached too, ``embed_handcrafted.py``); sources joined by ``+`` are concatenated;
+  (cached too, ``embed_handcrafted.py``); ``nuclei``: nuclear count, size and darkness (models/nuclei.py), at
+  1 um/px and at the spot's field of view only; sources joined by ``+`` are concatenated;
 - ``context`` > 1: concatenates the features of a patch ``context`` times wider, resampled to the same input size;
 - ``neighbours_um`` > 0: concatenates the mean feature of the spots within that radius (tissue context that a
   single patch does not see);
@@ -34,7 +35,8 @@ from spafoundation.io.stain import METHODS as STAIN_METHODS
 from spafoundation.io.stain import StainReference, builtin_reference
 
 log = logging.getLogger(__name__)
-SOURCES = ("encoder", "mean_colour", "colour_texture")
+SOURCES = ("encoder", "mean_colour", "colour_texture", "nuclei")
+SPOT_ONLY = {"nuclei"}  # sources read at the spot's field of view only (a wider one costs 4x and added nothing)
 HANDCRAFTED_PATCH_PX = 64  # colour statistics do not need the encoder's resolution
 HANDCRAFTED_PATCH_UM = 112.0  # the field of view of every registered encoder (and of the HEST benchmark)
 DEFAULT_RECIPE = {"source": "encoder", "tta": False, "context": 1.0, "neighbours_um": 0.0, "standardize": "none",
@@ -140,10 +142,9 @@ def spot_features(adata: ad.AnnData, recipe: dict, encoder=None, *, xy: np.ndarr
     sources = str(recipe["source"]).split("+")
     if "encoder" in sources and encoder is None:
         raise ValueError("the 'encoder' feature source needs an encoder")
-    factors = [1.0] + ([float(recipe["context"])] if float(recipe["context"]) > 1 else [])
     stain = recipe_stain(recipe)
     parts = [_source_features(adata, src, encoder, f, bool(recipe["tta"]), cache_dir, progress, stain)
-             for src in sources for f in factors]
+             for src, f in _source_views(recipe)]
     feats = np.concatenate(parts, axis=1)
     blocks = [p.shape[1] for p in parts]
     radius = float(recipe["neighbours_um"])
@@ -164,9 +165,15 @@ def block_labels(recipe: dict) -> list[str]:
     at every field of view (``colour_texture``, ``encoder@x2``), then, with a neighbourhood, the same names behind
     ``neighbours:``."""
     recipe = make_recipe(**recipe)
-    factors = [1.0] + ([float(recipe["context"])] if float(recipe["context"]) > 1 else [])
-    labels = [src if f == 1 else f"{src}@x{f:g}" for src in str(recipe["source"]).split("+") for f in factors]
+    labels = [src if f == 1 else f"{src}@x{f:g}" for src, f in _source_views(recipe)]
     return labels + [f"neighbours:{name}" for name in labels] if float(recipe["neighbours_um"]) > 0 else labels
+
+
+def _source_views(recipe: dict) -> list[tuple[str, float]]:
+    """(source, field-of-view factor) of every block before the neighbourhood, in order."""
+    factors = [1.0] + ([float(recipe["context"])] if float(recipe["context"]) > 1 else [])
+    return [(src, f) for src in str(recipe["source"]).split("+") for f in factors
+            if f == 1 or src not in SPOT_ONLY]
 
 
 def needs_encoder(recipe: dict) -> bool:
@@ -186,6 +193,11 @@ def _source_features(adata, source: str, encoder, factor: float, tta: bool, cach
     from spafoundation.models.embed_handcrafted import handcrafted_features
 
     size_um = (encoder.patch_um if encoder is not None else HANDCRAFTED_PATCH_UM) * factor
+    if source == "nuclei":  # sizes in microns need the detail of nuclei, not 64 px
+        from spafoundation.models.nuclei import UM_PER_PX
+
+        return handcrafted_features(adata, source, size_um, round(size_um / UM_PER_PX), cache_dir=cache_dir,
+                                    stain=stain)
     return handcrafted_features(adata, source, size_um, HANDCRAFTED_PATCH_PX, cache_dir=cache_dir, stain=stain)
 
 
