@@ -22,7 +22,8 @@ def small_sections(her2st_imaged):
 def test_fit_save_load_predict_without_counts(small_sections, tiny_encoder, tmp_path):
     train, test = small_sections[:2], small_sections[2]
     model = fit_expression(train, tiny_encoder, genes="hvg:8", cache_dir=tmp_path / "cache")
-    assert len(model.genes) == 8 and model.recipe["source"] == "encoder+colour_texture"
+    assert len(model.genes) == 8 and model.recipe["source"] == "encoder+colour_texture+nuclei"
+    assert model.head.kind == "ridge-ensemble" and len(model.head.members) == 2
     assert model.training["sections"] == ["C2", "C3"] and model.training["alpha"] is not None
     pred = model.predict(test, cache_dir=tmp_path / "cache")
     assert pred.shape == (40, 8) and list(pred.var_names) == model.genes
