@@ -64,7 +64,8 @@ def run(argv=None) -> int:
                 lines.append(row)
     body = ("## How far to trust a prediction (per-gene cv r, image shift)\n\n"
             "Command: `.venv/bin/python bench/reliability.py`\n\n"
-            f"Default expression model ({DEFAULT_ENCODER} pipeline, {defaults.EXPRESSION_HEAD} head, {REFERENCE}), fitted on the training "
+            f"Default expression model ({DEFAULT_ENCODER} pipeline, {defaults.EXPRESSION_HEAD} head, {REFERENCE}), "
+            "fitted on the training "
             "sections, scored per held-out section: Pearson r per gene across its spots. 'cv over': the level of the "
             "stored cross-validated r (patients where the training sections come from two). Reliable: cv r >= 0.1. "
             "Shift: median distance of the section's spots to the nearest training spot in whitened colour/texture "

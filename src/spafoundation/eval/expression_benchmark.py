@@ -53,6 +53,10 @@ class Contender:
                            standardize=self.standardize, stain_norm=self.stain_norm)
 
 
+# what the default features hold besides the encoder, as the rows name them (tasks.expression.DEFAULT_FEATURES)
+PIPELINE_FEATURES = "colour/texture, nuclei, context, neighbours"
+
+
 def pipeline_contender(name: str, encoder: str | None, head: str = defaults.EXPRESSION_HEAD) -> Contender:
     """The default features and head of fit-expression (tasks.expression.DEFAULT_FEATURES) with ``encoder``."""
     from spafoundation.tasks.expression import DEFAULT_FEATURES
@@ -66,6 +70,10 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
     size, the default encoder alone with each head and each option, the full default pipeline (and the same
     pipeline on the random encoder, to show what pre-training adds), then any encoder the user names."""
     section = {"standardize": "section"}
+
+    def pipe(encoder: str, options: str) -> Contender:
+        return pipeline_contender(f"pipeline: {encoder} + {PIPELINE_FEATURES}, {options}", encoder)
+
     rows = [
         Contender("training mean", head="mean", source="mean_colour"),
         Contender("mean colour + ridge", source="mean_colour"),
@@ -83,14 +91,11 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
             Contender(f"{default_encoder} + ridge, tta", encoder=default_encoder, tta=True),
             Contender(f"{default_encoder} + ridge, context x2", encoder=default_encoder, context=2.0),
             Contender(f"{default_encoder} + ridge, neighbours 300 um", encoder=default_encoder, neighbours_um=300.0),
-            pipeline_contender(f"pipeline: {random_encoder} + colour/texture, nuclei, context, neighbours, per-section z",
-                               random_encoder),
-            replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, "
-                                       "no per-section z", default_encoder), standardize="none"),
+            pipe(random_encoder, "per-section z"),
+            replace(pipe(default_encoder, "no per-section z"), standardize="none"),
             # issue #17: one ridge on every block wins within a patient; the ensemble is the default for what
             # it keeps across patients
-            replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, "
-                                       "per-section z, one ridge", default_encoder), head="ridge"),
+            replace(pipe(default_encoder, "per-section z, one ridge"), head="ridge"),
             # issue #17: what the nuclear features add (the pipeline without them, same head)
             replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
                                        "per-section z, ridge ensemble, no nuclei", default_encoder),
@@ -100,16 +105,14 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
             rows += [
                 Contender(f"colour/texture + ridge, per-section z, {method} stain norm", source="colour_texture",
                           stain_norm=method, **section),
-                replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, "
-                                           f"per-section z, {method} stain norm", default_encoder), stain_norm=method),
+                replace(pipe(default_encoder, f"per-section z, {method} stain norm"), stain_norm=method),
             ]
-    rows.append(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, per-section z, "
-                                   "ridge ensemble (default)", default_encoder))
+    rows.append(pipe(default_encoder, "per-section z, ridge ensemble (default)"))
     rows.append(replace(pipeline_contender("ceiling: default pipeline fitted on the other half of the test section "
                                            "itself", default_encoder), ceiling=True))
     for enc in extra_encoders:
         rows += [Contender(f"{enc} + ridge", encoder=enc),
-                 pipeline_contender(f"pipeline: {enc} + colour/texture, nuclei, context, neighbours, per-section z", enc)]
+                 pipe(enc, "per-section z")]
     return rows
 
 
@@ -215,8 +218,8 @@ def _within_section(c: Contender, feats, Y: np.ndarray, x: np.ndarray) -> dict:
     left = x <= np.median(x)
     parts = []
     for fit_rows in (left, ~left):
-        head = build_head(c.head, c.head_params, c.recipe()).fit(X[fit_rows], Y[fit_rows], np.zeros(int(fit_rows.sum())),
-                                                                 blocks)
+        head = build_head(c.head, c.head_params, c.recipe())
+        head.fit(X[fit_rows], Y[fit_rows], np.zeros(int(fit_rows.sum())), blocks)
         m = evaluate_expression(Y[~fit_rows], head.predict(X[~fit_rows]))
         m.pop("r")
         parts.append(m)

@@ -35,11 +35,11 @@ METRICS = ("roc_auc", "pr_auc", "prevalence")
 def tumor_contenders(default_encoder: str, random_encoder: str) -> list[Contender]:
     """(contender, route): the head field says "logistic" (supervised) or "markers" (label-free). The default
     features (tasks.tumor.TUMOR_FEATURES) beside single sources and the expression pipeline's wider features."""
-    from spafoundation.eval.expression_benchmark import pipeline_contender
+    from spafoundation.eval.expression_benchmark import PIPELINE_FEATURES, pipeline_contender
     from spafoundation.tasks.tumor import TUMOR_FEATURES
 
     fused = {"head": "logistic", "source": "encoder+colour_texture", "encoder": default_encoder}
-    pipe = pipeline_contender(f"expression pipeline: {default_encoder} + colour/texture, nuclei, context, neighbours, "
+    pipe = pipeline_contender(f"expression pipeline: {default_encoder} + {PIPELINE_FEATURES}, "
                               "per-section z", default_encoder, head="logistic")
     default = Contender(f"{default_encoder} + colour/texture + logistic, per-section z (default)", head="logistic",
                         encoder=default_encoder, **TUMOR_FEATURES)

@@ -52,8 +52,8 @@ def _load(path, n: int) -> np.ndarray | None:
 
 def handcrafted_features(adata: ad.AnnData, kind: str, patch_um: float, patch_px: int, *,
                          cache_dir=None, stain=None) -> np.ndarray:
-    """(spots x d) float32 features ``kind`` ('mean_colour', 'colour_texture' or 'nuclei') of ``patch_um`` patches around each
-    spot centre, resampled to ``patch_px``. ``cache_dir=False``: no cache. ``stain``: an ``io.stain.StainReference``
+    """(spots x d) float32 features ``kind`` ('mean_colour', 'colour_texture' or 'nuclei') of ``patch_um`` patches
+    around each spot centre, resampled to ``patch_px``. ``cache_dir=False``: no cache. ``stain``: an ``io.stain.StainReference``
     the patches are normalised to first (as ``embed_adata``)."""
     def fn(patches):
         return FUNCTIONS[kind](patches, patch_um / patch_px) if kind in MEASURES_SIZES else FUNCTIONS[kind](patches)

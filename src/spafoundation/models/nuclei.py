@@ -1,7 +1,8 @@
 """Nuclear morphometry of H&E patches: how many nuclei, how large and how dark, from the haematoxylin channel.
 
 Cell density and nuclear size tell tumour from lymphocytes, stroma and fat in any lab's stain, where raw colour
-statistics do not carry over (issue #17: across HER2ST patients these features lift the expression pipeline, BENCHMARKS.md).
+statistics do not carry over (issue #17: across HER2ST patients these features lift the expression pipeline,
+BENCHMARKS.md).
 No segmentation model: blobs are found with a Laplacian of Gaussian at nuclear scales, and nuclei are the connected
 regions above an Otsu threshold of the patch's haematoxylin, so a few milliseconds per patch on a CPU.
 """

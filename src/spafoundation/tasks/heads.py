@@ -153,12 +153,12 @@ class RidgeEnsembleHead:
     def alpha(self) -> list[float]:
         return [p.alpha for p in self.parts]
 
-    def _columns(self, member) -> tuple[np.ndarray, list[int] | None]:
-        """Column indices and block widths of one member (every column where the blocks are unknown)."""
-        if member is None or not self.blocks:
-            if member is not None:
-                raise ValueError("ensemble members name feature blocks, but the features came without blocks")
-            return np.arange(sum(self.blocks)) if self.blocks else slice(None), self.blocks
+    def _columns(self, member) -> tuple[np.ndarray | slice, list[int] | None]:
+        """Column indices (every column: a slice, so no copy) and block widths of one member."""
+        if member is None:
+            return slice(None), self.blocks
+        if not self.blocks:
+            raise ValueError("ensemble members name feature blocks, but the features came without blocks")
         if any(i < 0 or i >= len(self.blocks) for i in member) or not member:
             raise ValueError(f"ensemble member {member} is not a set of the {len(self.blocks)} feature blocks")
         starts = np.cumsum([0, *self.blocks])
@@ -386,4 +386,5 @@ def chosen_params(head) -> dict:
     return {}
 
 
-HEADS = {"ridge": RidgeHead, "ridge-ensemble": RidgeEnsembleHead, "mlp": MLPHead, "mean": MeanHead, "finetune": FineTunedHead}
+HEADS = {"ridge": RidgeHead, "ridge-ensemble": RidgeEnsembleHead, "mlp": MLPHead, "mean": MeanHead,
+         "finetune": FineTunedHead}
