@@ -82,3 +82,52 @@ def test_default_row_is_the_ridge_ensemble_beside_one_ridge(monkeypatch):
     expected = evaluate_expression(expression_matrix(sections["A1"], gene_list, TARGET_SUM), pred)["mean_r"]
     got = rows[(rows["contender"] == default.name) & (rows["direction"] == "C -> A")]["mean_r"].item()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_hires_rows_predict_from_the_copy_of_the_test_section(monkeypatch, tmp_path):
+    """Issue #18: a hires row is fitted on the training sections' own images and predicts each test section from
+    its hires-only copy (here a stand-in whose features differ); the copies are made once, in copies_dir."""
+    from spafoundation.eval import hires_copies
+
+    monkeypatch.setattr(eb, "FeatureStore", _Store)
+    made = []
+
+    def fake_copy(section, folder):
+        made.append((section.obs["section"].iloc[0], folder))
+        return section.copy()
+
+    monkeypatch.setattr(hires_copies, "hires_only_copy", fake_copy)
+    sections = {"C1": _section("C1", "C", 0), "C2": _section("C2", "C", 1), "A1": _section("A1", "A", 2)}
+    contenders = eb.baseline_contenders("enc", "random-enc", options=False, hires=True)
+    hires = [c for c in contenders if c.test_image == "hires"]
+    default = next(c for c in contenders if c.name.endswith("(default)"))
+    assert [c.name.endswith(eb.HIRES_TEST) for c in hires] == [True, True]
+    assert hires[0].recipe() == default.recipe() and hires[0].head == default.head
+
+    rows, genes = eb.run_expression_benchmark(sections, [default, hires[0]], genes="mean:4", copies_dir=tmp_path)
+    assert sorted(made) == [(n, tmp_path) for n in ("A1", "C1", "C2")]
+    store = _Store({**sections, "A1@hires": sections["A1"]})
+    train = ["C1", "C2"]
+    gene_list = genes[f"{LOPO}:C -> A:A1"]
+    X = np.concatenate([store.get(default, n)[0] for n in train])
+    Y = np.concatenate([expression_matrix(sections[n], gene_list, TARGET_SUM) for n in train])
+    head = eb.build_head(default.head, None, default.recipe()).fit(X, Y, np.repeat(train, 60),
+                                                                    store.get(default, "A1")[1])
+    y_true = expression_matrix(sections["A1"], gene_list, TARGET_SUM)
+    c_to_a = rows[rows["direction"] == "C -> A"].set_index("contender")["mean_r"]
+    for name, image in ((default.name, "A1"), (hires[0].name, "A1@hires")):
+        expected = evaluate_expression(y_true, head.predict(store.get(default, image)[0]))["mean_r"]
+        np.testing.assert_allclose(c_to_a[name], expected, rtol=1e-5)
+    assert c_to_a[default.name] != c_to_a[hires[0].name]
+
+
+def test_hires_rows_need_a_folder_for_the_copies():
+    import pytest
+
+    sections = {"C1": _section("C1", "C", 0), "A1": _section("A1", "A", 2)}
+    hires = [c for c in eb.baseline_contenders("enc", "random-enc", options=False, hires=True)
+             if c.test_image == "hires"]
+    with pytest.raises(ValueError, match="copies_dir"):
+        eb.run_expression_benchmark(sections, hires, genes="mean:4")
+    with pytest.raises(ValueError, match="unknown test_image"):
+        eb.run_expression_benchmark(sections, [eb.Contender("x", test_image="lowres")], genes="mean:4")

@@ -52,7 +52,7 @@ def run(args) -> int:
         raise InputError(args.data, "sections", "the benchmark needs at least two sections with images and counts")
     default = args.default_encoder or DEFAULT_ENCODER
     contenders = baseline_contenders(default, args.random_encoder, extra_encoders=args.encoder or [],
-                                     options=not args.no_options)
+                                     options=not args.no_options, hires=args.hires_copies)
     out = Path(args.out)
     command = "spafoundation " + " ".join(shlex.quote(a) for a in args.argv)
     sections_md = []
@@ -62,7 +62,8 @@ def run(args) -> int:
         target_sum = parse_target_sum(TARGETS[target][0])
         t0 = time.perf_counter()
         rows, genes = run_expression_benchmark(usable, contenders, genes=args.genes, target_sum=target_sum,
-                                               cache_dir=cache_dir(args), progress=not args.quiet)
+                                               cache_dir=cache_dir(args), progress=not args.quiet,
+                                               copies_dir=out / "hires_copies")
         summary = summarize(rows, contenders)
         with atomic_path(out / f"expression_{target}_per_section.csv") as tmp:
             rows.to_csv(tmp, index=False)
@@ -83,7 +84,10 @@ def run(args) -> int:
               + ("" if LOPO in kinds else "; leave-one-patient-out needs two imaged patients") +
               f".\nGenes: {genes_note(args.genes)}; per-fold lists in expression_<targets>_genes.json.\n"
               "Metric: Pearson r per gene across the spots of each test section, averaged over genes (constant "
-              "predictions counted, not averaged), then over test sections; never pooled across sections.\n")
+              "predictions counted, not averaged), then over test sections; never pooled across sections.\n"
+              + ("Rows ending 'hires-only copy (2000 px)': fitted on the training sections' own images, predicting "
+                 "each test section from a 2000 px PNG of its image read at its scale (as Space Ranger's "
+                 "tissue_hires_image.png; eval/hires_copies.py).\n" if args.hires_copies else ""))
     md = header + "\n" + "\n\n".join(sections_md) + "\n"
     with atomic_path(out / "expression_benchmark.md") as tmp:
         Path(tmp).write_text(md)
@@ -104,6 +108,9 @@ def register(subparsers) -> None:
     p.add_argument("--default-encoder", help="the encoder of the default pipeline (default: the shipped one)")
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline (default random-vitt16)")
     p.add_argument("--no-options", action="store_true", help="skip the tta / context / neighbour ablations")
+    p.add_argument("--hires-copies", action="store_true",
+                   help="also score the default pipeline and colour/texture on 2000 px copies of the test images "
+                        "(as Space Ranger's tissue_hires_image.png), written to OUT/hires_copies")
     add_cache_args(p)
     add_precision_option(p)
     p.set_defaults(func=run)

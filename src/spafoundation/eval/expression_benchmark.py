@@ -46,6 +46,9 @@ class Contender:
     standardize: str = "none"
     stain_norm: str = "none"  # macenko / reinhard: to a reference fitted on each split's training sections
     head_params: dict = field(default_factory=dict)
+    # "hires": the test sections are read from a 2000 px copy of their image, as a user holding only Space Ranger's
+    # tissue_hires_image.png has them (issue #18; eval/hires_copies.py); training sections keep their own image
+    test_image: str = "given"
     ceiling: bool = False  # fitted on one half of the test section itself and scored on the other: not a contender
 
     def recipe(self) -> dict:
@@ -55,6 +58,7 @@ class Contender:
 
 # what the default features hold besides the encoder, as the rows name them (tasks.expression.DEFAULT_FEATURES)
 PIPELINE_FEATURES = "colour/texture, nuclei, context, neighbours"
+HIRES_TEST = "test image: hires-only copy (2000 px)"  # the rows of test_image="hires"
 
 
 def pipeline_contender(name: str, encoder: str | None, head: str = defaults.EXPRESSION_HEAD) -> Contender:
@@ -65,10 +69,11 @@ def pipeline_contender(name: str, encoder: str | None, head: str = defaults.EXPR
 
 
 def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_encoders: Sequence[str] = (),
-                        options: bool = True) -> list[Contender]:
+                        options: bool = True, hires: bool = False) -> list[Contender]:
     """The issue's contenders in one run: the floor, hand-crafted features, a random-init encoder of the default's
     size, the default encoder alone with each head and each option, the full default pipeline (and the same
-    pipeline on the random encoder, to show what pre-training adds), then any encoder the user names."""
+    pipeline on the random encoder, to show what pre-training adds), then any encoder the user names. ``hires``:
+    the default pipeline and colour/texture again, scored on hires-only copies of the test sections."""
     section = {"standardize": "section"}
 
     def pipe(encoder: str, options: str) -> Contender:
@@ -108,6 +113,10 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
                 replace(pipe(default_encoder, f"per-section z, {method} stain norm"), stain_norm=method),
             ]
     rows.append(pipe(default_encoder, "per-section z, ridge ensemble (default)"))
+    if hires:  # issue #18: fitted on the sections' own images, predicting from a 2000 px copy of the test image
+        rows += [replace(pipe(default_encoder, f"per-section z, ridge ensemble, {HIRES_TEST}"), test_image="hires"),
+                 Contender(f"colour/texture + ridge, per-section z, {HIRES_TEST}", source="colour_texture",
+                           test_image="hires", **section)]
     rows.append(replace(pipeline_contender("ceiling: default pipeline fitted on the other half of the test section "
                                            "itself", default_encoder), ceiling=True))
     for enc in extra_encoders:
@@ -153,9 +162,12 @@ class FeatureStore:
 
 def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Contender], *,
                              genes="hvg:50", target_sum: float | None = TARGET_SUM, cache_dir=None,
-                             progress: bool = False, encoders: dict | None = None) -> tuple[pd.DataFrame, dict]:
+                             progress: bool = False, encoders: dict | None = None,
+                             copies_dir=None) -> tuple[pd.DataFrame, dict]:
     """Per (contender, split, test section) metrics, and the gene list of every split. ``encoders`` maps a
     contender's encoder name to an already built Encoder (e.g. a quantised one); other names are built.
+    ``copies_dir``: where the hires-only copies of the sections are written, for contenders with
+    ``test_image="hires"``.
 
     Returns ``(rows, genes_per_split)``; ``summarize`` turns rows into the table (mean over test sections)."""
     splits = benchmark_splits(sections)
@@ -163,7 +175,8 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
         from spafoundation.errors import InputError
 
         raise InputError(None, "sections", "the benchmark needs at least two imaged sections with counts")
-    store = FeatureStore(sections, cache_dir, progress, encoders)
+    store = FeatureStore({**sections, **_test_copies(sections, contenders, copies_dir)}, cache_dir, progress,
+                         encoders)
     rows, gene_sets = [], {}
     references: dict[tuple[str, tuple[str, ...]], object] = {}
 
@@ -201,7 +214,8 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
             head = build_head(c.head, c.head_params, c.recipe()).fit(X, Y, groups, store.get(c, train[0], stain)[1])
             for t in test:
                 y_true = expression_matrix(sections[t], gene_list, target_sum)
-                m = evaluate_expression(y_true, head.predict(store.get(c, t, stain)[0]))
+                image = t if c.test_image == "given" else _copy_name(t, c.test_image)
+                m = evaluate_expression(y_true, head.predict(store.get(c, image, stain)[0]))
                 m.pop("r")
                 rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
                              "n_train_sections": len(train),
@@ -209,6 +223,24 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
                              "fit_seconds": round(time.perf_counter() - t0, 2), **m})
             log.info("%s %s: %s", split_name, c.name, rows[-1]["mean_r"])
     return pd.DataFrame(rows), gene_sets
+
+
+def _copy_name(section: str, image: str) -> str:
+    return f"{section}@{image}"
+
+
+def _test_copies(sections: dict[str, ad.AnnData], contenders: Sequence[Contender], folder) -> dict[str, ad.AnnData]:
+    """The copies of every section that some contender's ``test_image`` asks for, named ``<section>@<image>``."""
+    kinds = {c.test_image for c in contenders} - {"given"}
+    if kinds - {"hires"}:
+        raise ValueError(f"unknown test_image {sorted(kinds - {'hires'})}; 'given' or 'hires'")
+    if not kinds:
+        return {}
+    if folder is None:
+        raise ValueError("contenders scored on hires-only copies need copies_dir, where the copies are written")
+    from spafoundation.eval.hires_copies import hires_only_copy
+
+    return {_copy_name(n, "hires"): hires_only_copy(a, folder) for n, a in sections.items()}
 
 
 def _within_section(c: Contender, feats, Y: np.ndarray, x: np.ndarray) -> dict:
