@@ -43,6 +43,7 @@ def hires_only_copy(section: ad.AnnData, folder: str | Path, long_side: int = HI
     meta = spatial_meta(copy)["metadata"]
     meta["image_path"] = ""
     meta.pop("source_image_path", None)
+    copy.strings_to_categoricals()  # what write_h5ad would do, without a line per column on the console
     h5ad = folder / f"{lib}.h5ad"
     with atomic_path(h5ad) as tmp:
         copy.write_h5ad(tmp)
