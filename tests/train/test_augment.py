@@ -1,9 +1,12 @@
 """The augmentations draw on the CPU generator and apply the draws where the tiles are: the same views on a GPU."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from spafoundation.train.augment import dihedral, ibot_views, mae_views
+from spafoundation.train.augment import dihedral, gaussian_blur, ibot_views, low_resolution, mae_views
 
 CFG = {"n_local": 2, "hed_sigma": 0.05, "hed_bias": 0.02, "blur_p": 0.5, "brightness": 0.2, "contrast": 0.2,
        "saturation": 0.1}
@@ -37,3 +40,40 @@ def test_gpu_views_match_cpu_views():
     gpu = mae_views(tiles.cuda(), 32, torch.Generator().manual_seed(3), CFG, (0.1,) * 3, (0.9,) * 3)["images"]
     assert gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-3, rtol=0)
+
+
+def test_low_resolution_holds_the_detail_of_a_coarser_scan():
+    x = torch.zeros(12, 3, 32, 32)
+    x[..., ::2, :] = 1.0  # stripes one pixel wide: detail only a full-resolution scan holds
+    out = low_resolution(x, torch.Generator().manual_seed(4), p=0.5, max_factor=4.0)
+    gen = torch.Generator().manual_seed(4)  # the same draws, applied image by image
+    chosen = torch.rand(len(x), generator=gen) < 0.5
+    factors = torch.exp(torch.rand(len(x), generator=gen) * math.log(4.0))
+    assert 0 < int(chosen.sum()) < len(x)
+    for i in range(len(x)):
+        if not chosen[i]:
+            assert torch.equal(out[i], x[i])
+            continue
+        side = round(32 / float(factors[i]))
+        small = F.interpolate(x[i : i + 1], size=(side, side), mode="bilinear", antialias=True)
+        assert torch.allclose(out[i], F.interpolate(small, size=(32, 32), mode="bilinear")[0].clamp(0, 1))
+        if side < 32:  # any real downscale blurs the stripes towards their mean
+            assert float(out[i].std()) < 0.8 * float(x[i].std())
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.02)  # the stain is kept
+
+
+def test_augmentations_switched_off_draw_nothing():
+    x = torch.rand(4, 3, 16, 16)
+    gen = torch.Generator().manual_seed(7)
+    assert low_resolution(x, gen, p=0.0) is x
+    assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=torch.Generator().manual_seed(7)))
+
+
+def test_blur_sigma_sets_the_strongest_blur():
+    x = torch.zeros(16, 3, 33, 33)
+    x[..., 16, 16] = 1.0
+    weak = gaussian_blur(x, torch.Generator().manual_seed(2), p=1.0, max_sigma=0.5)
+    strong = gaussian_blur(x, torch.Generator().manual_seed(2), p=1.0, max_sigma=3.0)
+    peak_weak, peak_strong = weak[:, 0, 16, 16], strong[:, 0, 16, 16]  # the same draws: sigma 0.1 + u * (max - 0.1)
+    assert bool((peak_strong <= peak_weak + 1e-6).all())
+    assert float(peak_strong.mean()) < 0.5 * float(peak_weak.mean())  # a wider blur spreads the point further

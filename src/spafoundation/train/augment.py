@@ -5,7 +5,9 @@ The random draws are made on the CPU generator and applied on the batch's own de
 there (a CPU building twelve views of a large batch starves the GPU), and the views are the same on either device.
 
 Orientation is arbitrary on a slide (flips, 90 degree rotations); stain intensity varies between labs and days
-(HED jitter scales and shifts each stain's optical density); focus varies (blur)."""
+(HED jitter scales and shifts each stain's optical density); focus varies (blur); and so does the detail a scan holds
+(Space Ranger's 2000 px hires image or an archive copy holds 3-5 um per pixel: ``low_resolution`` downsamples and
+upsamples back)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import torch.nn.functional as F
 from spafoundation.models.handcrafted import HED_FROM_RGB, RGB_FROM_HED
 
 # The keys of the ``augment`` section of a pre-training config (each read below with its default).
-OPTIONS = ("hed_sigma", "hed_bias", "brightness", "contrast", "saturation", "blur_p", "crop_scale", "n_local",
-           "local_px", "mask_shape", "mask_ratio", "mask_prob")
+OPTIONS = ("hed_sigma", "hed_bias", "brightness", "contrast", "saturation", "blur_p", "blur_sigma", "lowres_p",
+           "lowres_max", "crop_scale", "n_local", "local_px", "mask_shape", "mask_ratio", "mask_prob")
 
 
 def _u(gen: torch.Generator, *shape, device=None) -> torch.Tensor:
@@ -86,6 +88,24 @@ def gaussian_blur(x: torch.Tensor, gen: torch.Generator, p: float = 0.2, max_sig
     return out
 
 
+def low_resolution(x: torch.Tensor, gen: torch.Generator, p: float = 0.0, max_factor: float = 4.0) -> torch.Tensor:
+    """With probability ``p`` per image, the detail of a coarser scan: downsampled (antialiased) by a factor drawn
+    log-uniformly in [1, max_factor], then upsampled back to its size, as a patch cut from such a scan is. Off
+    (``p`` 0, the default) it draws nothing, so the views of configs without it are unchanged."""
+    if p <= 0 or max_factor <= 1:
+        return x
+    out = x.clone()
+    h, w = x.shape[-2:]
+    chosen = (_u(gen, len(x)) < p).nonzero().flatten().tolist()
+    factors = torch.exp(_u(gen, len(x)) * math.log(max_factor))
+    for i in chosen:
+        f = float(factors[i])
+        small = (max(2, round(h / f)), max(2, round(w / f)))
+        img = F.interpolate(x[i : i + 1], size=small, mode="bilinear", align_corners=False, antialias=True)
+        out[i] = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+    return out
+
+
 def random_resized_crop(x: torch.Tensor, out_px: int, gen: torch.Generator, scale=(0.4, 1.0)) -> torch.Tensor:
     """Per image, a square crop covering a random share ``scale`` of the area, resized to ``out_px``."""
     b, _, h, w = x.shape
@@ -106,7 +126,8 @@ def he_augment(x: torch.Tensor, gen: torch.Generator, cfg: dict) -> torch.Tensor
     x = dihedral(x, gen)
     x = hed_jitter(x, gen, cfg.get("hed_sigma", 0.05), cfg.get("hed_bias", 0.02))
     x = colour_jitter(x, gen, cfg.get("brightness", 0.1), cfg.get("contrast", 0.1), cfg.get("saturation", 0.1))
-    return gaussian_blur(x, gen, cfg.get("blur_p", 0.2))
+    x = low_resolution(x, gen, cfg.get("lowres_p", 0.0), cfg.get("lowres_max", 4.0))
+    return gaussian_blur(x, gen, cfg.get("blur_p", 0.2), cfg.get("blur_sigma", 1.0))
 
 
 def block_masks(b: int, grid: int, gen: torch.Generator, ratio=(0.1, 0.5), prob: float = 0.5) -> torch.Tensor:
