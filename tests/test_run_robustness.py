@@ -120,8 +120,11 @@ def _wait_for(path, proc, timeout=300):
 def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder, tmp_path, sig):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # SIGINT back to its default in the child: a suite started in the background (`make test &`) ignores it, and
+    # Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(_run_cmd(her2st_root, tiny_folder, out), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(out / ".steps" / "fit_expression.json", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
