@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
@@ -128,9 +129,14 @@ def measure(args) -> dict:
     seconds = run_cli(["pretrain", args.data, "--config", str(ROOT / GPU_RECIPE), "--out", str(run_dir),
                        "--name", "spafoundation-vits16", *[f"--set={s}" for s in sets]], log)
     history = json.loads((run_dir / "history.json").read_text())
+    out_dim = yaml.safe_load((run_dir / "config.yaml").read_text())["objective"]["params"]["out_dim"]
     result["pretrain"] = {"recipe": GPU_RECIPE, "set": sets, "steps": steps, "wall_s": seconds,
                           "train_tiles_per_s": history[-1]["img_per_s"], "loss_first": history[0]["loss"],
-                          "loss_last": history[-1]["loss"], "peak_gib": None}
+                          "loss_last": history[-1]["loss"], "peak_gib": None,
+                          # DINO's term at ln(out_dim): the teacher's output is uniform, nothing was learned (how the
+                          # CPU runs of ViT-Ti at batch 64 ended, MODEL_CARD.md of the shipped encoder)
+                          "dino_first": history[0].get("dino"), "dino_last": history[-1].get("dino"),
+                          "uniform_loss": math.log(out_dim)}
     shutil.copy(run_dir / "history.csv", out / "history.csv")
     shutil.copytree(run_dir / "final", out / "final", dirs_exist_ok=True)
     print(json.dumps(result["pretrain"]), flush=True)
@@ -150,7 +156,10 @@ def tables(result: dict) -> tuple[str, str]:
     p = result["pretrain"]
     pre += ["", f"Then a run of `{p['recipe']}` sized to the time budget: {p['steps']} steps "
             f"({', '.join(p['set'])}), {p['wall_s']:.0f} s wall including the tile bank, "
-            f"{p['train_tiles_per_s']:.0f} tiles/s in training, loss {p['loss_first']:.3f} -> {p['loss_last']:.3f}.",
+            f"{p['train_tiles_per_s']:.0f} tiles/s in training, loss {p['loss_first']:.3f} -> {p['loss_last']:.3f}"
+            + (f"; DINO term {p['dino_first']:.3f} -> {p['dino_last']:.3f} against ln(out_dim) = "
+               f"{p['uniform_loss']:.3f}, the loss of a uniform teacher (at it: collapsed, nothing learned)."
+               if p.get("dino_last") is not None else "."),
             "", "Reproduce: `python bench/gpu_session.py --data DATA --out DIR` on the GPU, then "
             "`.venv/bin/python bench/gpu_session.py --from-json DIR/gpu_session.json`"]
     emb = [f"`spafoundation embed IMAGES --tiles` on {dev}, over the five full-resolution HER2ST H&E JPEGs of "
