@@ -62,7 +62,7 @@ def test_low_resolution_holds_the_detail_of_a_coarser_scan():
     assert torch.allclose(out.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.02)  # the stain is kept
 
 
-def test_augmentations_switched_off_draw_nothing():
+def test_low_resolution_switched_off_draws_nothing():
     x = torch.rand(4, 3, 16, 16)
     gen = torch.Generator().manual_seed(7)
     assert low_resolution(x, gen, p=0.0) is x
