@@ -52,6 +52,17 @@ def test_pretrain_refuses_a_misspelt_setting_before_reading_data(setting, named,
     assert named in err and "unknown setting" in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("setting", ["augment.lowres_p=abc", "augment.blur_p=-0.1", "augment.hed_sigma=true",
+                                     "augment.crop_scale=[0.9, 0.2]", "augment.mask_ratio=0.3",
+                                     "augment.mask_shape=square"])
+def test_pretrain_refuses_an_augmentation_value_of_the_wrong_kind(setting, tmp_path, capsys):
+    argv = ["pretrain", str(tmp_path / "no-data"), "--out", str(tmp_path / "run"), "--set", setting]
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and setting.split("=")[0] in err and "must be" in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("config", sorted((REPO / "configs" / "pretrain").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_pretrain_configs_follow_the_schema(config):
     from spafoundation.train.pretrain import load_config

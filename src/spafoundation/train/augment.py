@@ -16,11 +16,33 @@ import math
 import torch
 import torch.nn.functional as F
 
+from spafoundation.errors import InputError
 from spafoundation.models.handcrafted import HED_FROM_RGB, RGB_FROM_HED
 
 # The keys of the ``augment`` section of a pre-training config (each read below with its default).
 OPTIONS = ("hed_sigma", "hed_bias", "brightness", "contrast", "saturation", "blur_p", "blur_sigma", "lowres_p",
            "lowres_max", "crop_scale", "n_local", "local_px", "mask_shape", "mask_ratio", "mask_prob")
+RANGES = ("crop_scale", "mask_ratio")  # [low, high]; the others are numbers >= 0 but mask_shape
+MASK_SHAPES = ("block", "rand")
+
+
+def check_options(augment: dict, path=None) -> None:
+    """InputError naming ``augment.KEY`` for a value of the wrong kind, before any tile is read (not a TypeError
+    in the first training step)."""
+
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    for key, v in augment.items():
+        if key == "mask_shape":
+            ok, want = v in MASK_SHAPES, f"one of {', '.join(MASK_SHAPES)}"
+        elif key in RANGES:
+            ok = isinstance(v, list | tuple) and len(v) == 2 and all(map(number, v)) and v[0] <= v[1]
+            want = "[low, high], two numbers >= 0"
+        else:
+            ok, want = number(v), "a number >= 0"
+        if not ok:
+            raise InputError(path, f"augment.{key}", f"must be {want}, got {v!r}")
 
 
 def _u(gen: torch.Generator, *shape, device=None) -> torch.Tensor:

@@ -55,13 +55,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     of them knows (``optim.stepz``) or a value of the wrong type (``optim.steps=abc``) is an InputError naming it."""
     from spafoundation.models.objectives import OBJECTIVES, objective_params
     from spafoundation.models.vits import OVERRIDE_KEYS
-    from spafoundation.train.augment import OPTIONS
+    from spafoundation.train.augment import OPTIONS, check_options
     from spafoundation.utils.config_types import check_value_types
 
     sections = {"model.overrides": OVERRIDE_KEYS, "model.overrides.timm_kwargs": FREE, "augment": OPTIONS,
                 "objective.params": FREE}
     cfg = load_yaml_config(DEFAULT_CONFIG, path, overrides, sections)
     check_value_types(cfg, DEFAULT_CONFIG, path)
+    check_options(cfg["augment"], path)
     for key in ("steps", "batch_size"):
         if cfg["optim"][key] < 1:
             raise InputError(path, f"optim.{key}", f"must be >= 1, got {cfg['optim'][key]!r}")
