@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from spafoundation.models.objectives.ibot import IBOTObjective
 from spafoundation.models.objectives.mae import patchify
+from spafoundation.models.registry import build_encoder
 from spafoundation.train.augment import block_masks, hed_jitter, ibot_views, random_masks
 from spafoundation.train.pretrain import Pretrainer, lr_at
+from tests.conftest import TINY
 from tests.train.conftest import tiny_config
 
 
@@ -40,6 +43,19 @@ def test_ibot_teacher_is_a_moving_average(run_dir, her2st_root):
     assert not all(torch.equal(a, s) for a, s in zip(after, student, strict=True))  # lags the student
     assert int(obj.steps_done) == 2
     assert obj.center.abs().sum() > 0  # centring is on by default
+
+
+def test_ibot_teacher_has_no_stochastic_depth():
+    # the recipes train with drop_path_rate > 0: the student drops residual branches, the teacher's targets must not
+    tiny = {**TINY, "timm_kwargs": {**TINY["timm_kwargs"], "drop_path_rate": 0.5, "drop_rate": 0.5}}
+    obj = IBOTObjective(build_encoder("random-vitt16", overrides=tiny).model, out_dim=16, patch_out_dim=16,
+                        hidden_dim=16, bottleneck_dim=8).train()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        teacher = [obj._tokens(obj.teacher["backbone"], x) for _ in range(2)]
+        student = [obj._tokens(obj.backbone, x) for _ in range(2)]
+    torch.testing.assert_close(teacher[0], teacher[1])
+    assert not torch.allclose(student[0], student[1])
 
 
 def test_patchify_and_masks():

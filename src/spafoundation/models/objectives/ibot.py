@@ -34,6 +34,11 @@ class IBOTObjective(nn.Module):
                                       "patch_head": copy.deepcopy(self.patch_head)})
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        for m in self.teacher.modules():  # the teacher gives targets: no stochastic depth or dropout (as in DINO)
+            if hasattr(m, "drop_prob"):
+                m.drop_prob = 0.0
+            elif isinstance(m, nn.Dropout):
+                m.p = 0.0
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("patch_center", torch.zeros(1, 1, patch_out_dim))
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
