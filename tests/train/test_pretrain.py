@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from spafoundation.errors import InputError
 from spafoundation.io.patches import tissue_fraction
 from spafoundation.train.pretrain import Pretrainer, pretrain
 from spafoundation.train.tiles import TileDataset, batch_indices
+from tests.conftest import TINY
 from tests.train.conftest import tiny_config
 
 
@@ -94,10 +96,7 @@ def test_final_folder_loads_as_encoder(run_dir, her2st_root):
 
 def test_ibot_continues_from_a_model_folder(run_dir, tmp_path, her2st_root):
     # the GPU recipe starts iBOT from the shipped MAE encoder: a random-init ViT leaves the teacher uniform
-    import shutil
-
     from spafoundation.models.registry import build_encoder
-    from tests.conftest import TINY
 
     final = pretrain(her2st_root, run_dir, tiny_config("mae", steps=2), name="tiny-mae", progress=False)
     cfg = tiny_config("ibot", steps=1)
