@@ -58,6 +58,21 @@ def test_ibot_teacher_has_no_stochastic_depth():
     assert not torch.allclose(student[0], student[1])
 
 
+def test_ibot_stalled_says_so_at_a_uniform_teacher_only():
+    obj = IBOTObjective(build_encoder("random-vitt16", overrides=TINY).model, out_dim=1024, patch_out_dim=16,
+                        hidden_dim=16, bottleneck_dim=8)
+    uniform = float(np.log(1024))
+
+    def history(dino, steps=120):
+        return [{"step": s + 1, "dino": dino} for s in range(steps)]
+
+    assert "uniform teacher" in obj.stalled(history(uniform))
+    assert "uniform teacher" in obj.stalled(history(uniform - 0.02))  # 6.91: stop 28's CPU runs from random weights
+    assert obj.stalled(history(uniform - 0.13)) is None  # 6.80: the run from the MAE encoder at step 100
+    assert obj.stalled(history(uniform, steps=99)) is None  # too early to tell: the centre is still moving
+    assert obj.stalled([{"step": 200, "loss": 1.0}] * 60) is None  # no DINO term logged
+
+
 def test_patchify_and_masks():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     p = patchify(x, 2)

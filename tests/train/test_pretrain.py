@@ -113,6 +113,16 @@ def test_ibot_continues_from_a_model_folder(run_dir, tmp_path, her2st_root):
         assert all(torch.equal(state[k], v) for k, v in saved.items())
 
 
+def test_a_stalled_objective_is_reported_once(run_dir, her2st_root, caplog):
+    trainer = Pretrainer(tiny_config("ibot", steps=25), her2st_root, run_dir, progress=False)
+    seen = []
+    trainer.objective.stalled = lambda history: seen.append(history[-1]["step"]) or "the teacher is uniform"
+    with caplog.at_level("WARNING", logger="spafoundation.train.pretrain"):
+        trainer.run()
+    assert seen == [10]  # checked at log steps (log_every 10) until it says so, then no more
+    assert caplog.text.count("the teacher is uniform") == 1
+
+
 @pytest.mark.parametrize(("objective", "port"), [("mae", 29533), ("ibot", 29534)])
 def test_torchrun_two_processes_end_with_identical_weights(objective, port, run_dir, her2st_root):
     cfg = tiny_config(objective, steps=4)

@@ -313,6 +313,7 @@ class Pretrainer:
         o = self.cfg["optim"]
         end = o["steps"] if stop_after is None else min(o["steps"], stop_after)
         t0, seen, first = time.perf_counter(), 0, self.step
+        stalled = getattr(self.objective, "stalled", None) if self.rank == 0 else None
         while self.step < end:
             logs = self.train_step(self.step)
             seen += o["batch_size"] * self.world
@@ -322,6 +323,11 @@ class Pretrainer:
                                  "img_per_s": round(rate, 2)})
             if self.step % self.cfg["checkpoint_every"] == 0 or self.step == o["steps"]:
                 self.save_checkpoint()
+            if stalled is not None and self.step % self.cfg["log_every"] == 0:
+                warning = stalled(self.history)
+                if warning:
+                    log.warning(warning)
+                    stalled = None  # once per run
             if self.progress and (self.step % self.cfg["log_every"] == 0 or self.step in (first + 1, end)):
                 eta = (o["steps"] - self.step) * o["batch_size"] * self.world / max(rate, 1e-9)
                 print(f"step {self.step}/{o['steps']}  loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  "

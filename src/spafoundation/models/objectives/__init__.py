@@ -3,7 +3,8 @@
 ``build_objective(name, backbone, cfg)`` returns an ``nn.Module`` with ``backbone`` (the timm VisionTransformer it
 trains; the encoder saved after training is that backbone alone), ``forward(batch) -> (loss, logs)`` on the batch
 its views in ``train.augment`` produced, ``after_step(step, total_steps=None)``, run once after every optimiser
-step (the iBOT teacher's moving average), and an optional ``before_optimizer_step(step)`` that may edit gradients.
+step (the iBOT teacher's moving average), an optional ``before_optimizer_step(step)`` that may edit gradients, and
+an optional ``stalled(history) -> str | None`` that the trainer asks at log steps and prints once when it answers.
 """
 
 from __future__ import annotations

@@ -106,6 +106,22 @@ class IBOTObjective(nn.Module):
         self._update_centers(t_cls, t_patch)
         return loss, {"loss": float(loss.detach()), "dino": float(dino.detach()), "ibot": float(ibot.detach())}
 
+    def stalled(self, history: list[dict], window: int = 50, after: int = 100) -> str | None:
+        """A warning when nothing is being distilled: over the last ``window`` steps, once ``after`` steps are done,
+        the DINO term averages within 0.5% of ln(out_dim), the cross-entropy of a uniform teacher. From random
+        weights a ViT maps every tile to nearly the same class token; once the centre has caught up the teacher is
+        uniform and stays so (three CPU runs on HER2ST tiles, MODEL_CARD.md of the shipped encoder)."""
+        recent = [h["dino"] for h in history[-window:] if "dino" in h]
+        if len(recent) < window or history[-1]["step"] < after:
+            return None
+        uniform = math.log(self.center.shape[1])
+        if sum(recent) / len(recent) < 0.995 * uniform:
+            return None
+        return (f"iBOT is not learning: the DINO term has averaged {sum(recent) / len(recent):.3f} over the last "
+                f"{window} steps, at ln(out_dim) = {uniform:.3f}, the loss of a uniform teacher. A randomly "
+                "initialised ViT gives every tile nearly the same class token; start from a pre-trained encoder "
+                "(model.encoder: spafoundation-default or a model folder)")
+
     @torch.no_grad()
     def _update_centers(self, t_cls: torch.Tensor, t_patch: torch.Tensor) -> None:
         cls_mean, patch_mean = t_cls.mean(0, keepdim=True), t_patch.mean(dim=(0, 1), keepdim=True)
