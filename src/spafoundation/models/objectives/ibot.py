@@ -114,10 +114,10 @@ class IBOTObjective(nn.Module):
         recent = [h["dino"] for h in history[-window:] if "dino" in h]
         if len(recent) < window or history[-1]["step"] < after:
             return None
-        uniform = math.log(self.center.shape[1])
-        if sum(recent) / len(recent) < 0.995 * uniform:
+        uniform, mean = math.log(self.center.shape[1]), sum(recent) / len(recent)
+        if mean < 0.995 * uniform:
             return None
-        return (f"iBOT is not learning: the DINO term has averaged {sum(recent) / len(recent):.3f} over the last "
+        return (f"iBOT is not learning: the DINO term has averaged {mean:.3f} over the last "
                 f"{window} steps, at ln(out_dim) = {uniform:.3f}, the loss of a uniform teacher. A randomly "
                 "initialised ViT gives every tile nearly the same class token; start from a pre-trained encoder "
                 "(model.encoder: spafoundation-default or a model folder)")
