@@ -125,7 +125,6 @@ def measure(args) -> dict:
     steps = max(2, int(args.pretrain_seconds / rate["step_s"]))
     run_dir = Path(tempfile.mkdtemp(prefix="pretrain_"))
     sets = [f"optim.steps={steps}", "checkpoint_every=100000", f"log_every={max(1, steps // 20)}",
-            f"objective.params.warmup_teacher_steps={math.ceil(0.3 * steps)}",
             f"optim.warmup_steps={math.ceil(0.1 * steps)}"]
     if smoke:
         sets += ["optim.batch_size=4", "augment.n_local=2", "data.n_tiles=64"]
