@@ -1,5 +1,6 @@
 """The expression benchmark's contenders and splits, on tiny synthetic sections with synthetic features: the default
-row is the fit-expression default (features and ridge ensemble), the same features under one ridge sit beside it,
+row is the fit-expression default (features, ridge ensemble and shared expression programs), the same features under
+one ridge and the head without programs sit beside it,
 and every head is scored per test section on both leave-one-patient-out directions and within each patient."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from spafoundation.eval import expression_benchmark as eb
 from spafoundation.eval.metrics import evaluate_expression
 from spafoundation.eval.splits import LOPO, LOSO
 from spafoundation.pp.genes import TARGET_SUM, expression_matrix
-from spafoundation.tasks.heads import RidgeHead
+from spafoundation.tasks.heads import PROGRAMS, ExpressionPrograms, RidgeHead
 from spafoundation.tasks.spot_features import block_labels
 
 WIDTH = 3  # columns per feature block
@@ -56,10 +57,13 @@ def test_default_row_is_the_ridge_ensemble_beside_one_ridge(monkeypatch):
     contenders = eb.baseline_contenders("enc", "random-enc", options=True)
     default = next(c for c in contenders if c.name.endswith("(default)"))
     one_ridge = next(c for c in contenders if c.name.endswith(", one ridge"))
+    no_programs = next(c for c in contenders if c.name.endswith(", no programs"))
     assert default.head == defaults.EXPRESSION_HEAD == "ridge-ensemble" and one_ridge.head == "ridge"
-    assert default.recipe() == one_ridge.recipe()
+    assert default.recipe() == one_ridge.recipe() == no_programs.recipe()
+    assert no_programs.head == default.head and no_programs.head_params == {"programs": 0}
+    assert default.head_params == {} and f"{PROGRAMS} programs (default)" in default.name
 
-    rows, genes = eb.run_expression_benchmark(sections, [default, one_ridge], genes="mean:4")
+    rows, genes = eb.run_expression_benchmark(sections, [default, one_ridge, no_programs], genes="mean:4")
     assert set(zip(rows["split"], rows["direction"], strict=True)) == {
         (LOPO, "A -> C"), (LOPO, "C -> A"), (LOSO, "within C")}
     assert rows["mean_r"].notna().all()
@@ -77,11 +81,17 @@ def test_default_row_is_the_ridge_ensemble_beside_one_ridge(monkeypatch):
     narrow = [labels.index("colour_texture"), labels.index("nuclei")]
     cols = np.concatenate([np.arange(i * WIDTH, (i + 1) * WIDTH) for i in narrow])
     test = store.get(default, "A1")[0]
-    pred = (RidgeHead().fit(X, Y, groups, blocks).predict(test)
-            + RidgeHead().fit(X[:, cols], Y, groups, [WIDTH] * 2).predict(test[:, cols])) / 2
+    every, narrow_ridge = RidgeHead().fit(X, Y, groups, blocks), RidgeHead().fit(X[:, cols], Y, groups, [WIDTH] * 2)
+    members = (every.predict(test) + narrow_ridge.predict(test[:, cols])) / 2
+    # plus the shared expression programs on every block, scaled to the members' spread on the training spots
+    programs = ExpressionPrograms(PROGRAMS).fit(X, Y, groups, blocks)
+    on_train = (every.predict(X).astype(np.float64) + narrow_ridge.predict(X[:, cols])) / 2
+    pred = members + on_train.std(0) / programs.predict(X).std(0) * programs.predict(test)
     expected = evaluate_expression(expression_matrix(sections["A1"], gene_list, TARGET_SUM), pred)["mean_r"]
-    got = rows[(rows["contender"] == default.name) & (rows["direction"] == "C -> A")]["mean_r"].item()
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    c_to_a = rows[rows["direction"] == "C -> A"].set_index("contender")["mean_r"]
+    # float32 predictions at a large alpha: equal to 1e-3, while the programs move r by more
+    np.testing.assert_allclose(c_to_a[default.name], expected, rtol=1e-3)
+    assert abs(c_to_a[default.name] - c_to_a[no_programs.name]) > 1e-2 * abs(expected)
 
 
 def test_hires_rows_predict_from_the_copy_of_the_test_section(monkeypatch, tmp_path):

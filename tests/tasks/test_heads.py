@@ -8,6 +8,7 @@ import pytest
 from spafoundation.eval.metrics import pearson_per_gene
 from spafoundation.tasks.heads import (
     HEADS,
+    ExpressionPrograms,
     MeanHead,
     RidgeEnsembleHead,
     RidgeHead,
@@ -76,7 +77,7 @@ def test_mean_head_is_constant():
 def test_ridge_ensemble_is_the_mean_of_its_members():
     X, Y, groups = _signal(d=20)
     blocks = [12, 8]
-    head = RidgeEnsembleHead(members=[None, [1]]).fit(X[:180], Y[:180], groups[:180], blocks)
+    head = RidgeEnsembleHead(members=[None, [1]], programs=0).fit(X[:180], Y[:180], groups[:180], blocks)
     every = RidgeHead().fit(X[:180], Y[:180], groups[:180], blocks)
     second = RidgeHead().fit(X[:180, 12:], Y[:180], groups[:180], [8])
     assert head.alpha == [every.alpha, second.alpha]
@@ -103,3 +104,68 @@ def test_default_ensemble_adds_the_spot_colour_texture_and_nuclei_blocks():
     assert build_head("ridge-ensemble", None, recipe).members == [None, [2, 4]]
     assert build_head("ridge-ensemble", {"members": [[0]]}, recipe).members == [[0]]
     assert isinstance(build_head("ridge", None, recipe), RidgeHead)
+
+
+def _programs_signal(n=150, genes=40, seed=0):
+    """Three sections of spots whose genes all follow two latent programs (each gene its own loadings) that the
+    features see through noise, plus much gene-specific noise: the setting where pooling genes pays."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(3 * n, 30))
+    latent = X[:, :2] @ rng.normal(size=(2, 2))
+    Y = latent @ rng.normal(size=(2, genes)) + 3.0 * rng.normal(size=(3 * n, genes))
+    return X.astype(np.float32), Y.astype(np.float32), np.repeat(["a", "b", "c"], n)
+
+
+def test_programs_pool_the_genes_shared_axes():
+    X, Y, groups = _programs_signal()
+    train, test = groups != "c", groups == "c"
+    alone = RidgeEnsembleHead(programs=0).fit(X[train], Y[train], groups[train])
+    pooled = RidgeEnsembleHead(programs=2).fit(X[train], Y[train], groups[train])
+    r_alone = np.nanmean(pearson_per_gene(Y[test], alone.predict(X[test])))
+    r_pooled = np.nanmean(pearson_per_gene(Y[test], pooled.predict(X[test])))
+    assert r_pooled > r_alone + 0.02
+    # the programs' part: the leading axes of the section-standardised targets, predicted by a ridge on the features
+    programs = ExpressionPrograms(2).fit(X[train], Y[train], groups[train])
+    np.testing.assert_allclose(np.abs(programs.loadings), np.abs(pooled.programs_part.loadings), atol=1e-6)
+    members = RidgeHead().fit(X[train], Y[train], groups[train])
+    scale = members.predict(X[train]).std(0) / programs.predict(X[train]).std(0)
+    np.testing.assert_allclose(pooled.predict(X[test]), members.predict(X[test]) + scale * programs.predict(X[test]),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_programs_round_trip_and_refit_at_the_alphas_chosen():
+    X, Y, groups = _programs_signal(genes=12)
+    head = RidgeEnsembleHead().fit(X, Y, groups)
+    assert head.programs == 2 and head.programs_part.loadings.shape == (2, 12)
+    assert head.programs_alpha == head.programs_part.ridge.alpha
+    again = RidgeEnsembleHead.from_state(head.state(), head.hp)
+    np.testing.assert_allclose(again.predict(X), head.predict(X), rtol=1e-6, atol=1e-6)
+    refit = RidgeEnsembleHead(**chosen_params(head))
+    assert refit.programs_alpha == head.programs_alpha and refit.programs == 2
+
+
+def test_a_head_saved_before_programs_loads_without_them():
+    X, Y, groups = _programs_signal(genes=12)
+    old = RidgeEnsembleHead(programs=0).fit(X, Y, groups)
+    hp = {k: v for k, v in old.hp.items() if not k.startswith("programs")}  # as such a model's config.json has it
+    again = RidgeEnsembleHead.from_state(old.state(), hp)
+    assert again.programs == 0 and again.programs_part is None
+    np.testing.assert_allclose(again.predict(X), old.predict(X), rtol=1e-6, atol=1e-6)
+
+
+def test_programs_need_two_genes_and_a_weight():
+    X, Y, groups = _programs_signal(genes=3)
+    assert RidgeEnsembleHead().fit(X, Y[:, :1], groups).programs_part is None
+    assert RidgeEnsembleHead().fit(X, Y[:, :2], groups).programs_part.loadings.shape == (1, 2)
+    assert RidgeEnsembleHead(programs_weight=0).fit(X, Y, groups).programs_part is None
+    with pytest.raises(ValueError, match="must be >= 0"):
+        RidgeEnsembleHead(programs=-1)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "ridge-ensemble"])
+def test_one_gene_is_a_column(kind):
+    """A model of one gene (``--genes ERBB2``): scikit-learn's ridge returns a vector there; heads keep (spots, 1)."""
+    X, Y, groups = _signal(g=1)
+    head = HEADS[kind]().fit(X, Y, groups)
+    assert head.predict(X[:7]).shape == (7, 1)
+    assert HEADS[kind].from_state(head.state(), head.hp).predict(X[:7]).shape == (7, 1)

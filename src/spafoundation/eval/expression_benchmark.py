@@ -24,7 +24,7 @@ from spafoundation import defaults
 from spafoundation.eval.metrics import evaluate_expression
 from spafoundation.eval.splits import benchmark_splits, summarize_splits
 from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
-from spafoundation.tasks.heads import build_head
+from spafoundation.tasks.heads import PROGRAMS, build_head
 from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Contender:
 # what the default features hold besides the encoder, as the rows name them (tasks.expression.DEFAULT_FEATURES)
 PIPELINE_FEATURES = "colour/texture, nuclei, context, neighbours"
 HIRES_TEST = "test image: hires-only copy (2000 px)"  # the rows of test_image="hires"
+DEFAULT_HEAD = f"ridge ensemble + {PROGRAMS} programs"  # the default head (tasks/heads.py), as the rows name it
 
 
 def pipeline_contender(name: str, encoder: str | None, head: str = defaults.EXPRESSION_HEAD) -> Contender:
@@ -101,9 +102,12 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
             # issue #17: one ridge on every block wins within a patient; the ensemble is the default for what
             # it keeps across patients
             replace(pipe(default_encoder, "per-section z, one ridge"), head="ridge"),
+            # issue #17: what the shared expression programs add (the default head without them)
+            replace(pipe(default_encoder, "per-section z, ridge ensemble, no programs"),
+                    head_params={"programs": 0}),
             # issue #17: what the nuclear features add (the pipeline without them, same head)
             replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
-                                       "per-section z, ridge ensemble, no nuclei", default_encoder),
+                                       f"per-section z, {DEFAULT_HEAD}, no nuclei", default_encoder),
                     source="encoder+colour_texture"),
         ]
         for method in ("macenko", "reinhard"):  # issue #17: a default only where it beats none across patients
@@ -112,9 +116,9 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
                           stain_norm=method, **section),
                 replace(pipe(default_encoder, f"per-section z, {method} stain norm"), stain_norm=method),
             ]
-    rows.append(pipe(default_encoder, "per-section z, ridge ensemble (default)"))
+    rows.append(pipe(default_encoder, f"per-section z, {DEFAULT_HEAD} (default)"))
     if hires:  # issue #18: fitted on the sections' own images, predicting from a 2000 px copy of the test image
-        rows += [replace(pipe(default_encoder, f"per-section z, ridge ensemble, {HIRES_TEST}"), test_image="hires"),
+        rows += [replace(pipe(default_encoder, f"per-section z, {DEFAULT_HEAD}, {HIRES_TEST}"), test_image="hires"),
                  Contender(f"colour/texture + ridge, per-section z, {HIRES_TEST}", source="colour_texture",
                            test_image="hires", **section)]
     rows.append(replace(pipeline_contender("ceiling: default pipeline fitted on the other half of the test section "

@@ -5,7 +5,8 @@
   Feature blocks of different widths (encoder embedding, colour statistics) are weighted equally.
 - ``RidgeEnsembleHead``: the mean of ridge heads each fitted on some of the feature blocks (``members``); the
   default pipeline's is one ridge on every block and one on the spot patch's colour/texture and nuclear statistics
-  alone, which carry best to another patient (BENCHMARKS.md).
+  alone, which carry best to another patient (BENCHMARKS.md). To that mean it adds the shared expression programs
+  (``ExpressionPrograms``): the few axes along which the training genes vary together, predicted from every block.
 - ``MLPHead``: one hidden layer, trained with AdamW on standardised targets, early stopping on a held-out section.
 """
 
@@ -48,6 +49,11 @@ def _score(y, pred) -> float:
     return float(np.nanmean(r)) if np.isfinite(r).any() else -1.0
 
 
+def _ridge_predict(ridge: Ridge, Z: np.ndarray) -> np.ndarray:
+    """(spots, genes) even for one gene, where scikit-learn returns a vector."""
+    return ridge.predict(Z).reshape(len(Z), -1)
+
+
 class RidgeHead:
     kind = "ridge"
 
@@ -87,7 +93,7 @@ class RidgeHead:
             Zva = scaler.transform(X[va])
             Zva = pca.transform(Zva) if pca is not None else Zva
             for i, a in enumerate(self.alphas):
-                scores[i] += _score(Y[va], Ridge(alpha=a).fit(Ztr, Y[tr]).predict(Zva))
+                scores[i] += _score(Y[va], _ridge_predict(Ridge(alpha=a).fit(Ztr, Y[tr]), Zva))
         self.cv_scores = (scores / len(folds)).tolist()
         return self.fit_at(X, Y, self.alphas[int(np.argmax(scores))])
 
@@ -103,7 +109,7 @@ class RidgeHead:
     def predict(self, X: np.ndarray) -> np.ndarray:
         Z = self.scaler.transform(X)
         Z = self.pca.transform(Z) if self.pca is not None else Z
-        return self.ridge.predict(Z).astype(np.float32)
+        return _ridge_predict(self.ridge, Z).astype(np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
         st = {"scaler_mean": self.scaler.mean_, "scaler_scale": self.scaler.scale_, "coef": self.ridge.coef_,
@@ -124,30 +130,91 @@ class RidgeHead:
             head.pca.components_, head.pca.mean_ = st["pca_components"], st["pca_mean"]
             head.pca.whiten = False
         head.ridge = Ridge(alpha=head.alpha)
-        head.ridge.coef_, head.ridge.intercept_ = st["coef"], st["intercept"]
-        head.ridge.n_features_in_ = st["coef"].shape[1]
+        head.ridge.coef_, head.ridge.intercept_ = np.atleast_2d(st["coef"]), st["intercept"]
+        head.ridge.n_features_in_ = head.ridge.coef_.shape[1]
         return head
+
+
+def _section_z(Y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each gene z-scored within each group (section): what varies between spots, not between sections."""
+    Z = np.zeros(Y.shape)
+    for g in np.unique(groups):
+        rows = groups == g
+        sd = Y[rows].std(0)
+        Z[rows] = (Y[rows] - Y[rows].mean(0)) / np.where(sd > 1e-12, sd, 1.0)
+    return Z
+
+
+# Shared expression programs (issue #17). Per-gene ridges each learn their own direction in feature space from a few
+# hundred spots, and the noise in those directions is what fails on another patient. The axes along which many genes
+# vary together (tumour against stroma, immune infiltrate) are learnt from all of them at once. Adding the predicted
+# programs, with each gene's loadings, to its own prediction lifted mean r in both directions across patients and
+# within patient C, on hvg:50 and the 785-gene list, normalised and log1p targets; two programs at equal weight did
+# best across patients (BENCHMARKS.md, 'programs' rows).
+PROGRAMS, PROGRAMS_WEIGHT = 2, 1.0
+
+
+class ExpressionPrograms:
+    """The leading ``k`` principal axes of the training targets (each section's spots z-scored per gene), and a
+    ridge from the features to each spot's scores on them. ``predict`` gives the programs' part of every gene
+    (spots x genes, in the z units of the section-standardised targets)."""
+
+    def __init__(self, k: int, n_pcs: int = N_PCS, alphas=ALPHAS):
+        self.k, self.n_pcs, self.alphas = int(k), int(n_pcs), tuple(alphas)
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None) -> ExpressionPrograms:
+        """One alpha: fitted at it; several: chosen by the ridge's grouped inner cross-validation."""
+        Z = _section_z(Y, np.asarray(groups))
+        self.loadings = np.linalg.svd(Z, full_matrices=False)[2][: self.k]
+        scores, ridge = Z @ self.loadings.T, RidgeHead(self.n_pcs, self.alphas)
+        self.ridge = (ridge.fit_at(X, scores, self.alphas[0], blocks) if len(self.alphas) == 1
+                      else ridge.fit(X, scores, groups, blocks))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.ridge.predict(X).astype(np.float64) @ self.loadings
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"loadings": self.loadings, **{f"ridge.{k}": v for k, v in self.ridge.state().items()}}
+
+    @classmethod
+    def from_state(cls, st: dict[str, np.ndarray], blocks=None) -> ExpressionPrograms:
+        programs = cls(len(st["loadings"]))
+        programs.loadings = st["loadings"]
+        programs.ridge = RidgeHead.from_state({k[6:]: v for k, v in st.items() if k.startswith("ridge.")},
+                                              {"blocks": blocks})
+        return programs
 
 
 class RidgeEnsembleHead:
     """The mean prediction of ridge heads, member ``i`` fitted on the feature blocks ``members[i]`` (indices into
     the blocks of ``fit``; None: every block). Each member chooses its alpha by the same grouped inner
-    cross-validation as ``RidgeHead``, or uses ``member_alphas[i]`` when given."""
+    cross-validation as ``RidgeHead``, or uses ``member_alphas[i]`` when given.
+
+    ``programs`` > 0 adds that many shared expression programs (``ExpressionPrograms``, on every block; fewer where
+    there are fewer genes): gene ``g`` gets ``programs_weight`` x its programs' part, scaled to the spread of the
+    members' own prediction of ``g`` on the training spots."""
 
     kind = "ridge-ensemble"
 
-    def __init__(self, n_pcs: int = N_PCS, alphas=ALPHAS, blocks=None, members=None, member_alphas=None):
+    def __init__(self, n_pcs: int = N_PCS, alphas=ALPHAS, blocks=None, members=None, member_alphas=None,
+                 programs: int = PROGRAMS, programs_weight: float = PROGRAMS_WEIGHT, programs_alpha=None):
         self.n_pcs, self.alphas = int(n_pcs), tuple(float(a) for a in alphas)
         self.blocks = [int(b) for b in blocks] if blocks else None
         self.members = [None if m is None else [int(i) for i in m] for m in (members or [None])]
         self.member_alphas = None if member_alphas is None else [float(a) for a in member_alphas]
         if self.member_alphas is not None and len(self.member_alphas) != len(self.members):
             raise ValueError(f"{len(self.member_alphas)} member alphas for {len(self.members)} members")
+        if int(programs) < 0 or float(programs_weight) < 0:
+            raise ValueError(f"programs ({programs}) and programs_weight ({programs_weight}) must be >= 0")
+        self.programs, self.programs_weight = int(programs), float(programs_weight)
+        self.programs_alpha = None if programs_alpha is None else float(programs_alpha)
 
     @property
     def hp(self) -> dict:
         return {"n_pcs": self.n_pcs, "alphas": list(self.alphas), "blocks": self.blocks, "members": self.members,
-                "member_alphas": self.member_alphas}
+                "member_alphas": self.member_alphas, "programs": self.programs,
+                "programs_weight": self.programs_weight, "programs_alpha": self.programs_alpha}
 
     @property
     def alpha(self) -> list[float]:
@@ -168,42 +235,83 @@ class RidgeEnsembleHead:
     def _member(self, i: int) -> RidgeHead:
         return RidgeHead(self.n_pcs, (self.member_alphas[i],) if self.member_alphas else self.alphas)
 
+    def _n_programs(self, n_genes: int) -> int:
+        return min(self.programs, n_genes - 1) if self.programs_weight > 0 else 0
+
+    def _fit_programs(self, X, Y, groups, members_pred) -> tuple[ExpressionPrograms | None, np.ndarray | None]:
+        """The programs (alpha by inner cross-validation unless ``programs_alpha``) and each gene's scale."""
+        k = self._n_programs(Y.shape[1])
+        if k < 1:
+            return None, None
+        alphas = (self.programs_alpha,) if self.programs_alpha is not None else self.alphas
+        programs = ExpressionPrograms(k, self.n_pcs, alphas).fit(X, Y, groups, self.blocks)
+        part = programs.predict(X)
+        spread = part.std(0)
+        scale = np.where(spread > 1e-12, members_pred.std(0) / np.where(spread > 1e-12, spread, 1.0), 0.0)
+        return programs, scale
+
+    def _members_predict(self, parts, X: np.ndarray) -> np.ndarray:
+        pred = sum(p.predict(X[:, self._columns(m)[0]]).astype(np.float64)
+                   for p, m in zip(parts, self.members, strict=True))
+        return pred / len(parts)
+
     def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None) -> RidgeEnsembleHead:
         if blocks is not None:
             self.blocks = [int(b) for b in blocks]
+        groups = np.asarray(groups)
         self.parts = []
         for i, m in enumerate(self.members):
             cols, widths = self._columns(m)
             self.parts.append(self._member(i).fit(X[:, cols], Y, groups, widths))
-        # the ensemble's own inner cross-validated score, each member at the alpha it chose
+        self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X))
+        if self.programs_part is not None:
+            self.programs_alpha = self.programs_part.ridge.alpha
+        # the ensemble's own inner cross-validated score, each member (and the programs) at the alpha it chose
+        refit = RidgeEnsembleHead(self.n_pcs, self.alphas, self.blocks, self.members, self.alpha, self.programs,
+                                  self.programs_weight, self.programs_alpha)
         folds = _folds(groups, len(X))
         score = 0.0
         for tr, va in folds:
-            pred = np.zeros((len(va), Y.shape[1]))
-            for part, m in zip(self.parts, self.members, strict=True):
-                cols, widths = self._columns(m)
-                pred += RidgeHead(self.n_pcs).fit_at(X[tr][:, cols], Y[tr], part.alpha, widths).predict(X[va][:, cols])
-            score += _score(Y[va], pred / len(self.members))
+            fold = refit._fit_fixed(X[tr], Y[tr], groups[tr])
+            score += _score(Y[va], fold.predict(X[va]))
         self.cv_scores = [score / len(folds)]
         return self
 
+    def _fit_fixed(self, X, Y, groups) -> RidgeEnsembleHead:
+        """Fitted at the member and program alphas already set, without cross-validation."""
+        self.parts = [RidgeHead(self.n_pcs).fit_at(X[:, self._columns(m)[0]], Y, a, self._columns(m)[1])
+                      for m, a in zip(self.members, self.member_alphas, strict=True)]
+        self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X))
+        return self
+
     def predict(self, X: np.ndarray) -> np.ndarray:
-        pred = sum(p.predict(X[:, self._columns(m)[0]]).astype(np.float64)
-                   for p, m in zip(self.parts, self.members, strict=True))
-        return (pred / len(self.parts)).astype(np.float32)
+        pred = self._members_predict(self.parts, X)
+        if self.programs_part is not None:
+            pred = pred + self.programs_weight * self.programs_scale * self.programs_part.predict(X)
+        return pred.astype(np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {f"member{i}.{k}": v for i, p in enumerate(self.parts) for k, v in p.state().items()}
+        st = {f"member{i}.{k}": v for i, p in enumerate(self.parts) for k, v in p.state().items()}
+        if self.programs_part is not None:
+            st.update({f"programs.{k}": v for k, v in self.programs_part.state().items()},
+                      programs_scale=self.programs_scale)
+        return st
 
     @classmethod
     def from_state(cls, st: dict[str, np.ndarray], hp: dict | None = None) -> RidgeEnsembleHead:
-        head = cls(**(hp or {}))
+        # a model saved before the programs existed has none (its hp does not name them)
+        head = cls(**{"programs": 0, **(hp or {})})
         head.parts = []
         for i, m in enumerate(head.members):
             prefix = f"member{i}."
             part_state = {k[len(prefix):]: v for k, v in st.items() if k.startswith(prefix)}
             head.parts.append(RidgeHead.from_state(part_state, {"n_pcs": head.n_pcs,
                                                                 "blocks": head._columns(m)[1]}))
+        head.programs_part = head.programs_scale = None
+        if "programs_scale" in st:
+            head.programs_part = ExpressionPrograms.from_state(
+                {k[9:]: v for k, v in st.items() if k.startswith("programs.")}, head.blocks)
+            head.programs_scale = st["programs_scale"]
         return head
 
 
@@ -380,7 +488,8 @@ def build_head(kind: str, params: dict | None, recipe: dict):
 def chosen_params(head) -> dict:
     """The hyper-parameters a fitted head chose (a ridge's alpha), to refit the same head on other rows."""
     if isinstance(head, RidgeEnsembleHead):
-        return {"members": head.members, "member_alphas": head.alpha}
+        return {"members": head.members, "member_alphas": head.alpha, "programs": head.programs,
+                "programs_weight": head.programs_weight, "programs_alpha": head.programs_alpha}
     if isinstance(head, RidgeHead):
         return {"alphas": (head.alpha,)}
     return {}
