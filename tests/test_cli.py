@@ -90,6 +90,7 @@ def test_info_mpp_option_supplies_unknown_pixel_size(her2st_c2, tmp_path, capsys
     (["cluster", "DATA", "--out", "o", "--n-clusters", "0"], "--n-clusters: must be a whole number >= 1"),
     (["fit-expression", "DATA", "--out", "o", "--epochs", "-1"], "--epochs: must be a whole number >= 1"),
     (["fit-expression", "DATA", "--out", "o", "--lr", "nan"], "--lr: must be a positive number, got 'nan'"),
+    (["fit-expression", "DATA", "--out", "o", "--programs", "-1"], "--programs: must be a whole number >= 0"),
     (["superres", "DATA", "--out", "o", "--step-um", "0"], "--step-um: must be a positive number"),
     (["tumor", "DATA", "--out", "o", "--grid-um", "-5"], "--grid-um: must be a number >= 0"),
     (["embed", "DATA", "--out", "o", "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),

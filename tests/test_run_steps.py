@@ -36,12 +36,13 @@ def test_plan_is_typed_step_configs(her2st_root, her2st_imaged, tiny_folder, tmp
     from spafoundation.run_folder import RunFolder
 
     steps = _plan(her2st_root, her2st_imaged, tiny_folder, tmp_path, "clusters.n_clusters=3", "clusters.smooth=1",
-                  "tumor.markers=ERBB2, GRB7", "tumor.grid_um=200")
+                  "tumor.markers=ERBB2, GRB7", "tumor.grid_um=200", "expression.programs=1")
     assert [type(s) for s in steps] == [FitExpressionStep, PredictExpressionStep, SuperresStep, TumorStep,
                                         ClusterStep]
     fit, predict, _, tumor, clusters = steps
     folder = RunFolder(tmp_path / "run")
     assert fit.sections == ["C3"] and fit.out == folder.expression_model and fit.head == "ridge-ensemble"
+    assert fit.programs == 1 and fit.argv[fit.argv.index("--programs") + 1] == "1"
     assert predict.model == str(folder.expression_model) and predict.sections == ["C4"]
     assert tumor.markers == ["ERBB2", "GRB7"] and tumor.grid_um == 200.0 and isinstance(tumor.grid_um, float)
     # the values as the command's parser would give them: a whole number stays one, a number from YAML is a float
@@ -66,6 +67,7 @@ def test_each_printed_command_parses_to_the_arguments_its_step_runs_on(her2st_ro
 
 @pytest.mark.parametrize("setting, key", [("expression.genes=5", "expression.genes"),
                                           ("clusters.n_clusters=0", "clusters.n_clusters"),
+                                          ("expression.programs=-1", "expression.programs"),
                                           ("clusters.method=null", "clusters.method"),
                                           ("clusters.features=colour", "clusters.features"),
                                           ("tumor.markers=5", "tumor.markers")])

@@ -91,6 +91,7 @@ def test_cli_fit_and_predict(her2st_root, tiny_folder, tmp_path, capsys):
                  "--genes", "hvg:6", "--out", str(model_dir), *common]) == 0
     cfg = json.loads((model_dir / "config.json").read_text())
     assert len(cfg["genes"]) == 6 and cfg["encoder"]["name"] == str(tiny_folder)
+    assert cfg["head"] == "ridge-ensemble" and cfg["head_params"]["programs"] == 2
     assert main(["predict-expression", str(model_dir), str(her2st_root), "--sections", "C6", "--out", str(out),
                  *common]) == 0
     pred = ad.read_h5ad(out)
@@ -106,8 +107,10 @@ def test_cli_fit_and_predict(her2st_root, tiny_folder, tmp_path, capsys):
     assert main(["predict-expression", str(model_dir), str(her2st_root), "--out", str(tmp_path / "p.csv")]) == 2
     assert main(["fit-expression", str(her2st_root), "--sections", "C3", "--genes", "hvg:x",
                  "--encoder", str(tiny_folder), "--out", str(tmp_path / "m2"), *common]) == 2
-    assert not (tmp_path / "m2").exists() and not (tmp_path / "p.csv").exists()
-    assert "error" in capsys.readouterr().err
+    assert main(["fit-expression", str(her2st_root), "--sections", "C3", "--head", "ridge", "--programs", "1",
+                 "--encoder", str(tiny_folder), "--out", str(tmp_path / "m3"), *common]) == 2
+    assert "--programs" in capsys.readouterr().err
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists() and not (tmp_path / "p.csv").exists()
 
 
 def test_finetune_head_trains_saves_and_reloads(small_sections, tiny_encoder, tmp_path):

@@ -192,6 +192,7 @@ class FitExpressionStep(RunStep):
 
     genes: str = _setting(defaults.EXPRESSION_GENES, "expression.genes")
     head: str = _setting(defaults.EXPRESSION_HEAD, "expression.head")
+    programs: int | None = _setting(key="expression.programs")
     encoder: str = _setting(defaults.ENCODER, "encoder")
     stain_norm: str | None = _setting(key="stain_norm")
 

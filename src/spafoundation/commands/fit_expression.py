@@ -11,6 +11,7 @@ from spafoundation.commands._common import (
     api_settings,
     command_dataset,
     non_negative_float,
+    non_negative_int,
     parse_sections,
     parse_target_sum,
     positive_float,
@@ -35,6 +36,11 @@ def run(args, data: dict | None = None) -> int:
         head_params["max_epochs" if args.head == "mlp" else "epochs"] = args.epochs
     if args.lr:
         head_params["lr"] = args.lr
+    if args.programs is not None:
+        if args.head != "ridge-ensemble":
+            raise InputError(None, "--programs", f"shared expression programs belong to the ridge-ensemble head, "
+                             f"not {args.head}")
+        head_params["programs"] = args.programs
     with api_settings(args), settings.override(device=args.device):
         model = tl.fit_expression(
             train, args.encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
@@ -67,10 +73,15 @@ def register(subparsers) -> None:
     p.add_argument("--head", default=defaults.EXPRESSION_HEAD,
                    choices=["ridge-ensemble", "ridge", "mlp", "finetune", "mean"],
                    help="ridge-ensemble (default): the mean of two ridges, one on every feature block and one on "
-                        "the spot patch's colour/texture and nuclei alone, which carry best to another patient; ridge: "
+                        "the spot patch's colour/texture and nuclei alone, which carry best to another patient, plus "
+                        "the shared expression programs (--programs); ridge: "
                         "scaling + PCA-256 + ridge, alpha by cross-validation over sections; mlp: one hidden "
                         "layer; finetune: the whole encoder + LayerNorm/Linear on the class token, MSE (the "
                         "authors' protocol, meant for a GPU); mean: the training-mean baseline")
+    p.add_argument("--programs", type=non_negative_int,
+                   help="ridge-ensemble: how many shared expression programs (the leading axes along which the "
+                        "training genes vary together, predicted from every feature block) to add to each gene's "
+                        "prediction (default 2; 0 = off)")
     p.add_argument("--epochs", type=positive_int, help="epochs of the finetune head (default 20) / maximum for mlp")
     p.add_argument("--lr", type=positive_float, help="learning rate of the mlp / finetune head")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda, mps)")

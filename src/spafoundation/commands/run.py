@@ -54,7 +54,8 @@ DEFAULTS: dict = {
     "cache_dir": None,  # default: DIR/cache
     "stain_norm": defaults.STAIN_NORM,  # none, macenko or reinhard: fit-expression, tumor and cluster (io/stain.py)
     "expression": {"enabled": True, "model": None, "train_sections": None, "predict_sections": None,
-                   "genes": defaults.EXPRESSION_GENES, "head": defaults.EXPRESSION_HEAD},
+                   "genes": defaults.EXPRESSION_GENES, "head": defaults.EXPRESSION_HEAD,
+                   "programs": None},  # ridge-ensemble's shared expression programs (None: its default, 2)
     "superres": {"enabled": True, "step_um": None, "genes": defaults.SUPERRES_GENES},
     "tumor": {"enabled": True, "route": None, "label_column": None, "markers": None,
               "grid_um": defaults.TUMOR_GRID_UM},
@@ -176,7 +177,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         if model is None and train:
             model = str(folder.expression_model)
             steps.append(FitExpressionStep(**common, sections=train, out=folder.expression_model, genes=e["genes"],
-                                           head=e["head"], encoder=cfg["encoder"], stain_norm=stain))
+                                           head=e["head"], programs=e["programs"], encoder=cfg["encoder"],
+                                           stain_norm=stain))
         if model is not None and predict:
             steps.append(PredictExpressionStep(**common, model=model, sections=predict, out=folder.predicted))
     r = cfg["superres"]
