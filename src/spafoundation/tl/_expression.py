@@ -32,8 +32,8 @@ def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key
         or a list of gene symbols (``sf.pp.select_genes``).
     head
         ``"ridge-ensemble"`` (default: the mean of a ridge on every feature block and one on the spot patch's
-        colour/texture and nuclei alone), ``"ridge"``, ``"mlp"``, ``"finetune"`` (the whole encoder; meant for a GPU) or
-        ``"mean"``.
+        colour/texture and nuclei alone, plus two shared expression programs; ``head_params={"programs": 0}`` turns
+        them off), ``"ridge"``, ``"mlp"``, ``"finetune"`` (the whole encoder; meant for a GPU) or ``"mean"``.
     target_sum
         Targets are log1p(counts / library size * target_sum) (``sf.pp.normalize``); None: log1p of raw counts.
     head_params
