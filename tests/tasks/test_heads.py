@@ -137,11 +137,11 @@ def test_programs_round_trip_and_refit_at_the_alphas_chosen():
     X, Y, groups = _programs_signal(genes=12)
     head = RidgeEnsembleHead().fit(X, Y, groups)
     assert head.programs == 2 and head.programs_part.loadings.shape == (2, 12)
-    assert head.programs_alpha == head.programs_part.ridge.alpha
+    assert head.programs_alpha is None and head.programs_chosen_alpha in head.alphas  # chosen, not fixed
     again = RidgeEnsembleHead.from_state(head.state(), head.hp)
     np.testing.assert_allclose(again.predict(X), head.predict(X), rtol=1e-6, atol=1e-6)
     refit = RidgeEnsembleHead(**chosen_params(head))
-    assert refit.programs_alpha == head.programs_alpha and refit.programs == 2
+    assert refit.programs_alpha == head.programs_chosen_alpha and refit.programs == 2
 
 
 def test_a_head_saved_before_programs_loads_without_them():

@@ -220,6 +220,10 @@ class RidgeEnsembleHead:
     def alpha(self) -> list[float]:
         return [p.alpha for p in self.parts]
 
+    @property
+    def programs_chosen_alpha(self) -> float | None:
+        return self.programs_part.ridge.alpha if self.programs_part is not None else None
+
     def _columns(self, member) -> tuple[np.ndarray | slice, list[int] | None]:
         """Column indices (every column: a slice, so no copy) and block widths of one member."""
         if member is None:
@@ -264,11 +268,8 @@ class RidgeEnsembleHead:
             cols, widths = self._columns(m)
             self.parts.append(self._member(i).fit(X[:, cols], Y, groups, widths))
         self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X))
-        if self.programs_part is not None:
-            self.programs_alpha = self.programs_part.ridge.alpha
         # the ensemble's own inner cross-validated score, each member (and the programs) at the alpha it chose
-        refit = RidgeEnsembleHead(self.n_pcs, self.alphas, self.blocks, self.members, self.alpha, self.programs,
-                                  self.programs_weight, self.programs_alpha)
+        refit = RidgeEnsembleHead(**chosen_params(self))
         folds = _folds(groups, len(X))
         score = 0.0
         for tr, va in folds:
@@ -488,8 +489,9 @@ def build_head(kind: str, params: dict | None, recipe: dict):
 def chosen_params(head) -> dict:
     """The hyper-parameters a fitted head chose (a ridge's alpha), to refit the same head on other rows."""
     if isinstance(head, RidgeEnsembleHead):
-        return {"members": head.members, "member_alphas": head.alpha, "programs": head.programs,
-                "programs_weight": head.programs_weight, "programs_alpha": head.programs_alpha}
+        return {"n_pcs": head.n_pcs, "blocks": head.blocks, "members": head.members, "member_alphas": head.alpha,
+                "programs": head.programs, "programs_weight": head.programs_weight,
+                "programs_alpha": head.programs_chosen_alpha}
     if isinstance(head, RidgeHead):
         return {"alphas": (head.alpha,)}
     return {}
