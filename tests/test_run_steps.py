@@ -107,3 +107,13 @@ def test_run_reads_the_dataset_once_clustering_on_observed_expression(c2_small, 
     assert a.uns["spatial"]["S1"]["scalefactors"] == b.uns["spatial"]["S1"]["scalefactors"]
     assert json.loads((out / "clusters" / "metrics.json").read_text()) == json.loads(
         (by_hand / "clusters" / "metrics.json").read_text())
+
+
+def test_programs_with_another_head_fail_before_any_step(c2_small, tmp_path, capsys):
+    root = write_manifest(tmp_path / "data", c2_small)
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(root), "--out", str(out), "--set", "expression.head=ridge",
+                 "--set", "expression.programs=1"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "expression.programs" in err and "ridge-ensemble" in err
+    assert not out.exists()
