@@ -21,6 +21,12 @@ from spafoundation.errors import InputError
 from spafoundation.pp.genes import TARGET_SUM
 
 
+def check_programs_head(head: str, programs: int | None, path=None, field: str = "--programs") -> None:
+    """Shared expression programs are a setting of the ridge-ensemble head only."""
+    if programs is not None and head != "ridge-ensemble":
+        raise InputError(path, field, f"shared expression programs belong to the ridge-ensemble head, not {head}")
+
+
 def run(args, data: dict | None = None) -> int:
     from spafoundation import tl
     from spafoundation._settings import settings
@@ -36,10 +42,8 @@ def run(args, data: dict | None = None) -> int:
         head_params["max_epochs" if args.head == "mlp" else "epochs"] = args.epochs
     if args.lr:
         head_params["lr"] = args.lr
+    check_programs_head(args.head, args.programs)
     if args.programs is not None:
-        if args.head != "ridge-ensemble":
-            raise InputError(None, "--programs", f"shared expression programs belong to the ridge-ensemble head, "
-                             f"not {args.head}")
         head_params["programs"] = args.programs
     with api_settings(args), settings.override(device=args.device):
         model = tl.fit_expression(

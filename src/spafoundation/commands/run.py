@@ -79,10 +79,9 @@ def check_value_types(cfg: dict, config_path) -> None:
         value = cfg[key]
         if (value is not None or key == "encoder") and (not isinstance(value, str) or not value.strip()):
             raise InputError(config_path, key, f"must be {wanted}, got {value!r}")
-    e = cfg["expression"]
-    if e["programs"] is not None and e["head"] != "ridge-ensemble":
-        raise InputError(config_path, "expression.programs", "shared expression programs belong to the "
-                         f"ridge-ensemble head, not {e['head']}")
+    from spafoundation.commands.fit_expression import check_programs_head
+
+    check_programs_head(cfg["expression"]["head"], cfg["expression"]["programs"], config_path, "expression.programs")
     if cfg["stain_norm"] not in defaults.STAIN_NORM_METHODS:
         raise InputError(config_path, "stain_norm", f"must be one of {', '.join(defaults.STAIN_NORM_METHODS)}, got "
                          f"{cfg['stain_norm']!r}")

@@ -250,9 +250,8 @@ class RidgeEnsembleHead:
         alphas = (self.programs_alpha,) if self.programs_alpha is not None else self.alphas
         programs = ExpressionPrograms(k, self.n_pcs, alphas).fit(X, Y, groups, self.blocks)
         part = programs.predict(X)
-        spread = part.std(0)
-        scale = np.where(spread > 1e-12, members_pred.std(0) / np.where(spread > 1e-12, spread, 1.0), 0.0)
-        return programs, scale
+        spread = part.std(0)  # a gene the programs leave flat gets no part of them
+        return programs, members_pred.std(0) / np.where(spread > 1e-12, spread, np.inf)
 
     def _members_predict(self, parts, X: np.ndarray) -> np.ndarray:
         pred = sum(p.predict(X[:, self._columns(m)[0]]).astype(np.float64)
