@@ -56,6 +56,17 @@ def test_expression_fit_predict_in_both_forms(pair, tiny_folder, tmp_path):
     np.testing.assert_allclose(again.X, preds["C4"].X, rtol=1e-5)
 
 
+def test_expression_reference_in_both_forms(pair, her2st_root):
+    """Count-only sections shape the programs, given as a mapping or as one AnnData of several sections."""
+    reference = sf.read(her2st_root, sections=["B1", "D1"])
+    options = {"genes": "hvg:5", "source": "colour_texture"}
+    by_map = sf.tl.fit_expression(pair, None, reference=reference, **options)
+    combined = sf.tl.fit_expression(pair, None, reference=_combined(reference), **options)
+    assert by_map.training["reference"]["sections"] == ["B1", "D1"] == combined.training["reference"]["sections"]
+    # one AnnData holds the genes both sections measure, so library sizes differ a little
+    np.testing.assert_allclose(by_map.head.programs_part.loadings, combined.head.programs_part.loadings, atol=1e-3)
+
+
 def test_domains_and_tumour_scores_are_shared_across_sections_in_both_forms(pair, tiny_encoder):
     combined = _combined(pair)
     options = {"encoder": tiny_encoder, "n_clusters": 3}

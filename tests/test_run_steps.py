@@ -36,13 +36,16 @@ def test_plan_is_typed_step_configs(her2st_root, her2st_imaged, tiny_folder, tmp
     from spafoundation.run_folder import RunFolder
 
     steps = _plan(her2st_root, her2st_imaged, tiny_folder, tmp_path, "clusters.n_clusters=3", "clusters.smooth=1",
-                  "tumor.markers=ERBB2, GRB7", "tumor.grid_um=200", "expression.programs=1")
+                  "tumor.markers=ERBB2, GRB7", "tumor.grid_um=200", "expression.programs=1",
+                  f"expression.reference={her2st_root}", "expression.reference_sections=B1, D1")
     assert [type(s) for s in steps] == [FitExpressionStep, PredictExpressionStep, SuperresStep, TumorStep,
                                         ClusterStep]
     fit, predict, _, tumor, clusters = steps
     folder = RunFolder(tmp_path / "run")
     assert fit.sections == ["C3"] and fit.out == folder.expression_model and fit.head == "ridge-ensemble"
     assert fit.programs == 1 and fit.argv[fit.argv.index("--programs") + 1] == "1"
+    assert fit.reference == str(her2st_root) and fit.reference_sections == ["B1", "D1"]
+    assert fit.argv[fit.argv.index("--reference-sections") + 1] == "B1,D1"
     assert predict.model == str(folder.expression_model) and predict.sections == ["C4"]
     assert tumor.markers == ["ERBB2", "GRB7"] and tumor.grid_um == 200.0 and isinstance(tumor.grid_um, float)
     # the values as the command's parser would give them: a whole number stays one, a number from YAML is a float
@@ -54,7 +57,8 @@ def test_plan_is_typed_step_configs(her2st_root, her2st_imaged, tiny_folder, tmp
 def test_each_printed_command_parses_to_the_arguments_its_step_runs_on(her2st_root, her2st_imaged, tiny_folder,
                                                                         tmp_path):
     steps = _plan(her2st_root, her2st_imaged, tiny_folder, tmp_path, "clusters.features=predicted", "mpp=0.7",
-                  "precision=fp32", "tumor.label_column=cluster_annotation", "superres.step_um=8")
+                  "precision=fp32", "tumor.label_column=cluster_annotation", "superres.step_um=8",
+                  f"expression.reference={her2st_root}", "expression.reference_sections=B1")
     parser = build_parser()
     for step in steps:
         parsed = vars(parser.parse_args(shlex.split(step.command_line())[1:]))
@@ -109,11 +113,12 @@ def test_run_reads_the_dataset_once_clustering_on_observed_expression(c2_small, 
         (by_hand / "clusters" / "metrics.json").read_text())
 
 
-def test_programs_with_another_head_fail_before_any_step(c2_small, tmp_path, capsys):
+@pytest.mark.parametrize("setting", ["expression.programs=1", "expression.reference=elsewhere"])
+def test_programs_with_another_head_fail_before_any_step(c2_small, tmp_path, capsys, setting):
     root = write_manifest(tmp_path / "data", c2_small)
     out = tmp_path / "out"
     assert main(["run", "--data", str(root), "--out", str(out), "--set", "expression.head=ridge",
-                 "--set", "expression.programs=1"]) == EXIT_BAD_INPUT
+                 "--set", setting]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert "expression.programs" in err and "ridge-ensemble" in err
+    assert setting.split("=")[0] in err and "ridge" in err
     assert not out.exists()

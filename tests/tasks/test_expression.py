@@ -223,3 +223,51 @@ def test_cli_stain_norm_values(her2st_root, tiny_folder, tmp_path, capsys):
                  "--stain-reference", str(tmp_path / "none.png"), "--out", str(tmp_path / "e.h5ad")]) == 2
     assert "--stain-reference: needs --stain-norm" in capsys.readouterr().err
     assert not (tmp_path / "tiles").exists() and not (tmp_path / "e.h5ad").exists()
+
+
+def test_reference_sections_inform_the_programs_and_leave_held_out_patients(small_sections, her2st_root, tmp_path,
+                                                                            monkeypatch):
+    import spafoundation.tasks.expression as expression
+    from spafoundation.io import read_dataset
+
+    train = [a.copy() for a in small_sections]
+    train[2].obs["patient"] = "other"
+    reference = read_dataset(her2st_root, ["B1", "C4"])  # C4 is a training section: skipped
+    reference["B1"].obs["patient"] = "other"
+    seen = {}
+
+    def spy(X, Y, sections, folds, make_head, blocks=None, fit_options=None):
+        if fit_options is not None:
+            seen.update({f: fit_options(f)["reference"] for f in np.unique(folds)})
+        return cv_pearson(X, Y, sections, folds, make_head, blocks, fit_options)
+
+    cv_pearson = expression.gene_cv_pearson
+    monkeypatch.setattr(expression, "gene_cv_pearson", spy)
+    model = fit_expression(train, None, genes="hvg:6", source="colour_texture", cache_dir=tmp_path,
+                           reference=list(reference.values()))
+    assert model.training["reference"] == {"sections": ["B1"], "patients": ["other"], "n_spots": 295}
+    assert len(seen["other"]) == 0 and len(seen["C"]) == 1 and len(seen["C2"]) == 1  # held-out patient's: out
+    without = fit_expression(train, None, genes="hvg:6", source="colour_texture", cache_dir=tmp_path)
+    assert not np.allclose(np.abs(model.head.programs_part.loadings), np.abs(without.head.programs_part.loadings))
+    again = ExpressionModel.load(model.save(tmp_path / "model"))
+    np.testing.assert_allclose(again.predict(train[0], cache_dir=tmp_path).X,
+                               model.predict(train[0], cache_dir=tmp_path).X, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="ridge head has none"):
+        fit_expression(train, None, genes="hvg:6", head="ridge", source="colour_texture", reference=[reference["B1"]])
+
+
+def test_cli_reference(her2st_root, tmp_path, capsys):
+    common = ["--sections", "C3,C4", "--features", "colour_texture", "--genes", "hvg:6", "--cache-dir",
+              str(tmp_path / "cache"), "--quiet"]
+    assert main(["fit-expression", str(her2st_root), *common, "--reference", str(her2st_root),
+                 "--reference-sections", "B1,D1", "--out", str(tmp_path / "m")]) == 0
+    assert "programs also from 2 reference section(s) of patient(s) B, D" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["training"]["reference"]["sections"] == ["B1", "D1"]
+    for bad, field in ((["--reference", str(her2st_root), "--programs", "0"], "--reference"),
+                       (["--reference", str(her2st_root), "--head", "ridge"], "--reference"),
+                       (["--reference-sections", "B1"], "--reference-sections"),
+                       (["--reference", str(her2st_root), "--reference-sections", "Z9"], "Z9")):
+        assert main(["fit-expression", str(her2st_root), *common, *bad, "--out", str(tmp_path / "bad")]) == 2
+        assert field in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()

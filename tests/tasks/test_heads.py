@@ -169,3 +169,29 @@ def test_one_gene_is_a_column(kind):
     head = HEADS[kind]().fit(X, Y, groups)
     assert head.predict(X[:7]).shape == (7, 1)
     assert HEADS[kind].from_state(head.state(), head.hp).predict(X[:7]).shape == (7, 1)
+
+
+def test_reference_sections_sharpen_the_programs_axes():
+    """One small, noisy training section finds its genes' shared axis poorly; sections with counts alone (no
+    features) that share the axis find it, and the programs' ridge still learns only from the training spots."""
+    rng = np.random.default_rng(3)
+    genes = 40
+    axis = rng.normal(size=genes)
+    axis /= np.linalg.norm(axis)
+
+    def section(n):
+        return np.outer(rng.normal(size=n), axis) * 2.0 + 1.5 * rng.normal(size=(n, genes))
+
+    X = rng.normal(size=(40, 10)).astype(np.float32)
+    Y, groups = section(40), np.repeat("a", 40)
+    reference = [section(300) for _ in range(5)]
+    own = ExpressionPrograms(1, alphas=(10.0,)).fit(X, Y, groups)
+    shared = ExpressionPrograms(1, alphas=(10.0,)).fit(X, Y, groups, reference=reference)
+    assert abs(shared.loadings[0] @ axis) > 0.98 > abs(own.loadings[0] @ axis) + 0.03
+    # every section weighs the same: twice the spots of one reference section do not double its say
+    heavy = ExpressionPrograms(1, alphas=(10.0,)).fit(X, Y, groups, reference=[np.vstack([r, r]) for r in reference])
+    np.testing.assert_allclose(np.abs(heavy.loadings), np.abs(shared.loadings), atol=1e-8)
+    # through the ensemble head, in its fit and its inner cross-validation
+    head = RidgeEnsembleHead(programs=1).fit(np.tile(X, (3, 1)), np.vstack([Y, section(40), section(40)]),
+                                             np.repeat(["a", "b", "c"], 40), reference=reference)
+    assert abs(head.programs_part.loadings[0] @ axis) > 0.98 and head.cv_scores

@@ -193,6 +193,8 @@ class FitExpressionStep(RunStep):
     genes: str = _setting(defaults.EXPRESSION_GENES, "expression.genes")
     head: str = _setting(defaults.EXPRESSION_HEAD, "expression.head")
     programs: int | None = _setting(key="expression.programs")
+    reference: str | None = _setting(key="expression.reference")
+    reference_sections: list[str] | None = field(default=None, metadata={"key": "expression.reference_sections"})
     encoder: str = _setting(defaults.ENCODER, "encoder")
     stain_norm: str | None = _setting(key="stain_norm")
 

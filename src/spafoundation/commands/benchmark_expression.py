@@ -35,6 +35,7 @@ def genes_note(spec: str) -> str:
 
 def run(args) -> int:
     from spafoundation.eval.expression_benchmark import (
+        REFERENCE_ROW,
         baseline_contenders,
         markdown_table,
         run_expression_benchmark,
@@ -51,8 +52,15 @@ def run(args) -> int:
     if len(usable) < 2:
         raise InputError(args.data, "sections", "the benchmark needs at least two sections with images and counts")
     default = args.default_encoder or DEFAULT_ENCODER
+    reference = None
+    if args.reference_sections:
+        names = None if args.reference_sections == "all" else parse_sections(args.reference_sections)
+        reference = {n: a for n, a in read_dataset(args.data, names, **data_options(args)).items() if a.n_vars > 0}
+        if not reference:
+            raise InputError(args.data, "--reference-sections", "none of these sections has counts")
     contenders = baseline_contenders(default, args.random_encoder, extra_encoders=args.encoder or [],
-                                     options=not args.no_options, hires=args.hires_copies)
+                                     options=not args.no_options, hires=args.hires_copies,
+                                     reference=reference is not None)
     out = Path(args.out)
     command = "spafoundation " + " ".join(shlex.quote(a) for a in args.argv)
     sections_md = []
@@ -63,7 +71,7 @@ def run(args) -> int:
         t0 = time.perf_counter()
         rows, genes = run_expression_benchmark(usable, contenders, genes=args.genes, target_sum=target_sum,
                                                cache_dir=cache_dir(args), progress=not args.quiet,
-                                               copies_dir=out / "hires_copies")
+                                               copies_dir=out / "hires_copies", reference=reference)
         summary = summarize(rows, contenders)
         with atomic_path(out / f"expression_{target}_per_section.csv") as tmp:
             rows.to_csv(tmp, index=False)
@@ -87,7 +95,11 @@ def run(args) -> int:
               "predictions counted, not averaged), then over test sections; never pooled across sections.\n"
               + ("Rows ending 'hires-only copy (2000 px)': fitted on the training sections' own images, predicting "
                  "each test section from a 2000 px PNG of its image read at its scale (as Space Ranger's "
-                 "tissue_hires_image.png; eval/hires_copies.py).\n" if args.hires_copies else ""))
+                 "tissue_hires_image.png; eval/hires_copies.py).\n" if args.hires_copies else "")
+              + (f"Rows naming '{REFERENCE_ROW}': the default pipeline whose expression programs' axes are also "
+                 f"estimated from the counts of {len(reference)} reference sections (no image used), in each fold "
+                 "less the training and test sections and every section of a test patient "
+                 "(tasks/expression_reference.py).\n" if reference else ""))
     md = header + "\n" + "\n\n".join(sections_md) + "\n"
     with atomic_path(out / "expression_benchmark.md") as tmp:
         Path(tmp).write_text(md)
@@ -111,6 +123,10 @@ def register(subparsers) -> None:
     p.add_argument("--hires-copies", action="store_true",
                    help="also score the default pipeline and colour/texture on 2000 px copies of the test images "
                         "(as Space Ranger's tissue_hires_image.png), written to OUT/hires_copies")
+    p.add_argument("--reference-sections",
+                   help="'all' or comma-separated sections of DATA whose counts (no image needed) also inform the "
+                        "default head's expression programs, in an extra row; each fold leaves out its training "
+                        "and test sections and every section of a test patient")
     add_cache_args(p)
     add_precision_option(p)
     p.set_defaults(func=run)

@@ -27,6 +27,23 @@ def check_programs_head(head: str, programs: int | None, path=None, field: str =
         raise InputError(path, field, f"shared expression programs belong to the ridge-ensemble head, not {head}")
 
 
+def reference_sections(args) -> dict | None:
+    """The sections with counts of ``--reference`` (those of ``--reference-sections``), checked before the work."""
+    from spafoundation.io.readers import read_dataset
+    from spafoundation.tasks.expression_reference import check_reference_head
+
+    if args.reference is None:
+        if args.reference_sections:
+            raise InputError(None, "--reference-sections", "names sections of --reference, which is not given")
+        return None
+    check_reference_head(args.head, args.programs, field="--reference")
+    sections = read_dataset(args.reference, parse_sections(args.reference_sections))
+    with_counts = {n: a for n, a in sections.items() if a.n_vars > 0}
+    if not with_counts:
+        raise InputError(args.reference, "counts", "no reference section has counts")
+    return with_counts
+
+
 def run(args, data: dict | None = None) -> int:
     from spafoundation import tl
     from spafoundation._settings import settings
@@ -45,17 +62,23 @@ def run(args, data: dict | None = None) -> int:
     check_programs_head(args.head, args.programs)
     if args.programs is not None:
         head_params["programs"] = args.programs
+    reference = reference_sections(args)
     with api_settings(args), settings.override(device=args.device):
         model = tl.fit_expression(
             train, args.encoder, genes=args.genes, head=args.head, target_sum=parse_target_sum(args.target_sum),
             head_params=head_params or None, source=args.features, tta=args.tta or None, context=args.context,
             neighbours_um=args.neighbours_um, standardize=args.standardize, stain_norm=args.stain_norm,
+            reference=reference,
         )
     model.save(args.out)
     t = model.training
     shown = {k: v for k, v in model.recipe.items() if k != "stain_reference"}  # its numbers are in config.json
     print(f"fitted {args.head} head on {len(t['sections'])} section(s) ({', '.join(t['sections'])}), "
           f"{t['n_spots']} spots, {len(model.genes)} genes; features {shown}")
+    if t.get("reference"):
+        r = t["reference"]
+        print(f"expression programs also from {len(r['sections'])} reference section(s) of patient(s) "
+              f"{', '.join(r['patients'])} ({r['n_spots']} spots, counts only)")
     if t.get("cv_mean_r") is not None:
         print(f"inner cross-validation over training sections: mean per-gene r {t['cv_mean_r']:.3f}")
     if (line := model.reliability_summary()) is not None:
@@ -86,6 +109,11 @@ def register(subparsers) -> None:
                    help="ridge-ensemble: how many shared expression programs (the leading axes along which the "
                         "training genes vary together, predicted from every feature block) to add to each gene's "
                         "prediction (default 2; 0 = off)")
+    p.add_argument("--reference",
+                   help="ridge-ensemble: a dataset (any format DATA may be) whose sections' counts, images not "
+                        "needed, also inform the shared expression programs, e.g. other patients of the cohort or a "
+                        "public atlas of the same tissue; it never predicts them")
+    p.add_argument("--reference-sections", help="comma-separated sections of --reference (default: all with counts)")
     p.add_argument("--epochs", type=positive_int, help="epochs of the finetune head (default 20) / maximum for mlp")
     p.add_argument("--lr", type=positive_float, help="learning rate of the mlp / finetune head")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda, mps)")

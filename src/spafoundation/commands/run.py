@@ -55,7 +55,9 @@ DEFAULTS: dict = {
     "stain_norm": defaults.STAIN_NORM,  # none, macenko or reinhard: fit-expression, tumor and cluster (io/stain.py)
     "expression": {"enabled": True, "model": None, "train_sections": None, "predict_sections": None,
                    "genes": defaults.EXPRESSION_GENES, "head": defaults.EXPRESSION_HEAD,
-                   "programs": None},  # ridge-ensemble's shared expression programs (None: its default, 2)
+                   # ridge-ensemble's shared expression programs (None: its default, 2); a dataset whose sections'
+                   # counts also inform them (fit-expression --reference)
+                   "programs": None, "reference": None, "reference_sections": None},
     "superres": {"enabled": True, "step_um": None, "genes": defaults.SUPERRES_GENES},
     "tumor": {"enabled": True, "route": None, "label_column": None, "markers": None,
               "grid_um": defaults.TUMOR_GRID_UM},
@@ -82,6 +84,11 @@ def check_value_types(cfg: dict, config_path) -> None:
     from spafoundation.commands.fit_expression import check_programs_head
 
     check_programs_head(cfg["expression"]["head"], cfg["expression"]["programs"], config_path, "expression.programs")
+    if cfg["expression"]["reference"] is not None:
+        from spafoundation.tasks.expression_reference import check_reference_head
+
+        check_reference_head(cfg["expression"]["head"], cfg["expression"]["programs"], config_path,
+                             "expression.reference")
     if cfg["stain_norm"] not in defaults.STAIN_NORM_METHODS:
         raise InputError(config_path, "stain_norm", f"must be one of {', '.join(defaults.STAIN_NORM_METHODS)}, got "
                          f"{cfg['stain_norm']!r}")
@@ -180,7 +187,8 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
         if model is None and train:
             model = str(folder.expression_model)
             steps.append(FitExpressionStep(**common, sections=train, out=folder.expression_model, genes=e["genes"],
-                                           head=e["head"], programs=e["programs"], encoder=cfg["encoder"],
+                                           head=e["head"], programs=e["programs"], reference=e["reference"],
+                                           reference_sections=e["reference_sections"], encoder=cfg["encoder"],
                                            stain_norm=stain))
         if model is not None and predict:
             steps.append(PredictExpressionStep(**common, model=model, sections=predict, out=folder.predicted))

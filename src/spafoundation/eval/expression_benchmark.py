@@ -5,7 +5,9 @@ direction, then their mean), and leave-one-section-out within each patient. For 
 section measures, names only), features come from the same per-section cache for every split, and each contender's
 head is fitted on the training sections and scored per test section (metrics.evaluate_expression), never pooled.
 A contender with a stain normalisation maps every section to a reference fitted on the split's training sections
-only (``io.stain.fit_reference_on_sections``), as a fitted model does.
+only (``io.stain.fit_reference_on_sections``), as a fitted model does. A contender with ``reference`` also takes
+its expression programs' axes from the benchmark's reference sections (counts only, tasks/expression_reference.py),
+less the test sections and every section of a test patient.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pandas as pd
 
 from spafoundation import defaults
 from spafoundation.eval.metrics import evaluate_expression
-from spafoundation.eval.splits import benchmark_splits, summarize_splits
+from spafoundation.eval.splits import benchmark_splits, section_patient, summarize_splits
 from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
 from spafoundation.tasks.heads import PROGRAMS, build_head
 from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
@@ -50,6 +52,7 @@ class Contender:
     # tissue_hires_image.png has them (issue #18; eval/hires_copies.py); training sections keep their own image
     test_image: str = "given"
     ceiling: bool = False  # fitted on one half of the test section itself and scored on the other: not a contender
+    reference: bool = False  # the programs' axes also from the reference sections (ridge-ensemble head only)
 
     def recipe(self) -> dict:
         return make_recipe(source=self.source, tta=self.tta, context=self.context, neighbours_um=self.neighbours_um,
@@ -60,6 +63,7 @@ class Contender:
 PIPELINE_FEATURES = "colour/texture, nuclei, context, neighbours"
 HIRES_TEST = "test image: hires-only copy (2000 px)"  # the rows of test_image="hires"
 DEFAULT_HEAD = f"ridge ensemble + {PROGRAMS} programs"  # the default head (tasks/heads.py), as the rows name it
+REFERENCE_ROW = "programs' axes also from other patients' count-only sections"  # rows with Contender.reference
 
 
 def pipeline_contender(name: str, encoder: str | None, head: str = defaults.EXPRESSION_HEAD) -> Contender:
@@ -70,11 +74,12 @@ def pipeline_contender(name: str, encoder: str | None, head: str = defaults.EXPR
 
 
 def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_encoders: Sequence[str] = (),
-                        options: bool = True, hires: bool = False) -> list[Contender]:
+                        options: bool = True, hires: bool = False, reference: bool = False) -> list[Contender]:
     """The issue's contenders in one run: the floor, hand-crafted features, a random-init encoder of the default's
     size, the default encoder alone with each head and each option, the full default pipeline (and the same
     pipeline on the random encoder, to show what pre-training adds), then any encoder the user names. ``hires``:
-    the default pipeline and colour/texture again, scored on hires-only copies of the test sections."""
+    the default pipeline and colour/texture again, scored on hires-only copies of the test sections. ``reference``:
+    the default pipeline again with the reference sections informing its programs (and on the hires-only copies)."""
     section = {"standardize": "section"}
 
     def pipe(encoder: str, options: str) -> Contender:
@@ -117,10 +122,15 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
                 replace(pipe(default_encoder, f"per-section z, {method} stain norm"), stain_norm=method),
             ]
     rows.append(pipe(default_encoder, f"per-section z, {DEFAULT_HEAD} (default)"))
+    if reference:
+        rows.append(replace(pipe(default_encoder, f"per-section z, {DEFAULT_HEAD}, {REFERENCE_ROW}"), reference=True))
     if hires:  # issue #18: fitted on the sections' own images, predicting from a 2000 px copy of the test image
         rows += [replace(pipe(default_encoder, f"per-section z, {DEFAULT_HEAD}, {HIRES_TEST}"), test_image="hires"),
                  Contender(f"colour/texture + ridge, per-section z, {HIRES_TEST}", source="colour_texture",
                            test_image="hires", **section)]
+        if reference:
+            rows.append(replace(pipe(default_encoder, f"per-section z, {DEFAULT_HEAD}, {REFERENCE_ROW}, "
+                                                      f"{HIRES_TEST}"), test_image="hires", reference=True))
     rows.append(replace(pipeline_contender("ceiling: default pipeline fitted on the other half of the test section "
                                            "itself", default_encoder), ceiling=True))
     for enc in extra_encoders:
@@ -167,11 +177,13 @@ class FeatureStore:
 def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Contender], *,
                              genes="hvg:50", target_sum: float | None = TARGET_SUM, cache_dir=None,
                              progress: bool = False, encoders: dict | None = None,
-                             copies_dir=None) -> tuple[pd.DataFrame, dict]:
+                             copies_dir=None, reference: dict[str, ad.AnnData] | None = None
+                             ) -> tuple[pd.DataFrame, dict]:
     """Per (contender, split, test section) metrics, and the gene list of every split. ``encoders`` maps a
     contender's encoder name to an already built Encoder (e.g. a quantised one); other names are built.
     ``copies_dir``: where the hires-only copies of the sections are written, for contenders with
-    ``test_image="hires"``.
+    ``test_image="hires"``. ``reference``: sections with counts (images not needed) for contenders with
+    ``reference``; per split, less the training and test sections and every section of a test patient.
 
     Returns ``(rows, genes_per_split)``; ``summarize`` turns rows into the table (mean over test sections)."""
     splits = benchmark_splits(sections)
@@ -202,6 +214,7 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
         gene_sets[split_name] = gene_list
         Y = np.concatenate([expression_matrix(sections[n], gene_list, target_sum) for n in train])
         groups = np.concatenate([[n] * sections[n].n_obs for n in train])
+        ref = _split_reference(reference, sections, train, test, gene_list, target_sum, contenders)
         for c in contenders:
             t0 = time.perf_counter()
             if c.ceiling:
@@ -215,7 +228,9 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
                 continue
             stain = stain_for(c, train)
             X = np.concatenate([store.get(c, n, stain)[0] for n in train])
-            head = build_head(c.head, c.head_params, c.recipe()).fit(X, Y, groups, store.get(c, train[0], stain)[1])
+            options = {"reference": ref.z} if c.reference else {}
+            head = build_head(c.head, c.head_params, c.recipe()).fit(X, Y, groups, store.get(c, train[0], stain)[1],
+                                                                     **options)
             for t in test:
                 y_true = expression_matrix(sections[t], gene_list, target_sum)
                 image = t if c.test_image == "given" else _copy_name(t, c.test_image)
@@ -227,6 +242,20 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
                              "fit_seconds": round(time.perf_counter() - t0, 2), **m})
             log.info("%s %s: %s", split_name, c.name, rows[-1]["mean_r"])
     return pd.DataFrame(rows), gene_sets
+
+
+def _split_reference(reference, sections, train, test, genes, target_sum, contenders):
+    """The reference of one split (None where no contender uses one): never a training or test section, nor any
+    section of a test patient, whose counts would tell the programs about the patient being scored."""
+    if not any(c.reference for c in contenders):
+        return None
+    if not reference:
+        raise ValueError("contenders with reference=True need the benchmark's reference sections")
+    from spafoundation.tasks.expression_reference import ExpressionReference
+
+    held = {*test, *(p for t in test if (p := section_patient(sections[t])) is not None)}
+    kept = {n: a for n, a in reference.items() if n not in train}
+    return ExpressionReference.from_sections(kept, genes, target_sum).without(held)
 
 
 def _copy_name(section: str, image: str) -> str:

@@ -287,7 +287,8 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
                    head: str = defaults.EXPRESSION_HEAD,
                    target_sum: float | None = TARGET_SUM, cache_dir=None, progress: bool = False,
                    head_params: dict | None = None, candidate_genes: Sequence[str] | None = None,
-                   device: str = "cpu", **feature_options) -> ExpressionModel:
+                   device: str = "cpu", reference: Sequence[ad.AnnData] | dict | None = None,
+                   **feature_options) -> ExpressionModel:
     """Fit a head from spot features to normalised expression on ``train`` (sections with counts and images).
 
     ``feature_options``: ``source`` ("encoder", "mean_colour", "colour_texture" or several joined by "+"), ``tta``, ``context``,
@@ -295,7 +296,10 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     or "reinhard" and no ``stain_reference``, the reference is fitted over tissue patches of the training sections
     and saved in the model, so prediction maps any new section to it. ``candidate_genes`` limits gene selection (e.g.
     to the genes the sections to predict also measure, so they can be evaluated). ``device``: where an encoder given
-    by name is built (only when the features need one).
+    by name is built (only when the features need one). ``reference``: sections with counts (no image needed, e.g.
+    other patients of the cohort) whose gene co-variation informs the ridge-ensemble head's expression programs
+    (tasks/expression_reference.py); training sections among them are skipped, and the per-patient cross-validated
+    r leaves the held-out patient's reference sections out too.
     """
     train = list(train)
     for a in train:
@@ -316,12 +320,16 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     gene_list = select_genes(train, genes, target_sum, candidate_genes)
     X, Y, groups, blocks = training_matrices(train, gene_list, recipe, enc, target_sum=target_sum,
                                              cache_dir=cache_dir, progress=progress)
-    fitted = build_head(head, head_params, recipe).fit(X, Y, groups, blocks)
+    ref = programs_reference(reference, train, gene_list, target_sum, head, head_params)
+    # the reference as a head's fit takes it; less a held-out fold's section or patient in cross-validation
+    ref_fit = (lambda held=None: {"reference": ref.without([held] if held else []).z}) if ref is not None else None
+    fitted = build_head(head, head_params, recipe).fit(X, Y, groups, blocks, **(ref_fit() if ref_fit else {}))
     cv = getattr(fitted, "cv_scores", None)
     patients = section_patients(train)
     training = {"sections": [library_id(a) for a in train], "patients": patients, "n_spots": len(X),
                 "genes_spec": "list" if isinstance(genes, (list, tuple)) else str(genes),
-                "alpha": getattr(fitted, "alpha", None), "cv_mean_r": max(cv) if cv else None}
+                "alpha": getattr(fitted, "alpha", None), "cv_mean_r": max(cv) if cv else None,
+                **({"reference": ref.describe()} if ref is not None else {})}
     gene_cv = {}
     if head != "mean":
         # the fitted hyper-parameters again (ridge: its chosen alpha), refitted without each section / patient
@@ -331,11 +339,30 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
             return build_head(head, params, recipe)
 
         folds = {"sections": groups, "patients": np.array([patients[g] for g in groups])}
-        gene_cv = {k: r for k, f in folds.items() if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks))
-                   is not None}
+        gene_cv = {k: r for k, f in folds.items()
+                   if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks, ref_fit)) is not None}
     return ExpressionModel(gene_list, fitted, recipe, enc, target_sum=target_sum, training=training,
                            gene_cv=gene_cv,
                            shift=FeatureShift.fit({library_id(a): shift_features(a, cache_dir) for a in train}))
+
+
+def programs_reference(reference, train, genes, target_sum, head: str, head_params: dict | None):
+    """The reference sections (less the training ones) as an ``ExpressionReference`` on ``genes``; None without
+    one. Only the ridge-ensemble head with programs has axes for it to inform."""
+    if reference is None:
+        return None
+    from spafoundation.tasks.expression_reference import (
+        ExpressionReference,
+        check_reference_head,
+        named_sections,
+    )
+
+    check_reference_head(head, (head_params or {}).get("programs"))
+    trained = {library_id(a) for a in train}
+    sections = {n: a for n, a in named_sections(reference).items() if n not in trained}
+    if not sections:
+        log.warning("every reference section is a training section: the programs use the training sections alone")
+    return ExpressionReference.from_sections(sections, genes, target_sum)
 
 
 def _fit_finetuned(train, encoder, gene_list, target_sum, head_params, progress, genes_spec) -> ExpressionModel:

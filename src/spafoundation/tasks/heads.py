@@ -135,7 +135,7 @@ class RidgeHead:
         return head
 
 
-def _section_z(Y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def section_z(Y: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Each gene z-scored within each group (section): what varies between spots, not between sections."""
     Z = np.zeros(Y.shape)
     for g in np.unique(groups):
@@ -150,22 +150,36 @@ def _section_z(Y: np.ndarray, groups: np.ndarray) -> np.ndarray:
 # vary together (tumour against stroma, immune infiltrate) are learnt from all of them at once. Adding the predicted
 # programs, with each gene's loadings, to its own prediction lifted mean r in both directions across patients and
 # within patient C, on hvg:50 and the 785-gene list, normalised and log1p targets; two programs at equal weight did
-# best across patients (BENCHMARKS.md, 'programs' rows).
+# best across patients (BENCHMARKS.md, 'programs' rows). The axes are a property of the tissue's genes, not of the
+# images, so sections with counts alone (other patients', no H&E needed: ``reference``) can estimate them too; with
+# one or two training sections their own axes are noisy (tasks/expression_reference.py).
 PROGRAMS, PROGRAMS_WEIGHT = 2, 1.0
 
 
+def program_loadings(Z: np.ndarray, groups: np.ndarray, k: int, reference=()) -> np.ndarray:
+    """The leading ``k`` principal axes (k x genes) of section-z-scored targets ``Z`` and of each ``reference``
+    section's z-scored expression (spots x the same genes), every section weighing the same whatever its spots."""
+    gram = np.zeros((Z.shape[1], Z.shape[1]))
+    blocks = [Z[groups == g] for g in np.unique(groups)] + [np.asarray(R, dtype=np.float64) for R in reference]
+    for B in blocks:
+        gram += B.T @ B / max(len(B), 1)
+    return np.linalg.eigh(gram)[1][:, ::-1][:, :k].T
+
+
 class ExpressionPrograms:
-    """The leading ``k`` principal axes of the training targets (each section's spots z-scored per gene), and a
-    ridge from the features to each spot's scores on them. ``predict`` gives the programs' part of every gene
-    (spots x genes, in the z units of the section-standardised targets)."""
+    """The leading ``k`` principal axes of the training targets (each section's spots z-scored per gene; with
+    ``reference`` sections too), and a ridge from the features to each training spot's scores on them. ``predict``
+    gives the programs' part of every gene (spots x genes, in the z units of the section-standardised targets)."""
 
     def __init__(self, k: int, n_pcs: int = N_PCS, alphas=ALPHAS):
         self.k, self.n_pcs, self.alphas = int(k), int(n_pcs), tuple(alphas)
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None) -> ExpressionPrograms:
-        """One alpha: fitted at it; several: chosen by the ridge's grouped inner cross-validation."""
-        Z = _section_z(Y, np.asarray(groups))
-        self.loadings = np.linalg.svd(Z, full_matrices=False)[2][: self.k]
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None, reference=()) -> ExpressionPrograms:
+        """One alpha: fitted at it; several: chosen by the ridge's grouped inner cross-validation. ``reference``:
+        z-scored expression of other sections (counts only) that inform the axes, not the ridge."""
+        groups = np.asarray(groups)
+        Z = section_z(Y, groups)
+        self.loadings = program_loadings(Z, groups, self.k, reference)
         scores, ridge = Z @ self.loadings.T, RidgeHead(self.n_pcs, self.alphas)
         self.ridge = (ridge.fit_at(X, scores, self.alphas[0], blocks) if len(self.alphas) == 1
                       else ridge.fit(X, scores, groups, blocks))
@@ -242,13 +256,13 @@ class RidgeEnsembleHead:
     def _n_programs(self, n_genes: int) -> int:
         return min(self.programs, n_genes - 1) if self.programs_weight > 0 else 0
 
-    def _fit_programs(self, X, Y, groups, members_pred) -> tuple[ExpressionPrograms | None, np.ndarray | None]:
+    def _fit_programs(self, X, Y, groups, members_pred, reference) -> tuple[ExpressionPrograms | None, np.ndarray | None]:
         """The programs (alpha by inner cross-validation unless ``programs_alpha``) and each gene's scale."""
         k = self._n_programs(Y.shape[1])
         if k < 1:
             return None, None
         alphas = (self.programs_alpha,) if self.programs_alpha is not None else self.alphas
-        programs = ExpressionPrograms(k, self.n_pcs, alphas).fit(X, Y, groups, self.blocks)
+        programs = ExpressionPrograms(k, self.n_pcs, alphas).fit(X, Y, groups, self.blocks, reference)
         part = programs.predict(X)
         spread = part.std(0)  # a gene the programs leave flat gets no part of them
         return programs, members_pred.std(0) / np.where(spread > 1e-12, spread, np.inf)
@@ -258,7 +272,8 @@ class RidgeEnsembleHead:
                    for p, m in zip(parts, self.members, strict=True))
         return pred / len(parts)
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None) -> RidgeEnsembleHead:
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None, reference=()) -> RidgeEnsembleHead:
+        """``reference``: z-scored expression of sections with counts only (``ExpressionPrograms.fit``)."""
         if blocks is not None:
             self.blocks = [int(b) for b in blocks]
         groups = np.asarray(groups)
@@ -266,22 +281,24 @@ class RidgeEnsembleHead:
         for i, m in enumerate(self.members):
             cols, widths = self._columns(m)
             self.parts.append(self._member(i).fit(X[:, cols], Y, groups, widths))
-        self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X))
+        self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X),
+                                                                     reference)
         # the ensemble's own inner cross-validated score, each member (and the programs) at the alpha it chose
         refit = RidgeEnsembleHead(**chosen_params(self))
         folds = _folds(groups, len(X))
         score = 0.0
         for tr, va in folds:
-            fold = refit._fit_fixed(X[tr], Y[tr], groups[tr])
+            fold = refit._fit_fixed(X[tr], Y[tr], groups[tr], reference)
             score += _score(Y[va], fold.predict(X[va]))
         self.cv_scores = [score / len(folds)]
         return self
 
-    def _fit_fixed(self, X, Y, groups) -> RidgeEnsembleHead:
+    def _fit_fixed(self, X, Y, groups, reference=()) -> RidgeEnsembleHead:
         """Fitted at the member and program alphas already set, without cross-validation."""
         self.parts = [RidgeHead(self.n_pcs).fit_at(X[:, self._columns(m)[0]], Y, a, self._columns(m)[1])
                       for m, a in zip(self.members, self.member_alphas, strict=True)]
-        self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X))
+        self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X),
+                                                                     reference)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

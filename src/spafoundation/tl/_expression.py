@@ -12,7 +12,8 @@ from spafoundation.tl._common import cache_dir, progress
 
 def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key: str = LIBRARY_KEY,
                    genes=defaults.EXPRESSION_GENES, head: str = defaults.EXPRESSION_HEAD,
-                   target_sum: float | None = TARGET_SUM, head_params: dict | None = None, **feature_options):
+                   target_sum: float | None = TARGET_SUM, head_params: dict | None = None, reference=None,
+                   **feature_options):
     """Fit a model of spot expression from H&E on sections with counts (the ``fit-expression`` command).
 
     Parameters
@@ -38,6 +39,11 @@ def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key
         Targets are log1p(counts / library size * target_sum) (``sf.pp.normalize``); None: log1p of raw counts.
     head_params
         Hyper-parameters of the head (``epochs``, ``lr``, ...).
+    reference
+        Sections with counts, images not needed (one AnnData told apart by ``obs[library_key]``, or a mapping),
+        whose genes' co-variation also shapes the default head's expression programs: e.g. the cohort's other
+        patients or a public atlas of the tissue. Most useful when the training sections are few
+        (tasks/expression_reference.py); ``fit-expression --reference``.
     **feature_options
         ``source``, ``tta``, ``context``, ``neighbours_um``, ``standardize``, ``stain_norm`` (``"none"``,
         ``"macenko"`` or ``"reinhard"``: patches normalised to a reference fitted on the training sections and
@@ -53,9 +59,12 @@ def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key
     from spafoundation.tasks.expression import fit_expression as fit
 
     train = Sections(data, library_key).select(sections)
+    if reference is not None:
+        reference = Sections(reference, library_key).select(None)
     # a name is built by the task code, on settings.device, only if the features use it (at fp32 for "finetune")
     return fit(list(train.values()), encoder, genes=genes, head=head, target_sum=target_sum, cache_dir=cache_dir(),
-               progress=progress(), head_params=head_params, device=settings.device, **feature_options)
+               progress=progress(), head_params=head_params, device=settings.device, reference=reference,
+               **feature_options)
 
 
 def predict_expression(data, model, *, sections=None, library_key: str = LIBRARY_KEY):
