@@ -252,8 +252,9 @@ def test_reference_sections_inform_the_programs_and_leave_held_out_patients(smal
     again = ExpressionModel.load(model.save(tmp_path / "model"))
     np.testing.assert_allclose(again.predict(train[0], cache_dir=tmp_path).X,
                                model.predict(train[0], cache_dir=tmp_path).X, rtol=1e-5, atol=1e-5)
-    with pytest.raises(InputError, match="ridge head has none"):
-        fit_expression(train, None, genes="hvg:6", head="ridge", source="colour_texture", reference=[reference["B1"]])
+    for head in ("ridge", "finetune"):  # refused before any work, the fine-tuned head included
+        with pytest.raises(InputError, match=f"{head} head has none"):
+            fit_expression(train, None, genes="hvg:6", head=head, source="colour_texture", reference=[reference["B1"]])
 
 
 def test_cli_reference(her2st_root, tmp_path, capsys):

@@ -309,6 +309,10 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
             raise InputError(None, f"section {library_id(a)}", "has no H&E image to train on")
     if head not in HEADS:
         raise InputError(None, "head", f"unknown head {head!r}; choose from {sorted(HEADS)}")
+    if reference is not None:
+        from spafoundation.tasks.expression_reference import check_reference_head
+
+        check_reference_head(head, (head_params or {}).get("programs"))
     if head == "finetune":
         tuned_from = resolve_encoder(encoder, device=device, precision="fp32")  # training needs float weights
         return _fit_finetuned(train, tuned_from, select_genes(train, genes, target_sum, candidate_genes),
@@ -320,7 +324,7 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     gene_list = select_genes(train, genes, target_sum, candidate_genes)
     X, Y, groups, blocks = training_matrices(train, gene_list, recipe, enc, target_sum=target_sum,
                                              cache_dir=cache_dir, progress=progress)
-    ref = programs_reference(reference, train, gene_list, target_sum, head, head_params)
+    ref = programs_reference(reference, train, gene_list, target_sum)
     # the reference as a head's fit takes it; less a held-out fold's section or patient in cross-validation
     ref_fit = (lambda held=None: {"reference": ref.without([held] if held else []).z}) if ref is not None else None
     fitted = build_head(head, head_params, recipe).fit(X, Y, groups, blocks, **(ref_fit() if ref_fit else {}))
@@ -346,18 +350,13 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
                            shift=FeatureShift.fit({library_id(a): shift_features(a, cache_dir) for a in train}))
 
 
-def programs_reference(reference, train, genes, target_sum, head: str, head_params: dict | None):
+def programs_reference(reference, train, genes, target_sum):
     """The reference sections (less the training ones) as an ``ExpressionReference`` on ``genes``; None without
-    one. Only the ridge-ensemble head with programs has axes for it to inform."""
+    one."""
     if reference is None:
         return None
-    from spafoundation.tasks.expression_reference import (
-        ExpressionReference,
-        check_reference_head,
-        named_sections,
-    )
+    from spafoundation.tasks.expression_reference import ExpressionReference, named_sections
 
-    check_reference_head(head, (head_params or {}).get("programs"))
     trained = {library_id(a) for a in train}
     sections = {n: a for n, a in named_sections(reference).items() if n not in trained}
     if not sections:
