@@ -254,8 +254,9 @@ def _split_reference(reference, sections, train, test, genes, target_sum, conten
     from spafoundation.tasks.expression_reference import ExpressionReference
 
     held = {*test, *(p for t in test if (p := section_patient(sections[t])) is not None)}
-    kept = {n: a for n, a in reference.items() if n not in train}
-    return ExpressionReference.from_sections(kept, genes, target_sum).without(held)
+    kept = {n: a for n, a in reference.items()
+            if n not in train and n not in held and section_patient(a) not in held}  # left out before any work
+    return ExpressionReference.from_sections(kept, genes, target_sum)
 
 
 def _copy_name(section: str, image: str) -> str:
