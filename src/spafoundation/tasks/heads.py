@@ -159,11 +159,11 @@ PROGRAMS, PROGRAMS_WEIGHT = 2, 1.0
 def program_loadings(Z: np.ndarray, groups: np.ndarray, k: int, reference=()) -> np.ndarray:
     """The leading ``k`` principal axes (k x genes) of section-z-scored targets ``Z`` and of each ``reference``
     section's z-scored expression (spots x the same genes), every section weighing the same whatever its spots."""
-    gram = np.zeros((Z.shape[1], Z.shape[1]))
     blocks = [Z[groups == g] for g in np.unique(groups)] + [np.asarray(R, dtype=np.float64) for R in reference]
-    for B in blocks:
-        gram += B.T @ B / max(len(B), 1)
-    return np.linalg.eigh(gram)[1][:, ::-1][:, :k].T
+    M = np.vstack([B / np.sqrt(max(len(B), 1)) for B in blocks])
+    if len(M) < M.shape[1]:  # fewer spots than genes: the SVD of the spots, not a genes x genes eigenproblem
+        return np.linalg.svd(M, full_matrices=False)[2][:k]
+    return np.linalg.eigh(M.T @ M)[1][:, ::-1][:, :k].T
 
 
 class ExpressionPrograms:
