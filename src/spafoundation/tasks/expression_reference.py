@@ -21,8 +21,9 @@ import anndata as ad
 import numpy as np
 
 from spafoundation.errors import InputError
+from spafoundation.eval.splits import section_patient
 from spafoundation.io.anndata_spec import library_id
-from spafoundation.pp.genes import TARGET_SUM, library_size, normalize_log1p
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix
 from spafoundation.tasks.heads import section_z
 
 MIN_SPOTS = 10  # fewer spots say nothing about how genes co-vary
@@ -70,12 +71,11 @@ class ExpressionReference:
             if len(have) < MIN_GENE_SHARE * len(genes):
                 raise InputError(None, f"reference section {name}", f"measures {len(have)} of the model's "
                                  f"{len(genes)} genes; a reference needs at least {MIN_GENE_SHARE:.0%} of them")
-            cols = a.var_names.get_indexer([genes[i] for i in have])
             z = np.zeros((a.n_obs, len(genes)))
-            expr = normalize_log1p(a.X[:, cols], target_sum, lib=library_size(a.X))
+            expr = expression_matrix(a, [genes[i] for i in have], target_sum)
             z[:, have] = section_z(np.asarray(expr, dtype=np.float64), np.zeros(a.n_obs))
             ids.append(name)
-            patients.append(str(a.obs["patient"].iloc[0]) if "patient" in a.obs else name)
+            patients.append(section_patient(a) or name)
             zs.append(z)
         return cls(tuple(ids), tuple(patients), tuple(zs))
 
