@@ -22,6 +22,7 @@ from _markdown import update_section
 from spafoundation.cli import main
 from spafoundation.eval.expression_benchmark import HIRES_TEST, REFERENCE_ROW
 from spafoundation.eval.splits import LOPO, LOSO, MEAN_OF_DIRECTIONS, headline
+from spafoundation.tasks.heads import REFERENCE_AXES
 from spafoundation.utils.precision import REFERENCE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,8 @@ READING = (
     "`standardize: section`). 'ridge ensemble + 2 programs': the default head, the mean of a ridge on every block and "
     "one on the spot patch's colour/texture and nuclei, plus the two leading axes along which the training genes vary "
     "together, predicted from every block ('no programs' leaves them out). "
-    "The rows naming other patients' count-only sections are the default whose programs' axes are also estimated "
+    "The rows naming other patients' count-only sections are the default whose shared axes (its two programs', and "
+    f"the {REFERENCE_AXES} leading axes to which its members' training targets are reduced) are also estimated "
     "from the counts of the other HER2ST sections (`--reference-sections all`: the 30 sections of patients A-H "
     "that have counts but no image here), in each fold less the training and test sections and every section of a "
     "test patient (C -> A1: 25 sections of patients B-H and C1; A1 -> C: 29, A2-A6 among them): an option "
@@ -60,7 +62,7 @@ def ratios(rows: pd.DataFrame) -> list[str]:
     one_ridge = [c for c in by.index if c.endswith((", one ridge", ", no programs", ", no nuclei"))]
     lines = [f"- default pipeline / {b}: {by[default]:.3f} / {by[b]:.3f} = **{by[default] / by[b]:.2f}x**"
              for b in (best_colour, encoder_alone, random_, *one_ridge)]
-    # the default pipeline with other patients' count-only sections informing its programs (issue #17)
+    # the default pipeline with other patients' count-only sections informing its shared axes (issue #17)
     with_reference = next((c for c in by.index if c.endswith(REFERENCE_ROW)), None)
     if with_reference is not None:
         lines += [f"- default pipeline, {REFERENCE_ROW} / {b}: {by[with_reference]:.3f} / {by[b]:.3f} = "

@@ -45,6 +45,7 @@ def run(args) -> int:
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.io.readers import read_dataset
     from spafoundation.tasks.expression import DEFAULT_ENCODER
+    from spafoundation.tasks.heads import REFERENCE_AXES
     from spafoundation.utils.atomic import atomic_path
 
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
@@ -96,8 +97,8 @@ def run(args) -> int:
               + ("Rows ending 'hires-only copy (2000 px)': fitted on the training sections' own images, predicting "
                  "each test section from a 2000 px PNG of its image read at its scale (as Space Ranger's "
                  "tissue_hires_image.png; eval/hires_copies.py).\n" if args.hires_copies else "")
-              + (f"Rows naming '{REFERENCE_ROW}': the default pipeline whose expression programs' axes are also "
-                 f"estimated from the counts of {len(reference)} reference sections (no image used), in each fold "
+              + (f"Rows naming '{REFERENCE_ROW}': the default pipeline whose shared axes (its programs' and the "
+                 f"{REFERENCE_AXES} its members' targets are reduced to) are also estimated from the counts of {len(reference)} reference sections (no image used), in each fold "
                  "less the training and test sections and every section of a test patient "
                  "(tasks/expression_reference.py).\n" if reference else ""))
     md = header + "\n" + "\n\n".join(sections_md) + "\n"

@@ -6,8 +6,8 @@ section measures, names only), features come from the same per-section cache for
 head is fitted on the training sections and scored per test section (metrics.evaluate_expression), never pooled.
 A contender with a stain normalisation maps every section to a reference fitted on the split's training sections
 only (``io.stain.fit_reference_on_sections``), as a fitted model does. A contender with ``reference`` also takes
-its expression programs' axes from the benchmark's reference sections (counts only, tasks/expression_reference.py),
-less the test sections and every section of a test patient.
+the shared axes of its head (the programs', and those its members' targets are reduced to) from the benchmark's
+reference sections (counts only, tasks/expression_reference.py), less the test sections and every section of a test patient.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Contender:
     # tissue_hires_image.png has them (issue #18; eval/hires_copies.py); training sections keep their own image
     test_image: str = "given"
     ceiling: bool = False  # fitted on one half of the test section itself and scored on the other: not a contender
-    reference: bool = False  # the programs' axes also from the reference sections (ridge-ensemble head only)
+    reference: bool = False  # the shared axes also from the reference sections (ridge-ensemble head only)
 
     def recipe(self) -> dict:
         return make_recipe(source=self.source, tta=self.tta, context=self.context, neighbours_um=self.neighbours_um,
@@ -63,7 +63,7 @@ class Contender:
 PIPELINE_FEATURES = "colour/texture, nuclei, context, neighbours"
 HIRES_TEST = "test image: hires-only copy (2000 px)"  # the rows of test_image="hires"
 DEFAULT_HEAD = f"ridge ensemble + {PROGRAMS} programs"  # the default head (tasks/heads.py), as the rows name it
-REFERENCE_ROW = "programs' axes also from other patients' count-only sections"  # rows with Contender.reference
+REFERENCE_ROW = "shared axes also from other patients' count-only sections"  # rows with Contender.reference
 
 
 def pipeline_contender(name: str, encoder: str | None, head: str = defaults.EXPRESSION_HEAD) -> Contender:
