@@ -128,11 +128,17 @@ def test_tumor_maps_needs_labels_for_the_supervised_route(labelled):
         tumor_maps(labelled, labelled, routes=["supervised"], label_column="nope", source="mean_colour")
 
 
-def test_cli_tumor_writes_spots_grid_model_and_heatmaps(her2st_root, tiny_folder, tmp_path, capsys):
+def test_cli_tumor_writes_spots_grid_model_and_heatmaps(her2st_root, tiny_folder, tmp_path, capsys, monkeypatch):
+    from spafoundation.io import readers
+
+    read = []  # the sections each call reads: those it scores and trains on, not the 36 of the folder
+    read_dataset = readers.read_dataset
+    monkeypatch.setattr(readers, "read_dataset", lambda path, sections=None, **kw: read.append(sections) or
+                        read_dataset(path, sections, **kw))
     out = tmp_path / "tumor"
     common = ["--encoder", str(tiny_folder), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
-    assert main(["tumor", str(her2st_root), "--sections", "C2,C3", "--label-column", "cluster_annotation",
-                 "--route", "both", "--grid-um", "1500", "--out", str(out), *common]) == 0
+    assert main(["tumor", str(her2st_root), "--sections", "C2,C3", "--train-sections", "C3,C4,A1", "--label-column",
+                 "cluster_annotation", "--route", "both", "--grid-um", "1500", "--out", str(out), *common]) == 0
     spots = ad.read_h5ad(out / "spots.h5ad")
     assert {"tumor_probability", "tumor_marker_score", "tumor_label"} <= set(spots.obs)
     assert set(spots.obs["section"]) == {"C2", "C3"}
@@ -140,8 +146,8 @@ def test_cli_tumor_writes_spots_grid_model_and_heatmaps(her2st_root, tiny_folder
     assert set(grid.obs["section"]) == {"C2", "C3"} and grid.obs["tumor_probability"].between(0, 1).all()
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"supervised", "markers"} and metrics["supervised"]["C2"]["held_out"] is True
-    trained = metrics["supervised"]["C2"]["trained_on"]  # every other imaged section with labels: C3-C6, A1
-    assert "C2" not in trained and {"C3", "C4", "A1"} <= set(trained)
+    trained = metrics["supervised"]["C2"]["trained_on"]
+    assert sorted(trained) == ["A1", "C3", "C4"] and metrics["supervised"]["C3"]["trained_on"] == ["C4", "A1"]
     assert (out / "C2_tumor.png").stat().st_size > 10_000
     text = capsys.readouterr().out
     assert "ROC AUC" in text and f"tumour spots, out-of-sample (model trained on {', '.join(trained)})" in text
@@ -155,10 +161,11 @@ def test_cli_tumor_writes_spots_grid_model_and_heatmaps(her2st_root, tiny_folder
     assert again["held_out"] is False and "C4" in again["trained_on"]
     assert "C4 supervised" in (text := capsys.readouterr().out) and "tumour spots, in training (model" in text
     assert TumorModel.load(out / "model", encoder=str(tiny_folder)).recipe == make_recipe(**TUMOR_FEATURES)
+    assert read == [["C2", "C3", "C4", "A1"], ["C4"]]
 
 
 def test_cli_tumor_unknown_label_column_exits_2_and_writes_nothing(her2st_root, tiny_folder, tmp_path, capsys):
     out = tmp_path / "tumor"
-    assert main(["tumor", str(her2st_root), "--sections", "C2", "--label-column", "nope", "--out", str(out),
-                 "--encoder", str(tiny_folder)]) == 2
+    assert main(["tumor", str(her2st_root), "--sections", "C2", "--train-sections", "C3", "--label-column", "nope",
+                 "--out", str(out), "--encoder", str(tiny_folder)]) == 2
     assert not out.exists() and "nope" in capsys.readouterr().err

@@ -37,14 +37,18 @@ def run(args, data: dict | None = None) -> int:
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
     check_format_available(args)
-    data = command_dataset(args, data, None)
-    wanted = parse_sections(args.sections)
+    wanted, train_names = parse_sections(args.sections), parse_sections(args.train_sections)
+    # only the sections it uses are read (HER2ST's 36 count tables take half a minute): those to score, and those to
+    # train on unless a saved model scores them; without --train-sections any imaged section may train
+    needed = None
+    if wanted and (args.model or train_names):
+        needed = list(dict.fromkeys([*wanted, *([] if args.model else train_names)]))
+    data = command_dataset(args, data, needed)
     missing = [s for s in wanted or [] if s not in data]
     if missing:
         raise InputError(args.data, "--sections", f"no section {', '.join(missing)} (have: {', '.join(data)})")
     imaged = {n: a for n, a in data.items() if image_path(a)}
     targets = imaged_sections({n: a for n, a in data.items() if not wanted or n in wanted}, args.data, "to score")
-    train_names = parse_sections(args.train_sections)
     train = {n: a for n, a in imaged.items() if not train_names or n in train_names}
     model = TumorModel.load(args.model, encoder=args.encoder) if args.model else None
     with api_settings(args):

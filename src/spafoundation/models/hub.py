@@ -192,10 +192,12 @@ def build_hub_spec(repo: str, spec: HubSpec, weights=None, overrides: dict | Non
     overrides = dict(overrides or {})
     kwargs = {**spec.timm_kwargs, **overrides.pop("timm_kwargs", {})}
     input_size = int(overrides.pop("input_size", spec.input_size))
+    # the weights are found before the network is built: H-optimus-0's 1.1B parameters take half a minute and
+    # several GB to initialise, which a user without its weights should not wait for to be told so
+    path = (str(weights) if weights else fetch_hub_file(repo, spec.files)) if pretrained else None
     model = create_vit(spec.arch, input_size, **kwargs)
     cfg = {"arch": spec.arch, "timm_kwargs": kwargs, "source": f"hf-hub:{repo}"}
     if pretrained:
-        path = str(weights) if weights else fetch_hub_file(repo, spec.files)
         _load_state_file(model, path, spec.key_format, f"hf-hub:{repo}")
         identity = f"hf-hub:{repo}@{file_sha256(path)}-{config_hash(cfg)}"
     else:
