@@ -40,8 +40,8 @@ def test_tumor_computes_through_tumor_maps(her2st_root, tiny_folder, tmp_path, r
     calls = record("tumor_maps")
     out = tmp_path / "tumor"
     assert main(["tumor", str(her2st_root), "--sections", "C2,C3", "--train-sections", "C2,C3,C4", "--label-column",
-                 "cluster_annotation", "--route", "supervised", "--grid-um", "0", "--no-figure", "--encoder", str(tiny_folder), "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+                 "cluster_annotation", "--route", "supervised", "--grid-um", "0", "--no-figure", "--encoder",
+                 str(tiny_folder), "--quiet", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     assert len(calls) == 1 and calls[0]["sections"] == ["C2", "C3"] and calls[0]["route"] == "supervised"
     assert calls[0]["train_sections"] == ["C2", "C3", "C4"]
     assert ad.read_h5ad(out / "spots.h5ad").obs["tumor_probability"].between(0, 1).all()

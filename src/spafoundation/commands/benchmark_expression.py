@@ -98,9 +98,10 @@ def run(args) -> int:
                  "each test section from a 2000 px PNG of its image read at its scale (as Space Ranger's "
                  "tissue_hires_image.png; eval/hires_copies.py).\n" if args.hires_copies else "")
               + (f"Rows naming '{REFERENCE_ROW}': the default pipeline whose shared axes (its programs' and the "
-                 f"{REFERENCE_AXES} its members' targets are reduced to) are also estimated from the counts of {len(reference)} reference sections (no image used), in each fold "
-                 "less the training and test sections and every section of a test patient "
-                 "(tasks/expression_reference.py).\n" if reference else ""))
+                 f"{REFERENCE_AXES} its members' targets are reduced to) are also estimated from the counts of "
+                 f"{len(reference)} reference sections (no image used), in each fold less the training and test "
+                 "sections and every section of a test patient (tasks/expression_reference.py).\n"
+                 if reference else ""))
     md = header + "\n" + "\n\n".join(sections_md) + "\n"
     with atomic_path(out / "expression_benchmark.md") as tmp:
         Path(tmp).write_text(md)

@@ -7,7 +7,8 @@ head is fitted on the training sections and scored per test section (metrics.eva
 A contender with a stain normalisation maps every section to a reference fitted on the split's training sections
 only (``io.stain.fit_reference_on_sections``), as a fitted model does. A contender with ``reference`` also takes
 the shared axes of its head (the programs', and those its members' targets are reduced to) from the benchmark's
-reference sections (counts only, tasks/expression_reference.py), less the test sections and every section of a test patient.
+reference sections (counts only, tasks/expression_reference.py), less the test sections and every section of a
+test patient.
 """
 
 from __future__ import annotations
