@@ -15,6 +15,7 @@ from spafoundation.tasks.heads import (
     build_head,
     chosen_params,
     ensemble_members,
+    program_loadings,
     reduced_targets,
 )
 
@@ -228,3 +229,26 @@ def test_reference_axes_reduce_the_members_targets_to_the_shared_axes():
     # the training sections' own axes are not used: without a reference the members learn the targets as they are
     np.testing.assert_array_equal(RidgeEnsembleHead(programs=0, alphas=(10.0,), reference_axes=2).fit(X, Y, groups)
                                   .predict(Xt), fits[0].predict(Xt))
+
+
+def test_many_genes_and_spots_take_the_leading_axes_by_a_randomised_svd(monkeypatch):
+    """Over a thousand genes and spots (a reference of many sections, a whole-transcriptome gene list), the axes come
+    from a randomised SVD: those of the exact decomposition, to the sign (|cos| > 0.999)."""
+    from sklearn.utils import extmath
+
+    from spafoundation.tasks import heads
+
+    calls = []
+    randomized_svd = extmath.randomized_svd
+    monkeypatch.setattr(extmath, "randomized_svd", lambda *a, **kw: calls.append(a[1]) or randomized_svd(*a, **kw))
+    rng = np.random.default_rng(2)
+    spots, genes = 1200, 1100
+    axes = np.linalg.qr(rng.normal(size=(genes, 5)))[0].T
+    Z = rng.normal(size=(spots, 5)) * np.array([6.0, 5, 4, 3, 2]) @ axes + rng.normal(size=(spots, genes))
+    groups = np.repeat(["a", "b"], spots // 2)
+    fast = program_loadings(Z, groups, 5)
+    assert calls == [5]
+    monkeypatch.setattr(heads, "EXACT_AXES_UP_TO", 10**9)
+    exact = program_loadings(Z, groups, 5)
+    assert calls == [5] and fast.shape == exact.shape == (5, genes)
+    np.testing.assert_allclose(np.abs(np.sum(fast * exact, axis=1)), 1.0, atol=1e-3)
