@@ -156,8 +156,9 @@ def section_z(Y: np.ndarray, groups: np.ndarray) -> np.ndarray:
 PROGRAMS, PROGRAMS_WEIGHT = 2, 1.0
 # With a reference, each ensemble member also learns the training targets reduced to their 20 leading shared axes
 # (training and reference sections): a gene's own variation off those axes is mostly noise on a few hundred spots.
-# Across patients that lifted the reference rows from 0.082 to 0.095 (hvg:50) and 0.066 to 0.072 (785 genes), best
-# at 20 axes of 3-50 on both gene lists; the training sections' own axes gave nothing (0.072 either way).
+# Across patients (BENCHMARKS.md) that lifted the reference rows from 0.082 to 0.089 (hvg:50 normalised), 0.162 to
+# 0.168 (log1p counts) and 0.066 to 0.073 (785 genes), all in A1 -> C; 20 axes did best of 3-50 on both gene lists in
+# a sweep on cached features, and the training sections' own axes gave nothing (0.072 either way on hvg:50).
 REFERENCE_AXES = 20
 
 
