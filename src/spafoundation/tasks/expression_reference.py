@@ -6,9 +6,9 @@ them from a few hundred spots. Sections with counts alone (other patients of the
 tissue) estimate them better: fitted on A1 alone and scored on patient C, the default pipeline's mean r over the
 785 genes rose from 0.045 to 0.075-0.084 with the count-only HER2ST sections of any one other patient, and to 0.092
 with those of all of them (BENCHMARKS.md has the benchmark's rows). The head also reduces its members' training
-targets to the leading axes they give (``heads.REFERENCE_AXES``): a gene's own variation off them is mostly noise
-(0.104 with all of them).
-They only shape the axes; what the image predicts is still learnt from the imaged training sections.
+targets to the leading axes they give (``heads.REFERENCE_AXES``), since a gene's own variation off them is mostly
+noise: 0.104 with all of them. They only shape the axes and the targets' reduction; what the image predicts is still
+learnt from the imaged training sections.
 
 Each reference section is z-scored per gene within itself (as the training targets are), so library depth, batch and
 patient offsets drop out; a gene it does not measure is 0 there (no co-variation).

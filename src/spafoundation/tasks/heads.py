@@ -160,8 +160,6 @@ PROGRAMS, PROGRAMS_WEIGHT = 2, 1.0
 # 0.168 (log1p counts) and 0.066 to 0.073 (785 genes), all in A1 -> C; 20 axes did best of 3-50 on both gene lists in
 # a sweep on cached features, and the training sections' own axes gave nothing (0.072 either way on hvg:50).
 REFERENCE_AXES = 20
-
-
 EXACT_AXES_UP_TO = 1000  # spots and genes both above it: the leading axes by a randomised SVD
 
 
