@@ -169,3 +169,8 @@ def test_cli_tumor_unknown_label_column_exits_2_and_writes_nothing(her2st_root, 
     assert main(["tumor", str(her2st_root), "--sections", "C2", "--train-sections", "C3", "--label-column", "nope",
                  "--out", str(out), "--encoder", str(tiny_folder)]) == 2
     assert not out.exists() and "nope" in capsys.readouterr().err
+    # a training section the data does not have is named, whether or not the sections to score are given
+    for sections in (["--sections", "C2"], []):
+        assert main(["tumor", str(her2st_root), *sections, "--train-sections", "Z9", "--out", str(out),
+                     "--encoder", str(tiny_folder)]) == 2
+        assert not out.exists() and "Z9" in capsys.readouterr().err

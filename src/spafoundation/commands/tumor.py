@@ -44,9 +44,10 @@ def run(args, data: dict | None = None) -> int:
     if wanted and (args.model or train_names):
         needed = list(dict.fromkeys([*wanted, *([] if args.model else train_names)]))
     data = command_dataset(args, data, needed)
-    missing = [s for s in wanted or [] if s not in data]
-    if missing:
-        raise InputError(args.data, "--sections", f"no section {', '.join(missing)} (have: {', '.join(data)})")
+    for option, names in (("--sections", wanted), ("--train-sections", train_names)):
+        missing = [s for s in names or [] if s not in data]
+        if missing:
+            raise InputError(args.data, option, f"no section {', '.join(missing)} (have: {', '.join(data)})")
     imaged = {n: a for n, a in data.items() if image_path(a)}
     targets = imaged_sections({n: a for n, a in data.items() if not wanted or n in wanted}, args.data, "to score")
     train = {n: a for n, a in imaged.items() if not train_names or n in train_names}
