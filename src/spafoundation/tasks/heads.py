@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from spafoundation.eval.metrics import pearson_per_gene
+from spafoundation.utils.linalg import thin_svd
 
 ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 N_PCS = 256
@@ -176,7 +177,7 @@ def program_loadings(Z: np.ndarray, groups: np.ndarray, k: int, reference=()) ->
 
         return randomized_svd(M, k, n_oversamples=k + 10, n_iter=7, random_state=0)[2]
     if len(M) < M.shape[1]:  # fewer spots than genes: the SVD of the spots, not a genes x genes eigenproblem
-        return np.linalg.svd(M, full_matrices=False)[2][:k]
+        return thin_svd(M)[2][:k]
     return np.linalg.eigh(M.T @ M)[1][:, ::-1][:, :k].T
 
 

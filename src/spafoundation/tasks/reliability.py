@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from spafoundation.eval.metrics import pearson_per_gene
+from spafoundation.utils.linalg import thin_svd
 
 RELIABLE_R = 0.1  # a gene is 'reliable' when its cross-validated r (patients where there are two) reaches this
 SHIFT_PREFIX = "shift."  # keys of the shift reference among the arrays of a saved model
@@ -109,7 +110,7 @@ def _space(feats: np.ndarray) -> dict[str, np.ndarray]:
     mean, scale = feats.mean(0), feats.std(0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     z = (feats - mean) / scale
-    _, sv, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+    _, sv, vt = thin_svd(z - z.mean(0))
     k = min(N_COMPONENTS, len(sv))
     sd = np.maximum(sv[:k] / np.sqrt(max(1, len(z) - 1)), 1e-12)
     points = (z @ vt[:k].T) / sd
