@@ -6,7 +6,7 @@ import os
 
 
 def read(path: str | os.PathLike, sections=None, *, bin_um: float | None = None, image: str | os.PathLike | None = None,
-         mpp: float | None = None, with_images: bool = True):
+         mpp: float | None = None, with_images: bool = True, imaged_only: bool = False):
     """Read a spatial transcriptomics dataset with its H&E images, whatever its layout.
 
     Parameters
@@ -26,6 +26,10 @@ def read(path: str | os.PathLike, sections=None, *, bin_um: float | None = None,
     with_images
         Load the ``hires`` thumbnail into ``uns['spatial'][section]['images']`` (for plotting); the full-resolution
         image is always read lazily from ``metadata['image_path']``.
+    imaged_only
+        Leave out the sections without an H&E image (a cohort whose counts outnumber its images, as HER2ST's 36
+        sections with 6 images); where counts and images are kept apart (legacy ST, ST Pipeline files) their
+        counts are never read.
 
     Returns
     -------
@@ -41,4 +45,4 @@ def read(path: str | os.PathLike, sections=None, *, bin_um: float | None = None,
         sections = [sections]
     options = {"with_images": with_images, **({"mpp": mpp} if mpp is not None else {})}
     return read_dataset(path, list(sections) if sections is not None else None, bin_um=bin_um, image=image,
-                        **options)
+                        imaged_only=imaged_only, **options)

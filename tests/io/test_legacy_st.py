@@ -90,3 +90,30 @@ def test_st_pipeline_count_file_without_its_selection_names_it(her2st_root, tmp_
     with pytest.raises(InputError, match="no spot_data-selection file for section P4_ST_rep1") as e:
         read_dataset(folder, with_images=False)
     assert e.value.path.endswith("P4_ST_rep1_stdata.tsv.gz")
+
+
+def test_imaged_only_leaves_imageless_sections_out_unread(her2st_root, monkeypatch, caplog):
+    from spafoundation.io import legacy_st
+
+    read = []
+    real = legacy_st.read_legacy_st_section
+    monkeypatch.setattr(legacy_st, "read_legacy_st_section", lambda root, s, **kw: read.append(s) or real(root, s, **kw))
+    with caplog.at_level("INFO"):
+        data = read_dataset(her2st_root, imaged_only=True, with_images=False)
+    assert sorted(data) == sorted(read) == ["A1", "C2", "C3", "C4", "C5", "C6"]  # 30 count tables never opened
+    assert "left out 30 section(s) without an H&E image: A2, A3" in caplog.text
+    assert list(read_dataset(her2st_root, ["B1", "A1"], imaged_only=True, with_images=False)) == ["A1"]
+    with pytest.raises(Exception, match="unknown section"):  # a name the data lacks is still an error
+        read_dataset(her2st_root, ["Z9"], imaged_only=True)
+
+
+def test_imaged_only_on_st_pipeline_files_and_an_h5ad(her2st_root, tmp_path, caplog):
+    folder = _st_pipeline_folder(her2st_root, tmp_path / "GSE3", {"C2": "P2_ST_rep1", "B1": "P9_ST_rep1"})
+    with caplog.at_level("INFO"):
+        assert list(read_dataset(folder, imaged_only=True, with_images=False)) == ["P2_ST_rep1"]
+    assert "left out 1 section(s) without an H&E image: P9_ST_rep1" in caplog.text
+    # layouts that hold counts and image together are read, then filtered
+    b1 = read_dataset(her2st_root, ["B1"], with_images=False)["B1"]
+    b1.write_h5ad(tmp_path / "b1.h5ad")
+    assert read_dataset(tmp_path / "b1.h5ad", imaged_only=True) == {}
+    assert list(read_dataset(tmp_path / "b1.h5ad")) == ["B1"]

@@ -113,6 +113,25 @@ def test_cli_fit_and_predict(her2st_root, tiny_folder, tmp_path, capsys):
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists() and not (tmp_path / "p.csv").exists()
 
 
+def test_cli_fit_without_sections_trains_on_the_imaged_ones(her2st_root, tiny_folder, tmp_path, capsys):
+    # a cohort whose counts outnumber its images (HER2ST's layout): C3 imaged, B1 counts only
+    data = tmp_path / "cohort"
+    for sub in ("ST-cnts", "ST-spotfiles", "ST-imgs/C"):
+        (data / sub).mkdir(parents=True)
+    for s in ("C3", "B1"):
+        (data / "ST-cnts" / f"{s}.tsv.gz").symlink_to(her2st_root / "ST-cnts" / f"{s}.tsv.gz")
+        (data / "ST-spotfiles" / f"{s}_selection.tsv").symlink_to(her2st_root / "ST-spotfiles" / f"{s}_selection.tsv")
+    (data / "ST-imgs" / "C" / "C3").symlink_to(her2st_root / "ST-imgs" / "C" / "C3")
+    model_dir = tmp_path / "model"
+    assert main(["fit-expression", str(data), "--encoder", str(tiny_folder), "--features", "encoder", "--genes",
+                 "hvg:4", "--out", str(model_dir), "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert json.loads((model_dir / "config.json").read_text())["training"]["sections"] == ["C3"]
+    # named, a section without an image is still refused: it cannot train
+    assert main(["fit-expression", str(data), "--sections", "C3,B1", "--encoder", str(tiny_folder),
+                 "--out", str(tmp_path / "m2"), "--quiet"]) == 2
+    assert "B1" in capsys.readouterr().err and not (tmp_path / "m2").exists()
+
+
 def test_finetune_head_trains_saves_and_reloads(small_sections, tiny_encoder, tmp_path):
     train, test = small_sections[:2], small_sections[2]
     before = {k: v.clone() for k, v in tiny_encoder.model.state_dict().items()}

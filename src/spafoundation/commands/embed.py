@@ -45,11 +45,8 @@ def run(args) -> int:
     if args.out:
         check_output_file(args.out, ".h5ad")
     sections = parse_sections(args.sections)
-    data = read_dataset(args.data, sections, **data_options(args))
-    imaged = imaged_sections(data, args.data, "to embed")
-    skipped = sorted(set(data) - set(imaged))
-    if skipped:
-        print(f"skipping {len(skipped)} section(s) without an image: {', '.join(skipped)}")
+    imaged = imaged_sections(read_dataset(args.data, sections, imaged_only=True, **data_options(args)), args.data,
+                             "to embed")
     world = current_world()
     if world.size > 1 and args.no_cache:
         raise InputError(None, "--no-cache", "under torchrun the ranks hand their sections over through the cache")

@@ -50,7 +50,9 @@ def run(args, data: dict | None = None) -> int:
     from spafoundation.utils.atomic import check_output_dir
 
     check_output_dir(args.out)  # before the work: never replace a folder of the user's
-    data = command_dataset(args, data, parse_sections(args.sections))
+    sections = parse_sections(args.sections)
+    # without --sections: every section with an image (one named without is an error: it cannot train)
+    data = command_dataset(args, data, sections, imaged_only=sections is None)
     train = {n: a for n, a in data.items() if a.n_vars > 0}
     if not train:
         raise InputError(args.data, "counts", "no selected section has counts to train on")

@@ -54,7 +54,7 @@ def run(args, data: dict | None = None) -> int:
     if unknown:  # checked before the work, not when drawing the figure after it
         raise InputError(args.model, "--genes", f"not predicted by this model: {', '.join(unknown[:10])} (it predicts "
                          f"{', '.join(model.genes[:10])}{', ...' if len(model.genes) > 10 else ''})")
-    data = command_dataset(args, data, parse_sections(args.sections))
+    data = command_dataset(args, data, parse_sections(args.sections), imaged_only=True)
     imaged = imaged_sections(data, args.data, "to predict from")
     metrics = {}
     if (line := model.reliability_summary()) is not None:

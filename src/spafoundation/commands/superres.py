@@ -36,7 +36,7 @@ def run(args, data: dict | None = None) -> int:
     out = Path(args.out)
     check_output_dir(out)  # before the work: never replace a folder of the user's
     check_format_available(args)
-    data = command_dataset(args, data, parse_sections(args.sections))
+    data = command_dataset(args, data, parse_sections(args.sections), imaged_only=True)
     imaged = imaged_sections(data, args.data)
     train_names = parse_sections(args.train_sections)
     for s in train_names or []:

@@ -38,12 +38,13 @@ def run(args, data: dict | None = None) -> int:
     check_output_dir(out)  # before the work: never replace a folder of the user's
     check_format_available(args)
     wanted, train_names = parse_sections(args.sections), parse_sections(args.train_sections)
-    # only the sections it uses are read (HER2ST's 36 count tables take half a minute): those to score, and those to
-    # train on unless a saved model scores them; without --train-sections any imaged section may train
+    # only the sections it uses are read (HER2ST's 36 count tables take 17 s): those to score, and those to train on
+    # unless a saved model scores them; without --train-sections any imaged section may train, and with nothing
+    # named only the imaged sections are read
     needed = None
     if wanted and (args.model or train_names):
         needed = list(dict.fromkeys([*wanted, *([] if args.model else train_names)]))
-    data = command_dataset(args, data, needed)
+    data = command_dataset(args, data, needed, imaged_only=not (wanted or train_names))
     for option, names in (("--sections", wanted), ("--train-sections", train_names)):
         missing = [s for s in names or [] if s not in data]
         if missing:

@@ -304,15 +304,22 @@ def read_st_section(section: str, patient: str, counts_path: Path, spot_path: Pa
     )
 
 
+def note_imageless(path, sections: list[str]) -> None:
+    """One log line naming the sections ``imaged_only`` reading left out."""
+    if sections:
+        log.info("%s: left out %d section(s) without an H&E image: %s", path, len(sections), ", ".join(sections))
+
+
 def read_legacy_st(
     root: str | Path,
     sections: list[str] | None = None,
     *,
     with_images: bool = True,
-    require_image: bool = False,
+    imaged_only: bool = False,
     mpp: float | None = None,
 ) -> dict[str, ad.AnnData]:
-    """Read sections of a legacy-ST folder. Sections without an image load as expression-only.
+    """Read sections of a legacy-ST folder. Sections without an image load as expression-only, or are left out
+    unread with ``imaged_only``.
 
     ``with_images=False`` skips the hires thumbnail (the image is still located and its size checked)."""
     root = Path(root)
@@ -323,18 +330,23 @@ def read_legacy_st(
     unknown = [s for s in wanted if s not in available]
     if unknown:
         raise InputError(root / "ST-cnts", "section", f"unknown section(s) {unknown}; available: {available}")
-    if require_image:
+    if imaged_only:
+        note_imageless(root, [s for s in wanted if find_image(root, s) is None])
         wanted = [s for s in wanted if find_image(root, s) is not None]
     return {s: read_legacy_st_section(root, s, with_image=with_images, mpp=mpp) for s in wanted}
 
 
 def read_st_pipeline_folder(root: str | Path, sections: list[str] | None = None, *, with_images: bool = True,
-                            mpp: float | None = None) -> dict[str, ad.AnnData]:
-    """Sections of a folder of ST Pipeline files (module docstring); sections without an image are counts-only."""
+                            imaged_only: bool = False, mpp: float | None = None) -> dict[str, ad.AnnData]:
+    """Sections of a folder of ST Pipeline files (module docstring); sections without an image are counts-only, or
+    left out unread with ``imaged_only``."""
     root = Path(root)
     samples = st_pipeline_samples(root)
     wanted = list(samples) if sections is None else list(sections)
     unknown = [s for s in wanted if s not in samples]
     if unknown:
         raise InputError(root, "section", f"unknown section(s) {unknown}; available: {sorted(samples)}")
+    if imaged_only:
+        note_imageless(root, [s for s in wanted if samples[s][2] is None])
+        wanted = [s for s in wanted if samples[s][2] is not None]
     return {s: read_st_section(s, s.split("_", 1)[0], *samples[s], with_image=with_images, mpp=mpp) for s in wanted}

@@ -85,27 +85,37 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um: float | None = None,
-                 image: str | Path | None = None, image_scale: float | None = None,
+                 image: str | Path | None = None, image_scale: float | None = None, imaged_only: bool = False,
                  **kwargs) -> dict[str, ad.AnnData]:
     """Read any supported layout into one AnnData per section, keyed by section (library) id. ``bin_um``: the spot
     size of Visium HD data (``visium_hd.py``); an InputError for any other format. ``image``: the full-resolution
     H&E of a dataset of one section whose image is not with it (a Space Ranger sample, an .h5ad of one library);
     formats that name each section's image (legacy ST, HEST, a manifest, a cohort) are an InputError.
     ``image_scale``: image px per full-resolution px of ``image`` when it is a downscaled copy (io/downscaled.py);
-    a Space Ranger sample without a full-resolution H&E is read from its hires PNG without it.
+    a Space Ranger sample without a full-resolution H&E is read from its hires PNG without it. ``imaged_only``: the
+    sections without an H&E image are left out, and named in one log line; the folder layouts that keep counts and
+    images apart (legacy ST, ST Pipeline) skip their count tables unread (HER2ST: 2.5 s for its 6 imaged sections
+    against 17 s for all 36).
 
     Section ids name output files (``<section>_maps.png``), so one that is not a plain file name is refused here,
     before any work."""
     from spafoundation.io.anndata_spec import check_section_id
 
-    data = _read_format(path, sections, bin_um=bin_um, image=image, image_scale=image_scale, **kwargs)
+    fmt = detect_format(path)
+    if imaged_only and fmt in ("legacy_st", "st_pipeline"):
+        kwargs["imaged_only"] = True  # they leave out the imageless sections before reading them
+    data = _read_format(path, fmt, sections, bin_um=bin_um, image=image, image_scale=image_scale, **kwargs)
+    if imaged_only and not kwargs.get("imaged_only"):
+        from spafoundation.io.anndata_spec import image_path
+
+        legacy_st.note_imageless(path, [n for n, a in data.items() if not image_path(a)])
+        data = {n: a for n, a in data.items() if image_path(a)}
     for name in data:
         check_section_id(name, path)
     return data
 
 
-def _read_format(path, sections, *, bin_um, image, image_scale, **kwargs) -> dict[str, ad.AnnData]:
-    fmt = detect_format(path)
+def _read_format(path, fmt, sections, *, bin_um, image, image_scale, **kwargs) -> dict[str, ad.AnnData]:
     if bin_um is not None and fmt not in ("visium_hd", "visium_cohort", "spatialdata"):
         raise InputError(path, "bin_um", f"only Visium HD data has bins to choose; this is {fmt} data")
     if image is not None and fmt in ("legacy_st", "st_pipeline", "hest", "generic", "spatialdata"):
