@@ -182,21 +182,25 @@ def test_programs_lift_a_colour_texture_ridge_across_real_patients(her2st_root):
     axes also taken from other patients' count-only sections lift A -> C again (0.075 -> 0.083: one training section
     estimates them poorly) and leave the other splits as they were (0.061, 0.152). The members' targets reduced to the
     20 leading axes of those sections lift A -> C (0.083 -> 0.090) and within C (0.152 -> 0.158) once more, C -> A
-    unchanged (0.061)."""
+    unchanged (0.061). Reduced instead to the 10 leading spot factors of the training sections' own transcriptome
+    (the default head now), they gain within C (0.151 -> 0.162), keep C -> A (0.061) and lose A -> C on these
+    colour/texture features (0.075 -> 0.071; on the default pipeline's features they gain it, BENCHMARKS.md)."""
     from spafoundation.io import read_dataset
 
     sections = read_dataset(her2st_root, ["C2", "C3", "C4", "C5", "C6", "A1"])
     reference = read_dataset(her2st_root, ["A2", "B1", "C1", "D1", "E1", "F1", "G2", "H1"])
     with_programs = eb.Contender("colour/texture + ridge ensemble", head="ridge-ensemble", source="colour_texture",
-                                 standardize="section")
+                                 standardize="section", head_params={"transcriptome_factors": 0})
     without = eb.Contender("without programs", head="ridge-ensemble", source="colour_texture", standardize="section",
-                           head_params={"programs": 0})
+                           head_params={"programs": 0, "transcriptome_factors": 0})
+    factors = eb.Contender("with transcriptome factors", head="ridge-ensemble", source="colour_texture",
+                           standardize="section")  # the default head
     with_reference = eb.Contender("with reference", head="ridge-ensemble", source="colour_texture",
                                   standardize="section", reference=True)
     reference_programs_only = eb.Contender("with reference, targets as they are", head="ridge-ensemble",
                                            source="colour_texture", standardize="section", reference=True,
                                            head_params={"reference_axes": 0})
-    contenders = [with_programs, without, with_reference, reference_programs_only]
+    contenders = [with_programs, without, with_reference, reference_programs_only, factors]
     rows, _ = eb.run_expression_benchmark(sections, contenders, genes="hvg:50", reference=reference)
     r = eb.summarize(rows, contenders).pivot(index="direction", columns="contender", values="mean_r")
     for direction in ("C -> A", "A -> C", "within C"):
@@ -208,3 +212,7 @@ def test_programs_lift_a_colour_texture_ridge_across_real_patients(her2st_root):
     for direction in ("A -> C", "within C"):
         assert r.loc[direction, with_reference.name] > r.loc[direction, reference_programs_only.name] + 0.004
     assert abs(r.loc["C -> A", with_reference.name] - r.loc["C -> A", with_programs.name]) < 0.003
+    # the training sections' transcriptome factors: within C up, C -> A as it was, A -> C down on these features
+    assert r.loc["within C", factors.name] > r.loc["within C", with_programs.name] + 0.008
+    assert abs(r.loc["C -> A", factors.name] - r.loc["C -> A", with_programs.name]) < 0.003
+    assert r.loc["A -> C", factors.name] < r.loc["A -> C", with_programs.name]

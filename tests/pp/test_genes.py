@@ -47,3 +47,19 @@ def test_gene_list_file_and_candidates(her2st_imaged, her2st_root, tmp_path):
         select_genes(train, "hvg:zero")
     with pytest.raises(InputError, match="gene list file not found"):
         select_genes(train, str(tmp_path / "missing.npy"))
+
+
+def test_transcriptome_z_keeps_the_most_variable_detected_genes_z_scored_per_section(her2st_imaged, monkeypatch):
+    from spafoundation.pp import genes
+
+    sections = [her2st_imaged["C2"], her2st_imaged["C3"]]
+    T = genes.transcriptome_z(sections, n_genes=300)
+    n2 = sections[0].n_obs
+    assert T.shape == (n2 + sections[1].n_obs, 300) and T.dtype == np.float32
+    for rows in (slice(0, n2), slice(n2, None)):
+        np.testing.assert_allclose(T[rows].mean(0), 0, atol=1e-4)
+        np.testing.assert_allclose(T[rows].std(0), 1, atol=1e-3)
+    # ranked chunk by chunk (bounded memory): the same genes whatever the chunk
+    monkeypatch.setattr(genes, "_CHUNK_GENES", 257)
+    np.testing.assert_array_equal(genes.transcriptome_z(sections, n_genes=300), T)
+    assert genes.transcriptome_z(sections, n_genes=100_000).shape[1] > 5000  # every detected gene

@@ -255,10 +255,13 @@ def test_reference_sections_inform_the_programs_and_leave_held_out_patients(smal
     reference["B1"].obs["patient"] = "other"
     seen = {}
 
-    def spy(X, Y, sections, folds, make_head, blocks=None, fit_options=None):
+    def spy(X, Y, sections, folds, make_head, blocks=None, fit_options=None, row_options=None):
         if fit_options is not None:
             seen.update({f: fit_options(f)["reference"] for f in np.unique(folds)})
-        return cv_pearson(X, Y, sections, folds, make_head, blocks, fit_options)
+            assert not row_options  # with a reference, no transcriptome is read: the reference shapes the targets
+        else:
+            assert set(row_options) == {"transcriptome"}  # without one, the training spots' factors do
+        return cv_pearson(X, Y, sections, folds, make_head, blocks, fit_options, row_options)
 
     cv_pearson = expression.gene_cv_pearson
     monkeypatch.setattr(expression, "gene_cv_pearson", spy)

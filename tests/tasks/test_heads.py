@@ -252,3 +252,46 @@ def test_many_genes_and_spots_take_the_leading_axes_by_a_randomised_svd(monkeypa
     exact = program_loadings(Z, groups, 5)
     assert calls == [5] and fast.shape == exact.shape == (5, genes)
     np.testing.assert_allclose(np.abs(np.sum(fast * exact, axis=1)), 1.0, atol=1e-3)
+
+
+def test_factor_reduced_targets_recover_the_shared_signal_and_keep_each_section_s_units():
+    from spafoundation.tasks.heads import factor_reduced_targets, section_z
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(["s1", "s2"], 150)
+    factors = rng.normal(size=(300, 3))
+    # many genes place each spot surely on the factors; z-scored within each section, as transcriptome_z gives them
+    transcriptome = section_z(factors @ rng.normal(size=(3, 400)) + 0.5 * rng.normal(size=(300, 400)), groups)
+    signal = factors @ rng.normal(size=(3, 12))
+    Y = signal + 2.0 * rng.normal(size=(300, 12))  # few noisy target genes
+    Y[groups == "s2"] = 5.0 + 3.0 * Y[groups == "s2"]
+    reduced = factor_reduced_targets(Y, groups, transcriptome, 3)
+    for g in ("s1", "s2"):
+        rows = groups == g
+        np.testing.assert_allclose(reduced[rows].mean(0), Y[rows].mean(0), atol=1e-9)
+        before = pearson_per_gene(signal[rows], Y[rows]).mean()
+        after = pearson_per_gene(signal[rows], reduced[rows]).mean()
+        assert after > before + 0.2, (before, after)
+    assert factor_reduced_targets(Y, groups, transcriptome, 0) is Y
+    assert factor_reduced_targets(Y, groups, np.zeros((300, 0)), 3) is Y
+    with pytest.raises(ValueError, match="transcriptome has 10 spots"):
+        factor_reduced_targets(Y, groups, transcriptome[:10], 3)
+
+
+def test_ridge_ensemble_reduces_targets_by_the_transcriptome_only_without_a_reference():
+    from spafoundation.tasks.heads import wants_transcriptome
+
+    rng = np.random.default_rng(1)
+    X, groups = rng.normal(size=(120, 8)), np.repeat(["a", "b", "c"], 40)
+    T = rng.normal(size=(120, 50))
+    Y = X[:, :3] @ rng.normal(size=(3, 6)) + rng.normal(size=(120, 6))
+    plain = RidgeEnsembleHead(n_pcs=4, programs=1).fit(X, Y, groups)
+    reduced = RidgeEnsembleHead(n_pcs=4, programs=1).fit(X, Y, groups, transcriptome=T)
+    off = RidgeEnsembleHead(n_pcs=4, programs=1, transcriptome_factors=0).fit(X, Y, groups, transcriptome=T)
+    assert not np.allclose(plain.predict(X), reduced.predict(X))
+    np.testing.assert_allclose(off.predict(X), plain.predict(X))
+    assert reduced.hp["transcriptome_factors"] == 10 and chosen_params(reduced)["transcriptome_factors"] == 10
+    assert wants_transcriptome(reduced) and not wants_transcriptome(off)
+    assert not wants_transcriptome(reduced, [rng.normal(size=(30, 6))])  # a reference shapes the targets instead
+    with pytest.raises(ValueError, match="transcriptome_factors"):
+        RidgeEnsembleHead(transcriptome_factors=-1)

@@ -26,8 +26,8 @@ import pandas as pd
 from spafoundation import defaults
 from spafoundation.eval.metrics import evaluate_expression
 from spafoundation.eval.splits import benchmark_splits, section_patient, summarize_splits
-from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
-from spafoundation.tasks.heads import PROGRAMS, build_head
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes, transcriptome_z
+from spafoundation.tasks.heads import PROGRAMS, build_head, wants_transcriptome
 from spafoundation.tasks.spot_features import make_recipe, needs_encoder, spot_features
 
 log = logging.getLogger(__name__)
@@ -216,13 +216,12 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
         Y = np.concatenate([expression_matrix(sections[n], gene_list, target_sum) for n in train])
         groups = np.concatenate([[n] * sections[n].n_obs for n in train])
         ref = _split_reference(reference, sections, train, test, gene_list, target_sum, contenders)
+        transcriptome = None  # the training spots' many-gene matrix, for the heads that reduce targets with it
         for c in contenders:
             t0 = time.perf_counter()
             if c.ceiling:
                 for t in test:
-                    m = _within_section(c, store.get(c, t, stain_for(c, test)),
-                                        expression_matrix(sections[t], gene_list, target_sum),
-                                        np.asarray(sections[t].obsm["spatial"])[:, 0])
+                    m = _within_section(c, store.get(c, t, stain_for(c, test)), sections[t], gene_list, target_sum)
                     rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
                                  "n_train_sections": 0, "n_genes": len(gene_list), "alpha": None,
                                  "fit_seconds": round(time.perf_counter() - t0, 2), **m})
@@ -230,8 +229,12 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
             stain = stain_for(c, train)
             X = np.concatenate([store.get(c, n, stain)[0] for n in train])
             options = {"reference": ref.z} if c.reference else {}
-            head = build_head(c.head, c.head_params, c.recipe()).fit(X, Y, groups, store.get(c, train[0], stain)[1],
-                                                                     **options)
+            head = build_head(c.head, c.head_params, c.recipe())
+            if wants_transcriptome(head, options.get("reference", ())):
+                if transcriptome is None:
+                    transcriptome = transcriptome_z([sections[n] for n in train], target_sum)
+                options["transcriptome"] = transcriptome
+            head.fit(X, Y, groups, store.get(c, train[0], stain)[1], **options)
             for t in test:
                 y_true = expression_matrix(sections[t], gene_list, target_sum)
                 image = t if c.test_image == "given" else _copy_name(t, c.test_image)
@@ -278,15 +281,19 @@ def _test_copies(sections: dict[str, ad.AnnData], contenders: Sequence[Contender
     return {_copy_name(n, "hires"): hires_only_copy(a, folder) for n, a in sections.items()}
 
 
-def _within_section(c: Contender, feats, Y: np.ndarray, x: np.ndarray) -> dict:
+def _within_section(c: Contender, feats, section: ad.AnnData, genes, target_sum) -> dict:
     """A ceiling for a test section: the head fitted on its left half and scored on its right half, and the
     reverse, metrics averaged. What the image of this section can tell about its own expression."""
     X, blocks = feats
+    Y = expression_matrix(section, genes, target_sum)
+    x = np.asarray(section.obsm["spatial"])[:, 0]
     left = x <= np.median(x)
     parts = []
     for fit_rows in (left, ~left):
         head = build_head(c.head, c.head_params, c.recipe())
-        head.fit(X[fit_rows], Y[fit_rows], np.zeros(int(fit_rows.sum())), blocks)
+        options = ({"transcriptome": transcriptome_z([section[fit_rows]], target_sum)}
+                   if wants_transcriptome(head) else {})
+        head.fit(X[fit_rows], Y[fit_rows], np.zeros(int(fit_rows.sum())), blocks, **options)
         m = evaluate_expression(Y[~fit_rows], head.predict(X[~fit_rows]))
         m.pop("r")
         parts.append(m)

@@ -166,3 +166,32 @@ def expression_matrix(adata: ad.AnnData, genes: Sequence[str], target_sum: float
         raise InputError(None, "var_names", f"the section lacks {len(missing)} of the model's genes, e.g. {missing[:5]}")
     idx = adata.var_names.get_indexer(list(genes))
     return normalize_log1p(adata.X[:, idx], target_sum, lib=library_size(adata.X))
+
+
+TRANSCRIPTOME_GENES = 2000  # the most variable genes kept for the training sections' spot factors (tasks/heads.py)
+_CHUNK_GENES = 2000  # genes densified at a time while ranking them: a Visium HD section has tens of thousands of spots
+
+
+def transcriptome_z(sections: Sequence[ad.AnnData], target_sum: float | None = TARGET_SUM,
+                    n_genes: int = TRANSCRIPTOME_GENES) -> np.ndarray:
+    """The sections' spots (stacked in order) x their ``n_genes`` most variable genes, each gene z-scored within each
+    section: of the genes all sections measure and detect in >= 10% of their spots, those whose normalised log
+    expression varies most within a section (mean variance over sections). float32; the training targets' spot
+    factors are estimated from it (``tasks/heads.factor_reduced_targets``)."""
+    genes = common_genes(sections)
+    genes = [g for g, ok in zip(genes, detected_everywhere(sections, genes, MIN_EXPRESSED_FRAC), strict=True) if ok]
+    if len(genes) > n_genes:
+        var = np.zeros(len(genes))
+        for a in sections:
+            lib = library_size(a.X)
+            for start in range(0, len(genes), _CHUNK_GENES):
+                chunk = genes[start : start + _CHUNK_GENES]
+                idx = a.var_names.get_indexer(chunk)
+                var[start : start + len(chunk)] += normalize_log1p(a.X[:, idx], target_sum, lib=lib).var(0)
+        genes = [genes[i] for i in np.sort(np.argsort(-var, kind="stable")[:n_genes])]
+    blocks = []
+    for a in sections:
+        E = expression_matrix(a, genes, target_sum).astype(np.float64)
+        sd = E.std(0)
+        blocks.append(((E - E.mean(0)) / np.where(sd > 1e-12, sd, 1.0)).astype(np.float32))
+    return np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)

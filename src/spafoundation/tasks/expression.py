@@ -17,8 +17,8 @@ import pandas as pd
 from spafoundation import defaults
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import image_path, library_id
-from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes
-from spafoundation.tasks.heads import HEADS, build_head, chosen_params
+from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes, transcriptome_z
+from spafoundation.tasks.heads import HEADS, build_head, chosen_params, wants_transcriptome
 from spafoundation.tasks.reliability import (
     RELIABLE_R,
     SHIFT_PREFIX,
@@ -327,7 +327,11 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     ref = programs_reference(reference, train, gene_list, target_sum)
     # the reference as a head's fit takes it; less a held-out fold's section or patient in cross-validation
     ref_fit = (lambda held=None: {"reference": ref.without([held] if held else []).z}) if ref is not None else None
-    fitted = build_head(head, head_params, recipe).fit(X, Y, groups, blocks, **(ref_fit() if ref_fit else {}))
+    unfitted = build_head(head, head_params, recipe)
+    # the spot factors of the training sections' whole transcriptome, which shape the members' targets
+    rows = ({"transcriptome": transcriptome_z(train, target_sum)}
+            if wants_transcriptome(unfitted, () if ref is None else ref.z) else {})
+    fitted = unfitted.fit(X, Y, groups, blocks, **(ref_fit() if ref_fit else {}), **rows)
     cv = getattr(fitted, "cv_scores", None)
     patients = section_patients(train)
     training = {"sections": [library_id(a) for a in train], "patients": patients, "n_spots": len(X),
@@ -344,7 +348,7 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
 
         folds = {"sections": groups, "patients": np.array([patients[g] for g in groups])}
         gene_cv = {k: r for k, f in folds.items()
-                   if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks, ref_fit)) is not None}
+                   if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks, ref_fit, rows)) is not None}
     return ExpressionModel(gene_list, fitted, recipe, enc, target_sum=target_sum, training=training,
                            gene_cv=gene_cv,
                            shift=FeatureShift.fit({library_id(a): shift_features(a, cache_dir) for a in train}))

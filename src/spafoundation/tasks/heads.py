@@ -161,6 +161,14 @@ PROGRAMS, PROGRAMS_WEIGHT = 2, 1.0
 # 0.168 (log1p counts) and 0.066 to 0.073 (785 genes), all in A1 -> C; 20 axes did best of 3-50 on both gene lists in
 # a sweep on cached features, and the training sections' own axes gave nothing (0.072 either way on hvg:50).
 REFERENCE_AXES = 20
+# Without a reference, each member learns the training targets reduced to the span of the 10 leading spot factors
+# of the training sections' whole transcriptome (its 2000 most variable genes: pp/genes.transcriptome_z). Thousands
+# of genes place each spot on those factors far more surely than the few target genes do, so the reduced targets
+# keep the shared signal and drop each gene's own noise. Across patients (BENCHMARKS.md) it lifted A1 -> C and
+# within patient C on hvg:50 (normalised, log1p counts) and the 785 genes, and moved C -> A1 by at most 0.004;
+# 10 did best or tied of 5-50 in a scratch sweep on cached features (and 2000 genes as well as all 6,500-9,500
+# detected ones). On colour/texture features alone it loses A1 -> C (tests/eval): chosen for the default features.
+TRANSCRIPTOME_FACTORS = 10
 EXACT_AXES_UP_TO = 1000  # spots and genes both above it: the leading axes by a randomised SVD
 
 
@@ -169,16 +177,45 @@ def program_loadings(Z: np.ndarray, groups: np.ndarray, k: int, reference=()) ->
     section's z-scored expression (spots x the same genes), every section weighing the same whatever its spots."""
     blocks = [Z[groups == g] for g in np.unique(groups)] + [np.asarray(R, dtype=np.float64) for R in reference]
     M = np.vstack([B / np.sqrt(max(len(B), 1)) for B in blocks])
+    if len(M) < M.shape[1] or (min(M.shape) > EXACT_AXES_UP_TO and k < min(M.shape) // 10):
+        return _leading_svd(M, k)[2]  # not a genes x genes eigenproblem where spots are fewer, or both are many
+    return np.linalg.eigh(M.T @ M)[1][:, ::-1][:, :k].T
+
+
+def _leading_svd(M: np.ndarray, k: int):
+    """``U, s, Vt`` of the ``k`` leading singular triplets of ``M``: exact, or by a randomised SVD where both sides
+    exceed ``EXACT_AXES_UP_TO`` and ``k`` is under a tenth of the smaller."""
     if min(M.shape) > EXACT_AXES_UP_TO and k < min(M.shape) // 10:
         # thousands of genes and of reference spots: a full decomposition takes up to minutes per fit, and a fit
         # runs in every inner and reliability fold; the leading axes of a randomised SVD match its (|cos| > 0.9999
         # with 2,500-4,000 genes), at 3-15x less time
         from sklearn.utils.extmath import randomized_svd
 
-        return randomized_svd(M, k, n_oversamples=k + 10, n_iter=7, random_state=0)[2]
-    if len(M) < M.shape[1]:  # fewer spots than genes: the SVD of the spots, not a genes x genes eigenproblem
-        return thin_svd(M)[2][:k]
-    return np.linalg.eigh(M.T @ M)[1][:, ::-1][:, :k].T
+        return randomized_svd(M, k, n_oversamples=k + 10, n_iter=7, random_state=0)
+    U, s, Vt = thin_svd(M)
+    return U[:, :k], s[:k], Vt[:k]
+
+
+def factor_reduced_targets(Y: np.ndarray, groups: np.ndarray, transcriptome: np.ndarray, k: int) -> np.ndarray:
+    """``Y`` with each section's z-scores replaced by their projection on the ``k`` leading spot factors of
+    ``transcriptome`` (the same spots x many genes, z-scored within each section; every section weighing the same),
+    in ``Y``'s units (each section's mean and spread per gene kept); ``Y`` itself for ``k`` < 1."""
+    T = np.asarray(transcriptome, dtype=np.float64)
+    if k < 1 or T.size == 0:
+        return Y
+    groups = np.asarray(groups)
+    if len(T) != len(Y):
+        raise ValueError(f"transcriptome has {len(T)} spots, the targets {len(Y)}")
+    weight = np.empty(len(T))
+    for g in np.unique(groups):
+        weight[groups == g] = 1.0 / np.sqrt((groups == g).sum())
+    F = _leading_svd(T * weight[:, None], min(k, *T.shape))[0]  # orthonormal spot factors
+    reduced = F @ (F.T @ section_z(Y, groups))
+    out = np.empty(Y.shape)
+    for g in np.unique(groups):
+        rows = groups == g
+        out[rows] = Y[rows].mean(0) + Y[rows].std(0) * reduced[rows]
+    return out
 
 
 def reduced_targets(Y: np.ndarray, groups: np.ndarray, k: int, reference=()) -> np.ndarray:
@@ -239,13 +276,15 @@ class RidgeEnsembleHead:
     ``programs`` > 0 adds that many shared expression programs (``ExpressionPrograms``, on every block; fewer where
     there are fewer genes): gene ``g`` gets ``programs_weight`` x its programs' part, scaled to the spread of the
     members' own prediction of ``g`` on the training spots. Fitted with a ``reference``, the members learn the
-    targets reduced to their ``reference_axes`` leading axes (``reduced_targets``; 0: the targets as they are)."""
+    targets reduced to their ``reference_axes`` leading axes (``reduced_targets``; 0: the targets as they are);
+    without one but with the training spots' ``transcriptome`` (``pp.genes.transcriptome_z``), the targets reduced
+    to its ``transcriptome_factors`` leading spot factors (``factor_reduced_targets``; 0: as they are)."""
 
     kind = "ridge-ensemble"
 
     def __init__(self, n_pcs: int = N_PCS, alphas=ALPHAS, blocks=None, members=None, member_alphas=None,
                  programs: int = PROGRAMS, programs_weight: float = PROGRAMS_WEIGHT, programs_alpha=None,
-                 reference_axes: int = REFERENCE_AXES):
+                 reference_axes: int = REFERENCE_AXES, transcriptome_factors: int = TRANSCRIPTOME_FACTORS):
         self.n_pcs, self.alphas = int(n_pcs), tuple(float(a) for a in alphas)
         self.blocks = [int(b) for b in blocks] if blocks else None
         self.members = [None if m is None else [int(i) for i in m] for m in (members or [None])]
@@ -256,16 +295,17 @@ class RidgeEnsembleHead:
             raise ValueError(f"programs ({programs}) and programs_weight ({programs_weight}) must be >= 0")
         self.programs, self.programs_weight = int(programs), float(programs_weight)
         self.programs_alpha = None if programs_alpha is None else float(programs_alpha)
-        if int(reference_axes) < 0:
-            raise ValueError(f"reference_axes ({reference_axes}) must be >= 0")
-        self.reference_axes = int(reference_axes)
+        if int(reference_axes) < 0 or int(transcriptome_factors) < 0:
+            raise ValueError(f"reference_axes ({reference_axes}) and transcriptome_factors ({transcriptome_factors}) "
+                             "must be >= 0")
+        self.reference_axes, self.transcriptome_factors = int(reference_axes), int(transcriptome_factors)
 
     @property
     def hp(self) -> dict:
         return {"n_pcs": self.n_pcs, "alphas": list(self.alphas), "blocks": self.blocks, "members": self.members,
                 "member_alphas": self.member_alphas, "programs": self.programs,
                 "programs_weight": self.programs_weight, "programs_alpha": self.programs_alpha,
-                "reference_axes": self.reference_axes}
+                "reference_axes": self.reference_axes, "transcriptome_factors": self.transcriptome_factors}
 
     @property
     def alpha(self) -> list[float]:
@@ -304,20 +344,27 @@ class RidgeEnsembleHead:
         spread = part.std(0)  # a gene the programs leave flat gets no part of them
         return programs, members_pred.std(0) / np.where(spread > 1e-12, spread, np.inf)
 
-    def _members_targets(self, Y, groups, reference) -> np.ndarray:
-        return reduced_targets(Y, groups, self.reference_axes, reference) if len(reference) else Y
+    def _members_targets(self, Y, groups, reference, transcriptome) -> np.ndarray:
+        if len(reference):
+            return reduced_targets(Y, groups, self.reference_axes, reference)
+        if transcriptome is not None:
+            return factor_reduced_targets(Y, groups, transcriptome, self.transcriptome_factors)
+        return Y
 
     def _members_predict(self, parts, X: np.ndarray) -> np.ndarray:
         pred = sum(p.predict(X[:, self._columns(m)[0]]).astype(np.float64)
                    for p, m in zip(parts, self.members, strict=True))
         return pred / len(parts)
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None, reference=()) -> RidgeEnsembleHead:
-        """``reference``: z-scored expression of sections with counts only (``ExpressionPrograms.fit``)."""
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None, reference=(),
+            transcriptome=None) -> RidgeEnsembleHead:
+        """``reference``: z-scored expression of sections with counts only (``ExpressionPrograms.fit``);
+        ``transcriptome``: the training spots' many-gene matrix (rows as ``X``) whose spot factors reduce the
+        members' targets."""
         if blocks is not None:
             self.blocks = [int(b) for b in blocks]
         groups = np.asarray(groups)
-        targets = self._members_targets(Y, groups, reference)
+        targets = self._members_targets(Y, groups, reference, transcriptome)
         self.parts = []
         for i, m in enumerate(self.members):
             cols, widths = self._columns(m)
@@ -329,14 +376,15 @@ class RidgeEnsembleHead:
         folds = _folds(groups, len(X))
         score = 0.0
         for tr, va in folds:
-            fold = refit._fit_fixed(X[tr], Y[tr], groups[tr], reference)
+            fold = refit._fit_fixed(X[tr], Y[tr], groups[tr], reference,
+                                    None if transcriptome is None else transcriptome[tr])
             score += _score(Y[va], fold.predict(X[va]))
         self.cv_scores = [score / len(folds)]
         return self
 
-    def _fit_fixed(self, X, Y, groups, reference=()) -> RidgeEnsembleHead:
+    def _fit_fixed(self, X, Y, groups, reference=(), transcriptome=None) -> RidgeEnsembleHead:
         """Fitted at the member and program alphas already set, without cross-validation."""
-        targets = self._members_targets(Y, groups, reference)
+        targets = self._members_targets(Y, groups, reference, transcriptome)
         self.parts = [RidgeHead(self.n_pcs).fit_at(X[:, self._columns(m)[0]], targets, a, self._columns(m)[1])
                       for m, a in zip(self.members, self.member_alphas, strict=True)]
         self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X),
@@ -544,12 +592,19 @@ def build_head(kind: str, params: dict | None, recipe: dict):
     return HEADS[kind](**params)
 
 
+def wants_transcriptome(head, reference=()) -> bool:
+    """Whether ``head``'s fit uses the training spots' ``transcriptome`` (a ridge ensemble reducing its targets to
+    the spot factors; with a reference it reduces them to the shared axes instead)."""
+    return isinstance(head, RidgeEnsembleHead) and head.transcriptome_factors > 0 and not len(reference)
+
+
 def chosen_params(head) -> dict:
     """The hyper-parameters a fitted head chose (a ridge's alpha), to refit the same head on other rows."""
     if isinstance(head, RidgeEnsembleHead):
         return {"n_pcs": head.n_pcs, "blocks": head.blocks, "members": head.members, "member_alphas": head.alpha,
                 "programs": head.programs, "programs_weight": head.programs_weight,
-                "programs_alpha": head.programs_chosen_alpha, "reference_axes": head.reference_axes}
+                "programs_alpha": head.programs_chosen_alpha, "reference_axes": head.reference_axes,
+                "transcriptome_factors": head.transcriptome_factors}
     if isinstance(head, RidgeHead):
         return {"alphas": (head.alpha,)}
     return {}
