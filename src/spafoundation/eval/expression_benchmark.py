@@ -111,6 +111,9 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
             # issue #17: what the shared expression programs add (the default head without them)
             replace(pipe(default_encoder, "per-section z, ridge ensemble, no programs"),
                     head_params={"programs": 0}),
+            # issue #17: what reducing the members' targets to the training transcriptome's factors adds
+            replace(pipe(default_encoder, f"per-section z, {DEFAULT_HEAD}, targets as they are"),
+                    head_params={"transcriptome_factors": 0}),
             # issue #17: what the nuclear features add (the pipeline without them, same head)
             replace(pipeline_contender(f"pipeline: {default_encoder} + colour/texture, context, neighbours, "
                                        f"per-section z, {DEFAULT_HEAD}, no nuclei", default_encoder),
