@@ -22,7 +22,7 @@ from _markdown import update_section
 from spafoundation.cli import main
 from spafoundation.eval.expression_benchmark import HIRES_TEST, REFERENCE_ROW
 from spafoundation.eval.splits import LOPO, LOSO, MEAN_OF_DIRECTIONS, headline
-from spafoundation.tasks.heads import REFERENCE_AXES
+from spafoundation.tasks.heads import REFERENCE_AXES, TRANSCRIPTOME_FACTORS
 from spafoundation.utils.precision import REFERENCE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +33,13 @@ READING = (
     "follows. 'per-section z': every feature z-scored within its section (the default pipeline's "
     "`standardize: section`). 'ridge ensemble + 2 programs': the default head, the mean of a ridge on every block and "
     "one on the spot patch's colour/texture and nuclei, plus the two leading axes along which the training genes vary "
-    "together, predicted from every block ('no programs' leaves them out). "
+    "together, predicted from every block ('no programs' leaves them out); its members learn the training targets "
+    f"reduced to the {TRANSCRIPTOME_FACTORS} leading spot factors of the training sections' whole transcriptome "
+    "(their 2000 most variable genes: thousands of genes place a spot on those factors more surely than the few "
+    "target genes; 'targets as they are' leaves that out). "
     "The rows naming other patients' count-only sections are the default whose shared axes (its two programs', and "
-    f"the {REFERENCE_AXES} leading axes to which its members' training targets are reduced) are also estimated "
+    f"the {REFERENCE_AXES} leading axes to which its members' training targets are then reduced instead) are also "
+    "estimated "
     "from the counts of the other HER2ST sections (`--reference-sections all`: the 30 sections of patients A-H "
     "that have counts but no image here), in each fold less the training and test sections and every section of a "
     "test patient (C -> A1: 25 sections of patients B-H and C1; A1 -> C: 29, A2-A6 among them): an option "
@@ -58,8 +62,10 @@ def ratios(rows: pd.DataFrame) -> list[str]:
     encoder_alone = next(c for c in by.index if c.startswith("spafoundation-default + ridge") and "," not in c)
     random_ = next(c for c in by.index if c.startswith("random-") and c.endswith("ridge"))
     # the same features under one ridge on every block (the default head before the ridge ensemble), the default
-    # head without the shared expression programs, and the default without the nuclear features (issue #17)
-    one_ridge = [c for c in by.index if c.endswith((", one ridge", ", no programs", ", no nuclei"))]
+    # head without the shared expression programs or with its targets as they are, and the default without the
+    # nuclear features (issue #17)
+    one_ridge = [c for c in by.index
+                 if c.endswith((", one ridge", ", no programs", ", targets as they are", ", no nuclei"))]
     lines = [f"- default pipeline / {b}: {by[default]:.3f} / {by[b]:.3f} = **{by[default] / by[b]:.2f}x**"
              for b in (best_colour, encoder_alone, random_, *one_ridge)]
     # the default pipeline with other patients' count-only sections informing its shared axes (issue #17)

@@ -5,8 +5,9 @@ Literals only: the CLI builds its parser from these, and ``spafoundation --help`
 ENCODER = "spafoundation-default"
 EXPRESSION_GENES = "hvg:50"  # hvg:K, mean:K or a gene-list file (tasks/expression.py)
 # ridge-ensemble: the mean of a ridge on every feature block and one on the spot's colour/texture and nuclei alone,
-# plus two shared expression programs (tasks/heads.py). Across patients (HER2ST C <-> A1, hvg:50) mean r 0.072
-# against 0.067 without the programs and 0.063 for one ridge; within patient C 0.171 / 0.160 / 0.161
+# plus two shared expression programs, its targets reduced to the training transcriptome's spot factors
+# (tasks/heads.py). Across patients (HER2ST C <-> A1, hvg:50) mean r 0.075 against 0.074 without the programs,
+# 0.072 with the targets as they are and 0.063 for one ridge; within patient C 0.176 / 0.172 / 0.171 / 0.161
 EXPRESSION_HEAD = "ridge-ensemble"
 SUPERRES_GENES = "hvg:50"
 TUMOR_GRID_UM = 100.0  # pitch of the tumour map's tissue grid (0: spots only)
@@ -18,6 +19,6 @@ DOMAIN_GRID_UM = 0.0  # domains on a tissue grid besides the spots (0: spots onl
 DOMAIN_EXPRESSION_GENES = "hvg:1000"  # genes of features="expression"
 REPORT_TOP_GENES = 4
 # none, macenko or reinhard (io/stain.py). none: across patients (HER2ST, hvg:50) the default pipeline scored mean r
-# 0.072 without, 0.065 with macenko, 0.069 with reinhard (README, "Stain normalisation")
+# 0.075 without, 0.066 with macenko, 0.070 with reinhard (README, "Stain normalisation")
 STAIN_NORM = "none"
 STAIN_NORM_METHODS = ("none", "macenko", "reinhard")

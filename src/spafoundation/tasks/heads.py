@@ -200,21 +200,25 @@ def factor_reduced_targets(Y: np.ndarray, groups: np.ndarray, transcriptome: np.
     """``Y`` with each section's z-scores replaced by their projection on the ``k`` leading spot factors of
     ``transcriptome`` (the same spots x many genes, z-scored within each section; every section weighing the same),
     in ``Y``'s units (each section's mean and spread per gene kept); ``Y`` itself for ``k`` < 1."""
-    T = np.asarray(transcriptome, dtype=np.float64)
-    if k < 1 or T.size == 0:
+    if k < 1 or np.size(transcriptome) == 0:
         return Y
     groups = np.asarray(groups)
-    if len(T) != len(Y):
-        raise ValueError(f"transcriptome has {len(T)} spots, the targets {len(Y)}")
-    weight = np.empty(len(T))
+    if len(transcriptome) != len(Y):
+        raise ValueError(f"transcriptome has {len(transcriptome)} spots, the targets {len(Y)}")
+    weight = np.empty(len(Y))
     for g in np.unique(groups):
         weight[groups == g] = 1.0 / np.sqrt((groups == g).sum())
-    F = _leading_svd(T * weight[:, None], min(k, *T.shape))[0]  # orthonormal spot factors
-    reduced = F @ (F.T @ section_z(Y, groups))
+    M = np.asarray(transcriptome, dtype=np.float64) * weight[:, None]  # one copy: it can be thousands x 2000
+    F = _leading_svd(M, min(k, *M.shape))[0]  # orthonormal spot factors
+    return _in_section_units(Y, groups, F @ (F.T @ section_z(Y, groups)))
+
+
+def _in_section_units(Y: np.ndarray, groups: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Section z-scores ``Z`` back in ``Y``'s units: each section's own mean and spread per gene."""
     out = np.empty(Y.shape)
     for g in np.unique(groups):
         rows = groups == g
-        out[rows] = Y[rows].mean(0) + Y[rows].std(0) * reduced[rows]
+        out[rows] = Y[rows].mean(0) + Y[rows].std(0) * Z[rows]
     return out
 
 
@@ -226,12 +230,7 @@ def reduced_targets(Y: np.ndarray, groups: np.ndarray, k: int, reference=()) -> 
     groups = np.asarray(groups)
     Z = section_z(Y, groups)
     V = program_loadings(Z, groups, k, reference)
-    reduced = Z @ V.T @ V
-    out = np.empty(Y.shape)
-    for g in np.unique(groups):
-        rows = groups == g
-        out[rows] = Y[rows].mean(0) + Y[rows].std(0) * reduced[rows]
-    return out
+    return _in_section_units(Y, groups, Z @ V.T @ V)
 
 
 class ExpressionPrograms:
