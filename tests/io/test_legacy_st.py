@@ -93,6 +93,7 @@ def test_st_pipeline_count_file_without_its_selection_names_it(her2st_root, tmp_
 
 
 def test_imaged_only_leaves_imageless_sections_out_unread(her2st_root, monkeypatch, caplog):
+    from spafoundation.errors import InputError
     from spafoundation.io import legacy_st
 
     read = []
@@ -103,7 +104,7 @@ def test_imaged_only_leaves_imageless_sections_out_unread(her2st_root, monkeypat
     assert sorted(data) == sorted(read) == ["A1", "C2", "C3", "C4", "C5", "C6"]  # 30 count tables never opened
     assert "left out 30 section(s) without an H&E image: A2, A3" in caplog.text
     assert list(read_dataset(her2st_root, ["B1", "A1"], imaged_only=True, with_images=False)) == ["A1"]
-    with pytest.raises(Exception, match="unknown section"):  # a name the data lacks is still an error
+    with pytest.raises(InputError, match="unknown section"):  # a name the data lacks is still an error
         read_dataset(her2st_root, ["Z9"], imaged_only=True)
 
 
