@@ -322,11 +322,9 @@ def run(args) -> int:
     from spafoundation.models.cache import cache_root
 
     cache_root(cfg["cache_dir"] or folder.cache)
-    # read once for every step: with the thumbnails, which the figures draw on (not for a plan only); no step uses a
-    # section without an H&E, so with none named those are left out unread where the layout allows
-    names = _names(cfg["sections"])
-    data = read_dataset(data_path, names, with_images=not args.dry_run, imaged_only=names is None,
-                        **data_options(cfg))
+    # read once for every step: with the thumbnails, which the figures draw on (not for a plan only); every section,
+    # so that a damaged file anywhere in the dataset is an error naming it before any step runs
+    data = read_dataset(data_path, _names(cfg["sections"]), with_images=not args.dry_run, **data_options(cfg))
     notes: list[str] = []
     steps = plan(data_path, out, cfg, data, notes)
     if not args.dry_run:
