@@ -132,17 +132,15 @@ def command_dataset(args, data: dict | None, sections: list[str] | None, *, with
     ``with_images=False``: without the H&E thumbnails, as ``read_dataset`` gives them (the copies drop theirs).
     ``imaged_only``: the sections without an H&E image left out (and named in one log line), unread where the
     layout allows (``read_dataset``)."""
-    from spafoundation.io.anndata_spec import image_path, without_thumbnail
-    from spafoundation.io.legacy_st import note_imageless
-    from spafoundation.io.readers import read_dataset, select_sections
+    from spafoundation.io.anndata_spec import without_thumbnail
+    from spafoundation.io.readers import drop_imageless, read_dataset, select_sections
 
     if data is None:
         return read_dataset(args.data, sections, with_images=with_images, imaged_only=imaged_only,
                             **data_options(args))
     chosen = select_sections(data, sections, args.data)
     if imaged_only:
-        note_imageless(args.data, [n for n, a in chosen.items() if not image_path(a)])
-        chosen = {n: a for n, a in chosen.items() if image_path(a)}
+        chosen = drop_imageless(chosen, args.data)
     return {n: a.copy() if with_images else without_thumbnail(a) for n, a in chosen.items()}
 
 

@@ -106,10 +106,7 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um:
         kwargs["imaged_only"] = True  # they leave out the imageless sections before reading them
     data = _read_format(path, fmt, sections, bin_um=bin_um, image=image, image_scale=image_scale, **kwargs)
     if imaged_only and not kwargs.get("imaged_only"):
-        from spafoundation.io.anndata_spec import image_path
-
-        legacy_st.note_imageless(path, [n for n, a in data.items() if not image_path(a)])
-        data = {n: a for n, a in data.items() if image_path(a)}
+        data = drop_imageless(data, path)
     for name in data:
         check_section_id(name, path)
     return data
@@ -165,6 +162,14 @@ def _read_format(path, fmt, sections, *, bin_um, image, image_scale, **kwargs) -
     from spafoundation.io.h5ad import read_spafoundation_h5ad
 
     return select_sections(read_spafoundation_h5ad(path, **kwargs), sections, path)
+
+
+def drop_imageless(data: dict[str, ad.AnnData], path) -> dict[str, ad.AnnData]:
+    """``data`` without its sections that have no H&E image, those named in one log line."""
+    from spafoundation.io.anndata_spec import image_path
+
+    legacy_st.note_imageless(path, [n for n, a in data.items() if not image_path(a)])
+    return {n: a for n, a in data.items() if image_path(a)}
 
 
 def select_sections(data: dict[str, ad.AnnData], sections: list[str] | None, path) -> dict[str, ad.AnnData]:
