@@ -253,15 +253,19 @@ def test_reference_sections_inform_the_programs_and_leave_held_out_patients(smal
     train[2].obs["patient"] = "other"
     reference = read_dataset(her2st_root, ["B1", "C4"])  # C4 is a training section: skipped
     reference["B1"].obs["patient"] = "other"
-    seen = {}
+    seen, seen_transcriptome = {}, {}
 
-    def spy(X, Y, sections, folds, make_head, blocks=None, fit_options=None, row_options=None):
-        if fit_options is not None:
-            seen.update({f: fit_options(f)["reference"] for f in np.unique(folds)})
-            assert not row_options  # with a reference, no transcriptome is read: the reference shapes the targets
-        else:
-            assert set(row_options) == {"transcriptome"}  # without one, the training spots' factors do
-        return cv_pearson(X, Y, sections, folds, make_head, blocks, fit_options, row_options)
+    def spy(X, Y, sections, folds, make_head, blocks=None, fit_options=None):
+        options = {f: fit_options(f) for f in np.unique(folds)}
+        if "reference" in options[folds[0]]:
+            seen.update({f: o["reference"] for f, o in options.items()})
+            # with a reference, no transcriptome is read: the reference shapes the targets
+            assert all(set(o) == {"reference"} for o in options.values())
+        else:  # without one, the factors of the other training sections' transcriptome do, one row per spot
+            for f, o in options.items():
+                assert set(o) == {"transcriptome"} and len(o["transcriptome"]) == (folds != f).sum()
+            seen_transcriptome.update(options)
+        return cv_pearson(X, Y, sections, folds, make_head, blocks, fit_options)
 
     cv_pearson = expression.gene_cv_pearson
     monkeypatch.setattr(expression, "gene_cv_pearson", spy)
@@ -270,6 +274,12 @@ def test_reference_sections_inform_the_programs_and_leave_held_out_patients(smal
     assert model.training["reference"] == {"sections": ["B1"], "patients": ["other"], "n_spots": 295}
     assert len(seen["other"]) == 0 and len(seen["C"]) == 1 and len(seen["C2"]) == 1  # held-out patient's: out
     without = fit_expression(train, None, genes="hvg:6", source="colour_texture", cache_dir=tmp_path)
+    # in cross-validation the held-out section's genes have no say in which genes form the others' factors
+    from spafoundation.pp.genes import transcriptome_z
+
+    np.testing.assert_array_equal(seen_transcriptome["C2"]["transcriptome"], transcriptome_z(train[1:]))
+    np.testing.assert_array_equal(seen_transcriptome["C"]["transcriptome"], transcriptome_z(train[2:]))
+    assert not np.array_equal(seen_transcriptome["C2"]["transcriptome"], transcriptome_z(train)[40:])
     assert not np.allclose(np.abs(model.head.programs_part.loadings), np.abs(without.head.programs_part.loadings))
     again = ExpressionModel.load(model.save(tmp_path / "model"))
     np.testing.assert_allclose(again.predict(train[0], cache_dir=tmp_path).X,

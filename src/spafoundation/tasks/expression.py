@@ -325,15 +325,22 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
     X, Y, groups, blocks = training_matrices(train, gene_list, recipe, enc, target_sum=target_sum,
                                              cache_dir=cache_dir, progress=progress)
     ref = programs_reference(reference, train, gene_list, target_sum)
-    # the reference as a head's fit takes it; less a held-out fold's section or patient in cross-validation
-    ref_fit = (lambda held=None: {"reference": ref.without([held] if held else []).z}) if ref is not None else None
     unfitted = build_head(head, head_params, recipe)
-    # the spot factors of the training sections' whole transcriptome, which shape the members' targets
-    rows = ({"transcriptome": transcriptome_z(train, target_sum)}
-            if wants_transcriptome(unfitted, () if ref is None else ref.z) else {})
-    fitted = unfitted.fit(X, Y, groups, blocks, **(ref_fit() if ref_fit else {}), **rows)
-    cv = getattr(fitted, "cv_scores", None)
+    uses_transcriptome = wants_transcriptome(unfitted, () if ref is None else ref.z)
     patients = section_patients(train)
+
+    def fit_options(held: str | None = None) -> dict:
+        """The reference, and the training sections' whole transcriptome (whose spot factors shape the members'
+        targets), as a head's fit takes them; in cross-validation less the held-out fold's section or patient,
+        whose genes then have no say in the factors either."""
+        options = {"reference": ref.without([held] if held else []).z} if ref is not None else {}
+        if uses_transcriptome:
+            kept = [a for a in train if held not in (library_id(a), patients[library_id(a)])]
+            options["transcriptome"] = transcriptome_z(kept, target_sum)
+        return options
+
+    fitted = unfitted.fit(X, Y, groups, blocks, **fit_options())
+    cv = getattr(fitted, "cv_scores", None)
     training = {"sections": [library_id(a) for a in train], "patients": patients, "n_spots": len(X),
                 "genes_spec": "list" if isinstance(genes, (list, tuple)) else str(genes),
                 "alpha": getattr(fitted, "alpha", None), "cv_mean_r": max(cv) if cv else None,
@@ -348,7 +355,7 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
 
         folds = {"sections": groups, "patients": np.array([patients[g] for g in groups])}
         gene_cv = {k: r for k, f in folds.items()
-                   if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks, ref_fit, rows)) is not None}
+                   if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks, fit_options)) is not None}
     return ExpressionModel(gene_list, fitted, recipe, enc, target_sum=target_sum, training=training,
                            gene_cv=gene_cv,
                            shift=FeatureShift.fit({library_id(a): shift_features(a, cache_dir) for a in train}))

@@ -24,13 +24,11 @@ SHIFT_PREFIX = "shift."  # keys of the shift reference among the arrays of a sav
 
 
 def gene_cv_pearson(X: np.ndarray, Y: np.ndarray, sections: np.ndarray, folds: np.ndarray,
-                    make_head: Callable, blocks=None, fit_options: Callable | None = None,
-                    row_options: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+                    make_head: Callable, blocks=None, fit_options: Callable | None = None) -> np.ndarray | None:
     """Per-gene r on held-out ``folds`` (one label per spot: its section or its patient), each fold's sections
     scored separately, then averaged over every held-out section; None with fewer than two folds.
     ``fit_options(fold label)``: more keyword arguments of the head's fit without that fold (e.g. a reference
-    without the held-out patient's sections); ``row_options``: more, one row per spot (e.g. the transcriptome),
-    given without the fold's rows."""
+    without the held-out patient's sections, the other training sections' transcriptome)."""
     sections, folds = np.asarray(sections), np.asarray(folds)
     if len(np.unique(folds)) < 2:
         return None
@@ -38,8 +36,7 @@ def gene_cv_pearson(X: np.ndarray, Y: np.ndarray, sections: np.ndarray, folds: n
     for f in np.unique(folds):
         held = folds == f
         head = make_head().fit(X[~held], Y[~held], sections[~held], blocks,
-                               **(fit_options(f) if fit_options else {}),
-                               **{k: v[~held] for k, v in (row_options or {}).items()})
+                               **(fit_options(f) if fit_options else {}))
         pred = head.predict(X[held])
         for s in np.unique(sections[held]):
             rows = sections[held] == s
