@@ -55,6 +55,12 @@ def image_path(adata: ad.AnnData) -> str | None:
     return str(path) if path else None
 
 
+def note_imageless(path, sections: list[str]) -> None:
+    """One log line naming the sections ``imaged_only`` reading left out."""
+    if sections:
+        log.info("%s: left out %d section(s) without an H&E image: %s", path, len(sections), ", ".join(sections))
+
+
 def without_thumbnail(adata: ad.AnnData) -> ad.AnnData:
     """A copy of ``adata`` as a reader gives it with ``with_images=False``: no hires thumbnail, its scale factors
     back at 1 (the image file is still named, so patches can be read)."""

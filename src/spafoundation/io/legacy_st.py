@@ -36,6 +36,7 @@ from spafoundation.io.anndata_spec import (
     build_anndata,
     check_unique,
     estimate_mpp_from_pitch,
+    note_imageless,
     read_section_image,
     validate_counts,
 )
@@ -302,12 +303,6 @@ def read_st_section(section: str, patient: str, counts_path: Path, spot_path: Pa
             "image_size": image_size,
         },
     )
-
-
-def note_imageless(path, sections: list[str]) -> None:
-    """One log line naming the sections ``imaged_only`` reading left out."""
-    if sections:
-        log.info("%s: left out %d section(s) without an H&E image: %s", path, len(sections), ", ".join(sections))
 
 
 def read_legacy_st(

@@ -166,9 +166,9 @@ def _read_format(path, fmt, sections, *, bin_um, image, image_scale, **kwargs) -
 
 def drop_imageless(data: dict[str, ad.AnnData], path) -> dict[str, ad.AnnData]:
     """``data`` without its sections that have no H&E image, those named in one log line."""
-    from spafoundation.io.anndata_spec import image_path
+    from spafoundation.io.anndata_spec import image_path, note_imageless
 
-    legacy_st.note_imageless(path, [n for n, a in data.items() if not image_path(a)])
+    note_imageless(path, [n for n, a in data.items() if not image_path(a)])
     return {n: a for n, a in data.items() if image_path(a)}
 
 
