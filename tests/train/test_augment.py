@@ -77,3 +77,15 @@ def test_blur_sigma_sets_the_strongest_blur():
     peak_weak, peak_strong = weak[:, 0, 16, 16], strong[:, 0, 16, 16]  # the same draws: sigma 0.1 + u * (max - 0.1)
     assert bool((peak_strong <= peak_weak + 1e-6).all())
     assert float(peak_strong.mean()) < 0.5 * float(peak_weak.mean())  # a wider blur spreads the point further
+
+
+def test_clean_target_is_the_view_before_its_stain_and_blur():
+    tiles = (torch.rand(6, 3, 40, 40) * 255).to(torch.uint8)
+    plain = mae_views(tiles, 32, torch.Generator().manual_seed(4), CFG, (0.0,) * 3, (1.0,) * 3)
+    clean = mae_views(tiles, 32, torch.Generator().manual_seed(4), {**CFG, "clean_target": 1}, (0.0,) * 3, (1.0,) * 3)
+    assert "targets" not in plain and torch.equal(plain["images"], clean["images"])  # the same draws either way
+    # the same crop and orientation, without the photometric draws: what the view was before stain and blur
+    no_photometric = {"hed_sigma": 0, "hed_bias": 0, "brightness": 0, "contrast": 0, "saturation": 0, "blur_p": 0}
+    geometric = mae_views(tiles, 32, torch.Generator().manual_seed(4), no_photometric, (0.0,) * 3, (1.0,) * 3)
+    torch.testing.assert_close(clean["targets"], geometric["images"])
+    assert (clean["targets"] - clean["images"]).abs().mean() > 0.01

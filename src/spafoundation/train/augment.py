@@ -21,7 +21,7 @@ from spafoundation.models.handcrafted import HED_FROM_RGB, RGB_FROM_HED
 
 # The keys of the ``augment`` section of a pre-training config (each read below with its default).
 OPTIONS = ("hed_sigma", "hed_bias", "brightness", "contrast", "saturation", "blur_p", "blur_sigma", "lowres_p",
-           "lowres_max", "crop_scale", "n_local", "local_px", "mask_shape", "mask_ratio", "mask_prob")
+           "lowres_max", "crop_scale", "n_local", "local_px", "mask_shape", "mask_ratio", "mask_prob", "clean_target")
 RANGES = ("crop_scale", "mask_ratio")  # [low, high]; the others are numbers >= 0 but mask_shape
 MASK_SHAPES = ("block", "rand")
 
@@ -145,7 +145,11 @@ def random_resized_crop(x: torch.Tensor, out_px: int, gen: torch.Generator, scal
 
 def he_augment(x: torch.Tensor, gen: torch.Generator, cfg: dict) -> torch.Tensor:
     """The photometric and geometric H&E augmentations, strengths from ``cfg`` (augment section of the yaml)."""
-    x = dihedral(x, gen)
+    return photometric(dihedral(x, gen), gen, cfg)
+
+
+def photometric(x: torch.Tensor, gen: torch.Generator, cfg: dict) -> torch.Tensor:
+    """Stain, colour, resolution and focus: what differs between labs and scanners, not what the tissue is."""
     x = hed_jitter(x, gen, cfg.get("hed_sigma", 0.05), cfg.get("hed_bias", 0.02))
     x = colour_jitter(x, gen, cfg.get("brightness", 0.1), cfg.get("contrast", 0.1), cfg.get("saturation", 0.1))
     x = low_resolution(x, gen, cfg.get("lowres_p", 0.0), cfg.get("lowres_max", 4.0))
@@ -196,9 +200,14 @@ def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def mae_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std) -> dict:
-    """One augmented view per tile (MAE): a crop of 60-100% of the tile, then H&E augmentations."""
-    x = random_resized_crop(to_float(tiles), input_px, gen, tuple(cfg.get("crop_scale", (0.6, 1.0))))
-    return {"images": normalise(he_augment(x, gen, cfg), mean, std)}
+    """One augmented view per tile (MAE): a crop of 60-100% of the tile, then H&E augmentations. With
+    ``clean_target`` (non-zero) the pixels to reconstruct are the view before its photometric augmentations, so the
+    encoder learns to see through stain, blur and resolution instead of reproducing them."""
+    x = dihedral(random_resized_crop(to_float(tiles), input_px, gen, tuple(cfg.get("crop_scale", (0.6, 1.0)))), gen)
+    views = {"images": normalise(photometric(x, gen, cfg), mean, std)}
+    if cfg.get("clean_target"):
+        views["targets"] = normalise(x, mean, std)
+    return views
 
 
 def ibot_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std,
