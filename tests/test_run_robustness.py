@@ -132,11 +132,6 @@ def test_interrupted_run_continues_from_finished_steps(her2st_root, tiny_folder,
     if sig == signal.SIGTERM:  # was: exit 143 without a word, a .superres.*.tmp folder left for good
         assert "spafoundation: terminated" in err
     assert not list(out.rglob("*.tmp")) or sig == signal.SIGKILL  # SIGINT and SIGTERM clean their temporary files
-    assert json.loads((out / ".steps" / "fit_expression.json").read_text())  # the finished step's record is whole
-    if sig != signal.SIGKILL:
-        # such a run leaves what SIGKILL leaves, less the temporary files (asserted above): the resume after SIGKILL
-        # below covers the next run of all three (run twice per signal, the suite took 70 s more)
-        return
     done = subprocess.run(_run_cmd(her2st_root, tiny_folder, out), env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
