@@ -138,9 +138,12 @@ def test_torchrun_two_processes_end_with_identical_weights(objective, port, run_
     assert any(not torch.equal(init[k], states[0][k]) for k in init)
 
 
-def test_cli_bad_config_exits_2(tmp_path, her2st_root):
+def test_cli_bad_config_exits_2(tmp_path, her2st_root, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: [unclosed\n")
     assert main(["pretrain", str(her2st_root), "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
     assert main(["pretrain", str(her2st_root), "--out", str(tmp_path / "run"), "--set", "nonsense"]) == 2
     assert main(["pretrain", str(her2st_root), "--out", str(tmp_path / "run"), "--set", "colour=1"]) == 2
+    assert main(["pretrain", str(her2st_root), "--out", str(tmp_path / "run"), "--set", "objective.name=ibot",
+                 "--set", "augment.clean_target=1"]) == 2
+    assert "augment.clean_target: only the mae objective reconstructs pixels, not ibot" in capsys.readouterr().err

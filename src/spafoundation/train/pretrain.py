@@ -71,6 +71,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         raise InputError(path, "objective.name", f"unknown objective {name!r}; choose {' or '.join(OBJECTIVES)}")
     check_keys(cfg["objective"]["params"] or {}, {}, {"objective.params": objective_params(name)}, path=path,
                where="objective.params.")
+    if cfg["augment"].get("clean_target") and name != "mae":
+        raise InputError(path, "augment.clean_target", f"only the mae objective reconstructs pixels, not {name}")
     return cfg
 
 
