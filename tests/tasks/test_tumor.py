@@ -164,7 +164,13 @@ def test_cli_tumor_writes_spots_grid_model_and_heatmaps(her2st_root, tiny_folder
     assert read == [["C2", "C3", "C4", "A1"], ["C4"]]
 
 
-def test_cli_tumor_unknown_label_column_exits_2_and_writes_nothing(her2st_root, tiny_folder, tmp_path, capsys):
+def test_cli_tumor_unknown_label_column_exits_2_and_writes_nothing(her2st_root, tiny_folder, tmp_path, capsys,
+                                                                  monkeypatch):
+    from spafoundation.io import legacy_st
+
+    read = []
+    real = legacy_st.read_legacy_st_section
+    monkeypatch.setattr(legacy_st, "read_legacy_st_section", lambda root, s, **kw: read.append(s) or real(root, s, **kw))
     out = tmp_path / "tumor"
     assert main(["tumor", str(her2st_root), "--sections", "C2", "--train-sections", "C3", "--label-column", "nope",
                  "--out", str(out), "--encoder", str(tiny_folder)]) == 2
@@ -174,3 +180,8 @@ def test_cli_tumor_unknown_label_column_exits_2_and_writes_nothing(her2st_root, 
         assert main(["tumor", str(her2st_root), *sections, "--train-sections", "Z9", "--out", str(out),
                      "--encoder", str(tiny_folder)]) == 2
         assert not out.exists() and "Z9" in capsys.readouterr().err
+    # no call above reads a count-only section: none trains or is scored (HER2ST's 30 took half a minute)
+    assert set(read) <= {"C2", "C3", "C4", "C5", "C6", "A1"}, read
+    # one named without an image is read (any imaged section may train: those are read too), to be named as such
+    assert main(["tumor", str(her2st_root), "--sections", "B1", "--out", str(out), "--encoder", str(tiny_folder)]) == 2
+    assert not out.exists() and "no selected section has an H&E image to score" in capsys.readouterr().err

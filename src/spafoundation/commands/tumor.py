@@ -39,14 +39,17 @@ def run(args, data: dict | None = None) -> int:
     check_format_available(args)
     wanted, train_names = parse_sections(args.sections), parse_sections(args.train_sections)
     # only the sections it uses are read (HER2ST's 36 count tables take 17 s): those to score, and those to train on
-    # unless a saved model scores them; without --train-sections any imaged section may train, and with nothing
-    # named only the imaged sections are read
+    # unless a saved model scores them; without --train-sections any imaged section may train, and without
+    # --sections every imaged one is scored, so only the imaged sections are read (no step uses the others)
     needed = None
     if wanted and (args.model or train_names):
         needed = list(dict.fromkeys([*wanted, *([] if args.model else train_names)]))
-    data = command_dataset(args, data, needed, imaged_only=not (wanted or train_names))
+    given, data = data, command_dataset(args, data, needed, imaged_only=needed is None)
     for option, names in (("--sections", wanted), ("--train-sections", train_names)):
         missing = [s for s in names or [] if s not in data]
+        if missing and needed is None:  # left out as imageless, or not in the data: read to tell which
+            data.update(command_dataset(args, given, missing))  # an unknown one: the reader names it
+            missing = [s for s in missing if s not in data]
         if missing:
             raise InputError(args.data, option, f"no section {', '.join(missing)} (have: {', '.join(data)})")
     imaged = {n: a for n, a in data.items() if image_path(a)}
