@@ -35,6 +35,17 @@ def test_commands_are_discovered():
     assert e.value.code == 2
 
 
+def test_help_imports_no_numerical_library():
+    """``spafoundation --help`` and a usage error answer at once: building the parser imports none of torch,
+    anndata, pandas or numpy (they took 4-7 s, paid by every --help and mistyped option)."""
+    heavy = ("torch", "timm", "anndata", "pandas", "numpy", "scipy", "sklearn", "PIL", "matplotlib")
+    code = ("import sys; from spafoundation.cli import build_parser; build_parser(); "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(heavy)!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])

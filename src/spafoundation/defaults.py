@@ -9,6 +9,7 @@ EXPRESSION_GENES = "hvg:50"  # hvg:K, mean:K or a gene-list file (tasks/expressi
 # (tasks/heads.py). Across patients (HER2ST C <-> A1, hvg:50) mean r 0.075 against 0.074 without the programs,
 # 0.072 with the targets as they are and 0.063 for one ridge; within patient C 0.176 / 0.172 / 0.171 / 0.161
 EXPRESSION_HEAD = "ridge-ensemble"
+TARGET_SUM = 1e4  # expression targets: log1p(counts / library size * TARGET_SUM)
 SUPERRES_GENES = "hvg:50"
 TUMOR_GRID_UM = 100.0  # pitch of the tumour map's tissue grid (0: spots only)
 DOMAIN_FEATURES = "image"

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anndata as ad
-
 from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
@@ -34,6 +32,8 @@ KEY = "spatial_domain"
 
 
 def run(args, data: dict | None = None) -> int:
+    import anndata as ad
+
     from spafoundation import pl, tl
     from spafoundation.eval.metrics import clustering_agreement
     from spafoundation.io.anndata_spec import microns_per_pixel

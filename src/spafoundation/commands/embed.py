@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import anndata as ad
-
 from spafoundation.commands._common import (
     add_data_options,
     add_precision_option,
@@ -20,9 +18,7 @@ from spafoundation.commands._common import (
     unit_interval,
 )
 from spafoundation.errors import InputError
-from spafoundation.io.readers import read_dataset
 from spafoundation.utils.atomic import check_output_file, write_h5ad
-from spafoundation.utils.distributed import barrier, current_world, device_for, shard
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +35,12 @@ def run(args) -> int:
             raise InputError(None, "--stain-norm", "is not applied to --tiles yet (whole-slide tiles have no spot "
                              "sample to estimate a slide's stain from); embed spots, or leave it at none")
         return run_tiles(args)
+    import anndata as ad
+
+    from spafoundation.io.readers import read_dataset
     from spafoundation.models.embed import UNS_KEY, embed_adata
     from spafoundation.tasks.expression import resolve_encoder
+    from spafoundation.utils.distributed import barrier, current_world, device_for, shard
 
     if args.out:
         check_output_file(args.out, ".h5ad")

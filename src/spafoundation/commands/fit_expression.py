@@ -18,7 +18,6 @@ from spafoundation.commands._common import (
     positive_int,
 )
 from spafoundation.errors import InputError
-from spafoundation.pp.genes import TARGET_SUM
 
 
 def check_programs_head(head: str, programs: int | None, path=None, field: str = "--programs") -> None:
@@ -119,7 +118,7 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=positive_int, help="epochs of the finetune head (default 20) / maximum for mlp")
     p.add_argument("--lr", type=positive_float, help="learning rate of the mlp / finetune head")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda, mps)")
-    p.add_argument("--target-sum", default=str(TARGET_SUM),
+    p.add_argument("--target-sum", default=str(defaults.TARGET_SUM),
                    help="targets are log1p(counts / library size * target-sum); 'none' for log1p of raw counts")
     p.add_argument("--features", help="feature source: encoder, colour_texture, nuclei, mean_colour, or joined "
                                       "with '+' (default encoder+colour_texture+nuclei)")

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from spafoundation.commands._common import add_data_options, data_options, parse_sections
-from spafoundation.io.anndata_spec import spatial_meta
-from spafoundation.io.readers import detect_format, read_dataset
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LABEL_COLUMNS = ("label", "cluster_annotation")
 
 
 def summarize(path, sections=None, **options) -> pd.DataFrame:
     """One row per section; ``options``: ``read_dataset``'s (bin_um, image, image_scale, mpp)."""
+    import pandas as pd
+
+    from spafoundation.io.anndata_spec import spatial_meta
+    from spafoundation.io.readers import read_dataset
+
     data = read_dataset(path, sections, with_images=False, **options)
     rows = []
     for name, adata in data.items():
@@ -52,6 +57,8 @@ def summarize(path, sections=None, **options) -> pd.DataFrame:
 
 
 def run(args) -> int:
+    from spafoundation.io.readers import detect_format
+
     fmt = detect_format(args.path)
     table = summarize(args.path, parse_sections(args.sections), **data_options(args))
     n_img = int((table["image"] != "-").sum())

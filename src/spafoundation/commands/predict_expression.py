@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
@@ -26,6 +24,8 @@ from spafoundation.utils.atomic import atomic_path, check_output_file, write_h5a
 
 
 def _evaluate(model, adata, pred) -> dict | None:
+    import numpy as np
+
     from spafoundation.eval.metrics import evaluate_expression
     from spafoundation.pp.genes import expression_matrix
 

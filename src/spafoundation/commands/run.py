@@ -37,7 +37,6 @@ from spafoundation.commands._run_steps import (
     TumorStep,
 )
 from spafoundation.errors import InputError
-from spafoundation.io.patches import TISSUE_MASK_VERSION
 from spafoundation.run_folder import RunFolder
 from spafoundation.utils.atomic import atomic_path, check_output_dir
 from spafoundation.utils.precision import CHOICES
@@ -257,6 +256,7 @@ def step_inputs(step: RunStep, data: dict, data_path: str, cache: str) -> dict[s
 def _earlier_run(out: Path, step: RunStep, inputs: dict[str, str]) -> tuple[bool, str]:
     """(whether ``step`` was done by an earlier run from the same arguments and inputs, why not when it was done
     from others)."""
+    from spafoundation.io.patches import TISSUE_MASK_VERSION
     from spafoundation.utils.provenance import changed
 
     try:
@@ -277,6 +277,8 @@ def _earlier_run(out: Path, step: RunStep, inputs: dict[str, str]) -> tuple[bool
 
 
 def _mark_done(out: Path, step: RunStep, seconds: float, inputs: dict[str, str]) -> None:
+    from spafoundation.io.patches import TISSUE_MASK_VERSION
+
     with atomic_path(_marker(out, step)) as tmp:
         Path(tmp).write_text(json.dumps({"argv": step.argv, "inputs": inputs, "seconds": round(seconds, 1),
                                   "tissue_mask_version": TISSUE_MASK_VERSION}) + "\n")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
@@ -30,6 +28,8 @@ from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
 def run(args, data: dict | None = None) -> int:
+    import numpy as np
+
     from spafoundation import pl, tl
     from spafoundation.tasks.superres import SuperresModel, grid_images
 

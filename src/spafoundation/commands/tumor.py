@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anndata as ad
-
 from spafoundation import defaults
 from spafoundation.commands._common import (
     add_cache_args,
@@ -30,6 +28,8 @@ from spafoundation.utils.atomic import atomic_dir, check_output_dir
 
 
 def run(args, data: dict | None = None) -> int:
+    import anndata as ad
+
     from spafoundation import pl, tl
     from spafoundation.io.anndata_spec import image_path
     from spafoundation.tasks.tumor import TumorModel, sample_note

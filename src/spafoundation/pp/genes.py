@@ -14,11 +14,11 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from spafoundation.defaults import TARGET_SUM
 from spafoundation.errors import InputError
 
 log = logging.getLogger(__name__)
 
-TARGET_SUM = 1e4
 MIN_EXPRESSED_FRAC = 0.1  # HEST rule: a candidate gene is detected in >= 10% of the spots of every section
 N_HVG_BINS = 20
 
