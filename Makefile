@@ -42,6 +42,7 @@ lint: install
 # Benchmarks print their ratios and rewrite their sections of BENCHMARKS.md.
 bench: install
 	$(PIP) install -q -e '.[onnx]'
+	$(PY) bench/read_speed.py
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/cpu_fast_path.py
 	$(PY) bench/wsi_scale.py
