@@ -40,9 +40,19 @@ def test_neighbour_mean_in_chunks_equals_every_ball():
 
 
 def test_fused_features_blocks(her2st_c2, tiny_encoder, tmp_path):
+    from spafoundation.models.embed import embed_adata
+    from spafoundation.tasks.spot_features import context_encoder
+
     a = her2st_c2[:12].copy()
+    spot_patch, wide = a.copy(), a.copy()
+    embed_adata(spot_patch, tiny_encoder, cache_dir=tmp_path, progress=False)
+    embed_adata(wide, context_encoder(tiny_encoder, 2.0), cache_dir=tmp_path, progress=False)
+    assert not np.allclose(spot_patch.obs["tissue_fraction"], wide.obs["tissue_fraction"])  # edge spots here
     recipe = {"source": "encoder+colour_texture", "context": 2.0, "neighbours_um": 300.0}
     feats, blocks = spot_features(a, recipe, tiny_encoder, cache_dir=tmp_path, with_blocks=True)
+    # the wider view leaves the spot patch's tissue fraction in obs (it overwrote it, in the user's AnnData too)
+    np.testing.assert_array_equal(a.obs["tissue_fraction"], spot_patch.obs["tissue_fraction"])
+    np.testing.assert_array_equal(a.obs["low_tissue"], spot_patch.obs["low_tissue"])
     d = tiny_encoder.embed_dim
     assert blocks[:4] == [d, d, blocks[2], blocks[2]] and blocks[4:] == blocks[:4]
     assert block_labels(recipe) == ["encoder", "encoder@x2", "colour_texture", "colour_texture@x2",

@@ -63,6 +63,7 @@ def embed_adata(
     progress: bool = True,
     key: str | None = None,
     stain=None,
+    view: str = "",
 ) -> np.ndarray:
     """One embedding per spot, stored in ``adata.obsm[key or 'X_<encoder.name>']`` and returned.
 
@@ -73,7 +74,9 @@ def embed_adata(
     Results are cached on disk (``cache_dir``, ``$SPAFOUNDATION_CACHE`` or ``~/.cache/spafoundation``;
     ``cache_dir=False`` disables the cache) and a run that was killed resumes from the last complete chunk.
     Also sets ``obs['tissue_fraction']`` (share of tissue pixels in the patch; glass masked to black and a picture
-    pasted onto the image are none, as on the slide's tissue mask) and ``obs['low_tissue']``.
+    pasted onto the image are none, as on the slide's tissue mask) and ``obs['low_tissue']``, unless ``view`` names
+    another view than the spot's own patch (a wider field of view, ``tasks/spot_features.context_encoder``): those
+    columns stay the spot patch's, and the progress bar names the view.
     """
     key = key or f"X_{encoder.name}"
     section = library_id(adata)
@@ -102,12 +105,13 @@ def embed_adata(
     if hit is not None:
         (emb, tf), n_cached, status = hit, n, "hit"
     else:
-        emb, tf, n_cached = _compute(adata, encoder, xy, cache, tta, batch_size, progress, section,
-                                     section_stain(adata, stain))
+        emb, tf, n_cached = _compute(adata, encoder, xy, cache, tta, batch_size, progress,
+                                     f"{section} ({view})" if view else section, section_stain(adata, stain))
         status = "off" if cache is None else "partial" if n_cached else "miss"
     adata.obsm[key] = emb
-    adata.obs["tissue_fraction"] = tf.astype(np.float32)
-    adata.obs["low_tissue"] = tf < MIN_TISSUE
+    if not view:
+        adata.obs["tissue_fraction"] = tf.astype(np.float32)
+        adata.obs["low_tissue"] = tf < MIN_TISSUE
     record = {"encoder": encoder.name, "identity": encoder.identity, "patch_um": float(encoder.patch_um),
               "input_size": int(encoder.input_size), "tta": bool(tta), "cache": status,
               "n_from_cache": int(n_cached), "stain_norm": "none" if stain is None else stain.record()}

@@ -189,7 +189,7 @@ def _source_features(adata, source: str, encoder, factor: float, tta: bool, cach
         if factor == 1:
             return embed_adata(adata, encoder, cache_dir=cache_dir, tta=tta, progress=progress, stain=stain)
         return embed_adata(adata, context_encoder(encoder, factor), cache_dir=cache_dir, tta=tta, progress=progress,
-                           key=f"X_{encoder.name}_context{factor:g}", stain=stain)
+                           key=f"X_{encoder.name}_context{factor:g}", stain=stain, view=f"x{factor:g} field of view")
     from spafoundation.models.embed_handcrafted import handcrafted_features
 
     size_um = (encoder.patch_um if encoder is not None else HANDCRAFTED_PATCH_UM) * factor
