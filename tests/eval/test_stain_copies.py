@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from spafoundation.eval.stain_copies import jittered_copy, restain
+from spafoundation.eval.stain_copies import jittered_copy, restain_image
 from spafoundation.io import read_dataset
 from spafoundation.io.anndata_spec import image_path
 from spafoundation.io.patches import extract_patches
@@ -21,7 +21,7 @@ def section(c2_small, tmp_path_factory):
 
 def test_restain_without_a_draw_keeps_the_pixels(c2_small):
     rgb = tifffile.imread(c2_small.tiff)[:300, :300, :3]
-    same = restain(rgb, np.ones(3), np.zeros(3), 1.0)
+    same = restain_image(rgb, np.ones(3), np.zeros(3), 1.0)
     assert np.abs(same.astype(int) - rgb).max() <= 1  # float round trip through optical density
 
 

@@ -18,22 +18,26 @@ from PIL import Image
 
 from spafoundation.io.anndata_spec import image_path, library_id, spatial_meta, without_thumbnail
 from spafoundation.io.slide import open_slide
-from spafoundation.models.handcrafted import HED_FROM_RGB, RGB_FROM_HED
 from spafoundation.utils.atomic import atomic_path
 
 BAND_ROWS = 512  # rows re-stained at a time: float copies of a 90 Mpx image would take 1 GB each
 
 
-def restain(rgb: np.ndarray, scale: np.ndarray, shift: np.ndarray, brightness: float) -> np.ndarray:
+def restain_image(rgb: np.ndarray, scale, shift, brightness: float) -> np.ndarray:
     """``rgb`` (uint8, rows x cols x 3) with its HED concentrations scaled by ``scale`` and shifted by ``shift``
-    (3 each) and its intensity multiplied by ``brightness``."""
-    hed_from_rgb, rgb_from_hed = HED_FROM_RGB.astype(np.float32), RGB_FROM_HED.astype(np.float32)
+    (3 each, the pre-training augmentation's ``train.augment.restain``) and its intensity multiplied by
+    ``brightness``."""
+    import torch
+
+    from spafoundation.train.augment import restain
+
+    scale = torch.as_tensor(np.asarray(scale, dtype=np.float32)).view(1, 3, 1, 1)
+    shift = torch.as_tensor(np.asarray(shift, dtype=np.float32)).view(1, 3, 1, 1)
     out = np.empty_like(rgb)
     for r in range(0, len(rgb), BAND_ROWS):
-        od = -np.log((rgb[r : r + BAND_ROWS].astype(np.float32) + 1) / 256)
-        hed = (od @ hed_from_rgb) * scale.astype(np.float32) + shift.astype(np.float32)
-        x = (256 * np.exp(-(hed @ rgb_from_hed)) - 1) * brightness
-        out[r : r + BAND_ROWS] = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+        band = torch.from_numpy(np.ascontiguousarray(rgb[r : r + BAND_ROWS])).permute(2, 0, 1)[None].float() / 255
+        moved = restain(band, scale, shift)[0].permute(1, 2, 0).numpy() * (255 * brightness)
+        out[r : r + BAND_ROWS] = np.clip(moved + 0.5, 0, 255).astype(np.uint8)
     return out
 
 
@@ -56,7 +60,7 @@ def jittered_copy(section: ad.AnnData, folder: str | Path, *, seed: int, sigma: 
         gain = 1 + brightness * (2 * rng.random() - 1)
         with open_slide(image_path(section)) as slide:  # the file's own pixels, whatever frame the spots use
             rgb = slide.read_level_region(0, 0, 0, slide.width, slide.height)
-        rgb = restain(np.ascontiguousarray(rgb[..., :3]), scale, shift, gain)
+        rgb = restain_image(np.ascontiguousarray(rgb[..., :3]), scale, shift, gain)
         if coarsen > 1:
             h, w = rgb.shape[:2]
             small = Image.fromarray(rgb).resize((max(1, round(w / coarsen)), max(1, round(h / coarsen))),

@@ -64,21 +64,26 @@ def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
+def restain(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, 3, H, W, values in [0, 1]) with its H/E/D concentrations in optical density scaled by ``scale`` and
+    shifted by ``shift`` (each (B, 3, 1, 1)); not clamped. Also re-stains whole test images (eval/stain_copies.py)."""
+    rgb_from_hed = torch.as_tensor(RGB_FROM_HED, dtype=x.dtype, device=x.device)
+    hed_from_rgb = torch.as_tensor(HED_FROM_RGB, dtype=x.dtype, device=x.device)
+    od = -torch.log((x * 255.0 + 1.0) / 256.0)  # (B, 3, H, W)
+    hed = torch.einsum("bchw,cd->bdhw", od, hed_from_rgb) * scale + shift
+    od = torch.einsum("bdhw,dc->bchw", hed, rgb_from_hed)
+    return (256.0 * torch.exp(-od) - 1.0) / 255.0
+
+
 def hed_jitter(x: torch.Tensor, gen: torch.Generator, sigma: float = 0.05, bias: float = 0.02) -> torch.Tensor:
     """Stain jitter in optical density space: per image, H/E/D concentrations scaled by 1+N(0, sigma) and
     shifted by N(0, bias)."""
     if sigma <= 0 and bias <= 0:
         return x
-    rgb_from_hed = torch.as_tensor(RGB_FROM_HED, dtype=x.dtype, device=x.device)
-    hed_from_rgb = torch.as_tensor(HED_FROM_RGB, dtype=x.dtype, device=x.device)
     b = len(x)
-    od = -torch.log((x * 255.0 + 1.0) / 256.0)  # (B, 3, H, W)
-    hed = torch.einsum("bchw,cd->bdhw", od, hed_from_rgb)
     scale = 1 + sigma * torch.randn(b, 3, 1, 1, generator=gen).to(x.device)
     shift = bias * torch.randn(b, 3, 1, 1, generator=gen).to(x.device)
-    hed = hed * scale + shift
-    od = torch.einsum("bdhw,dc->bchw", hed, rgb_from_hed)
-    return ((256.0 * torch.exp(-od) - 1.0) / 255.0).clamp(0, 1)
+    return restain(x, scale, shift).clamp(0, 1)
 
 
 def colour_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.1, contrast: float = 0.1,
