@@ -38,9 +38,9 @@ def run(args, data: dict | None = None) -> int:
     check_output_dir(out)  # before the work: never replace a folder of the user's
     check_format_available(args)
     wanted, train_names = parse_sections(args.sections), parse_sections(args.train_sections)
-    # only the sections it uses are read (HER2ST's 36 take 22 s, its 6 imaged 2 s: BENCHMARKS.md): those to score, and those to train on
-    # unless a saved model scores them; without --train-sections any imaged section may train, and without
-    # --sections every imaged one is scored, so only the imaged sections are read (no step uses the others)
+    # only the sections it uses are read (HER2ST's 36 take 22 s, its 6 imaged 2 s: BENCHMARKS.md): those to score,
+    # and those to train on unless a saved model scores them; without --train-sections any imaged section may train,
+    # and without --sections every imaged one is scored, so only the imaged sections are read (no step uses the others)
     needed = None
     if wanted and (args.model or train_names):
         needed = list(dict.fromkeys([*wanted, *([] if args.model else train_names)]))
