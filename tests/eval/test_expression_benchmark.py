@@ -175,6 +175,34 @@ def test_hires_rows_need_a_folder_for_the_copies():
         eb.run_expression_benchmark(sections, [eb.Contender("x", test_image="lowres")], genes="mean:4")
 
 
+def test_split_targets_choose_genes_the_test_sections_measure_and_fit_on_stacked_copies(monkeypatch):
+    """A split's genes come from its training sections among those every test section measures; a head fitted on
+    copies of the training sections sees each copy's spots with their section's targets and group, in order."""
+    import spafoundation.tasks.heads as heads
+
+    sections = {"C1": _section("C1", "C", 0), "C2": _section("C2", "C", 1), "A1": _section("A1", "A", 2)[:, :3]}
+    split = eb.SplitTargets.of(sections, ["C1", "C2"], ["A1"], "mean:4")
+    assert sorted(split.genes) == ["G1", "G2", "G3"] and split.Y.shape == (120, 3)
+    seen = []
+    fit = heads.RidgeEnsembleHead.fit
+
+    def spy(self, X, Y, groups, blocks=None, reference=(), transcriptome=None):
+        seen.append((Y, groups, transcriptome))
+        return fit(self, X, Y, groups, blocks, reference, transcriptome)
+
+    monkeypatch.setattr(heads.RidgeEnsembleHead, "fit", spy)
+    default = eb.pipeline_contender("default", "enc")
+    store = _Store(sections)
+    X = np.concatenate([store.get(default, n)[0] for n in ("C1", "C2")])
+    blocks = store.get(default, "C1")[1]
+    once, twice = split.fit(default, X, blocks), split.fit(default, np.vstack([X, X + 0.1]), blocks, copies=2)
+    Y, groups, transcriptome = seen[-1]
+    np.testing.assert_array_equal(Y, np.vstack([split.Y, split.Y]))
+    assert list(groups) == list(split.groups) * 2 and len(transcriptome) == 240
+    np.testing.assert_array_equal(transcriptome[120:], split.transcriptome)
+    assert once.predict(X).shape == twice.predict(X).shape == (120, 3)
+
+
 def test_programs_lift_a_colour_texture_ridge_across_real_patients(her2st_root):
     """Non-regression on real data (HER2ST C2-C6 and A1, hvg:50 chosen per fold on its training sections): the shared
     expression programs lift the colour/texture ridge in both leave-one-patient-out directions and within patient C

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -144,6 +146,44 @@ def test_programs_round_trip_and_refit_at_the_alphas_chosen():
     np.testing.assert_allclose(again.predict(X), head.predict(X), rtol=1e-6, atol=1e-6)
     refit = RidgeEnsembleHead(**chosen_params(head))
     assert refit.programs_alpha == head.programs_chosen_alpha and refit.programs == 2
+
+
+def test_shared_transforms_change_no_prediction_and_a_refit_chooses_nothing(monkeypatch):
+    """An ensemble fit shares the scaling + PCA of identical training rows between its members' folds, its programs
+    and its own score: its predictions are those of fitting every transform afresh, with far fewer PCA fits. A
+    refit at the settings it chose cross-validates nothing."""
+    from sklearn.decomposition import PCA
+
+    from spafoundation.tasks import heads
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(150, 300)).astype(np.float32)  # wider than N_PCS: every fit of every block runs a PCA
+    Y = X[:, :8] @ rng.normal(size=(8, 10)) + rng.normal(size=(150, 10))
+    groups = np.repeat(["a", "b", "c"], 50)
+    calls = []
+    fit = PCA.fit
+    monkeypatch.setattr(PCA, "fit", lambda self, Z, y=None: calls.append(len(Z)) or fit(self, Z))
+    kwargs = {"blocks": [150, 150], "members": [None, [1]]}
+    shared = RidgeEnsembleHead(**kwargs).fit(X, Y, groups)
+    n_shared = len(calls)
+    refit = RidgeEnsembleHead(**chosen_params(shared)).fit(X, Y, groups)
+    assert refit.cv_scores is None and len(calls) - n_shared == 2  # each member once (the programs share the first's)
+    np.testing.assert_allclose(refit.predict(X), shared.predict(X), rtol=1e-5, atol=1e-5)
+    del calls[n_shared:]
+
+    @contextlib.contextmanager
+    def nothing_shared():
+        yield
+
+    monkeypatch.setattr(heads, "shared_transforms", nothing_shared)
+    afresh = RidgeEnsembleHead(**kwargs).fit(X, Y, groups)
+    # the same arithmetic; only BLAS's rounding on differently laid out copies of the rows tells them apart
+    assert shared.alpha == afresh.alpha
+    np.testing.assert_allclose(shared.cv_scores, afresh.cv_scores, rtol=1e-6)
+    np.testing.assert_allclose(shared.predict(X), afresh.predict(X), rtol=1e-6, atol=1e-6)
+    # a member's 3 folds and its fit on every row, for each of the 2 members: 8; afresh also the programs' 4 (on
+    # the first member's rows) and the ensemble score's 3 folds x (2 members + programs)
+    assert n_shared == 8 and len(calls) - n_shared == 8 + 4 + 9
 
 
 def test_a_head_saved_before_programs_loads_without_them():

@@ -37,3 +37,29 @@ def test_program_loadings_survive_a_failed_gesdd(monkeypatch):
     _gesdd_fails(monkeypatch)
     got = program_loadings(Z, groups, 3)
     np.testing.assert_allclose(np.abs((got * expected).sum(1)), 1.0, atol=1e-9)  # same axes, up to sign
+
+
+@pytest.mark.parametrize("shape", [(30, 80), (80, 30)])
+def test_leading_svd_matches_the_full_decomposition(shape):
+    from spafoundation.utils.linalg import leading_svd
+
+    rng = np.random.default_rng(4)
+    M = rng.normal(size=(shape[0], 6)) * np.array([9.0, 7, 5, 4, 3, 2]) @ rng.normal(size=(6, shape[1]))
+    M += 0.1 * rng.normal(size=shape)
+    U, s, Vt = leading_svd(M, 4)
+    U0, s0, Vt0 = np.linalg.svd(M, full_matrices=False)
+    np.testing.assert_allclose(s, s0[:4], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(np.sum(U * U0[:, :4], axis=0)), 1.0, atol=1e-9)  # same axes, up to sign
+    np.testing.assert_allclose(np.abs(np.sum(Vt * Vt0[:4], axis=1)), 1.0, atol=1e-9)
+    np.testing.assert_allclose(U * s @ Vt, U0[:, :4] * s0[:4] @ Vt0[:4], atol=1e-8)
+
+
+def test_leading_svd_beyond_the_rank_gives_zero_triplets():
+    from spafoundation.utils.linalg import leading_svd
+
+    rng = np.random.default_rng(5)
+    M = rng.normal(size=(20, 2)) @ rng.normal(size=(2, 40))  # rank 2
+    U, s, Vt = leading_svd(M, 4)
+    assert U.shape == (20, 4) and Vt.shape == (4, 40) and np.all(np.isfinite(Vt))
+    assert s[2] == s[3] == 0 and not Vt[2:].any()
+    np.testing.assert_allclose(U * s @ Vt, M, atol=1e-8)

@@ -212,14 +212,11 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
         return references[key]
 
     for kind, direction, test, train in splits:
-        candidates = set.intersection(*(set(sections[t].var_names) for t in test))
-        gene_list = select_genes([sections[n] for n in train], genes, target_sum, sorted(candidates))
+        split = SplitTargets.of(sections, train, test, genes, target_sum)
+        gene_list = split.genes
         split_name = f"{kind}:{direction}:{'+'.join(test)}"
         gene_sets[split_name] = gene_list
-        Y = np.concatenate([expression_matrix(sections[n], gene_list, target_sum) for n in train])
-        groups = np.concatenate([[n] * sections[n].n_obs for n in train])
         ref = _split_reference(reference, sections, train, test, gene_list, target_sum, contenders)
-        transcriptome = None  # the training spots' many-gene matrix, for the heads that reduce targets with it
         for c in contenders:
             t0 = time.perf_counter()
             if c.ceiling:
@@ -231,13 +228,7 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
                 continue
             stain = stain_for(c, train)
             X = np.concatenate([store.get(c, n, stain)[0] for n in train])
-            options = {"reference": ref.z} if c.reference else {}
-            head = build_head(c.head, c.head_params, c.recipe())
-            if wants_transcriptome(head, options.get("reference", ())):
-                if transcriptome is None:
-                    transcriptome = transcriptome_z([sections[n] for n in train], target_sum)
-                options["transcriptome"] = transcriptome
-            head.fit(X, Y, groups, store.get(c, train[0], stain)[1], **options)
+            head = split.fit(c, X, store.get(c, train[0], stain)[1], ref.z if c.reference else None)
             for t in test:
                 y_true = expression_matrix(sections[t], gene_list, target_sum)
                 image = t if c.test_image == "given" else _copy_name(t, c.test_image)
@@ -249,6 +240,41 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
                              "fit_seconds": round(time.perf_counter() - t0, 2), **m})
             log.info("%s %s: %s", split_name, c.name, rows[-1]["mean_r"])
     return pd.DataFrame(rows), gene_sets
+
+
+class SplitTargets:
+    """One split's genes (chosen on its training sections among those every test section measures), its training
+    spots' targets and section labels, and a contender's head fitted on them."""
+
+    def __init__(self, sections: dict[str, ad.AnnData], train: Sequence[str], genes: list[str], target_sum):
+        self.sections, self.train, self.genes, self.target_sum = sections, list(train), genes, target_sum
+        self.Y = np.concatenate([expression_matrix(sections[n], genes, target_sum) for n in train])
+        self.groups = np.concatenate([[n] * sections[n].n_obs for n in train])
+        self._transcriptome = None
+
+    @classmethod
+    def of(cls, sections: dict[str, ad.AnnData], train: Sequence[str], test: Sequence[str], genes="hvg:50",
+           target_sum=TARGET_SUM) -> SplitTargets:
+        candidates = set.intersection(*(set(sections[t].var_names) for t in test))
+        return cls(sections, train, select_genes([sections[n] for n in train], genes, target_sum, sorted(candidates)),
+                   target_sum)
+
+    @property
+    def transcriptome(self) -> np.ndarray:
+        """The training spots' many-gene matrix, for the heads that reduce their targets with it (once per split)."""
+        if self._transcriptome is None:
+            self._transcriptome = transcriptome_z([self.sections[n] for n in self.train], self.target_sum)
+        return self._transcriptome
+
+    def fit(self, c: Contender, X: np.ndarray, blocks, reference=None, copies: int = 1):
+        """``c``'s head fitted on features ``X`` of the training spots; ``copies`` > 1: ``X`` stacks that many
+        views of every training section (each view's rows in the sections' order), which keep its targets and its
+        cross-validation group."""
+        head = build_head(c.head, c.head_params, c.recipe())
+        options = {"reference": reference} if reference is not None else {}
+        if wants_transcriptome(head, options.get("reference", ())):
+            options["transcriptome"] = np.tile(self.transcriptome, (copies, 1))
+        return head.fit(X, np.tile(self.Y, (copies, 1)), np.tile(self.groups, copies), blocks, **options)
 
 
 def _split_reference(reference, sections, train, test, genes, target_sum, contenders):

@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
@@ -21,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from spafoundation.eval.metrics import pearson_per_gene
-from spafoundation.utils.linalg import thin_svd
+from spafoundation.utils.linalg import leading_svd
 
 ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 N_PCS = 256
@@ -55,6 +58,43 @@ def _ridge_predict(ridge: Ridge, Z: np.ndarray) -> np.ndarray:
     return ridge.predict(Z).reshape(len(Z), -1)
 
 
+# One ensemble fit fits the scaling + PCA of the same training rows several times: in each inner fold of a member's
+# alpha search, again for the programs' ridge on the same blocks and folds, and for the ensemble's own
+# cross-validated score. Within ``shared_transforms`` each is fitted once and kept by the rows' content: the same
+# transform at a fraction of the time (a randomised PCA of a few hundred spots by a thousand features: ~0.2 s).
+_TRANSFORMS: dict | None = None
+_TRANSFORMS_BYTES = 2**30  # the oldest are dropped beyond it (tens of thousands of training spots)
+
+
+@contextlib.contextmanager
+def shared_transforms():
+    """Ridge heads fitted inside share the scaling + PCA of identical training rows; dropped on leaving."""
+    global _TRANSFORMS
+    if _TRANSFORMS is not None:  # an enclosing fit already shares them
+        yield
+        return
+    _TRANSFORMS = {}
+    try:
+        yield
+    finally:
+        _TRANSFORMS = None
+
+
+def _digest(X: np.ndarray) -> tuple:
+    X = np.ascontiguousarray(X)
+    return X.shape, X.dtype.str, hashlib.blake2b(X.view(np.uint8), digest_size=16).digest()
+
+
+def _keep_transform(key, transform) -> None:
+    _TRANSFORMS[key] = transform
+
+    def size(t):
+        return t[2].nbytes + (t[1].components_.nbytes if t[1] is not None else 0)
+
+    while len(_TRANSFORMS) > 1 and sum(size(t) for t in _TRANSFORMS.values()) > _TRANSFORMS_BYTES:
+        _TRANSFORMS.pop(next(iter(_TRANSFORMS)))
+
+
 class RidgeHead:
     kind = "ridge"
 
@@ -78,15 +118,25 @@ class RidgeHead:
         return scaler
 
     def _transform_fit(self, X):
+        key = (_digest(X), self.n_pcs, tuple(self.blocks or ())) if _TRANSFORMS is not None else None
+        if key is not None and key in _TRANSFORMS:
+            return _TRANSFORMS[key]
         scaler = self._block_scaler(X)
         Z = scaler.transform(X)
         k = min(self.n_pcs, Z.shape[0] - 1, Z.shape[1])
         pca = PCA(n_components=k, random_state=0).fit(Z) if k < Z.shape[1] else None
-        return scaler, pca, (pca.transform(Z) if pca is not None else Z)
+        transform = (scaler, pca, pca.transform(Z) if pca is not None else Z)
+        if key is not None:
+            _keep_transform(key, transform)
+        return transform
 
     def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, blocks=None) -> RidgeHead:
+        """Alpha by grouped inner cross-validation (``cv_scores``: the mean r at each); one alpha: fitted at it."""
         if blocks is not None:
             self.blocks = [int(b) for b in blocks]
+        if len(self.alphas) == 1:
+            self.cv_scores = None  # nothing to choose (a refit at an alpha chosen before)
+            return self.fit_at(X, Y, self.alphas[0])
         scores = np.zeros(len(self.alphas))
         folds = _folds(groups, len(X))
         for tr, va in folds:
@@ -183,8 +233,8 @@ def program_loadings(Z: np.ndarray, groups: np.ndarray, k: int, reference=()) ->
 
 
 def _leading_svd(M: np.ndarray, k: int):
-    """``U, s, Vt`` of the ``k`` leading singular triplets of ``M``: exact, or by a randomised SVD where both sides
-    exceed ``EXACT_AXES_UP_TO`` and ``k`` is under a tenth of the smaller."""
+    """``U, s, Vt`` of the ``k`` leading singular triplets of ``M``: exact (``utils.linalg.leading_svd``), or by a
+    randomised SVD where both sides exceed ``EXACT_AXES_UP_TO`` and ``k`` is under a tenth of the smaller."""
     if min(M.shape) > EXACT_AXES_UP_TO and k < min(M.shape) // 10:
         # thousands of genes and of reference spots: a full decomposition takes up to minutes per fit, and a fit
         # runs in every inner and reliability fold; the leading axes of a randomised SVD match its (|cos| > 0.9999
@@ -192,8 +242,7 @@ def _leading_svd(M: np.ndarray, k: int):
         from sklearn.utils.extmath import randomized_svd
 
         return randomized_svd(M, k, n_oversamples=k + 10, n_iter=7, random_state=0)
-    U, s, Vt = thin_svd(M)
-    return U[:, :k], s[:k], Vt[:k]
+    return leading_svd(M, k)
 
 
 def factor_reduced_targets(Y: np.ndarray, groups: np.ndarray, transcriptome: np.ndarray, k: int) -> np.ndarray:
@@ -360,6 +409,10 @@ class RidgeEnsembleHead:
         """``reference``: z-scored expression of sections with counts only (``ExpressionPrograms.fit``);
         ``transcriptome``: the training spots' many-gene matrix (rows as ``X``) whose spot factors reduce the
         members' targets."""
+        with shared_transforms():
+            return self._fit(X, Y, groups, blocks, reference, transcriptome)
+
+    def _fit(self, X, Y, groups, blocks, reference, transcriptome) -> RidgeEnsembleHead:
         if blocks is not None:
             self.blocks = [int(b) for b in blocks]
         groups = np.asarray(groups)
@@ -370,6 +423,9 @@ class RidgeEnsembleHead:
             self.parts.append(self._member(i).fit(X[:, cols], targets, groups, widths))
         self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X),
                                                                      reference)
+        if self.member_alphas is not None and (self.programs_alpha is not None or self.programs_part is None):
+            self.cv_scores = None  # nothing was chosen (a refit at settings chosen before): no score to report
+            return self
         # the ensemble's own inner cross-validated score, each member (and the programs) at the alpha it chose
         refit = RidgeEnsembleHead(**chosen_params(self))
         folds = _folds(groups, len(X))
