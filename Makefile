@@ -33,7 +33,7 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ruff check src tests bench
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal tests
 
 # ruff's linter only: the code keeps hand-wrapped lines up to 120 characters, which the formatter would rewrap.
 lint: install

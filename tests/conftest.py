@@ -78,3 +78,9 @@ def c2_small(her2st_c2, tmp_path_factory):
     from tests.io.layouts import C2Small
 
     return C2Small(her2st_c2, tmp_path_factory.mktemp("c2_small"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run first: spread over workers (``make test`` runs ``pytest -n``), the longest do not
+    start last and leave one worker running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

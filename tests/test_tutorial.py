@@ -6,10 +6,12 @@ import runpy
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial.py"
 
 
+@pytest.mark.slow
 def test_tutorial_runs_end_to_end(her2st_root, tmp_path, monkeypatch):
     matplotlib.use("Agg")
     monkeypatch.setenv("SPAFOUNDATION_HER2ST", str(her2st_root))

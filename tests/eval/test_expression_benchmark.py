@@ -10,6 +10,7 @@ import zlib
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 
 from spafoundation import defaults
 from spafoundation.eval import expression_benchmark as eb
@@ -164,8 +165,6 @@ def test_hires_rows_predict_from_the_copy_of_the_test_section(monkeypatch, tmp_p
 
 
 def test_hires_rows_need_a_folder_for_the_copies():
-    import pytest
-
     sections = {"C1": _section("C1", "C", 0), "A1": _section("A1", "A", 2)}
     hires = [c for c in eb.baseline_contenders("enc", "random-enc", options=False, hires=True)
              if c.test_image == "hires"]
@@ -203,6 +202,7 @@ def test_split_targets_choose_genes_the_test_sections_measure_and_fit_on_stacked
     assert once.predict(X).shape == twice.predict(X).shape == (120, 3)
 
 
+@pytest.mark.slow
 def test_programs_lift_a_colour_texture_ridge_across_real_patients(her2st_root):
     """Non-regression on real data (HER2ST C2-C6 and A1, hvg:50 chosen per fold on its training sections): the shared
     expression programs lift the colour/texture ridge in both leave-one-patient-out directions and within patient C

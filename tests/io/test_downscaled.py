@@ -93,6 +93,7 @@ def test_manifest_section_declares_its_image_scale(hires_only, c2_small, tmp_pat
         read_dataset(bad)
 
 
+@pytest.mark.slow
 def test_hires_only_sample_predicted_end_to_end(hires_only, her2st_root, tiny_folder, tmp_path, capsys):
     """A model fitted on full-resolution sections (C3, C4) predicts C2 from its hires PNG alone."""
     model_dir, out = tmp_path / "model", tmp_path / "pred.h5ad"

@@ -29,6 +29,7 @@ def test_c2_patches_of_100um_on_tissue(her2st_c2):
     assert (frac > 0.3).mean() > 0.95
 
 
+@pytest.mark.slow
 def test_all_36_count_matrices_load(her2st_root):
     data = read_dataset(her2st_root, with_images=False)
     assert len(data) == 36

@@ -1,5 +1,6 @@
 import anndata as ad
 import numpy as np
+import pytest
 
 from spafoundation.cli import main
 
@@ -29,6 +30,7 @@ def test_embed_cli_bad_encoder_is_exit_2(her2st_root, tmp_path, capsys):
     assert err.count("\n") == 1 and "unknown encoder" in err
 
 
+@pytest.mark.slow
 def test_embed_spots_under_torchrun_shards_sections(her2st_root, tiny_folder, tmp_path):
     import os
     import re

@@ -135,6 +135,7 @@ def test_cli_tiles_manifest_errors(c2_small, tmp_path, capsys):
     assert "'a' names two slides" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_shards_slides_over_processes(c2_small, tiny_folder, tmp_path):
     folder = _slides(tmp_path, c2_small, n=3)
     out = tmp_path / "out"
@@ -168,6 +169,7 @@ def test_thumbnail_in_bands_matches_whole_read(c2_small, monkeypatch):
     assert np.abs(banded.astype(int) - whole.astype(int)).mean() < 2
 
 
+@pytest.mark.slow
 def test_predicted_expression_over_whole_slide_tiles(c2_small, her2st_c2, tiny_folder, tmp_path):
     """The tiles AnnData is a dataset like any other: an expression model predicts every tissue tile."""
     from spafoundation.models import build_encoder

@@ -59,6 +59,7 @@ def test_bad_config_exits_2_and_leaves_no_folder(her2st_root, tmp_path, capsys, 
     assert field in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow
 def test_run_end_to_end_then_resume(her2st_root, tiny_folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_run_args(her2st_root, tiny_folder, out)) == 0
@@ -202,6 +203,7 @@ def test_expression_block_lists_the_genes_to_trust_and_flags_a_shifted_section(t
     assert "A1: image shift 4.05" in text and "at most 3.34" in text and "OUT OF THE TRAINING RANGE" in text
 
 
+@pytest.mark.slow
 def test_run_in_process_writes_what_its_printed_commands_write(her2st_root, tiny_folder, tmp_path, capsys):
     import numpy as np
 

@@ -84,6 +84,7 @@ def test_load_rejects_bad_folders(tmp_path):
         ExpressionModel.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_fit_and_predict(her2st_root, tiny_folder, tmp_path, capsys):
     model_dir, out = tmp_path / "model", tmp_path / "pred.h5ad"
     common = ["--cache-dir", str(tmp_path / "cache"), "--quiet"]

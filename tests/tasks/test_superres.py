@@ -302,6 +302,7 @@ def test_cli_superres_trains_maps_and_reuses_its_model(her2st_root, tiny_folder,
     assert 0 <= used["image"] <= 1 and 0 <= used["interpolation"] <= 1 and used["section_spots_in_blocks"] >= 40
 
 
+@pytest.mark.slow
 def test_superres_benchmark_runs_every_split_and_method(her2st_root, tiny_folder):
     from spafoundation.eval.splits import LOPO, MEAN_OF_DIRECTIONS
     from spafoundation.eval.superres_benchmark import (

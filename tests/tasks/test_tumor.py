@@ -128,6 +128,7 @@ def test_tumor_maps_needs_labels_for_the_supervised_route(labelled):
         tumor_maps(labelled, labelled, routes=["supervised"], label_column="nope", source="mean_colour")
 
 
+@pytest.mark.slow
 def test_cli_tumor_writes_spots_grid_model_and_heatmaps(her2st_root, tiny_folder, tmp_path, capsys, monkeypatch):
     from spafoundation.io import readers
 

@@ -119,6 +119,7 @@ def test_a_stalled_objective_is_reported_once(run_dir, her2st_root, caplog):
     assert caplog.text.count("the teacher is uniform") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("objective", "port"), [("mae", 29533), ("ibot", 29534)])
 def test_torchrun_two_processes_end_with_identical_weights(objective, port, run_dir, her2st_root):
     cfg = tiny_config(objective, steps=4)
