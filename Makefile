@@ -31,9 +31,12 @@ DEMO_ARGS ?= $(if $(wildcard $(DATA)/ST-cluster/lbl/C6-cluster-annotation.tsv.gz
 demo: install
 	$(VENV)/bin/spafoundation run --data $(DATA) --out $(DEMO_OUT) $(DEMO_ARGS)
 
+# One pytest-xdist worker per core (up to 4), each on one thread: workers that each start a thread per core fight
+# over the cores (on 2 cores: 14.4 min with the default threads, 9.7 min with one; README).
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ruff check src tests bench
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal tests
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
+		$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal tests
 
 # ruff's linter only: the code keeps hand-wrapped lines up to 120 characters, which the formatter would rewrap.
 lint: install
