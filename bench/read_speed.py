@@ -32,13 +32,19 @@ from spafoundation.io.readers import read_dataset
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def fresh_process_seconds(code: str, repeats: int) -> float:
-    times = []
+def median_seconds(work, repeats: int) -> tuple[float, object]:
+    """The median wall time of ``repeats`` calls of ``work()``, and what the last call returned."""
+    times, result = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        result = work()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), result
+
+
+def fresh_process_seconds(code: str, repeats: int) -> float:
+    return median_seconds(lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True),
+                          repeats)[0]
 
 
 def float_parser(path: Path) -> np.ndarray:
@@ -81,12 +87,7 @@ def main() -> None:
           f"{float_s / ours_s:.2f}x")
 
     def dataset_seconds(**options) -> tuple[float, int]:
-        times, n = [], 0
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            n = len(read_dataset(args.data, with_images=False, **options))
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times), n
+        return median_seconds(lambda: len(read_dataset(args.data, with_images=False, **options)), args.repeats)
 
     imaged_s, n_imaged = dataset_seconds(imaged_only=True)
     all_s, n_all = dataset_seconds()

@@ -296,9 +296,7 @@ class ExpressionPrograms:
         groups = np.asarray(groups)
         Z = section_z(Y, groups)
         self.loadings = program_loadings(Z, groups, self.k, reference)
-        scores, ridge = Z @ self.loadings.T, RidgeHead(self.n_pcs, self.alphas)
-        self.ridge = (ridge.fit_at(X, scores, self.alphas[0], blocks) if len(self.alphas) == 1
-                      else ridge.fit(X, scores, groups, blocks))
+        self.ridge = RidgeHead(self.n_pcs, self.alphas).fit(X, Z @ self.loadings.T, groups, blocks)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -431,19 +429,10 @@ class RidgeEnsembleHead:
         folds = _folds(groups, len(X))
         score = 0.0
         for tr, va in folds:
-            fold = refit._fit_fixed(X[tr], Y[tr], groups[tr], reference,
-                                    None if transcriptome is None else transcriptome[tr])
+            fold = refit._fit(X[tr], Y[tr], groups[tr], None, reference,
+                              None if transcriptome is None else transcriptome[tr])
             score += _score(Y[va], fold.predict(X[va]))
         self.cv_scores = [score / len(folds)]
-        return self
-
-    def _fit_fixed(self, X, Y, groups, reference=(), transcriptome=None) -> RidgeEnsembleHead:
-        """Fitted at the member and program alphas already set, without cross-validation."""
-        targets = self._members_targets(Y, groups, reference, transcriptome)
-        self.parts = [RidgeHead(self.n_pcs).fit_at(X[:, self._columns(m)[0]], targets, a, self._columns(m)[1])
-                      for m, a in zip(self.members, self.member_alphas, strict=True)]
-        self.programs_part, self.programs_scale = self._fit_programs(X, Y, groups, self._members_predict(self.parts, X),
-                                                                     reference)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
