@@ -14,8 +14,8 @@ TINY_TILES = 96
 def tiny_config(objective: str, steps: int = 30, objective_params: dict | None = None, **optim) -> dict:
     from spafoundation.train.pretrain import load_config
 
-    params = {"out_dim": 64, "patch_out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32} if objective == "ibot" \
-        else {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
+    params = {"ibot": {"out_dim": 64, "patch_out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32},
+              "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}}.get(objective, {})
     cfg = load_config(None, [f"objective.name={objective}", f"optim.steps={steps}", "optim.batch_size=8",
                              "optim.warmup_steps=3", "optim.lr=1e-3", "checkpoint_every=10", "log_every=10",
                              f"data.n_tiles={TINY_TILES}", "data.sections=[C2]"])

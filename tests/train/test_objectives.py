@@ -1,4 +1,4 @@
-"""iBOT and MAE losses fall on real tiles; the pieces they are made of behave."""
+"""iBOT, MAE and MaskFeat losses fall on real tiles; the pieces they are made of behave."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from spafoundation.models.objectives.ibot import IBOTObjective
 from spafoundation.models.objectives.mae import patchify
+from spafoundation.models.objectives.maskfeat import MaskFeatObjective, hog_targets
 from spafoundation.models.registry import build_encoder
 from spafoundation.train.augment import block_masks, hed_jitter, ibot_views, random_masks
 from spafoundation.train.pretrain import Pretrainer, lr_at
@@ -17,7 +18,7 @@ from tests.train.conftest import tiny_config
 
 # iBOT: with the teacher's centre held at zero, 30 steps measure distillation itself; with centring on, the
 # loss first climbs towards log(K) as the centre moves (DINO's early dynamics), which says nothing in 30 steps.
-@pytest.mark.parametrize(("objective", "params"), [("mae", {}),
+@pytest.mark.parametrize(("objective", "params"), [("mae", {}), ("maskfeat", {}),
                                                    ("ibot", {"center_momentum": 1.0, "teacher_temp": 0.04})])
 def test_loss_falls_over_30_steps(objective, params, run_dir, her2st_root):
     trainer = Pretrainer(tiny_config(objective, steps=30, objective_params=params), her2st_root, run_dir,
@@ -110,3 +111,40 @@ def test_lr_schedule():
     o = {"lr": 1.0, "min_lr": 0.0, "warmup_steps": 10, "steps": 110}
     assert lr_at(0, o) == pytest.approx(0.1) and lr_at(9, o) == pytest.approx(1.0)
     assert lr_at(60, o) == pytest.approx(0.5) and lr_at(110, o) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_hog_targets_follow_edges_and_ignore_contrast():
+    # vertical stripes: the gradient runs along x (orientation 0: bin 0); horizontal ones along y (pi / 2, halfway
+    # between bins 4 and 5 of 9: half of each vote to either)
+    stripes = (torch.arange(32) // 4 % 2).float()
+    vertical = stripes.view(1, 1, 1, 32).expand(1, 3, 32, 32).clone()
+    horizontal = vertical.transpose(-1, -2).clone()
+    for image, peaks in ((vertical, [0]), (horizontal, [4, 5])):
+        hog = hog_targets(image, patch=16, cell=8, bins=9)
+        assert hog.shape == (1, 4, 3 * 4 * 9)
+        per_bin = hog.view(1, 4, 3, 4, 9).sum(dim=(0, 1, 2, 3))
+        torch.testing.assert_close(per_bin[peaks], per_bin[peaks[0]].expand(len(peaks)))
+        assert per_bin[peaks].sum() > 0.99 * per_bin.sum()
+    # each channel's histograms are normalised per patch: a weaker or stronger stain (scale and offset per channel)
+    # gives the same targets
+    tissue = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    restained = tissue * torch.tensor([0.5, 1.5, 0.8]).view(1, 3, 1, 1) + 0.1
+    torch.testing.assert_close(hog_targets(tissue, 16), hog_targets(restained, 16), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="whole number of cells"):
+        hog_targets(tissue, 16, cell=6)
+
+
+def test_maskfeat_loss_counts_masked_tokens_only():
+    obj = MaskFeatObjective(build_encoder("random-vitt16", overrides=TINY).model, mask_ratio=0.5)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    loss, logs = obj({"images": x})
+    assert torch.isfinite(loss) and logs["loss"] == pytest.approx(float(loss.detach()))
+    # a target that differs only at unmasked tokens leaves the loss unchanged: recompute the same masks
+    torch.manual_seed(0)
+    order = torch.rand(3, 4).argsort(dim=1)
+    masked = torch.zeros(3, 4, dtype=torch.bool).scatter(1, order[:, :2], True)
+    pred = obj.to_hog(obj.encode_masked(x, masked))
+    target = hog_targets(x, 16)
+    expected = (((pred - target) ** 2).mean(-1) * masked).sum() / masked.sum()
+    torch.testing.assert_close(loss, expected)

@@ -147,4 +147,4 @@ def test_cli_bad_config_exits_2(tmp_path, her2st_root, capsys):
     assert main(["pretrain", str(her2st_root), "--out", str(tmp_path / "run"), "--set", "colour=1"]) == 2
     assert main(["pretrain", str(her2st_root), "--out", str(tmp_path / "run"), "--set", "objective.name=ibot",
                  "--set", "augment.clean_target=1"]) == 2
-    assert "augment.clean_target: only the mae objective reconstructs pixels, not ibot" in capsys.readouterr().err
+    assert "augment.clean_target: only mae and maskfeat take their targets from a clean view, not ibot" in capsys.readouterr().err

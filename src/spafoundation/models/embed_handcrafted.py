@@ -70,7 +70,7 @@ def handcrafted_features(adata: ad.AnnData, kind: str, patch_um: float, patch_px
         entry = cache_root(cache_dir) / "handcrafted" / f"{key}.npz"
         hit = _load(entry, len(xy))
         if hit is not None:
-            log.info("%s: %s features %s (cache hit)", library_id(adata), kind, hit.shape)
+            log.info("%s: %s features %s of %g um patches (cache hit)", library_id(adata), kind, hit.shape, patch_um)
             return hit
     normalise = section_stain(adata, stain) or (lambda patches: patches)
     slide = open_section_slide(adata)
@@ -85,6 +85,6 @@ def handcrafted_features(adata: ad.AnnData, kind: str, patch_um: float, patch_px
     if entry is not None and len(feats):
         entry.parent.mkdir(parents=True, exist_ok=True)
         save_npz(entry, features=feats)
-    log.info("%s: %s features %s (%s)", library_id(adata), kind, feats.shape,
+    log.info("%s: %s features %s of %g um patches (%s)", library_id(adata), kind, feats.shape, patch_um,
              "cache off" if entry is None else "cache miss")
     return feats

@@ -53,7 +53,7 @@ DEFAULT_CONFIG: dict = {
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
     """The pre-training config: defaults, then the YAML file, then ``--set key=value`` overrides; a key that none
     of them knows (``optim.stepz``) or a value of the wrong type (``optim.steps=abc``) is an InputError naming it."""
-    from spafoundation.models.objectives import OBJECTIVES, objective_params
+    from spafoundation.models.objectives import OBJECTIVES, SINGLE_VIEW, objective_params
     from spafoundation.models.vits import OVERRIDE_KEYS
     from spafoundation.train.augment import OPTIONS, check_options
     from spafoundation.utils.config_types import check_value_types
@@ -68,11 +68,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise InputError(path, f"optim.{key}", f"must be >= 1, got {cfg['optim'][key]!r}")
     name = cfg["objective"]["name"]
     if name not in OBJECTIVES:
-        raise InputError(path, "objective.name", f"unknown objective {name!r}; choose {' or '.join(OBJECTIVES)}")
+        raise InputError(path, "objective.name", f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
     check_keys(cfg["objective"]["params"] or {}, {}, {"objective.params": objective_params(name)}, path=path,
                where="objective.params.")
-    if cfg["augment"].get("clean_target") and name != "mae":
-        raise InputError(path, "augment.clean_target", f"only the mae objective reconstructs pixels, not {name}")
+    if cfg["augment"].get("clean_target") and name not in SINGLE_VIEW:
+        raise InputError(path, "augment.clean_target",
+                         f"only {' and '.join(SINGLE_VIEW)} take their targets from a clean view, not {name}")
     return cfg
 
 

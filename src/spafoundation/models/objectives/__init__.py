@@ -21,7 +21,11 @@ def objective_class(name: str) -> type[nn.Module]:
         from spafoundation.models.objectives.ibot import IBOTObjective
 
         return IBOTObjective
-    raise ValueError(f"unknown pre-training objective {name!r}; choose 'ibot' or 'mae'")
+    if name == "maskfeat":
+        from spafoundation.models.objectives.maskfeat import MaskFeatObjective
+
+        return MaskFeatObjective
+    raise ValueError(f"unknown pre-training objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
 
 
 def objective_params(name: str) -> tuple[str, ...]:
@@ -35,4 +39,5 @@ def build_objective(name: str, backbone: nn.Module, cfg: dict | None = None) -> 
     return objective_class(name)(backbone, **dict(cfg or {}))
 
 
-OBJECTIVES = ("ibot", "mae")
+OBJECTIVES = ("ibot", "mae", "maskfeat")
+SINGLE_VIEW = ("mae", "maskfeat")  # one augmented view per tile (train.augment.mae_views), targets may be clean
