@@ -14,7 +14,7 @@ from spafoundation.models.objectives.vit_tokens import (
     n_prefix,
     patch_size,
     patch_tokens,
-    run_blocks,
+    run_with_prefix,
 )
 
 
@@ -47,12 +47,7 @@ class MAEObjective(nn.Module):
         vit = self.backbone
         tokens = patch_tokens(vit, images)
         tokens = tokens + grid_pos_embed(vit, tokens.shape[1])
-        visible = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
-        prefix = []
-        if getattr(vit, "cls_token", None) is not None:
-            cls = vit.cls_token if getattr(vit, "no_embed_class", False) else vit.cls_token + vit.pos_embed[:, :1]
-            prefix.append(cls.expand(len(images), -1, -1))
-        return run_blocks(vit, torch.cat([*prefix, visible], dim=1))
+        return run_with_prefix(vit, torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1])))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         images = batch["images"]

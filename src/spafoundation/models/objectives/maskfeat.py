@@ -20,7 +20,7 @@ from spafoundation.models.objectives.vit_tokens import (
     n_prefix,
     patch_size,
     patch_tokens,
-    run_blocks,
+    run_with_prefix,
 )
 
 
@@ -70,12 +70,7 @@ class MaskFeatObjective(nn.Module):
         vit = self.backbone
         tokens = patch_tokens(vit, images)
         tokens = torch.where(masked[..., None], self.mask_token.to(tokens.dtype), tokens)
-        tokens = tokens + grid_pos_embed(vit, tokens.shape[1])
-        prefix = []
-        if getattr(vit, "cls_token", None) is not None:
-            cls = vit.cls_token if getattr(vit, "no_embed_class", False) else vit.cls_token + vit.pos_embed[:, :1]
-            prefix.append(cls.expand(len(images), -1, -1))
-        return run_blocks(vit, torch.cat([*prefix, tokens], dim=1))[:, n_prefix(vit):]
+        return run_with_prefix(vit, tokens + grid_pos_embed(vit, tokens.shape[1]))[:, n_prefix(vit):]
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         images = batch["images"]

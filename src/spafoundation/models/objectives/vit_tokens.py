@@ -39,3 +39,13 @@ def grid_pos_embed(vit: nn.Module, n_tokens: int) -> torch.Tensor:
     if getattr(vit, "no_embed_class", False):
         return pe[:, :n_tokens]
     return pe[:, n_prefix(vit):n_prefix(vit) + n_tokens]
+
+
+def run_with_prefix(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The blocks over the class token (with its position, as timm adds it) followed by ``tokens`` (B, N', D),
+    patch tokens that already hold their own positions: any subset of the grid, or the grid with some replaced."""
+    prefix = []
+    if getattr(vit, "cls_token", None) is not None:
+        cls = vit.cls_token if getattr(vit, "no_embed_class", False) else vit.cls_token + vit.pos_embed[:, :1]
+        prefix.append(cls.expand(len(tokens), -1, -1))
+    return run_blocks(vit, torch.cat([*prefix, tokens], dim=1))
