@@ -1,4 +1,4 @@
-"""iBOT, MAE and MaskFeat losses fall on real tiles; the pieces they are made of behave."""
+"""iBOT, MAE, MaskFeat and SimCLR losses fall on real tiles; the pieces they are made of behave."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from spafoundation.models.objectives.ibot import IBOTObjective
 from spafoundation.models.objectives.mae import patchify
 from spafoundation.models.objectives.maskfeat import MaskFeatObjective, hog_targets
+from spafoundation.models.objectives.simclr import nt_xent
 from spafoundation.models.registry import build_encoder
 from spafoundation.train.augment import block_masks, hed_jitter, ibot_views, random_masks
 from spafoundation.train.pretrain import Pretrainer, lr_at
@@ -148,3 +149,22 @@ def test_maskfeat_loss_counts_masked_tokens_only():
     target = hog_targets(x, 16)
     expected = (((pred - target) ** 2).mean(-1) * masked).sum() / masked.sum()
     torch.testing.assert_close(loss, expected)
+
+
+def test_simclr_learns_to_match_views_on_real_tiles(run_dir, her2st_root):
+    # a batch of 16 tiles is a noisy contrastive task: the check is that 30 steps leave a constant embedding's
+    # loss, ln(2 * 16 - 1), behind (to about 0.87 of it), not a fixed rate of descent
+    cfg = tiny_config("simclr", steps=30, objective_params={"hidden_dim": 32, "proj_dim": 16}, batch_size=16)
+    history = Pretrainer(cfg, her2st_root, run_dir, progress=False).run()
+    first, last = (np.mean([h["loss_vs_chance"] for h in part]) for part in (history[:5], history[-5:]))
+    assert first > 0.97 and last < 0.93 * first
+
+
+def test_nt_xent_rewards_matched_views_and_scores_a_constant_embedding_at_chance():
+    b = 8
+    distinct = torch.eye(b, 16)  # every tile its own direction, both views on it
+    assert float(nt_xent(torch.stack([distinct, distinct]), temperature=0.1)) < 0.01
+    constant = torch.ones(2, b, 16)
+    assert float(nt_xent(constant, temperature=0.1)) == pytest.approx(np.log(2 * b - 1), rel=1e-5)
+    swapped = torch.stack([distinct, distinct.roll(1, dims=0)])  # partners disagree
+    assert float(nt_xent(swapped, temperature=0.1)) > np.log(2 * b - 1)

@@ -1,4 +1,4 @@
-"""``spafoundation pretrain DATA --config CFG.yaml --out RUN``: self-supervised pre-training (iBOT, MAE or MaskFeat).
+"""``spafoundation pretrain DATA --config CFG.yaml --out RUN``: self-supervised pre-training (iBOT, MAE, MaskFeat or SimCLR).
 
 Several processes: ``torchrun --nproc_per_node N -m spafoundation pretrain ...``."""
 
@@ -29,7 +29,7 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("pretrain", help="self-supervised pre-training of a ViT on tissue tiles (iBOT, MAE, MaskFeat)")
+    p = subparsers.add_parser("pretrain", help="self-supervised pre-training of a ViT on tissue tiles (iBOT, MAE, MaskFeat, SimCLR)")
     p.add_argument("data", help="dataset with H&E images (folder, manifest or .h5ad)")
     p.add_argument("--out", required=True, help="run folder (config, checkpoint.pt, history.csv, final/)")
     p.add_argument("--config", help="YAML config (see configs/pretrain/); defaults to a short MAE ViT-Ti run")

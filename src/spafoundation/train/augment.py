@@ -215,6 +215,20 @@ def mae_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dic
     return views
 
 
+def two_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std,
+              scale=(0.32, 1.0)) -> torch.Tensor:
+    """(2, B, 3, input_px, input_px): two crops of each tile (``scale`` of its area), each with its own H&E
+    augmentations."""
+    tiles = to_float(tiles)
+    return torch.stack([normalise(he_augment(random_resized_crop(tiles, input_px, gen, scale), gen, cfg), mean, std)
+                        for _ in range(2)])
+
+
+def pair_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std) -> dict:
+    """Two views per tile for contrastive matching (SimCLR): crops of ``crop_scale`` (default 32-100%) of the tile."""
+    return {"globals": two_views(tiles, input_px, gen, cfg, mean, std, tuple(cfg.get("crop_scale", (0.32, 1.0))))}
+
+
 def ibot_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std,
                patch: int = 16) -> dict:
     """2 global crops (32-100% of the tile, masked for the student: ``mask_shape`` "block" or "rand") and
@@ -222,8 +236,7 @@ def ibot_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: di
     tiles = to_float(tiles)
     n_local, local_px = int(cfg.get("n_local", 4)), int(cfg.get("local_px", max(patch, input_px * 3 // 7 // patch
                                                                                * patch)))
-    glob = torch.stack([normalise(he_augment(random_resized_crop(tiles, input_px, gen, (0.32, 1.0)), gen, cfg),
-                                  mean, std) for _ in range(2)])
+    glob = two_views(tiles, input_px, gen, cfg, mean, std)
     loc = [normalise(he_augment(random_resized_crop(tiles, local_px, gen, (0.05, 0.32)), gen, cfg), mean, std)
            for _ in range(n_local)]
     grid = input_px // patch

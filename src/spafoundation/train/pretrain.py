@@ -282,6 +282,8 @@ class Pretrainer:
         if self.cfg["objective"]["name"] == "ibot":
             batch = augment.ibot_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std,
                                        patch=patch_size(enc.model))
+        elif self.cfg["objective"]["name"] == "simclr":
+            batch = augment.pair_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std)
         else:
             batch = augment.mae_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std)
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}

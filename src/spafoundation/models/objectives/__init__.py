@@ -25,6 +25,10 @@ def objective_class(name: str) -> type[nn.Module]:
         from spafoundation.models.objectives.maskfeat import MaskFeatObjective
 
         return MaskFeatObjective
+    if name == "simclr":
+        from spafoundation.models.objectives.simclr import SimCLRObjective
+
+        return SimCLRObjective
     raise ValueError(f"unknown pre-training objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
 
 
@@ -39,5 +43,5 @@ def build_objective(name: str, backbone: nn.Module, cfg: dict | None = None) -> 
     return objective_class(name)(backbone, **dict(cfg or {}))
 
 
-OBJECTIVES = ("ibot", "mae", "maskfeat")
+OBJECTIVES = ("ibot", "mae", "maskfeat", "simclr")
 SINGLE_VIEW = ("mae", "maskfeat")  # one augmented view per tile (train.augment.mae_views), targets may be clean
