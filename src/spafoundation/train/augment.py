@@ -215,8 +215,11 @@ def mae_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dic
     return views
 
 
+GLOBAL_CROP_SCALE = (0.32, 1.0)  # share of the tile's area in a global view (iBOT's, and SimCLR's by default)
+
+
 def two_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std,
-              scale=(0.32, 1.0)) -> torch.Tensor:
+              scale=GLOBAL_CROP_SCALE) -> torch.Tensor:
     """(2, B, 3, input_px, input_px): two crops of each tile (``scale`` of its area), each with its own H&E
     augmentations."""
     tiles = to_float(tiles)
@@ -225,8 +228,8 @@ def two_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dic
 
 
 def pair_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std) -> dict:
-    """Two views per tile for contrastive matching (SimCLR): crops of ``crop_scale`` (default 32-100%) of the tile."""
-    return {"globals": two_views(tiles, input_px, gen, cfg, mean, std, tuple(cfg.get("crop_scale", (0.32, 1.0))))}
+    """Two views per tile for contrastive matching (SimCLR): crops of ``crop_scale`` (default GLOBAL_CROP_SCALE)."""
+    return {"globals": two_views(tiles, input_px, gen, cfg, mean, std, tuple(cfg.get("crop_scale", GLOBAL_CROP_SCALE)))}
 
 
 def ibot_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std,
