@@ -1,4 +1,4 @@
-"""iBOT, MAE, MaskFeat and SimCLR losses fall on real tiles; the pieces they are made of behave."""
+"""iBOT, MAE (with and without its descriptor term), MaskFeat and SimCLR losses fall on real tiles; the pieces they are made of behave."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from spafoundation.models.handcrafted import colour_texture_features
+from spafoundation.models.objectives.descriptor import DescriptorRegression, view_descriptors
 from spafoundation.models.objectives.ibot import IBOTObjective
-from spafoundation.models.objectives.mae import patchify
+from spafoundation.models.objectives.mae import MAEObjective, patchify
 from spafoundation.models.objectives.maskfeat import MaskFeatObjective, hog_targets
 from spafoundation.models.objectives.simclr import nt_xent
 from spafoundation.models.registry import build_encoder
-from spafoundation.train.augment import block_masks, hed_jitter, ibot_views, random_masks
+from spafoundation.train.augment import block_masks, hed_jitter, ibot_views, mae_views, random_masks
 from spafoundation.train.pretrain import Pretrainer, lr_at
 from tests.conftest import TINY
 from tests.train.conftest import tiny_config
@@ -168,3 +170,54 @@ def test_nt_xent_rewards_matched_views_and_scores_a_constant_embedding_at_chance
     assert float(nt_xent(constant, temperature=0.1)) == pytest.approx(np.log(2 * b - 1), rel=1e-5)
     swapped = torch.stack([distinct, distinct.roll(1, dims=0)])  # partners disagree
     assert float(nt_xent(swapped, temperature=0.1)) > np.log(2 * b - 1)
+
+
+def test_mae_descriptor_term_learns_the_clean_views_descriptors(run_dir, her2st_root):
+    cfg = tiny_config("mae", steps=30, objective_params={"descriptor_weight": 1.0, "norm_pix_loss": False})
+    cfg["augment"].update({"hed_sigma": 0.1, "clean_target": 1})
+    history = Pretrainer(cfg, her2st_root, run_dir, progress=False).run()
+    for term in ("pixel_loss", "descriptor_loss"):
+        first, last = (np.mean([h[term] for h in part]) for part in (history[:5], history[-5:]))
+        assert last < 0.9 * first, term
+    assert history[-1]["loss"] == pytest.approx(history[-1]["pixel_loss"] + history[-1]["descriptor_loss"], rel=1e-4)
+
+
+def test_mae_views_describe_the_view_before_its_stain():
+    tiles = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    cfg = {"hed_sigma": 0.3, "hed_bias": 0.05, "clean_target": 1}
+    views = mae_views(tiles, 32, torch.Generator().manual_seed(0), cfg, (0.0,) * 3, (1.0,) * 3, descriptors=True)
+    clean = (views["targets"] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # identity normalisation
+    np.testing.assert_allclose(views["descriptors"].numpy(), colour_texture_features(clean), rtol=1e-5, atol=1e-6)
+    assert views["descriptors"].shape == (4, 42)
+    assert not torch.allclose(view_descriptors(views["images"]), views["descriptors"])  # not the stained view's
+    plain = mae_views(tiles, 32, torch.Generator().manual_seed(0), cfg, (0.0,) * 3, (1.0,) * 3)
+    assert "descriptors" not in plain
+    torch.testing.assert_close(plain["images"], views["images"])  # describing draws nothing
+
+
+def test_descriptor_regression_standardises_targets_by_running_statistics():
+    reg = DescriptorRegression(width=8, n_descriptors=3, momentum=0.5)
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randn(64, 3, generator=gen) * torch.tensor([1.0, 10.0, 100.0]) + 5
+    cls = torch.randn(64, 8, generator=gen)
+    loss = reg(cls, targets)  # the first batch sets the statistics: each column standardised
+    z = (targets - targets.mean(0)) / targets.std(0, unbiased=False)
+    torch.testing.assert_close(loss, ((reg.head(cls) - z) ** 2).mean(), rtol=1e-4, atol=1e-5)
+    reg(cls, targets + 2)  # later batches move them by the momentum
+    torch.testing.assert_close(reg.mean, targets.mean(0) + 1)
+    reg.eval()
+    reg(cls, targets + 100)  # never in evaluation
+    torch.testing.assert_close(reg.mean, targets.mean(0) + 1)
+    assert int(reg.seen) == 2
+
+
+def test_mae_descriptor_term_needs_the_descriptors():
+    obj = MAEObjective(build_encoder("random-vitt16", overrides=TINY).model, decoder_dim=16, decoder_depth=1,
+                       decoder_heads=2, descriptor_weight=0.5)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="descriptors"):
+        obj({"images": x})
+    loss, logs = obj({"images": x, "descriptors": torch.rand(2, 42)})
+    assert float(loss) == pytest.approx(logs["pixel_loss"] + 0.5 * logs["descriptor_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="descriptor_weight"):
+        MAEObjective(obj.backbone, descriptor_weight=-1)

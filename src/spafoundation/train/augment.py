@@ -204,14 +204,20 @@ def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - mean) / std
 
 
-def mae_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std) -> dict:
+def mae_views(tiles: torch.Tensor, input_px: int, gen: torch.Generator, cfg: dict, mean, std,
+              descriptors: bool = False) -> dict:
     """One augmented view per tile (MAE): a crop of 60-100% of the tile, then H&E augmentations. With
     ``clean_target`` (non-zero) the pixels to reconstruct are the view before its photometric augmentations, so the
-    encoder learns to see through stain, blur and resolution instead of reproducing them."""
+    encoder learns to see through stain, blur and resolution instead of reproducing them. ``descriptors``: also the
+    colour and texture descriptors of that clean view (``models.objectives.descriptor``)."""
     x = dihedral(random_resized_crop(to_float(tiles), input_px, gen, tuple(cfg.get("crop_scale", (0.6, 1.0)))), gen)
     views = {"images": normalise(photometric(x, gen, cfg), mean, std)}
     if cfg.get("clean_target"):
         views["targets"] = normalise(x, mean, std)
+    if descriptors:
+        from spafoundation.models.objectives.descriptor import view_descriptors
+
+        views["descriptors"] = view_descriptors(x)
     return views
 
 

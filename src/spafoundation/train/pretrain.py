@@ -285,7 +285,8 @@ class Pretrainer:
         elif self.cfg["objective"]["name"] == "simclr":
             batch = augment.pair_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std)
         else:
-            batch = augment.mae_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std)
+            batch = augment.mae_views(tiles, enc.input_size, gen, aug, enc.mean, enc.std,
+                                      descriptors=getattr(self.objective, "wants_descriptors", False))
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     def train_step(self, step: int) -> dict:

@@ -1,7 +1,9 @@
 """Masked autoencoder (He et al. 2022): encode the visible 25% of patches, reconstruct the pixels of the rest.
 
 Cheaper than iBOT (one view, a quarter of the tokens through the encoder) and it keeps colour and texture, which
-expression regression uses; the loss is the MSE on per-patch normalised pixels of the masked patches."""
+expression regression uses; the loss is the MSE on per-patch normalised pixels of the masked patches. With
+``descriptor_weight`` > 0 the class token of the whole view also regresses the clean view's colour and texture
+descriptors (``descriptor.py``), at the cost of a second, unmasked pass through the encoder."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from spafoundation.models.objectives.descriptor import DescriptorRegression
 from spafoundation.models.objectives.vit_tokens import (
     grid_pos_embed,
     n_prefix,
@@ -27,10 +30,15 @@ def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
 
 class MAEObjective(nn.Module):
     def __init__(self, backbone: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128,
-                 decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = True):
+                 decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = True,
+                 descriptor_weight: float = 0.0):
         super().__init__()
         if not 0 < mask_ratio < 1:
             raise ValueError("mask_ratio must be in (0, 1)")
+        if not descriptor_weight >= 0:
+            raise ValueError("descriptor_weight must be >= 0")
+        self.descriptor_weight = float(descriptor_weight)
+        self.descriptor = DescriptorRegression(backbone.embed_dim) if self.descriptor_weight else None
         self.backbone, self.mask_ratio, self.norm_pix_loss = backbone, float(mask_ratio), bool(norm_pix_loss)
         n = backbone.patch_embed.num_patches
         p = patch_size(backbone)
@@ -69,7 +77,19 @@ class MAEObjective(nn.Module):
         masked = torch.ones(b, n, device=images.device).scatter(1, keep, 0.0)
         per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
         loss = (per_patch * masked).sum() / masked.sum()
-        return loss, {"loss": float(loss.detach())}
+        if self.descriptor is None:
+            return loss, {"loss": float(loss.detach())}
+        if "descriptors" not in batch:
+            raise ValueError("descriptor_weight > 0 needs the views' descriptors (augment.mae_views(descriptors=True))")
+        cls = self.backbone.forward_features(images)[:, 0]  # the pooled embedding the encoder is used with
+        described = self.descriptor(cls, batch["descriptors"])
+        logs = {"pixel_loss": float(loss.detach()), "descriptor_loss": float(described.detach())}
+        loss = loss + self.descriptor_weight * described
+        return loss, {"loss": float(loss.detach()), **logs}
+
+    @property
+    def wants_descriptors(self) -> bool:
+        return self.descriptor is not None
 
     def after_step(self, step: int, total_steps: int | None = None) -> None:
         """Nothing to update outside the optimiser (no teacher)."""
