@@ -42,10 +42,10 @@ class _Store:
     def __init__(self, sections, *args, **kwargs):
         self.sections = sections
 
-    def get(self, contender, name, stain=None):
+    def get(self, contender, name, stain=None, seed=None):
         labels = block_labels(contender.recipe())
         a = self.sections[name]
-        rng = np.random.default_rng(zlib.crc32(f"{name}:{labels}".encode()))
+        rng = np.random.default_rng(zlib.crc32(f"{name}:{labels}{'' if seed is None else seed}".encode()))
         z = a.uns["z"][:, None]
         parts = [(z if label == "colour_texture" else 0.3 * z) + rng.normal(size=(a.n_obs, WIDTH))
                  for label in labels]
@@ -244,3 +244,39 @@ def test_programs_lift_a_colour_texture_ridge_across_real_patients(her2st_root):
     assert r.loc["within C", factors.name] > r.loc["within C", with_programs.name] + 0.008
     assert abs(r.loc["C -> A", factors.name] - r.loc["C -> A", with_programs.name]) < 0.003
     assert r.loc["A -> C", factors.name] < r.loc["A -> C", with_programs.name]
+
+
+def test_random_row_averages_its_weight_seeds_and_keeps_each_seeds_rows(monkeypatch):
+    """With several seeds the random-init row is fitted and scored once per seed of its weights (here, another
+    draw of the stand-in's noise) and reports their mean per test section; each seed's rows stay beside it."""
+    monkeypatch.setattr(eb, "FeatureStore", _Store)
+    sections = {"C1": _section("C1", "C", 0), "C2": _section("C2", "C", 1), "A1": _section("A1", "A", 2)}
+    one = eb.baseline_contenders("enc", "random-enc", options=False)
+    seeded = eb.baseline_contenders("enc", "random-enc", options=False, random_seeds=3)
+    assert [c.seeds for c in one if c.encoder == "random-enc" and c.head == "ridge"] == [()]
+    row = next(c for c in seeded if c.seeds)
+    assert row.seeds == (0, 1, 2) and row.name == "random-enc + ridge, mean of 3 weight seeds"
+
+    rows, _ = eb.run_expression_benchmark(sections, [row], genes="mean:4")
+    names = [eb.seed_name(row, s) for s in row.seeds]
+    assert set(rows["contender"]) == {row.name, *names}
+    by = rows.set_index(["contender", "direction", "test"])["mean_r"]
+    for direction, test in rows[rows["contender"] == row.name][["direction", "test"]].itertuples(index=False):
+        singles = [by[(n, direction, test)] for n in names]
+        assert len(set(singles)) == 3  # the seeds differ
+        assert by[(row.name, direction, test)] == pytest.approx(np.mean(singles))
+    summary = eb.summarize(rows, [row])
+    assert list(summary["contender"].unique()) == [row.name]  # the table has the mean only
+    spread = eb.seed_spread(rows, [row]).set_index("direction")
+    mean = summary.set_index("direction")["mean_r"]
+    assert (spread["seeds"] == 3).all() and set(spread.index) == set(mean.index)
+    assert ((spread["min_mean_r"] <= mean) & (mean <= spread["max_mean_r"])).all()
+    assert (spread["min_mean_r"] < spread["max_mean_r"]).all()
+
+
+def test_feature_store_builds_one_encoder_per_weight_seed():
+    store = eb.FeatureStore({})
+    a, b = store.encoder("random-vitt16", 0), store.encoder("random-vitt16", 1)
+    assert "@seed1-" in b.identity and a.identity != b.identity  # the cache keeps their features apart
+    assert store.encoder("random-vitt16", 1) is b and store.encoder("random-vitt16") is not a
+    assert not np.allclose(a.model.pos_embed.detach().numpy(), b.model.pos_embed.detach().numpy())

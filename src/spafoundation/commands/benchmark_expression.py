@@ -15,6 +15,7 @@ from spafoundation.commands._common import (
     data_options,
     parse_sections,
     parse_target_sum,
+    positive_int,
     precision_note,
 )
 from spafoundation.errors import InputError
@@ -39,6 +40,7 @@ def run(args) -> int:
         baseline_contenders,
         markdown_table,
         run_expression_benchmark,
+        seed_spread,
         summarize,
     )
     from spafoundation.eval.splits import LOPO, benchmark_splits
@@ -61,7 +63,7 @@ def run(args) -> int:
             raise InputError(args.data, "--reference-sections", "none of these sections has counts")
     contenders = baseline_contenders(default, args.random_encoder, extra_encoders=args.encoder or [],
                                      options=not args.no_options, hires=args.hires_copies,
-                                     reference=reference is not None)
+                                     reference=reference is not None, random_seeds=args.random_seeds)
     out = Path(args.out)
     command = "spafoundation " + " ".join(shlex.quote(a) for a in args.argv)
     sections_md = []
@@ -80,7 +82,7 @@ def run(args) -> int:
             summary.to_csv(tmp, index=False)
         with atomic_path(out / f"expression_{target}_genes.json") as tmp:
             Path(tmp).write_text(json.dumps(genes, indent=1) + "\n")
-        table = markdown_table(summary)
+        table = markdown_table(summary) + spread_note(seed_spread(rows, contenders))
         print(f"\ntargets: {TARGETS[target][1]}\n{table}")
         sections_md.append(f"### Targets: {TARGETS[target][1]}\n\n{table}\n\n"
                            f"{time.perf_counter() - t0:.0f} s on this machine.")
@@ -109,6 +111,14 @@ def run(args) -> int:
     return 0
 
 
+def spread_note(spread) -> str:
+    """A line per seeded contender: how far its single seeds range in each split."""
+    lines = [f"{c}: single seeds range " + "; ".join(f"{r.direction} {r.min_mean_r:.3f}-{r.max_mean_r:.3f} "
+                                                     f"(sd {r.sd_mean_r:.3f})" for r in g.itertuples())
+             for c, g in spread.groupby("contender", sort=False)]
+    return "".join(f"\n\n{line}" for line in lines)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("expression", help="held-out-section benchmark of expression prediction")
     p.add_argument("data", help="dataset with at least two imaged sections with counts")
@@ -121,6 +131,9 @@ def register(subparsers) -> None:
     p.add_argument("--encoder", action="append", help="another encoder to compare (repeatable)")
     p.add_argument("--default-encoder", help="the encoder of the default pipeline (default: the shipped one)")
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline (default random-vitt16)")
+    p.add_argument("--random-seeds", type=positive_int, default=1,
+                   help="score the random-init encoder + ridge at this many seeds of its weights and report their "
+                        "mean and range (default 1: its registered seed; one draw is a noisy baseline)")
     p.add_argument("--no-options", action="store_true", help="skip the tta / context / neighbour ablations")
     p.add_argument("--hires-copies", action="store_true",
                    help="also score the default pipeline and colour/texture on 2000 px copies of the test images "

@@ -9,6 +9,9 @@ only (``io.stain.fit_reference_on_sections``), as a fitted model does. A contend
 the shared axes of its head (the programs', and those its members' targets are reduced to) from the benchmark's
 reference sections (counts only, tasks/expression_reference.py), less the test sections and every section of a
 test patient.
+A random-init contender with several ``seeds`` is fitted and scored once per seed of its weights and its metrics
+averaged over them (one draw of random weights is a noisy baseline); each seed's rows are kept beside the mean
+(``seed_rows``), so the spread can be reported.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Contender:
     test_image: str = "given"
     ceiling: bool = False  # fitted on one half of the test section itself and scored on the other: not a contender
     reference: bool = False  # the shared axes also from the reference sections (ridge-ensemble head only)
+    seeds: tuple[int, ...] = ()  # a random-init encoder's weight seeds, each fitted and scored, metrics averaged
 
     def recipe(self) -> dict:
         return make_recipe(source=self.source, tta=self.tta, context=self.context, neighbours_um=self.neighbours_um,
@@ -75,12 +79,14 @@ def pipeline_contender(name: str, encoder: str | None, head: str = defaults.EXPR
 
 
 def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_encoders: Sequence[str] = (),
-                        options: bool = True, hires: bool = False, reference: bool = False) -> list[Contender]:
+                        options: bool = True, hires: bool = False, reference: bool = False,
+                        random_seeds: int = 1) -> list[Contender]:
     """The issue's contenders in one run: the floor, hand-crafted features, a random-init encoder of the default's
     size, the default encoder alone with each head and each option, the full default pipeline (and the same
     pipeline on the random encoder, to show what pre-training adds), then any encoder the user names. ``hires``:
     the default pipeline and colour/texture again, scored on hires-only copies of the test sections. ``reference``:
-    the default pipeline again with the reference sections informing its programs (and on the hires-only copies)."""
+    the default pipeline again with the reference sections informing its programs (and on the hires-only copies).
+    ``random_seeds`` > 1: the random-init encoder + ridge row is the mean over that many seeds of its weights."""
     section = {"standardize": "section"}
 
     def pipe(encoder: str, options: str) -> Contender:
@@ -93,7 +99,7 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
         Contender("colour/texture + ridge", source="colour_texture"),
         Contender("colour/texture + ridge, per-section z", source="colour_texture", **section),
         Contender("nuclei + ridge, per-section z", source="nuclei", **section),
-        Contender(f"{random_encoder} + ridge", encoder=random_encoder),
+        random_row(random_encoder, random_seeds),
         Contender(f"{default_encoder} + ridge", encoder=default_encoder),
         Contender(f"{default_encoder} + ridge, per-section z", encoder=default_encoder, **section),
         Contender(f"{default_encoder} + mlp", head="mlp", encoder=default_encoder),
@@ -143,6 +149,19 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
     return rows
 
 
+def random_row(random_encoder: str, seeds: int = 1) -> Contender:
+    """The random-init encoder + ridge: its registered seed, or the mean over seeds 0 .. ``seeds`` - 1."""
+    if seeds <= 1:
+        return Contender(f"{random_encoder} + ridge", encoder=random_encoder)
+    return Contender(f"{random_encoder} + ridge, mean of {seeds} weight seeds", encoder=random_encoder,
+                     seeds=tuple(range(seeds)))
+
+
+def seed_name(c: Contender, seed: int) -> str:
+    """The name of one seed's rows of a contender with ``seeds``."""
+    return f"{c.name} [seed {seed}]"
+
+
 class FeatureStore:
     """Per-section features of each recipe, computed once and shared by every split and head."""
 
@@ -153,26 +172,28 @@ class FeatureStore:
         self._feats: dict[tuple[str, str], tuple[np.ndarray, list[int]]] = {}
         self.seconds: dict[str, float] = {}
 
-    def encoder(self, name: str | None):
+    def encoder(self, name: str | None, seed: int | None = None):
         if name is None:
             return None
-        if name not in self._encoders:
+        key = name if seed is None else f"{name}@seed{seed}"
+        if key not in self._encoders:
             from spafoundation.tasks.expression import resolve_encoder
 
-            self._encoders[name] = resolve_encoder(name)
-        return self._encoders[name]
+            self._encoders[key] = resolve_encoder(name, seed=seed)
+        return self._encoders[key]
 
-    def get(self, contender: Contender, section: str, stain=None) -> tuple[np.ndarray, list[int]]:
+    def get(self, contender: Contender, section: str, stain=None, seed: int | None = None
+            ) -> tuple[np.ndarray, list[int]]:
         """(features, block widths) of ``section``; ``stain``: the split's ``StainReference`` where the contender
-        normalises stain."""
+        normalises stain; ``seed``: the weight seed of a random-init encoder (None: the encoder as named)."""
         recipe = contender.recipe()
         if stain is not None:
             recipe["stain_reference"] = stain.to_dict()
         enc_name = contender.encoder if needs_encoder(recipe) else None
-        key = (json.dumps([enc_name, recipe], sort_keys=True), section)
+        key = (json.dumps([enc_name, seed, recipe], sort_keys=True), section)
         if key not in self._feats:
             t0 = time.perf_counter()
-            self._feats[key] = spot_features(self.sections[section], recipe, self.encoder(enc_name),
+            self._feats[key] = spot_features(self.sections[section], recipe, self.encoder(enc_name, seed),
                                              cache_dir=self.cache_dir, progress=self.progress, with_blocks=True)
             self.seconds[key[0]] = self.seconds.get(key[0], 0.0) + time.perf_counter() - t0
         return self._feats[key]
@@ -227,17 +248,28 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
                                  "fit_seconds": round(time.perf_counter() - t0, 2), **m})
                 continue
             stain = stain_for(c, train)
-            X = np.concatenate([store.get(c, n, stain)[0] for n in train])
-            head = split.fit(c, X, store.get(c, train[0], stain)[1], ref.z if c.reference else None)
-            for t in test:
-                y_true = expression_matrix(sections[t], gene_list, target_sum)
-                image = t if c.test_image == "given" else _copy_name(t, c.test_image)
-                m = evaluate_expression(y_true, head.predict(store.get(c, image, stain)[0]))
-                m.pop("r")
-                rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
-                             "n_train_sections": len(train),
-                             "n_genes": len(gene_list), "alpha": getattr(head, "alpha", None),
-                             "fit_seconds": round(time.perf_counter() - t0, 2), **m})
+            per_seed = []
+            for seed in c.seeds or (None,):
+                X = np.concatenate([store.get(c, n, stain, seed)[0] for n in train])
+                head = split.fit(c, X, store.get(c, train[0], stain, seed)[1], ref.z if c.reference else None)
+                scored = []
+                for t in test:
+                    y_true = expression_matrix(sections[t], gene_list, target_sum)
+                    image = t if c.test_image == "given" else _copy_name(t, c.test_image)
+                    m = evaluate_expression(y_true, head.predict(store.get(c, image, stain, seed)[0]))
+                    m.pop("r")
+                    scored.append({"contender": c.name if seed is None else seed_name(c, seed), "split": kind,
+                                   "direction": direction, "test": t, "n_train_sections": len(train),
+                                   "n_genes": len(gene_list), "alpha": getattr(head, "alpha", None),
+                                   "fit_seconds": round(time.perf_counter() - t0, 2), **m})
+                per_seed.append(scored)
+            if c.seeds:  # each seed's rows, then their mean per test section under the contender's own name
+                rows += [r for scored in per_seed for r in scored]
+                for i in range(len(test)):
+                    mean = pd.DataFrame([scored[i] for scored in per_seed]).mean(numeric_only=True).to_dict()
+                    rows.append({**per_seed[0][i], **mean, "contender": c.name, "alpha": None})
+            else:
+                rows += per_seed[0]
             log.info("%s %s: %s", split_name, c.name, rows[-1]["mean_r"])
     return pd.DataFrame(rows), gene_sets
 
@@ -333,6 +365,22 @@ def summarize(rows: pd.DataFrame, contenders: Sequence[Contender]) -> pd.DataFra
     """Mean over test sections of each metric per (split, direction, contender), then the mean of the
     leave-one-patient-out directions (``eval.splits.summarize_splits``)."""
     return summarize_splits(rows, [c.name for c in contenders], SUMMARY_METRICS)
+
+
+def seed_spread(rows: pd.DataFrame, contenders: Sequence[Contender]) -> pd.DataFrame:
+    """For each contender with seeds: per (split, direction) the lowest and highest mean r of a single seed, and
+    the seeds' standard deviation (``summarize``'s rows of each seed, then their spread)."""
+    out = []
+    for c in contenders:
+        if not c.seeds:
+            continue
+        per_seed = summarize_splits(rows, [seed_name(c, s) for s in c.seeds], ["mean_r"])
+        for (split, direction), g in per_seed.groupby(["split", "direction"], sort=False):
+            out.append({"split": split, "direction": direction, "contender": c.name, "seeds": len(g),
+                        "min_mean_r": g["mean_r"].min(), "max_mean_r": g["mean_r"].max(),
+                        "sd_mean_r": g["mean_r"].std(ddof=1)})
+    return pd.DataFrame(out, columns=["split", "direction", "contender", "seeds", "min_mean_r", "max_mean_r",
+                                      "sd_mean_r"])
 
 
 def contender_table(contenders: Sequence[Contender]) -> pd.DataFrame:

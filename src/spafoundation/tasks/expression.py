@@ -57,9 +57,11 @@ def _encoder_reference(encoder) -> dict:
             "precision": getattr(encoder, "precision", "fp32")}
 
 
-def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None, weights=None):
+def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None, weights=None,
+                    seed: int | None = None):
     """An encoder object as is; a name or model folder (with ``weights``, a checkpoint, if given) built on ``device``
-    at ``precision`` (default: the pipeline's, ``utils/precision.py``: int8 on CPU unless the user chose)."""
+    at ``precision`` (default: the pipeline's, ``utils/precision.py``: int8 on CPU unless the user chose).
+    ``seed``: the weights' seed of a random-init name (``random-*``)."""
     if encoder is None:
         return None
     if isinstance(encoder, (str, Path)):
@@ -68,8 +70,10 @@ def resolve_encoder(encoder, device: str = "cpu", precision: str | None = None, 
 
         automatic = precision is None and default_precision(device) != chosen_precision()
         precision = precision or default_precision(device)
-        enc = build_encoder(str(encoder), weights=weights, device=device,
-                            overrides={"precision": precision} if precision else None)
+        overrides = {"precision": precision} if precision else {}
+        if seed is not None:
+            overrides["seed"] = int(seed)
+        enc = build_encoder(str(encoder), weights=weights, device=device, overrides=overrides or None)
         if automatic and precision:  # say so: the outputs differ (slightly) from the encoder's own precision
             log.info("encoder %s at %s precision on %s (sf.settings.precision='auto'; set 'fp32' to opt out)",
                      encoder, precision, device)
