@@ -120,3 +120,14 @@ def test_run_refuses_a_config_value_a_step_would_refuse_before_writing(her2st_ro
     assert main(args) == EXIT_BAD_INPUT
     assert "config (spatial domains): argument --smooth: must be a number from 0 to 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_benchmark_random_seeds_need_a_random_init_encoder(tmp_path, capsys):
+    data, out = tmp_path / "data", tmp_path / "bench"
+    data.mkdir()
+    assert main(["benchmark", "expression", str(data), "--out", str(out), "--random-seeds", "3",
+                 "--random-encoder", "spafoundation-default"]) == EXIT_BAD_INPUT
+    assert "--random-seeds" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as e:
+        main(["benchmark", "expression", str(data), "--out", str(out), "--random-seeds", "0"])
+    assert e.value.code == EXIT_BAD_INPUT

@@ -50,6 +50,9 @@ def run(args) -> int:
     from spafoundation.tasks.heads import REFERENCE_AXES
     from spafoundation.utils.atomic import atomic_path
 
+    if args.random_seeds > 1 and not args.random_encoder.startswith("random-"):
+        raise InputError(None, "--random-seeds", f"draws seeds of a random-init encoder (random-*), and "
+                         f"{args.random_encoder!r} has fixed weights")
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     usable = {n: a for n, a in data.items() if image_path(a) and a.n_vars > 0}
     if len(usable) < 2:

@@ -11,7 +11,7 @@ reference sections (counts only, tasks/expression_reference.py), less the test s
 test patient.
 A random-init contender with several ``seeds`` is fitted and scored once per seed of its weights and its metrics
 averaged over them (one draw of random weights is a noisy baseline); each seed's rows are kept beside the mean
-(``seed_rows``), so the spread can be reported.
+(named by ``seed_name``), and ``seed_spread`` reports their range.
 """
 
 from __future__ import annotations
