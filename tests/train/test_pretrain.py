@@ -148,3 +148,10 @@ def test_cli_bad_config_exits_2(tmp_path, her2st_root, capsys):
     assert main(["pretrain", str(her2st_root), "--out", str(tmp_path / "run"), "--set", "objective.name=ibot",
                  "--set", "augment.clean_target=1"]) == 2
     assert "augment.clean_target: only mae and maskfeat take their targets from a clean view, not ibot" in capsys.readouterr().err
+    # a setting of the objective out of its range: the objective's own message, under the config's name
+    for setting, says in (("mask_ratio=2", "mask_ratio must be in (0, 1)"),
+                          ("descriptor_weight=-1", "descriptor_weight must be >= 0")):
+        run = tmp_path / "run_params"
+        assert main(["pretrain", str(her2st_root), "--out", str(run), "--set", f"objective.params.{setting}"]) == 2
+        assert f"objective.params: {says}" in capsys.readouterr().err
+        assert not run.exists() or not any(run.iterdir())

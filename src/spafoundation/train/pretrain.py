@@ -177,8 +177,11 @@ class Pretrainer:
         if cfg["objective"]["name"] == "ibot":  # local crops are smaller than the input: interpolate positions
             overrides["timm_kwargs"] = {**overrides.get("timm_kwargs", {}), "dynamic_img_size": True}
         self.encoder = build_encoder(m["encoder"], overrides={**overrides, "seed": cfg["seed"]})
-        self.objective = build_objective(cfg["objective"]["name"], self.encoder.model,
-                                         cfg["objective"].get("params")).to(self.device)
+        try:
+            objective = build_objective(cfg["objective"]["name"], self.encoder.model, cfg["objective"].get("params"))
+        except (ValueError, TypeError) as e:  # a setting out of range (mask_ratio=2): the objective says which
+            raise InputError(None, "objective.params", str(e)) from None
+        self.objective = objective.to(self.device)
         self.model = self.objective
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
