@@ -86,7 +86,8 @@ sc.pl.spatial(data[TEST], img_key="hires", color="tumor_probability", color_map=
 # %% [markdown]
 # ## Spatial domains, on one AnnData of all sections
 # Every `sf.tl` function also takes one AnnData of several sections (squidpy's layout: `obs['section']` and every
-# library in `uns['spatial']`). Domains are shared: a domain means the same tissue in every section.
+# library in `uns['spatial']`). Domains are shared: a domain means the same tissue in every section. By default they
+# come from each spot's colour/texture, z-scored within its section (`features="image"` adds the encoder).
 
 # %%
 adata = ad.concat(list(data.values()), uns_merge="unique")

@@ -99,6 +99,7 @@ def test_info_mpp_option_supplies_unknown_pixel_size(her2st_c2, tmp_path, capsys
 @pytest.mark.parametrize("argv, message", [
     (["cluster", "DATA", "--out", "o", "--smooth", "2"], "--smooth: must be a number from 0 to 1, got '2'"),
     (["cluster", "DATA", "--out", "o", "--n-clusters", "0"], "--n-clusters: must be a whole number >= 1"),
+    (["benchmark", "clustering", "DATA", "--out", "o", "--seeds", "0"], "--seeds: must be a whole number >= 1"),
     (["fit-expression", "DATA", "--out", "o", "--epochs", "-1"], "--epochs: must be a whole number >= 1"),
     (["fit-expression", "DATA", "--out", "o", "--lr", "nan"], "--lr: must be a positive number, got 'nan'"),
     (["fit-expression", "DATA", "--out", "o", "--programs", "-1"], "--programs: must be a whole number >= 0"),

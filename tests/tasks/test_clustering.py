@@ -96,7 +96,7 @@ def test_expression_features_need_counts():
 
 def test_cli_cluster_image_features_with_reference_and_grid(her2st_root, tiny_folder, tmp_path, capsys):
     out = tmp_path / "clusters"
-    assert main(["cluster", str(her2st_root), "--sections", "C3", "--encoder", str(tiny_folder),
+    assert main(["cluster", str(her2st_root), "--sections", "C3", "--features", "image", "--encoder", str(tiny_folder),
                  "--reference-column", "cluster_annotation", "--n-clusters", "4", "--grid-um", "1500",
                  "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
     spots = ad.read_h5ad(out / "spots.h5ad")
@@ -107,6 +107,48 @@ def test_cli_cluster_image_features_with_reference_and_grid(her2st_root, tiny_fo
     assert -1 <= m["ari"] <= 1 and 0 <= m["nmi"] <= 1
     assert (out / "C3_clusters.png").stat().st_size > 10_000
     assert "ARI" in capsys.readouterr().out
+
+
+def test_colour_texture_features_are_z_scored_per_section_and_grids_use_their_sections_statistics(her2st_root):
+    from spafoundation.io import read_dataset
+    from spafoundation.tasks.spot_features import locations_adata
+
+    data = read_dataset(her2st_root, ["A1", "C3"], with_images=False)
+    sections = {n: a[:40].copy() for n, a in data.items()}
+    grid = {"C3": locations_adata(sections["C3"], np.asarray(sections["C3"].obsm["spatial"])[:5])}
+    feats, grid_feats, blocks = domain_features(sections, "colour_texture", locations=grid)
+    assert blocks == [42, 42]  # the spot patch and a twice-wider one; no encoder
+    for f in feats.values():  # another lab's stain does not set a section apart
+        np.testing.assert_allclose(f.mean(axis=0), 0, atol=1e-4)
+        assert np.allclose(f.std(axis=0)[f.std(axis=0) > 0], 1, atol=1e-3)
+    # grid points on the first five spots: z-scored with the section's spot statistics, not their own
+    np.testing.assert_allclose(grid_feats["C3"], feats["C3"][:5], atol=1e-4)
+
+
+def test_observed_expression_features_are_z_scored_per_section(her2st_root):
+    from spafoundation.io import read_dataset
+
+    sections = read_dataset(her2st_root, ["A1", "C3"], with_images=False)
+    feats, _, blocks = domain_features(sections, "expression", genes="hvg:50")
+    assert blocks is None and all(f.shape == (a.n_obs, 50) for f, a in zip(feats.values(), sections.values()))
+    for f in feats.values():  # each patient's counts centred on its own mean: domains are not patients
+        np.testing.assert_allclose(f.mean(axis=0), 0, atol=1e-4)
+
+
+def test_cli_cluster_default_colour_texture_needs_no_encoder(her2st_root, tmp_path, monkeypatch):
+    import spafoundation.tasks.expression as expression
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the default domains built an encoder")
+
+    monkeypatch.setattr(expression, "resolve_encoder", no_encoder)
+    out = tmp_path / "ct"
+    assert main(["cluster", str(her2st_root), "--sections", "C3,C4", "--n-clusters", "3", "--no-figure",
+                 "--reference-column", "cluster_annotation", "--out", str(out), "--quiet"]) == 0
+    spots = ad.read_h5ad(out / "spots.h5ad")
+    assert spots.obs["spatial_domain"].nunique() == 3
+    assert spots.uns["spafoundation_clustering"]["features"] == "colour_texture"
+    assert set(json.loads((out / "metrics.json").read_text())) == {"C3", "C4"}
 
 
 def test_cli_cluster_observed_expression_leiden(her2st_root, tmp_path):

@@ -1,4 +1,5 @@
-"""``spafoundation cluster DATA --out DIR``: spatial domains from image features, predicted or observed expression.
+"""``spafoundation cluster DATA --out DIR``: spatial domains from the spots' colour/texture, image features, predicted
+or observed expression.
 
 Spot features are smoothed over each section's neighbour graph (stored as squidpy does), then all sections are
 clustered together (k-means or Leiden); with a reference column, ARI and NMI are reported per section."""
@@ -97,11 +98,14 @@ def register(subparsers) -> None:
     add_data_options(p)
     p.add_argument("--out", required=True, help="output folder (spots.h5ad, grid.h5ad, metrics.json, figures)")
     p.add_argument("--sections", help="comma-separated sections (default: all; image features need an image)")
-    p.add_argument("--features", choices=["image", "expression", "predicted"], default=defaults.DOMAIN_FEATURES,
-                   help="cluster on image features, observed expression, or expression predicted by "
-                        "--expression-model (default image)")
+    p.add_argument("--features", choices=defaults.DOMAIN_FEATURE_KINDS, default=defaults.DOMAIN_FEATURES,
+                   help="cluster on the spots' colour/texture (z-scored per section), image features (the same and "
+                        "the encoder's embeddings), observed expression, or expression predicted by "
+                        f"--expression-model (default {defaults.DOMAIN_FEATURES}: it beat image features in the "
+                        "clustering benchmark, BENCHMARKS.md)")
     p.add_argument("--expression-model", help="model folder from fit-expression (for --features predicted)")
-    p.add_argument("--encoder", help="encoder name or model folder (default: spafoundation-default)")
+    p.add_argument("--encoder", help="encoder name or model folder, for --features image or predicted "
+                                      "(default: spafoundation-default)")
     p.add_argument("--genes", default=defaults.DOMAIN_EXPRESSION_GENES,
                    help=f"genes for --features expression (default {defaults.DOMAIN_EXPRESSION_GENES})")
     p.add_argument("--method", choices=["kmeans", "leiden"], default=defaults.DOMAIN_METHOD)
@@ -119,8 +123,8 @@ def register(subparsers) -> None:
     add_format_option(p, "DIR/clusters.zarr, in place of spots.h5ad and grid.h5ad")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figure", action="store_true")
-    add_stain_option(p, fitted=True, where="image features: the reference is fitted over tissue patches of all the "
-                     "clustered sections, so they share one look")
+    add_stain_option(p, fitted=True, where="colour/texture and image features: the reference is fitted over tissue "
+                     "patches of all the clustered sections, so they share one look")
     add_cache_args(p)
     add_precision_option(p)
     p.set_defaults(func=run)

@@ -231,7 +231,7 @@ def plan(data_path: str, out: Path, cfg: dict, data: dict, notes: list[str] | No
                                  expression_model=(str(folder.expression_model) if c["features"] == "predicted"
                                                    else None),
                                  reference_column=c["reference_column"] or None,
-                                 stain_norm=stain if c["features"] == "image" else None))
+                                 stain_norm=stain if c["features"] in ("colour_texture", "image") else None))
     return steps
 
 

@@ -25,10 +25,12 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
         One AnnData, or a mapping of section -> AnnData; an AnnData of several sections tells them apart by
         ``obs[library_key]``.
     features
-        ``"image"`` (encoder + colour/texture of the spot's patch and a twice wider one), ``"expression"`` (observed
-        counts of highly variable ``genes``) or ``"predicted"`` (``expression_model``'s prediction).
+        ``"colour_texture"`` (colour/texture of the spot's patch and a twice wider one, z-scored per section: the
+        default, which clustered the HER2ST sections closer to their reference regions than ``"image"`` did,
+        BENCHMARKS.md), ``"image"`` (the same with the encoder's embeddings of both patches), ``"expression"``
+        (observed counts of highly variable ``genes``) or ``"predicted"`` (``expression_model``'s prediction).
     encoder
-        Encoder name, model folder or Encoder, for image features (see ``sf.tl.embed``).
+        Encoder name, model folder or Encoder, for ``features="image"`` (see ``sf.tl.embed``).
     expression_model
         An ExpressionModel, for ``features="predicted"``.
     genes
@@ -55,7 +57,7 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
         ``tasks.spot_features.locations_adata``), smoothed over their own graph and each given the nearest domain
         in its ``obs[key_added]``; image or predicted features only.
     stain_norm
-        ``"none"``, ``"macenko"`` or ``"reinhard"`` (image features): every section's patches mapped to one stain
+        ``"none"``, ``"macenko"`` or ``"reinhard"`` (colour/texture and image features): every section's patches mapped to one stain
         reference fitted over tissue patches of all the clustered sections (``io/stain.py``).
     key_added
         Column of ``obs`` for the domains.
