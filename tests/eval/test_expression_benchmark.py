@@ -256,6 +256,11 @@ def test_random_row_averages_its_weight_seeds_and_keeps_each_seeds_rows(monkeypa
     assert [c.seeds for c in one if c.encoder == "random-enc" and c.head == "ridge"] == [()]
     row = next(c for c in seeded if c.seeds)
     assert row.seeds == (0, 1, 2) and row.name == "random-enc + ridge, mean of 3 weight seeds"
+    # the default pipeline on random-init weights (what pre-training adds) is in every run, and seeded alike
+    pipes = [[c for c in rows if c.encoder == "random-enc" and c.head != "ridge"] for rows in (one, seeded)]
+    assert [len(p) for p in pipes] == [1, 1] and pipes[0][0].seeds == () and pipes[1][0].seeds == (0, 1, 2)
+    assert pipes[1][0].name == pipes[0][0].name + ", mean of 3 weight seeds"
+    assert pipes[0][0].head == defaults.EXPRESSION_HEAD
 
     rows, _ = eb.run_expression_benchmark(sections, [row], genes="mean:4")
     names = [eb.seed_name(row, s) for s in row.seeds]

@@ -135,8 +135,9 @@ def register(subparsers) -> None:
     p.add_argument("--default-encoder", help="the encoder of the default pipeline (default: the shipped one)")
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline (default random-vitt16)")
     p.add_argument("--random-seeds", type=positive_int, default=1,
-                   help="score the random-init encoder + ridge at this many seeds of its weights and report their "
-                        "mean and range (default 1: its registered seed; one draw is a noisy baseline)")
+                   help="score the random-init encoder (+ ridge, and in the default pipeline) at this many seeds of "
+                        "its weights and report their mean and range (default 1: its registered seed; one draw is a "
+                        "noisy baseline)")
     p.add_argument("--no-options", action="store_true", help="skip the tta / context / neighbour ablations")
     p.add_argument("--hires-copies", action="store_true",
                    help="also score the default pipeline and colour/texture on 2000 px copies of the test images "

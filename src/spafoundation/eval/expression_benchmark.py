@@ -86,7 +86,8 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
     pipeline on the random encoder, to show what pre-training adds), then any encoder the user names. ``hires``:
     the default pipeline and colour/texture again, scored on hires-only copies of the test sections. ``reference``:
     the default pipeline again with the reference sections informing its programs (and on the hires-only copies).
-    ``random_seeds`` > 1: the random-init encoder + ridge row is the mean over that many seeds of its weights."""
+    ``random_seeds`` > 1: the random-init encoder's rows (+ ridge, and its pipeline) are each the mean over that many
+    seeds of its weights."""
     section = {"standardize": "section"}
 
     def pipe(encoder: str, options: str) -> Contender:
@@ -103,13 +104,14 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
         Contender(f"{default_encoder} + ridge", encoder=default_encoder),
         Contender(f"{default_encoder} + ridge, per-section z", encoder=default_encoder, **section),
         Contender(f"{default_encoder} + mlp", head="mlp", encoder=default_encoder),
+        # what pre-training adds to the default pipeline: the same on random-init weights
+        seeded(pipe(random_encoder, "per-section z"), random_seeds),
     ]
     if options:
         rows += [
             Contender(f"{default_encoder} + ridge, tta", encoder=default_encoder, tta=True),
             Contender(f"{default_encoder} + ridge, context x2", encoder=default_encoder, context=2.0),
             Contender(f"{default_encoder} + ridge, neighbours 300 um", encoder=default_encoder, neighbours_um=300.0),
-            pipe(random_encoder, "per-section z"),
             replace(pipe(default_encoder, "no per-section z"), standardize="none"),
             # issue #17: one ridge on every block wins within a patient; the ensemble is the default for what
             # it keeps across patients
@@ -149,12 +151,16 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
     return rows
 
 
-def random_row(random_encoder: str, seeds: int = 1) -> Contender:
-    """The random-init encoder + ridge: its registered seed, or the mean over seeds 0 .. ``seeds`` - 1."""
+def seeded(c: Contender, seeds: int) -> Contender:
+    """``c`` (of a random-init encoder) at its registered seed, or the mean over weight seeds 0 .. ``seeds`` - 1."""
     if seeds <= 1:
-        return Contender(f"{random_encoder} + ridge", encoder=random_encoder)
-    return Contender(f"{random_encoder} + ridge, mean of {seeds} weight seeds", encoder=random_encoder,
-                     seeds=tuple(range(seeds)))
+        return c
+    return replace(c, name=f"{c.name}, mean of {seeds} weight seeds", seeds=tuple(range(seeds)))
+
+
+def random_row(random_encoder: str, seeds: int = 1) -> Contender:
+    """The random-init encoder + ridge (``seeded``)."""
+    return seeded(Contender(f"{random_encoder} + ridge", encoder=random_encoder), seeds)
 
 
 def seed_name(c: Contender, seed: int) -> str:
