@@ -164,8 +164,9 @@ def build_run_report(out: Path, data_path: str, data: dict, cfg: dict, summary: 
     if tumor:
         blocks.append(tumor)
     c = cfg.get("clusters", {})
+    features = str(c.get("features")).replace("_", "/")  # colour_texture reads colour/texture
     clusters = _task_block(folder, folder.clusters, "Spatial domains",
-                           f"{c.get('method')} on {str(c.get('features')).replace('_', '/')} features, k = {c.get('n_clusters')}, "
+                           f"{c.get('method')} on {features} features, k = {c.get('n_clusters')}, "
                            f"smoothing weight {c.get('smooth')} over each section's spot graph; domains shared "
                            "across sections.", "clusters", _cluster_rows)
     if clusters:

@@ -186,8 +186,8 @@ def domain_features(sections: dict[str, ad.AnnData], kind: str, *, encoder=None,
                     genes: str | list = EXPRESSION_GENES, locations: dict[str, ad.AnnData] | None = None,
                     cache_dir=None, progress: bool = False,
                     stain_norm: str = "none") -> tuple[dict, dict, list[int] | None]:
-    """Features per section to cluster on, the same for ``locations`` (a grid; image and predicted only), and the
-    widths of the feature blocks (image features; None otherwise).
+    """Features per section to cluster on, the same for ``locations`` (a grid; not observed expression), and the
+    widths of the feature blocks (colour/texture and image features; None otherwise).
 
     ``colour_texture``: colour/texture of the spot patch and of a twice-wider one, z-scored per section;
     ``image``: the same with the encoder's embeddings of both patches; ``expression``: observed log-normalised

@@ -28,7 +28,8 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
         ``"colour_texture"`` (colour/texture of the spot's patch and a twice wider one, z-scored per section: the
         default, which clustered the HER2ST sections closer to their reference regions than ``"image"`` did,
         BENCHMARKS.md), ``"image"`` (the same with the encoder's embeddings of both patches), ``"expression"``
-        (observed counts of highly variable ``genes``) or ``"predicted"`` (``expression_model``'s prediction).
+        (observed counts of highly variable ``genes``, z-scored per section) or ``"predicted"``
+        (``expression_model``'s prediction).
     encoder
         Encoder name, model folder or Encoder, for ``features="image"`` (see ``sf.tl.embed``).
     expression_model
@@ -55,10 +56,10 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
     locations
         A mapping of section -> AnnData of other points of that section (a tissue grid:
         ``tasks.spot_features.locations_adata``), smoothed over their own graph and each given the nearest domain
-        in its ``obs[key_added]``; image or predicted features only.
+        in its ``obs[key_added]``; colour/texture, image or predicted features only.
     stain_norm
-        ``"none"``, ``"macenko"`` or ``"reinhard"`` (colour/texture and image features): every section's patches mapped to one stain
-        reference fitted over tissue patches of all the clustered sections (``io/stain.py``).
+        ``"none"``, ``"macenko"`` or ``"reinhard"`` (colour/texture and image features): every section's patches
+        mapped to one stain reference fitted over tissue patches of all the clustered sections (``io/stain.py``).
     key_added
         Column of ``obs`` for the domains.
     library_key
