@@ -74,8 +74,7 @@ def test_joint_clustering_on_two_patients_scores_each_section_and_how_domains_sp
     assert sorted(per_section["seed"].unique()) == [0, 1, 2] and set(per_section["test"]) == {"A1", "C3"}
 
 
-def test_cli_benchmark_clustering_leads_with_the_sections_clustered_together(her2st_root, tiny_folder, tmp_path,
-                                                                                capsys):
+def test_cli_benchmark_clustering_leads_with_the_sections_clustered_together(her2st_root, tiny_folder, tmp_path):
     from spafoundation.cli import main
 
     out = tmp_path / "bench"
