@@ -34,8 +34,8 @@ N_PCS = 256
 FORMAT = "spafoundation-tumor"
 # The tumour map's features, chosen on leave-one-patient-out (BENCHMARKS.md, tumour): the encoder's embedding and the
 # colour/texture statistics of the spot patch, z-scored within each section. The wider context patch and the
-# neighbour mean of the expression pipeline win within patient C but lose across patients (ROC AUC 0.809 and 0.742
-# against 0.832, mean of the directions C <-> A1), so they are not part of it.
+# expression pipeline's features (context, nuclei, neighbour mean) win within patient C but lose across patients
+# (ROC AUC 0.768 and 0.761 against 0.832, mean of the directions C <-> A1), so they are not part of it.
 TUMOR_FEATURES = {"source": "encoder+colour_texture", "tta": False, "context": 1.0, "neighbours_um": 0.0,
                   "standardize": "section"}
 
