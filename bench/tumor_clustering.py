@@ -25,6 +25,7 @@ from spafoundation.cli import main
 from spafoundation.utils.precision import REFERENCE
 
 ROOT = Path(__file__).resolve().parent.parent
+RANDOM_SEEDS = 8  # the random-init rows: the mean over this many draws of their weights, with their range
 
 
 def ratio(a_name: str, a: float, b_name: str, b: float) -> str:
@@ -34,10 +35,11 @@ def ratio(a_name: str, a: float, b_name: str, b: float) -> str:
 def _tumor_ratios(by: pd.Series) -> list[str]:
     pipe = next(c for c in by.index if c.endswith("(default)"))
     rnd = next(c for c in by.index if c.startswith("random-"))
+    rnd_route = [c for c in by.index if c.startswith("random-") and "logistic, per-section z" in c]
     markers = next(c for c in by.index if c.startswith("label-free"))
     expression_pipeline = next(c for c in by.index if c.startswith("expression pipeline") and c.endswith(" z"))
     return [ratio(pipe, by[pipe], b, by[b]) for b in ("mean colour + logistic", "colour/texture + logistic", rnd,
-                                                      expression_pipeline)] + [
+                                                      *rnd_route, expression_pipeline)] + [
         ratio(markers, by[markers], "mean colour + logistic", by["mean colour + logistic"])]
 
 
@@ -77,7 +79,8 @@ def run(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     tumor_cli = ["benchmark", "tumor", args.data, "--sections", "C2,C3,C4,C5,C6,A1", "--label-column",
-                 "label,cluster_annotation", "--out", str(out), "--quiet", "--precision", REFERENCE]
+                 "label,cluster_annotation", "--out", str(out), "--quiet", "--precision", REFERENCE,
+                 "--random-seeds", str(RANDOM_SEEDS)]
     cluster_cli = ["benchmark", "clustering", args.data, "--out", str(out), "--quiet", "--precision", REFERENCE]
     for cli in (tumor_cli, cluster_cli):
         code = main(cli)

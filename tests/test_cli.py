@@ -123,12 +123,13 @@ def test_run_refuses_a_config_value_a_step_would_refuse_before_writing(her2st_ro
     assert not out.exists()
 
 
-def test_benchmark_random_seeds_need_a_random_init_encoder(tmp_path, capsys):
+@pytest.mark.parametrize("task", ["expression", "tumor"])
+def test_benchmark_random_seeds_need_a_random_init_encoder(task, tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "bench"
     data.mkdir()
-    assert main(["benchmark", "expression", str(data), "--out", str(out), "--random-seeds", "3",
+    assert main(["benchmark", task, str(data), "--out", str(out), "--random-seeds", "3",
                  "--random-encoder", "spafoundation-default"]) == EXIT_BAD_INPUT
     assert "--random-seeds" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit) as e:
-        main(["benchmark", "expression", str(data), "--out", str(out), "--random-seeds", "0"])
+        main(["benchmark", task, str(data), "--out", str(out), "--random-seeds", "0"])
     assert e.value.code == EXIT_BAD_INPUT

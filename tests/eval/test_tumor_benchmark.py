@@ -3,6 +3,8 @@ leave-one-section-out within a patient) and its summary, on tiny synthetic secti
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -36,8 +38,11 @@ class _Store:
     def __init__(self, sections, *args, **kwargs):
         self.sections = sections
 
-    def get(self, contender, name):
-        return self.sections[name].obsm["feats"], [4]
+    def get(self, contender, name, seed=None):
+        feats = self.sections[name].obsm["feats"]
+        if seed is not None:  # another draw of random weights: the same signal under other noise
+            feats = feats + np.random.default_rng([seed, len(name)]).normal(0, 2.0, feats.shape)
+        return feats, [4]
 
 
 @pytest.fixture
@@ -143,3 +148,34 @@ def test_cli_names_the_label_columns_it_found_in_no_section(her2st_root, tmp_pat
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "obs['nope'] / obs['label']" in err and not out.exists()
+
+
+def test_random_rows_average_their_weight_seeds(sections, monkeypatch):
+    from spafoundation.eval.expression_benchmark import seed_name, seed_spread
+
+    one = tb.tumor_contenders("enc", "random-enc")
+    seeded = tb.tumor_contenders("enc", "random-enc", random_seeds=3)
+    random_rows = [c for c in seeded if c.encoder == "random-enc"]
+    # the random-init encoder + logistic and the default route on it: both seeded, named so
+    assert len(random_rows) == 2 and all(c.seeds == (0, 1, 2) for c in random_rows)
+    assert [c.name for c in random_rows] == [c.name + ", mean of 3 weight seeds" for c in one if c.encoder ==
+                                             "random-enc"]
+    route = random_rows[1]
+    default = next(c for c in one if c.name.endswith("(default)"))
+    assert route.recipe() == default.recipe() and route.head == default.head == "logistic"
+
+    monkeypatch.setattr(tb, "FeatureStore", _Store)
+    row = replace(random_rows[0], source="mean_colour")
+    rows = tb.run_tumor_benchmark(sections, [row], label_column="label,cluster_annotation", markers=MARKERS)
+    by = rows.set_index(["contender", "split", "direction", "test"])["roc_auc"]
+    for key in rows[rows["contender"] == row.name][["split", "direction", "test"]].itertuples(index=False):
+        singles = [by[(seed_name(row, s), *key)] for s in row.seeds]
+        assert len(set(singles)) == 3 and by[(row.name, *key)] == pytest.approx(np.mean(singles))
+    spread = seed_spread(rows, [row], "roc_auc")
+    assert (spread["seeds"] == 3).all() and (spread["min_roc_auc"] < spread["max_roc_auc"]).all()
+    assert list(tb.summarize_tumor(rows, [row])["contender"].unique()) == [row.name]  # the table: the mean only
+    from spafoundation.commands._common import spread_note
+
+    note = spread_note(spread)
+    assert note.count(f"{row.name}: single seeds range") == 1 and "C -> A " in note and "(sd " in note
+    assert spread_note(spread.iloc[:0]) == ""  # nothing seeded, nothing added

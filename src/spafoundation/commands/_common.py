@@ -208,3 +208,28 @@ def stain_reference(args):
             raise InputError(image, "--stain-reference", "needs --stain-norm macenko or reinhard")
         return None
     return reference_from_image(image, method) if image else builtin_reference(method)
+
+
+def add_random_seeds_option(p, rows: str) -> None:
+    """``--random-seeds`` of a benchmark; ``rows``: which random-init rows it seeds."""
+    p.add_argument("--random-seeds", type=positive_int, default=1,
+                   help=f"score the random-init encoder ({rows}) at this many seeds of its weights and report their "
+                        "mean and range (default 1: its registered seed; one draw is a noisy baseline)")
+
+
+def check_random_seeds(args) -> None:
+    """Before any data is read: seeds are drawn only for a random-init encoder."""
+    if args.random_seeds > 1 and not args.random_encoder.startswith("random-"):
+        raise InputError(None, "--random-seeds", f"draws seeds of a random-init encoder (random-*), and "
+                         f"{args.random_encoder!r} has fixed weights")
+
+
+def spread_note(spread) -> str:
+    """A line per seeded contender (``eval.expression_benchmark.seed_spread``, of whichever metric): how far its
+    single seeds range in each split."""
+    metric = next((c[len("min_"):] for c in spread.columns if c.startswith("min_")), None)
+    lines = [f"{c}: single seeds range " + "; ".join(
+        f"{r.direction} {getattr(r, 'min_' + metric):.3f}-{getattr(r, 'max_' + metric):.3f} "
+        f"(sd {getattr(r, 'sd_' + metric):.3f})" for r in g.itertuples()) for c, g in spread.groupby("contender",
+                                                                                                    sort=False)]
+    return "".join(f"\n\n{line}" for line in lines)

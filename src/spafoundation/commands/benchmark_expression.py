@@ -11,12 +11,14 @@ from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
     add_precision_option,
+    add_random_seeds_option,
     cache_dir,
+    check_random_seeds,
     data_options,
     parse_sections,
     parse_target_sum,
-    positive_int,
     precision_note,
+    spread_note,
 )
 from spafoundation.errors import InputError
 
@@ -50,9 +52,7 @@ def run(args) -> int:
     from spafoundation.tasks.heads import REFERENCE_AXES
     from spafoundation.utils.atomic import atomic_path
 
-    if args.random_seeds > 1 and not args.random_encoder.startswith("random-"):
-        raise InputError(None, "--random-seeds", f"draws seeds of a random-init encoder (random-*), and "
-                         f"{args.random_encoder!r} has fixed weights")
+    check_random_seeds(args)
     data = read_dataset(args.data, parse_sections(args.sections), **data_options(args))
     usable = {n: a for n, a in data.items() if image_path(a) and a.n_vars > 0}
     if len(usable) < 2:
@@ -114,14 +114,6 @@ def run(args) -> int:
     return 0
 
 
-def spread_note(spread) -> str:
-    """A line per seeded contender: how far its single seeds range in each split."""
-    lines = [f"{c}: single seeds range " + "; ".join(f"{r.direction} {r.min_mean_r:.3f}-{r.max_mean_r:.3f} "
-                                                     f"(sd {r.sd_mean_r:.3f})" for r in g.itertuples())
-             for c, g in spread.groupby("contender", sort=False)]
-    return "".join(f"\n\n{line}" for line in lines)
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("expression", help="held-out-section benchmark of expression prediction")
     p.add_argument("data", help="dataset with at least two imaged sections with counts")
@@ -134,10 +126,7 @@ def register(subparsers) -> None:
     p.add_argument("--encoder", action="append", help="another encoder to compare (repeatable)")
     p.add_argument("--default-encoder", help="the encoder of the default pipeline (default: the shipped one)")
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline (default random-vitt16)")
-    p.add_argument("--random-seeds", type=positive_int, default=1,
-                   help="score the random-init encoder (+ ridge, and in the default pipeline) at this many seeds of "
-                        "its weights and report their mean and range (default 1: its registered seed; one draw is a "
-                        "noisy baseline)")
+    add_random_seeds_option(p, "+ ridge, and in the default pipeline")
     p.add_argument("--no-options", action="store_true", help="skip the tta / context / neighbour ablations")
     p.add_argument("--hires-copies", action="store_true",
                    help="also score the default pipeline and colour/texture on 2000 px copies of the test images "

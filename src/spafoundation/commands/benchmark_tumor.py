@@ -11,10 +11,13 @@ from spafoundation.commands._common import (
     add_cache_args,
     add_data_options,
     add_precision_option,
+    add_random_seeds_option,
     cache_dir,
+    check_random_seeds,
     data_options,
     parse_sections,
     precision_note,
+    spread_note,
 )
 from spafoundation.errors import InputError
 
@@ -39,6 +42,7 @@ def labels_note(sources: dict[str, str], columns: list[str], positive: str) -> s
 
 
 def run(args) -> int:
+    from spafoundation.eval.expression_benchmark import seed_spread
     from spafoundation.eval.splits import LOPO, LOSO, benchmark_splits
     from spafoundation.eval.tumor_benchmark import (
         run_tumor_benchmark,
@@ -52,6 +56,7 @@ def run(args) -> int:
     from spafoundation.tasks.labels import label_columns, label_source
     from spafoundation.utils.atomic import atomic_path
 
+    check_random_seeds(args)
     columns = label_columns(args.label_column)
     if not columns:
         raise InputError(None, "--label-column", "name at least one label column")
@@ -64,7 +69,7 @@ def run(args) -> int:
         raise InputError(args.data, " / ".join(f"obs['{c}']" for c in columns),
                          "the benchmark needs at least two imaged sections with counts and known labels in one "
                          "of these columns (and two of one patient, or two patients)")
-    contenders = tumor_contenders(args.default_encoder or DEFAULT_ENCODER, args.random_encoder)
+    contenders = tumor_contenders(args.default_encoder or DEFAULT_ENCODER, args.random_encoder, args.random_seeds)
     t0 = time.perf_counter()
     rows = run_tumor_benchmark(usable, contenders, label_column=columns, positive=args.positive,
                                cache_dir=cache_dir(args), progress=not args.quiet)
@@ -74,7 +79,7 @@ def run(args) -> int:
         rows.to_csv(tmp, index=False)
     with atomic_path(out / "tumor_summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
-    table = tumor_markdown(summary)
+    table = tumor_markdown(summary) + spread_note(seed_spread(rows, contenders, "roc_auc"))
     kinds = [k for k in (LOPO, LOSO) if any(s[0] == k for s in splits)]
     patients = sorted({d.split(" -> ")[1] for k, d, _, _ in splits if k == LOPO})
     about = {LOPO: f"{LOPO} (the headline: each of patients {', '.join(patients)} scored by models trained on the "
@@ -112,6 +117,7 @@ def register(subparsers) -> None:
     p.add_argument("--positive", default=r"cancer|tumou?r|carcinoma|malignan", help="regex of tumour labels")
     p.add_argument("--default-encoder", help="the encoder of the pipeline (default: the shipped one)")
     p.add_argument("--random-encoder", default="random-vitt16", help="the random-init baseline")
+    add_random_seeds_option(p, "+ logistic, and in the default route; ROC AUC")
     add_cache_args(p)
     add_precision_option(p)
     p.set_defaults(func=run)

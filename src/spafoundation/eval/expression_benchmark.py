@@ -168,6 +168,19 @@ def seed_name(c: Contender, seed: int) -> str:
     return f"{c.name} [seed {seed}]"
 
 
+def seed_rows(c: Contender, per_seed: list[list[dict]], **overrides) -> list[dict]:
+    """A split's rows of ``c``: with ``seeds``, each seed's rows (``per_seed``, one list per seed, the test sections
+    in the same order) and then, under the contender's own name, their mean per test section (numeric fields;
+    ``overrides`` for fields a mean means nothing for); without, the one list as it is."""
+    if not c.seeds:
+        return per_seed[0]
+    means = []
+    for i in range(len(per_seed[0])):
+        mean = pd.DataFrame([scored[i] for scored in per_seed]).mean(numeric_only=True).to_dict()
+        means.append({**per_seed[0][i], **mean, "contender": c.name, **overrides})
+    return [r for scored in per_seed for r in scored] + means
+
+
 class FeatureStore:
     """Per-section features of each recipe, computed once and shared by every split and head."""
 
@@ -269,13 +282,7 @@ def run_expression_benchmark(sections: dict[str, ad.AnnData], contenders: Sequen
                                    "n_genes": len(gene_list), "alpha": getattr(head, "alpha", None),
                                    "fit_seconds": round(time.perf_counter() - t0, 2), **m})
                 per_seed.append(scored)
-            if c.seeds:  # each seed's rows, then their mean per test section under the contender's own name
-                rows += [r for scored in per_seed for r in scored]
-                for i in range(len(test)):
-                    mean = pd.DataFrame([scored[i] for scored in per_seed]).mean(numeric_only=True).to_dict()
-                    rows.append({**per_seed[0][i], **mean, "contender": c.name, "alpha": None})
-            else:
-                rows += per_seed[0]
+            rows += seed_rows(c, per_seed, alpha=None)
             log.info("%s %s: %s", split_name, c.name, rows[-1]["mean_r"])
     return pd.DataFrame(rows), gene_sets
 
@@ -373,20 +380,20 @@ def summarize(rows: pd.DataFrame, contenders: Sequence[Contender]) -> pd.DataFra
     return summarize_splits(rows, [c.name for c in contenders], SUMMARY_METRICS)
 
 
-def seed_spread(rows: pd.DataFrame, contenders: Sequence[Contender]) -> pd.DataFrame:
-    """For each contender with seeds: per (split, direction) the lowest and highest mean r of a single seed, and
-    the seeds' standard deviation (``summarize``'s rows of each seed, then their spread)."""
+def seed_spread(rows: pd.DataFrame, contenders: Sequence[Contender], metric: str = "mean_r") -> pd.DataFrame:
+    """For each contender with seeds: per (split, direction) the lowest and highest ``metric`` of a single seed, and
+    the seeds' standard deviation (``summarize_splits``'s rows of each seed, then their spread)."""
     out = []
     for c in contenders:
         if not c.seeds:
             continue
-        per_seed = summarize_splits(rows, [seed_name(c, s) for s in c.seeds], ["mean_r"])
+        per_seed = summarize_splits(rows, [seed_name(c, s) for s in c.seeds], [metric])
         for (split, direction), g in per_seed.groupby(["split", "direction"], sort=False):
             out.append({"split": split, "direction": direction, "contender": c.name, "seeds": len(g),
-                        "min_mean_r": g["mean_r"].min(), "max_mean_r": g["mean_r"].max(),
-                        "sd_mean_r": g["mean_r"].std(ddof=1)})
-    return pd.DataFrame(out, columns=["split", "direction", "contender", "seeds", "min_mean_r", "max_mean_r",
-                                      "sd_mean_r"])
+                        f"min_{metric}": g[metric].min(), f"max_{metric}": g[metric].max(),
+                        f"sd_{metric}": g[metric].std(ddof=1)})
+    return pd.DataFrame(out, columns=["split", "direction", "contender", "seeds", f"min_{metric}", f"max_{metric}",
+                                      f"sd_{metric}"])
 
 
 def contender_table(contenders: Sequence[Contender]) -> pd.DataFrame:

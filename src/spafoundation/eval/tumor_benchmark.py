@@ -21,7 +21,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from spafoundation.eval.expression_benchmark import Contender, FeatureStore
+from spafoundation.eval.expression_benchmark import Contender, FeatureStore, seed_name, seed_rows, seeded
 from spafoundation.eval.metrics import classification_metrics
 from spafoundation.eval.splits import benchmark_splits, summarize_splits
 from spafoundation.pp.genes import expression_matrix
@@ -32,9 +32,10 @@ from spafoundation.tasks.tumor import BREAST_TUMOR_MARKERS, TumorClassifier
 METRICS = ("roc_auc", "pr_auc", "prevalence")
 
 
-def tumor_contenders(default_encoder: str, random_encoder: str) -> list[Contender]:
+def tumor_contenders(default_encoder: str, random_encoder: str, random_seeds: int = 1) -> list[Contender]:
     """(contender, route): the head field says "logistic" (supervised) or "markers" (label-free). The default
-    features (tasks.tumor.TUMOR_FEATURES) beside single sources and the expression pipeline's wider features."""
+    features (tasks.tumor.TUMOR_FEATURES) beside single sources and the expression pipeline's wider features.
+    ``random_seeds`` > 1: the random-init encoder's rows are each the mean over that many seeds of its weights."""
     from spafoundation.eval.expression_benchmark import PIPELINE_FEATURES, pipeline_contender
     from spafoundation.tasks.tumor import TUMOR_FEATURES
 
@@ -46,7 +47,10 @@ def tumor_contenders(default_encoder: str, random_encoder: str) -> list[Contende
     return [
         Contender("mean colour + logistic", head="logistic", source="mean_colour"),
         Contender("colour/texture + logistic", head="logistic", source="colour_texture"),
-        Contender(f"{random_encoder} + logistic", head="logistic", encoder=random_encoder),
+        seeded(Contender(f"{random_encoder} + logistic", head="logistic", encoder=random_encoder), random_seeds),
+        # the default route on random-init weights: what pre-training adds to it
+        seeded(replace(default, name=f"{random_encoder} + colour/texture + logistic, per-section z",
+                       encoder=random_encoder), random_seeds),
         Contender(f"{default_encoder} + logistic", head="logistic", encoder=default_encoder),
         Contender(f"{default_encoder} + colour/texture + logistic", **fused),
         Contender(f"{default_encoder} + colour/texture, context + logistic, per-section z", **fused, context=2.0,
@@ -78,23 +82,29 @@ def run_tumor_benchmark(sections: dict[str, ad.AnnData], contenders: Sequence[Co
         for c in contenders:
             if c.head == "markers" and not genes:
                 continue
-            X = np.concatenate([store.get(c, n)[0] for n in train])
-            if c.head == "markers":
-                Y = np.concatenate([expression_matrix(labelled[n], genes) for n in train])
-                model = RidgeHead().fit(X, Y, groups, store.get(c, train[0])[1])
-            else:
-                model = TumorClassifier().fit(X, np.concatenate([labels[n] for n in train]), groups,
-                                              store.get(c, train[0])[1])
-            for t in test:
-                feats = store.get(c, t)[0]
+            per_seed = []
+            for seed in c.seeds or (None,):
+                X = np.concatenate([store.get(c, n, seed=seed)[0] for n in train])
+                blocks = store.get(c, train[0], seed=seed)[1]
                 if c.head == "markers":
-                    P = model.predict(feats)
-                    score = ((P - P.mean(0)) / (P.std(0) + 1e-9)).mean(1)
+                    Y = np.concatenate([expression_matrix(labelled[n], genes) for n in train])
+                    model = RidgeHead().fit(X, Y, groups, blocks)
                 else:
-                    score = model.predict_proba(feats)
-                rows.append({"contender": c.name, "split": kind, "direction": direction, "test": t,
-                             "label_column": sources[t], "train_label_columns": train_sources,
-                             "train_sections": ",".join(train), **classification_metrics(labels[t], score)})
+                    model = TumorClassifier().fit(X, np.concatenate([labels[n] for n in train]), groups, blocks)
+                scored = []
+                for t in test:
+                    feats = store.get(c, t, seed=seed)[0]
+                    if c.head == "markers":
+                        P = model.predict(feats)
+                        score = ((P - P.mean(0)) / (P.std(0) + 1e-9)).mean(1)
+                    else:
+                        score = model.predict_proba(feats)
+                    scored.append({"contender": c.name if seed is None else seed_name(c, seed), "split": kind,
+                                   "direction": direction, "test": t, "label_column": sources[t],
+                                   "train_label_columns": train_sources, "train_sections": ",".join(train),
+                                   **classification_metrics(labels[t], score)})
+                per_seed.append(scored)
+            rows += seed_rows(c, per_seed)
     return pd.DataFrame(rows)
 
 
