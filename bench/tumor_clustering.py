@@ -5,7 +5,8 @@
 Tumour detection on patient C's sections C2-C6 and patient A's A1: leave-one-patient-out first (C -> A and A -> C,
 then their mean), then leave-one-section-out within patient C; each section labelled by the pathologist's labels
 where it has them (A1), else the annotations of expression clusters (C2-C6). Prints the tables and the ratios of the
-default pipeline to the colour and random-init baselines (tumour ROC AUC, per headline row). Clustering: all imaged
+default pipeline to the colour and random-init baselines (tumour ROC AUC, per headline row; the random-init rows the
+mean over 8 seeds of their weights, their range printed under the table). Clustering: all imaged
 sections clustered together first (domains shared across patients, as `cluster` makes them), then each on its own;
 ratios of the default domain features to the other image features, of smoothed to unsmoothed observed expression and
 of features z-scored per section to the same as they are (ARI), all measured in this run; rewrites the `tumor` and `clustering` sections of
