@@ -100,7 +100,7 @@ def baseline_contenders(default_encoder: str, random_encoder: str, *, extra_enco
         Contender("colour/texture + ridge", source="colour_texture"),
         Contender("colour/texture + ridge, per-section z", source="colour_texture", **section),
         Contender("nuclei + ridge, per-section z", source="nuclei", **section),
-        random_row(random_encoder, random_seeds),
+        seeded(Contender(f"{random_encoder} + ridge", encoder=random_encoder), random_seeds),
         Contender(f"{default_encoder} + ridge", encoder=default_encoder),
         Contender(f"{default_encoder} + ridge, per-section z", encoder=default_encoder, **section),
         Contender(f"{default_encoder} + mlp", head="mlp", encoder=default_encoder),
@@ -156,11 +156,6 @@ def seeded(c: Contender, seeds: int) -> Contender:
     if seeds <= 1:
         return c
     return replace(c, name=f"{c.name}, mean of {seeds} weight seeds", seeds=tuple(range(seeds)))
-
-
-def random_row(random_encoder: str, seeds: int = 1) -> Contender:
-    """The random-init encoder + ridge (``seeded``)."""
-    return seeded(Contender(f"{random_encoder} + ridge", encoder=random_encoder), seeds)
 
 
 def seed_name(c: Contender, seed: int) -> str:
