@@ -285,3 +285,32 @@ def test_feature_store_builds_one_encoder_per_weight_seed():
     assert "@seed1-" in b.identity and a.identity != b.identity  # the cache keeps their features apart
     assert store.encoder("random-vitt16", 1) is b and store.encoder("random-vitt16") is not a
     assert not np.allclose(a.model.pos_embed.detach().numpy(), b.model.pos_embed.detach().numpy())
+
+
+def test_bench_script_says_which_issue_targets_are_met():
+    """bench/expression.py names its rows by role (random rows under their seeds' names) and says each of issue
+    #17's targets met or missed from the same table."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "expression.py"
+    spec = importlib.util.spec_from_file_location("bench_expression", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = pd.DataFrame({"contender": [
+        "mean colour + ridge", "colour/texture + ridge, per-section z", "random-vitt16 + ridge, mean of 8 weight seeds",
+        "spafoundation-default + ridge", "spafoundation-default + ridge, per-section z",
+        "pipeline: random-vitt16 + colour/texture, per-section z, mean of 8 weight seeds",
+        "pipeline: spafoundation-default + colour/texture, per-section z, ridge ensemble (default)"],
+        "mean_r": [0.04, 0.06, 0.05, 0.045, 0.047, 0.07, 0.091]})
+    by = rows.set_index("contender")["mean_r"]
+    assert bench.key_rows(by) == {
+        "default": rows["contender"][6], "best colour": rows["contender"][1], "encoder alone": rows["contender"][3],
+        "random": rows["contender"][2], "random pipeline": rows["contender"][5]}
+    lines = bench.issue_targets(rows)
+    assert lines[0].endswith("1.52x, **met**") and "1.5x the best colour" in lines[0]
+    assert lines[1].endswith("0.091 vs 0.045, **met**")
+    assert lines[2].endswith("0.045 vs 0.050, **missed**")
+    assert "0.091 / 0.070 = **1.30x**" in bench.ratios(rows)[3]
+    rows.loc[6, "mean_r"] = 0.089
+    assert bench.issue_targets(rows)[0].endswith("1.48x, **missed**")
