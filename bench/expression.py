@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
 from spafoundation.cli import main
 from spafoundation.eval.expression_benchmark import HIRES_TEST, REFERENCE_ROW
-from spafoundation.eval.splits import LOPO, LOSO, MEAN_OF_DIRECTIONS, headline
+from spafoundation.eval.splits import LOPO, LOSO, MEAN_OF_DIRECTIONS, headline, summarize_splits
 from spafoundation.tasks.heads import REFERENCE_AXES, TRANSCRIPTOME_FACTORS
 from spafoundation.utils.precision import REFERENCE
 
@@ -70,19 +70,25 @@ def key_rows(by: pd.Series) -> dict[str, str]:
             "random pipeline": next(c for c in by.index if c.startswith("pipeline: random-"))}
 
 
-def issue_targets(rows: pd.DataFrame) -> list[str]:
-    """Issue #17's targets across patients, each said met or missed: the default pipeline at >= 1.5x the best colour
-    baseline and >= the encoder alone, and (item 4) the shipped encoder alone above the random-init one."""
+def issue_targets(rows: pd.DataFrame, per_section: pd.DataFrame) -> list[str]:
+    """Issue #17's targets across patients (``rows``: the headline summary), each said met or missed: the default
+    pipeline at >= 1.5x the best colour baseline and >= the encoder alone, and (item 4) the shipped encoder alone
+    above the random-init one by a clear margin, i.e. above every single draw of its weights (``per_section``: the
+    benchmark's per-section rows, each seed's among them)."""
     by = rows.set_index("contender")["mean_r"]
-    k = {role: by[name] for role, name in key_rows(by).items()}
-    checks = [("default pipeline >= 1.5x the best colour baseline", k["default"], 1.5 * k["best colour"],
+    key = key_rows(by)
+    k = {role: by[name] for role, name in key.items()}
+    draws = per_section[per_section["contender"].str.startswith(key["random"] + " [seed ")]
+    per_draw = summarize_splits(draws, list(dict.fromkeys(draws["contender"])), ["mean_r"])
+    highest_draw = headline(per_draw)["mean_r"].max()
+    checks = [("default pipeline >= 1.5x the best colour baseline", k["default"] >= 1.5 * k["best colour"],
                f"{k['default'] / k['best colour']:.2f}x"),
-              ("default pipeline >= the encoder alone", k["default"], k["encoder alone"],
+              ("default pipeline >= the encoder alone", k["default"] >= k["encoder alone"],
                f"{k['default']:.3f} vs {k['encoder alone']:.3f}"),
-              ("item 4, the shipped encoder alone > the random-init encoder alone", k["encoder alone"], k["random"],
-               f"{k['encoder alone']:.3f} vs {k['random']:.3f}")]
-    return [f"- issue #17 target, {name}: {shown}, **{'met' if value >= bar else 'missed'}**"
-            for name, value, bar, shown in checks]
+              ("item 4, the shipped encoder alone above every draw of the random-init encoder alone",
+               k["encoder alone"] > highest_draw,
+               f"{k['encoder alone']:.4f} vs their mean {k['random']:.4f} and highest {highest_draw:.4f}")]
+    return [f"- issue #17 target, {name}: {shown}, **{'met' if met else 'missed'}**" for name, met, shown in checks]
 
 
 def ratios(rows: pd.DataFrame) -> list[str]:
@@ -155,7 +161,9 @@ def run(argv=None) -> int:
             summary = pd.read_csv(out / f"expression_{target}_summary.csv")
             for name, rows in (("leave-one-patient-out, mean of the directions", headline(summary)),
                                ("leave-one-section-out within patient C", summary[summary["split"] == LOSO])):
-                lines = ratios(rows) + (issue_targets(rows) if name.startswith("leave-one-patient-out") else [])
+                lines = ratios(rows)
+                if name.startswith("leave-one-patient-out"):
+                    lines += issue_targets(rows, pd.read_csv(out / f"expression_{target}_per_section.csv"))
                 print(f"\nratios ({label}, {target} targets, {name}):\n" + "\n".join(lines))
                 body.append(f"Ratios, {label}, {target} targets, {name} (same run):\n\n" + "\n".join(lines))
             lopo = summary[(summary["split"] == LOPO) & ~summary["direction"].str.startswith(MEAN_OF_DIRECTIONS)]
