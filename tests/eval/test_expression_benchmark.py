@@ -313,7 +313,8 @@ def test_bench_script_says_which_issue_targets_are_met():
         {"split": LOPO, "direction": d, "test": t, "contender": draw.format(seed), "mean_r": r}
         for seed, by_direction in ((0, {"C -> A": [0.04], "A -> C": [0.05, 0.05]}),
                                    (1, {"C -> A": [0.05], "A -> C": [0.07, 0.05]}))
-        for d, scores in by_direction.items() for t, r in zip(("A1", "C2")[:len(scores)], scores)])
+        for d, scores in by_direction.items()
+        for t, r in zip(["A1"] if d == "C -> A" else ["C2", "C3"], scores, strict=True)])
     lines = bench.issue_targets(rows, per_section)
     assert lines[0].endswith("1.52x, **met**") and "1.5x the best colour" in lines[0]
     assert lines[1].endswith("0.091 vs 0.045, **met**")
