@@ -62,7 +62,7 @@ def test_predict_expression_computes_through_predict_expression(her2st_imaged, t
     assert ad.read_h5ad(out).shape == (60, 5)
 
 
-def test_fit_expression_computes_through_fit_expression(her2st_imaged, tiny_folder, tmp_path, record):
+def test_fit_expression_computes_through_fit_expression(her2st_imaged, tiny_folder, tmp_path, record, capsys):
     data = tmp_path / "c3.h5ad"
     her2st_imaged["C3"][:60].copy().write_h5ad(data)
     calls = record("fit_expression")
@@ -70,6 +70,16 @@ def test_fit_expression_computes_through_fit_expression(her2st_imaged, tiny_fold
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "model")]) == 0
     assert len(calls) == 1 and calls[0]["genes"] == "hvg:5"
     assert len(tl.ExpressionModel.load(tmp_path / "model").genes) == 5
+    assert "--reference" not in capsys.readouterr().out  # an .h5ad of one section has no count-only sections
+
+
+def test_fit_expression_names_the_count_only_sections_reference_could_use(her2st_root, tiny_folder, tmp_path, capsys):
+    """HER2ST's 30 sections without an image are named once, with the option that would use them."""
+    assert main(["fit-expression", str(her2st_root), "--sections", "C3", "--encoder", str(tiny_folder), "--genes",
+                 "hvg:5", "--quiet", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "model")]) == 0
+    out = capsys.readouterr().out
+    assert f"30 section(s) of {her2st_root} have counts but no H&E image (A2, A3, A4, A5, A6, ...): `--reference " \
+           f"{her2st_root}`" in out
 
 
 def test_superres_fits_and_maps_through_fit_superres_and_superres(her2st_imaged, tiny_folder, tmp_path, record):

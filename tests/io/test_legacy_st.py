@@ -4,6 +4,7 @@ import scipy.sparse as sp
 
 from spafoundation.io import extract_patches, read_dataset, tissue_fraction
 from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spot_diameter_fullres
+from spafoundation.io.readers import imageless_sections
 
 README_SPOTS = {"C2": 187, "C3": 180, "C4": 184, "C5": 181, "C6": 178}
 
@@ -105,6 +106,9 @@ def test_imaged_only_leaves_imageless_sections_out_unread(her2st_root, monkeypat
     assert sorted(data) == sorted(read) == ["A1", "C2", "C3", "C4", "C5", "C6"]  # 30 count tables never opened
     assert "left out 30 section(s) without an H&E image: A2, A3" in caplog.text
     assert list(read_dataset(her2st_root, ["B1", "A1"], imaged_only=True, with_images=False)) == ["A1"]
+    read.clear()  # the same 30 named without reading a count table (fit-expression's --reference hint)
+    imageless = imageless_sections(her2st_root)
+    assert len(imageless) == 30 and "B1" in imageless and not {"A1", "C2"} & set(imageless) and not read
     with pytest.raises(InputError, match="unknown section"):  # a name the data lacks is still an error
         read_dataset(her2st_root, ["Z9"], imaged_only=True)
 
@@ -114,10 +118,12 @@ def test_imaged_only_on_st_pipeline_files_and_an_h5ad(her2st_root, tmp_path, cap
     with caplog.at_level("INFO"):
         assert list(read_dataset(folder, imaged_only=True, with_images=False)) == ["P2_ST_rep1"]
     assert "left out 1 section(s) without an H&E image: P9_ST_rep1" in caplog.text
+    assert imageless_sections(folder) == ["P9_ST_rep1"]
     # layouts that hold counts and image together are read, then filtered
     b1 = read_dataset(her2st_root, ["B1"], with_images=False)["B1"]
     b1.write_h5ad(tmp_path / "b1.h5ad")
     assert read_dataset(tmp_path / "b1.h5ad", imaged_only=True) == {}
+    assert imageless_sections(tmp_path / "b1.h5ad") == []  # only read, it would tell
     assert list(read_dataset(tmp_path / "b1.h5ad")) == ["B1"]
 
 

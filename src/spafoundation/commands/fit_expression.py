@@ -43,6 +43,19 @@ def reference_sections(args) -> dict | None:
     return with_counts
 
 
+def reference_hint(data_path, trained: list[str]) -> str | None:
+    """A line naming the sections of the dataset that have counts but no image, which ``--reference`` could use."""
+    from spafoundation.io.readers import imageless_sections
+
+    names = [n for n in imageless_sections(data_path) if n not in trained]
+    if not names:
+        return None
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return (f"{len(names)} section(s) of {data_path} have counts but no H&E image ({shown}): `--reference "
+            f"{data_path}` lets their counts shape the head's shared expression axes (README, 'Reference sections'; "
+            "--reference-sections picks which: leave out any section you will score)")
+
+
 def run(args, data: dict | None = None) -> int:
     from spafoundation import tl
     from spafoundation._settings import settings
@@ -80,6 +93,8 @@ def run(args, data: dict | None = None) -> int:
         r = t["reference"]
         print(f"expression programs also from {len(r['sections'])} reference section(s) of patient(s) "
               f"{', '.join(r['patients'])} ({r['n_spots']} spots, counts only)")
+    if reference is None and (hint := reference_hint(args.data, t["sections"])):
+        print(hint)
     if t.get("cv_mean_r") is not None:
         print(f"inner cross-validation over training sections: mean per-gene r {t['cv_mean_r']:.3f}")
     if (line := model.reliability_summary()) is not None:

@@ -164,6 +164,18 @@ def _read_format(path, fmt, sections, *, bin_um, image, image_scale, **kwargs) -
     return select_sections(read_spafoundation_h5ad(path, **kwargs), sections, path)
 
 
+def imageless_sections(path: str | Path) -> list[str]:
+    """The sections of a folder layout that keeps counts and images apart (legacy ST, ST Pipeline) that have counts
+    but no H&E image, found without reading them; other layouts: none (they would have to be read)."""
+    fmt = detect_format(path)
+    root = Path(path)
+    if fmt == "legacy_st":
+        return [s for s in legacy_st.list_sections(root) if legacy_st.find_image(root, s) is None]
+    if fmt == "st_pipeline":
+        return [s for s, (_, _, image) in legacy_st.st_pipeline_samples(root).items() if image is None]
+    return []
+
+
 def drop_imageless(data: dict[str, ad.AnnData], path) -> dict[str, ad.AnnData]:
     """``data`` without its sections that have no H&E image, those named in one log line."""
     from spafoundation.io.anndata_spec import image_path, note_imageless
