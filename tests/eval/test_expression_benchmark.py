@@ -319,8 +319,14 @@ def test_bench_script_says_which_issue_targets_are_met():
     assert lines[0].endswith("1.52x, **met**") and "1.5x the best colour" in lines[0]
     assert lines[1].endswith("0.091 vs 0.045, **met**")
     assert lines[2].endswith("0.0450 vs their mean 0.0500 and highest 0.0550, **missed**")
+    assert "spafoundation-default alone" in lines[2] and len(lines) == 3  # no row of the second shipped encoder
     assert "0.091 / 0.070 = **1.30x**" in bench.ratios(rows)[3]
     rows.loc[6, "mean_r"] = 0.089
     rows.loc[3, "mean_r"] = 0.056  # above the mean and every draw
     lines = bench.issue_targets(rows, per_section, 2)
     assert lines[0].endswith("1.48x, **missed**") and lines[2].endswith("highest 0.0550, **met**")
+    # the second shipped encoder, run as an extra encoder, is checked on its own line
+    rows.loc[7] = ["spafoundation-descriptor + ridge", 0.0549]
+    lines = bench.issue_targets(rows, per_section, 2)
+    assert "spafoundation-descriptor alone" in lines[3] and lines[3].endswith("0.0549 vs their mean 0.0500 and "
+                                                                             "highest 0.0550, **missed**")

@@ -79,19 +79,38 @@ def test_spafoundation_names_need_weights(name, monkeypatch, tmp_path):
         build_encoder(name)
 
 
-def test_default_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
+SHIPPED = {"spafoundation-default": "DEFAULT_CHECKPOINT", "spafoundation-descriptor": "DESCRIPTOR_CHECKPOINT"}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_missing_is_a_clear_error(name, monkeypatch, tmp_path):
     import spafoundation.models.vits as vits
 
-    monkeypatch.setattr(vits, "DEFAULT_CHECKPOINT", tmp_path / "default")
-    with pytest.raises(InputError, match="not shipped"):
-        build_encoder("spafoundation-default")
+    monkeypatch.setattr(vits, SHIPPED[name], tmp_path / "missing")
+    with pytest.raises(InputError, match=f"the {name} checkpoint is not shipped"):
+        build_encoder(name)
 
 
-def test_default_checkpoint_loads_when_present(monkeypatch, tiny_folder):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_loads_when_present_and_refuses_other_weights(name, monkeypatch, tiny_folder):
     import spafoundation.models.vits as vits
 
-    monkeypatch.setattr(vits, "DEFAULT_CHECKPOINT", tiny_folder)
-    assert build_encoder("spafoundation-default").embed_dim == 32
+    monkeypatch.setattr(vits, SHIPPED[name], tiny_folder)
+    assert build_encoder(name).embed_dim == 32
+    with pytest.raises(InputError, match="carries its own weights"):
+        build_encoder(name, weights=tiny_folder)
+
+
+def test_both_shipped_checkpoints_are_in_the_package_and_differ():
+    """The two model folders ship (11 MB each, float16) as the same ViT-Ti/16 with different weights, so
+    their embeddings are cached apart."""
+    default, descriptor = build_encoder("spafoundation-default"), build_encoder("spafoundation-descriptor")
+    assert (default.name, descriptor.name) == ("spafoundation-default", "spafoundation-descriptor")
+    assert (default.embed_dim, default.input_size, default.target_mpp) == (192, 112, 1.0)
+    assert (descriptor.embed_dim, descriptor.input_size, descriptor.target_mpp) == (192, 112, 1.0)
+    assert default.identity != descriptor.identity
+    assert not torch.equal(default.model.patch_embed.proj.weight, descriptor.model.patch_embed.proj.weight)
+    assert descriptor.model.patch_embed.proj.weight.dtype == torch.float32  # stored halved, loaded as float32
 
 
 def test_unknown_names_and_paths():

@@ -1,5 +1,5 @@
-"""SpaFoundation's ViTs (the authors' weights, random-init baselines, the shipped default checkpoint) and model
-folders, registered by name (models/registry.py)."""
+"""SpaFoundation's ViTs (the authors' weights, random-init baselines, the checkpoints shipped with the package) and
+model folders, registered by name (models/registry.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ from spafoundation.models.weights import (
 )
 
 RANDOM_SEED = 0
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_CHECKPOINT = CHECKPOINTS / "default"
+DESCRIPTOR_CHECKPOINT = CHECKPOINTS / "descriptor"
 OFFICIAL_WEIGHTS = {"spafoundation-vitb16": "spafoundation_1m_vitb16.pth"}
 OVERRIDE_KEYS = {"timm_kwargs", "input_size", "target_mpp", "mean", "std", "pooling", "precision", "name", "seed"}
 
@@ -86,14 +88,23 @@ def random_vitt16(weights=None, overrides=None, pretrained=True) -> Encoder:
 
 @register_encoder("spafoundation-default")
 def spafoundation_default(weights=None, overrides=None, pretrained=True) -> Encoder:
-    """The checkpoint shipped with the package (models/checkpoints/default/MODEL_CARD.md)"""
-    if not is_model_folder(DEFAULT_CHECKPOINT):
-        raise InputError(DEFAULT_CHECKPOINT, "spafoundation-default",
-                         "the default checkpoint is not shipped in this installation yet; use "
+    """The checkpoint shipped with the package, the pipeline's encoder (models/checkpoints/default/MODEL_CARD.md)"""
+    return _shipped("spafoundation-default", DEFAULT_CHECKPOINT, weights, overrides, pretrained)
+
+
+@register_encoder("spafoundation-descriptor")
+def spafoundation_descriptor(weights=None, overrides=None, pretrained=True) -> Encoder:
+    """Shipped ViT-Ti/16 whose embedding alone carries across patients (checkpoints/descriptor/MODEL_CARD.md)"""
+    return _shipped("spafoundation-descriptor", DESCRIPTOR_CHECKPOINT, weights, overrides, pretrained)
+
+
+def _shipped(name: str, folder: Path, weights, overrides, pretrained) -> Encoder:
+    if not is_model_folder(folder):
+        raise InputError(folder, name, f"the {name} checkpoint is not shipped in this installation; use "
                          "spafoundation-vitb16 with the authors' weights, a model folder, or random-vits16")
     if weights:
-        raise InputError(weights, "weights", "spafoundation-default carries its own weights")
-    return build_folder(DEFAULT_CHECKPOINT, overrides, pretrained)
+        raise InputError(weights, "weights", f"{name} carries its own weights")
+    return build_folder(folder, overrides, pretrained)
 
 
 def _split_overrides(spec: VitSpec, overrides: dict | None) -> tuple[dict, dict]:
