@@ -55,7 +55,9 @@ READING = (
     f"The random-init rows are each the mean over {RANDOM_SEEDS} draws of its weights (seeds 0-{RANDOM_SEEDS - 1}, "
     "every draw fitted and scored on its own; `--random-seeds`); the lines under each table give their single "
     "draws' lowest and highest r and standard deviation. One draw is not a baseline: on hvg:50 normalised, seed 0 "
-    "was the highest of ten across patients.\n\n")
+    "was the highest of ten across patients. The spafoundation-descriptor rows are the second shipped checkpoint "
+    "(the same ViT-Ti/16 pre-trained on tiles of both patients, for the embedding alone; its MODEL_CARD.md), alone "
+    "and in the default pipeline in place of spafoundation-default.\n\n")
 # gene set -> (spec, targets): log1p raw counts (HEST's rule) only on the top-50 HVG, to keep the run short
 GENE_SETS = {"hvg50": ("hvg:50", "normalized,hest"), "785": ("gene_lists/her_hvg_cut_1000.npy", "normalized")}
 COLOUR = ("mean colour + ridge", "colour/texture + ridge")  # the colour baselines' rows start so, with any option

@@ -88,13 +88,14 @@ def random_vitt16(weights=None, overrides=None, pretrained=True) -> Encoder:
 
 @register_encoder("spafoundation-default")
 def spafoundation_default(weights=None, overrides=None, pretrained=True) -> Encoder:
-    """The checkpoint shipped with the package, the pipeline's encoder (models/checkpoints/default/MODEL_CARD.md)"""
+    """ViT-Ti/16 shipped with the package, the pipelines' encoder (models/checkpoints/default/MODEL_CARD.md)"""
     return _shipped("spafoundation-default", DEFAULT_CHECKPOINT, weights, overrides, pretrained)
 
 
 @register_encoder("spafoundation-descriptor")
 def spafoundation_descriptor(weights=None, overrides=None, pretrained=True) -> Encoder:
-    """Shipped ViT-Ti/16 whose embedding alone carries across patients (checkpoints/descriptor/MODEL_CARD.md)"""
+    """ViT-Ti/16 shipped for the embedding alone, pre-trained on both HER2ST patients
+    (models/checkpoints/descriptor/MODEL_CARD.md)"""
     return _shipped("spafoundation-descriptor", DESCRIPTOR_CHECKPOINT, weights, overrides, pretrained)
 
 
