@@ -54,6 +54,7 @@ bench: install
 	$(PY) bench/reliability.py
 	$(PY) bench/stain_stability.py
 	$(PY) bench/tumor_clustering.py
+	$(PY) bench/descriptor_encoder.py
 	$(PY) bench/superres.py
 
 clean:
