@@ -17,9 +17,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
-from spafoundation.cli import main
-from spafoundation.utils.precision import REFERENCE
-from tumor_clustering import RANDOM_SEEDS, clustering_ratios, tumor_ratios
+from tumor_clustering import benchmark_commands, clustering_ratios, run_commands, tumor_ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 ENCODER = "spafoundation-descriptor"
@@ -32,14 +30,10 @@ def run(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    common = ["--out", str(out), "--quiet", "--precision", REFERENCE, "--default-encoder", ENCODER]
-    tumor_cli = ["benchmark", "tumor", args.data, "--sections", "C2,C3,C4,C5,C6,A1", "--label-column",
-                 "label,cluster_annotation", *common, "--random-seeds", str(RANDOM_SEEDS)]
-    cluster_cli = ["benchmark", "clustering", args.data, *common]
-    for cli in (tumor_cli, cluster_cli):
-        code = main(cli)
-        if code:
-            return code
+    tumor_cli, cluster_cli = benchmark_commands(args.data, out, "--default-encoder", ENCODER)
+    code = run_commands(tumor_cli, cluster_cli)
+    if code:
+        return code
     t_lines = tumor_ratios(pd.read_csv(out / "tumor_summary.csv"))
     c_lines = clustering_ratios(pd.read_csv(out / "clustering_joint_per_section.csv"))
     print("\nratios (tumour ROC AUC):\n" + "\n".join(t_lines))

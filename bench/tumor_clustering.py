@@ -72,6 +72,24 @@ def clustering_ratios(rows: pd.DataFrame) -> list[str]:
     return lines + [ratio(a, by[a], b, by[b]) for a, b in pairs if b in by.index and by[b] > 0]
 
 
+def benchmark_commands(data: str, out: Path, *options: str) -> tuple[list[str], list[str]]:
+    """The tumour and clustering benchmark commands of this script, writing to ``out``, each with ``options``
+    (e.g. another default encoder) appended."""
+    common = ["--out", str(out), "--quiet", "--precision", REFERENCE, *options]
+    return (["benchmark", "tumor", data, "--sections", "C2,C3,C4,C5,C6,A1", "--label-column",
+             "label,cluster_annotation", "--random-seeds", str(RANDOM_SEEDS), *common],
+            ["benchmark", "clustering", data, *common])
+
+
+def run_commands(*commands: list[str]) -> int:
+    """Run each CLI command in turn; the first non-zero exit code stops them."""
+    for cli in commands:
+        code = main(cli)
+        if code:
+            return code
+    return 0
+
+
 def run(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "her2st"))
@@ -79,14 +97,10 @@ def run(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    tumor_cli = ["benchmark", "tumor", args.data, "--sections", "C2,C3,C4,C5,C6,A1", "--label-column",
-                 "label,cluster_annotation", "--out", str(out), "--quiet", "--precision", REFERENCE,
-                 "--random-seeds", str(RANDOM_SEEDS)]
-    cluster_cli = ["benchmark", "clustering", args.data, "--out", str(out), "--quiet", "--precision", REFERENCE]
-    for cli in (tumor_cli, cluster_cli):
-        code = main(cli)
-        if code:
-            return code
+    tumor_cli, cluster_cli = benchmark_commands(args.data, out)
+    code = run_commands(tumor_cli, cluster_cli)
+    if code:
+        return code
     here = "`.venv/bin/python bench/tumor_clustering.py`"
     t_lines = tumor_ratios(pd.read_csv(out / "tumor_summary.csv"))
     c_lines = []
