@@ -114,3 +114,52 @@ def test_superres_fits_on_the_sections_with_counts_and_maps_each(her2st_imaged, 
     assert "counts" in spa.layers and spa.uns["superres"]["step_um"] == pytest.approx(model.encoder.patch_um / 2)
     fig = sf.pl.superres(maps, ["ERBB2", *model.genes[:1]])
     assert len([a for a in fig.axes if a.get_visible() and a.get_title()]) == 1
+
+
+def _scanpy_made(a, library: str) -> ad.AnnData:
+    """``a`` as ``sc.read_visium(path)`` gives a Visium sample: one library, Space Ranger metadata, the hires image
+    as matplotlib reads a PNG (float32, 0-1) and its scale factor, no pixel size and no image file."""
+    from spafoundation.io.anndata_spec import image_path, microns_per_pixel
+    from spafoundation.io.slide import open_slide
+
+    with open_slide(image_path(a)) as slide:
+        hires, scalef = slide.thumbnail(600)
+    made = ad.AnnData(a.X.copy(), obs=a.obs[[]].copy(), var=a.var[[]].copy())
+    made.obsm["spatial"] = a.obsm["spatial"].copy()
+    made.uns["spatial"] = {library: {
+        "images": {"hires": (hires / 255.0).astype(np.float32)},
+        "scalefactors": {"tissue_hires_scalef": scalef, "spot_diameter_fullres": 55.0 / microns_per_pixel(a)},
+        "metadata": {"software_version": "spaceranger-2.0.0"}}}
+    return made
+
+
+def test_an_anndata_made_by_scanpy_is_read_from_its_own_hires_image(pair, tiny_encoder, caplog):
+    """What most public Visium deposits give scanpy users: no full-resolution H&E, only the hires array in uns.
+    Every sf.tl function reads it at its scale (a warning says the effective resolution), writing the completed
+    library into the caller's own uns; the same array again is a cache hit."""
+    made = _scanpy_made(pair["C3"], "lib1")
+    sf.tl.embed(made, tiny_encoder, key_added="X_tiny")
+    lib = made.uns["spatial"]["lib1"]
+    assert lib["metadata"]["image_source"] == "uns['spatial']['lib1']['images']['hires']"
+    assert lib["scalefactors"]["microns_per_pixel"] == pytest.approx(sf.io.anndata_spec.microns_per_pixel(pair["C3"]))
+    assert made.obsm["X_tiny"].shape == (N_SPOTS, 32) and "um/px instead of" in caplog.text
+    again = _scanpy_made(pair["C3"], "lib1")
+    sf.tl.embed(again, tiny_encoder, key_added="X_tiny")
+    assert again.uns["spafoundation_embeddings"]["X_tiny"]["cache"] == "hit"
+    np.testing.assert_array_equal(again.obsm["X_tiny"], made.obsm["X_tiny"])
+    # two samples concatenated as scanpy users do (obs['library_id']): each library completed in place
+    both = ad.concat({n: _scanpy_made(a, n) for n, a in pair.items()}, label="library_id", uns_merge="unique",
+                     index_unique="-")
+    sf.tl.spatial_domains(both, n_clusters=2, library_key="library_id")
+    assert all(both.uns["spatial"][n]["metadata"]["image_path"] for n in pair)
+    assert both.obs["spatial_domain"].notna().all()
+
+
+def test_an_anndata_of_unknown_pixel_size_is_refused_naming_the_field(pair, tiny_encoder):
+    made = _scanpy_made(pair["C3"], "lib1")
+    del made.uns["spatial"]["lib1"]["metadata"]["software_version"]  # not Space Ranger's: no 55 um spot to go by
+    with pytest.raises(InputError, match=r"\['lib1'\]\['scalefactors'\]\['microns_per_pixel'\].*unknown pixel size"):
+        sf.tl.embed(made, tiny_encoder)
+    made.uns["spatial"]["lib1"]["scalefactors"]["microns_per_pixel"] = 0.69
+    sf.tl.embed(made, tiny_encoder, key_added="X_tiny")  # given by the user: read as such
+    assert made.uns["spatial"]["lib1"]["metadata"]["mpp_source"] == "stored in the AnnData's uns"

@@ -20,9 +20,18 @@ LIBRARY_KEY = "section"
 
 class Sections:
     """``data`` seen as one AnnData per section: ``by_name`` (section -> AnnData), written back with ``set_obs``,
-    ``set_obsm`` and ``set_uns``."""
+    ``set_obsm`` and ``set_uns``. ``images``: the caller reads the sections' H&E, so a library made by scanpy or
+    squidpy is completed first (its pixel size, its image: io/h5ad.adopt_section), in the caller's own ``uns``."""
 
-    def __init__(self, data, library_key: str = LIBRARY_KEY):
+    def __init__(self, data, library_key: str = LIBRARY_KEY, *, images: bool = False):
+        self._split(data, library_key)
+        if images:
+            from spafoundation.io.h5ad import adopt_section
+
+            for name, part in self.by_name.items():
+                adopt_section(part, name)
+
+    def _split(self, data, library_key: str) -> None:
         self.data, self.library_key = data, library_key
         if isinstance(data, Mapping):
             bad = [k for k, a in data.items() if not isinstance(a, ad.AnnData)]

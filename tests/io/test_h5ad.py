@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -6,6 +8,8 @@ from PIL import Image
 from spafoundation.errors import InputError
 from spafoundation.io import detect_format, read_dataset
 from spafoundation.io.anndata_spec import microns_per_pixel, spatial_meta
+from spafoundation.io.downscaled import open_image
+from spafoundation.io.slide import open_slide
 from spafoundation.utils.atomic import write_h5ad
 
 
@@ -96,15 +100,15 @@ def test_h5ad_processed_by_scanpy_reads_its_raw_counts(her2st_c2, tmp_path, keep
         assert list(back.var_names) == list(a.var_names) and back.X.dtype == np.int32
 
 
-def scanpy_visium_h5ad(c2_small, path, **metadata):
+def scanpy_visium_h5ad(c2_small, path, hires=None, scalef=0.01, **metadata):
     """What scanpy's read_visium(source_image_path=...) writes: one library, Space Ranger metadata, its hires
-    thumbnail, the image's path in metadata['source_image_path'], no microns_per_pixel."""
-    hires = np.zeros((8, 8, 3), np.uint8)
+    thumbnail (``hires`` at ``scalef``; default an 8 x 8 one that covers none of the spots), the image's path in
+    metadata['source_image_path'], no microns_per_pixel."""
     a = ad.AnnData(c2_small.counts.astype(np.float32))
     a.obsm["spatial"] = c2_small.xy
     a.uns["spatial"] = {"lib1": {
-        "images": {"hires": hires},
-        "scalefactors": {"spot_diameter_fullres": 55.0 / c2_small.mpp, "tissue_hires_scalef": 0.01},
+        "images": {"hires": np.zeros((8, 8, 3), np.uint8) if hires is None else hires},
+        "scalefactors": {"spot_diameter_fullres": 55.0 / c2_small.mpp, "tissue_hires_scalef": scalef},
         "metadata": {"software_version": "spaceranger-2.0.0", **metadata}}}
     a.write_h5ad(path)
     return path
@@ -123,6 +127,37 @@ def test_h5ad_from_scanpy_takes_its_source_image_path(c2_small, tmp_path, caplog
     back = read_dataset(path)["lib1"]
     assert spatial_meta(back)["metadata"]["image_path"] == ""
     assert "/elsewhere/image.tif not found" in caplog.text and "--image" in caplog.text
+
+
+def hires_of(c2_small, scalef: float) -> np.ndarray:
+    """The H&E at ``scalef`` as scanpy holds its hires image (matplotlib's imread of a PNG: float32, 0-1)."""
+    h, w = c2_small.rgb.shape[:2]
+    small = Image.fromarray(c2_small.rgb).resize((round(w * scalef), round(h * scalef)), Image.BILINEAR)
+    return (np.asarray(small) / 255.0).astype(np.float32)
+
+
+def test_h5ad_from_scanpy_with_only_its_hires_image_reads_that_image(c2_small, tmp_path, caplog):
+    """sc.read_visium without source_image_path keeps only the hires array: it becomes the section's image, read at
+    its tissue_hires_scalef as a downscaled copy, so patches cover the same tissue as on the full-resolution H&E."""
+    scalef = 0.25
+    path = scanpy_visium_h5ad(c2_small, tmp_path / "sc.h5ad", hires=hires_of(c2_small, scalef), scalef=scalef)
+    back = read_dataset(path)["lib1"]
+    meta = spatial_meta(back)["metadata"]
+    assert meta["image_source"] == "uns['spatial']['lib1']['images']['hires']" and meta["image_scale"] == scalef
+    assert Path(meta["image_path"]).parent.name == "uns_images" and "4.0x smaller" in caplog.text
+    xy = c2_small.xy[:: len(c2_small.xy) // 12]
+    with open_image(meta["image_path"], mpp=c2_small.mpp, scale=scalef) as copy, open_slide(c2_small.tiff) as full:
+        ours = np.stack([copy.read_region(p, 150, 16, mpp=c2_small.mpp).mean((0, 1)) for p in xy])
+        truth = np.stack([full.read_region(p, 150, 16, mpp=c2_small.mpp).mean((0, 1)) for p in xy])
+    assert np.abs(ours - truth).max() < 8  # the same tissue under each spot, in 0-255 units
+    # the same array is the same file: embeddings cached from it are found again
+    assert spatial_meta(read_dataset(path)["lib1"])["metadata"]["image_path"] == meta["image_path"]
+
+
+def test_h5ad_image_array_that_misses_the_spots_leaves_the_counts_usable(c2_small, tmp_path, caplog):
+    back = read_dataset(scanpy_visium_h5ad(c2_small, tmp_path / "sc.h5ad"))["lib1"]
+    assert spatial_meta(back)["metadata"]["image_path"] == "" and back.n_obs == len(c2_small.xy)
+    assert "images']['hires'] does not fit the spots" in caplog.text
 
 
 def test_h5ad_image_given_for_one_library(c2_small, her2st_imaged, tmp_path):

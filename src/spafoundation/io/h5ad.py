@@ -7,7 +7,9 @@ says Space Ranger made it, else given by ``mpp=``, else the file is an InputErro
 Counts: X, unless X is normalised (not integral) and ``layers['counts']`` or ``.raw`` holds integer counts.
 The full-resolution H&E: ``image=`` (a file of one section; ``image_scale=`` for a downscaled copy), else the
 stored ``metadata['image_path']`` (at its stored ``image_scale``), else the ``metadata['source_image_path']`` that
-scanpy's and squidpy's ``read_visium(source_image_path=...)`` record.
+scanpy's and squidpy's ``read_visium(source_image_path=...)`` record, else the finest image array the file keeps in
+``images`` ('hires', then 'lowres'), read at its scale factor as a downscaled copy (io/uns_image.py).
+``adopt_section`` does the same for an AnnData in memory (what ``sf.tl`` is given).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def _section_column(adata: ad.AnnData) -> str | None:
     return next((c for c in SECTION_COLUMNS if c in adata.obs), None)
 
 
-def _complete_library(lib: dict, path: Path, section: str, mpp: float | None) -> dict:
-    """Fill in the scalefactors/metadata keys of our layout that a scanpy-written file may lack."""
+def _complete_library(lib: dict, path: Path | None, section: str, mpp: float | None,
+                      hint: str = "give mpp", holder: str = "the .h5ad") -> dict:
+    """Fill in the scalefactors/metadata keys of our layout that a scanpy-written file (``holder``) may lack."""
     lib = {k: (dict(v) if isinstance(v, dict) else v) for k, v in lib.items()}
     lib.setdefault("images", {})
     scale = lib.setdefault("scalefactors", {})
@@ -46,7 +49,7 @@ def _complete_library(lib: dict, path: Path, section: str, mpp: float | None) ->
     elif "microns_per_pixel" not in scale:
         from_spaceranger = "software_version" in meta or "chemistry_description" in meta
         if not (from_spaceranger and scale.get("spot_diameter_fullres")):
-            raise InputError(path, field, "unknown pixel size: give mpp")
+            raise InputError(path, field, f"unknown pixel size: {hint}")
         diameter_field = f"uns['spatial']['{section}']['scalefactors']['spot_diameter_fullres']"
         scale["microns_per_pixel"] = VISIUM_SPOT_DIAMETER_UM / positive_number(scale["spot_diameter_fullres"], path,
                                                                                diameter_field)
@@ -66,22 +69,26 @@ def _complete_library(lib: dict, path: Path, section: str, mpp: float | None) ->
     scale.setdefault("tissue_hires_scalef", 1.0)
     meta.setdefault("platform", "unknown")
     meta.setdefault("image_path", "")
-    meta.setdefault("mpp_source", "stored in the .h5ad")
+    meta.setdefault("mpp_source", f"stored in {holder}")
     return lib
 
 
 def _attach_image(lib: dict, xy: np.ndarray, path: Path, section: str, image, with_images: bool,
                   image_scale: float | None = None) -> None:
-    """Point ``lib`` at the section's full-resolution H&E (see the module docstring), checked as the readers check
-    theirs (readable, every spot on it). A ``source_image_path`` that does not exist (a file from another machine)
-    leaves the section without an image, with a warning."""
+    """Point ``lib`` at the section's H&E (see the module docstring), checked as the readers check theirs
+    (readable, every spot on it). A ``source_image_path`` that does not exist (a file from another machine) is
+    warned about and passed over."""
     meta = lib["metadata"]
-    source = "given" if image is not None else "source_image_path"
-    if image is None and not meta.get("image_path") and meta.get("source_image_path"):
-        image = Path(str(meta["source_image_path"]))
-        if not image.exists():
-            log.warning("%s: section %s: source_image_path %s not found; the section has no H&E image (give it "
-                        "with --image)", path, section, image)
+    source = "given"
+    if image is None and not meta.get("image_path"):
+        stored = meta.get("source_image_path")
+        if stored and Path(str(stored)).exists():
+            image, source = Path(str(stored)), "source_image_path"
+        else:
+            if stored:
+                log.warning("%s: section %s: source_image_path %s not found (give the full-resolution H&E with "
+                            "--image)", path or "AnnData", section, stored)
+            _attach_uns_image(lib, xy, path, section)
             return
     if image is None:
         return
@@ -96,6 +103,45 @@ def _attach_image(lib: dict, xy: np.ndarray, path: Path, section: str, image, wi
     if own_thumbnail:
         lib["images"]["hires"] = hires
         lib["scalefactors"]["tissue_hires_scalef"] = scalef
+
+
+def _attach_uns_image(lib: dict, xy: np.ndarray, path, section: str) -> None:
+    """Point ``lib`` at the finest image array it holds (io/uns_image.py), read at its scale factor. One that does
+    not cover the spots (a thumbnail of another crop) leaves the section without an image, with a warning: its
+    counts stay usable."""
+    from spafoundation.io.uns_image import uns_image
+
+    found = uns_image(lib, section, path)
+    if found is None:
+        return
+    image, scale, source = found
+    mpp = float(lib["scalefactors"]["microns_per_pixel"])
+    try:
+        _, _, size = read_section_image(image, xy, mpp, path, "obsm['spatial']", with_image=False, scale=scale)
+    except InputError as e:
+        log.warning("%s: section %s: %s does not fit the spots (%s); the section has no H&E image (give it with "
+                    "--image)", path or "AnnData", section, source, e.message)
+        return
+    warn_if_downscaled(section, image, mpp, scale, source)
+    meta = lib["metadata"]
+    meta["image_path"], meta["image_size"] = str(image), size
+    meta["image_scale"], meta["image_source"] = scale, source
+
+
+def adopt_section(adata: ad.AnnData, section: str) -> None:
+    """Complete in place the library of a section made by scanpy or squidpy (``sc.read_visium``, ``sq.read.visium``)
+    as the .h5ad reader completes a file's: the pixel size from the Visium spot diameter where Space Ranger made it,
+    the H&E from ``source_image_path``, else from the image arrays it holds. A library that has both
+    ``microns_per_pixel`` and ``metadata['image_path']`` (what spafoundation's readers make) is left as it is."""
+    lib = adata.uns["spatial"][section]
+    if "microns_per_pixel" in (lib.get("scalefactors") or {}) and "image_path" in (lib.get("metadata") or {}):
+        return
+    field = f"uns['spatial']['{section}']['scalefactors']['microns_per_pixel']"
+    completed = _complete_library(lib, None, section, None, hint=f"set {field} (microns per full-resolution pixel)",
+                                  holder="the AnnData's uns")
+    _attach_image(completed, np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2], None, section, None,
+                  with_images=False)
+    lib.update(completed)  # the caller's own dict: every later call, and the caller, see the completed library
 
 
 def raw_counts(adata: ad.AnnData) -> tuple[ad.AnnData, str]:

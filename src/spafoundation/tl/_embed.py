@@ -52,7 +52,7 @@ def embed(data, encoder=defaults.ENCODER, *, library_key: str = LIBRARY_KEY, key
     from spafoundation.models.embed import UNS_KEY, embed_adata
 
     data = copy_data(data) if copy else data
-    sections = Sections(data, library_key)
+    sections = Sections(data, library_key, images=True)
     stain = _stain(stain_norm, stain_reference)
     enc = encoder_for(encoder)
     key = key_added or f"X_{enc.name}"

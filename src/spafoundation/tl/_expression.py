@@ -58,7 +58,7 @@ def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key
     from spafoundation._settings import settings
     from spafoundation.tasks.expression import fit_expression as fit
 
-    train = Sections(data, library_key).select(sections)
+    train = Sections(data, library_key, images=True).select(sections)
     if reference is not None:
         reference = Sections(reference, library_key).select(None)
     # a name is built by the task code, on settings.device, only if the features use it (at fp32 for "finetune")
@@ -96,7 +96,7 @@ def predict_expression(data, model, *, sections=None, library_key: str = LIBRARY
 
     if not isinstance(model, ExpressionModel):
         model = ExpressionModel.load(model)
-    split = Sections(data, library_key)
+    split = Sections(data, library_key, images=True)
     preds = {n: model.predict(a, cache_dir=cache_dir(), progress=progress())
              for n, a in split.select(sections).items()}
     return preds if isinstance(data, Mapping) else merge_predictions(preds)
