@@ -163,3 +163,37 @@ def test_an_anndata_of_unknown_pixel_size_is_refused_naming_the_field(pair, tiny
     made.uns["spatial"]["lib1"]["scalefactors"]["microns_per_pixel"] = 0.69
     sf.tl.embed(made, tiny_encoder, key_added="X_tiny")  # given by the user: read as such
     assert made.uns["spatial"]["lib1"]["metadata"]["mpp_source"] == "stored in the AnnData's uns"
+
+
+def _scanpy_normalised(data: dict, keep_counts: bool = True) -> dict:
+    """Each section as a scanpy user leaves it: sc.pp.normalize_total + log1p in X, the counts in layers['counts']."""
+    import scanpy as sc
+
+    out = {}
+    for n, a in data.items():
+        b = a.copy()
+        if keep_counts:
+            b.layers["counts"] = b.X.copy()
+        sc.pp.normalize_total(b, target_sum=1e4)
+        sc.pp.log1p(b)
+        out[n] = b
+    return out
+
+
+def test_sections_scanpy_normalised_are_read_through_the_counts_they_keep(pair, tiny_folder, caplog):
+    """X normalised and log-transformed by scanpy is not counts: every function that reads counts takes
+    layers['counts'] instead, so genes, targets and models are those of the raw counts; results still go into
+    the caller's objects."""
+    lognorm = _scanpy_normalised(pair)
+    assert sf.pp.select_genes(lognorm, "hvg:5") == sf.pp.select_genes(pair, "hvg:5")
+    sf.pp.normalize(lognorm, key_added="t")
+    sf.pp.normalize(pair, key_added="t")
+    np.testing.assert_allclose(lognorm["C3"].layers["t"], pair["C3"].layers["t"], rtol=1e-6)
+    ours = sf.tl.predict_expression(pair["C4"], sf.tl.fit_expression(pair, str(tiny_folder), genes="hvg:5"))
+    theirs = sf.tl.predict_expression(lognorm["C4"], sf.tl.fit_expression(lognorm, str(tiny_folder), genes="hvg:5"))
+    np.testing.assert_allclose(theirs.X, ours.X, rtol=1e-5)
+    sf.tl.spatial_domains(lognorm, features="expression", n_clusters=2)
+    assert lognorm["C3"].obs["spatial_domain"].notna().all() and lognorm["C3"].layers["t"] is not None
+    # normalised with no counts kept: taken as they are, with one warning line saying so
+    sf.pp.select_genes(_scanpy_normalised(pair, keep_counts=False), "hvg:5")
+    assert "X holds non-integer values and no layers['counts']" in caplog.text

@@ -7,6 +7,7 @@ results back into the input's own objects: a mapping's AnnData, or the rows of t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import anndata as ad
@@ -14,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from spafoundation.errors import InputError
+from spafoundation.io.anndata_spec import is_integral
+
+log = logging.getLogger(__name__)
 
 LIBRARY_KEY = "section"
 
@@ -21,15 +25,20 @@ LIBRARY_KEY = "section"
 class Sections:
     """``data`` seen as one AnnData per section: ``by_name`` (section -> AnnData), written back with ``set_obs``,
     ``set_obsm`` and ``set_uns``. ``images``: the caller reads the sections' H&E, so a library made by scanpy or
-    squidpy is completed first (its pixel size, its image: io/h5ad.adopt_section), in the caller's own ``uns``."""
+    squidpy is completed first (its pixel size, its image: io/h5ad.adopt_section), in the caller's own ``uns``.
+    ``counts``: the caller reads counts, so a section whose ``X`` scanpy normalised is seen with the integer counts
+    it keeps in ``layers['counts']`` or ``.raw`` (``section_counts``); results still go into the caller's objects."""
 
-    def __init__(self, data, library_key: str = LIBRARY_KEY, *, images: bool = False):
+    def __init__(self, data, library_key: str = LIBRARY_KEY, *, images: bool = False, counts: bool = False):
         self._split(data, library_key)
         if images:
             from spafoundation.io.h5ad import adopt_section
 
             for name, part in self.by_name.items():
                 adopt_section(part, name)
+        self._own = dict(self.by_name)  # where results are written (set_obs, set_obsm, set_uns)
+        if counts:
+            self.by_name = {name: section_counts(part, name) for name, part in self.by_name.items()}
 
     def _split(self, data, library_key: str) -> None:
         self.data, self.library_key = data, library_key
@@ -81,6 +90,8 @@ class Sections:
         combined AnnData the spots of other sections get NaN, and categories are shared across sections."""
         for s, v in values.items():
             self.by_name[s].obs[column] = v
+            if self._own[s] is not self.by_name[s]:
+                self._own[s].obs[column] = self.by_name[s].obs[column].values
         if self.one:
             return
         parts = {s: self.by_name[s].obs[column] for s in values}
@@ -102,6 +113,7 @@ class Sections:
         """``obsm[key]`` of each section's spots, in the input (NaN rows for the sections not given)."""
         for s, v in values.items():
             self.by_name[s].obsm[key] = v
+            self._own[s].obsm[key] = v
         if self.one:
             return
         first = next(iter(values.values()))
@@ -114,6 +126,7 @@ class Sections:
         """``uns[key]``: each section's value in its own AnnData; a combined AnnData gets ``{section: value}``."""
         for s, v in value_per_section.items():
             self.by_name[s].uns[key] = v
+            self._own[s].uns[key] = v
         if not self.one:
             self.data.uns[key] = dict(value_per_section)
 
@@ -125,6 +138,27 @@ class Sections:
         if len(parts) == 1:
             return next(iter(parts.values()))
         return ad.concat(list(parts.values()), merge="same", uns_merge="unique")
+
+
+_warned_counts: set[int] = set()  # ids of the AnnData already warned about (one line per object, not per call)
+
+
+def section_counts(adata: ad.AnnData, section: str) -> ad.AnnData:
+    """``adata`` as the tasks read it, raw counts in ``X``: itself when ``X`` holds counts; a copy with the integer
+    counts of ``layers['counts']`` or ``.raw`` when scanpy normalised ``X`` (``sc.pp.normalize_total`` +
+    ``log1p``); itself with a warning when ``X`` holds other non-integer values and no integer counts are kept
+    (spafoundation normalises counts itself: normalised values normalised again give other targets)."""
+    from spafoundation.io.h5ad import raw_counts
+
+    counted, source = raw_counts(adata)
+    if source != "X":
+        log.info("section %s: counts from %s (X holds normalised values)", section, source)
+    elif adata.n_vars and not is_integral(adata.X) and id(adata) not in _warned_counts:
+        _warned_counts.add(id(adata))
+        log.warning("section %s: X holds non-integer values and no layers['counts'] or .raw of integer counts is "
+                    "kept: they are taken as counts (if X was normalised, keep the raw counts in "
+                    "layers['counts'])", section)
+    return counted
 
 
 def copy_data(data):

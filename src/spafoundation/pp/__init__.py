@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from spafoundation import defaults
-from spafoundation._sections import LIBRARY_KEY, Sections, copy_data
-from spafoundation.pp.genes import TARGET_SUM, normalize_log1p
+from spafoundation._sections import LIBRARY_KEY, Sections, copy_data, section_counts
+from spafoundation.pp.genes import TARGET_SUM, library_size, normalize_log1p
 from spafoundation.pp.genes import select_genes as _select_genes
 
 __all__ = ["normalize", "select_genes"]
@@ -19,7 +19,8 @@ def normalize(data, target_sum: float | None = TARGET_SUM, *, key_added: str = "
     Parameters
     ----------
     data
-        One AnnData or a mapping of section -> AnnData, with counts in ``X`` (which stays as it is).
+        One AnnData or a mapping of section -> AnnData, with counts in ``X`` (which stays as it is), or in
+        ``layers['counts']`` / ``.raw`` where ``X`` was normalised by scanpy.
     target_sum
         Counts per spot after scaling; None: log1p of the raw counts.
     key_added
@@ -32,8 +33,9 @@ def normalize(data, target_sum: float | None = TARGET_SUM, *, key_added: str = "
     None, or a copy of ``data`` with ``copy=True``. Writes ``layers[key_added]``: dense float32 (spots x genes).
     """
     data = copy_data(data) if copy else data
-    for a in (data.values() if isinstance(data, Mapping) else [data]):
-        a.layers[key_added] = normalize_log1p(a.X, target_sum)
+    for name, a in (data.items() if isinstance(data, Mapping) else [("", data)]):
+        counted = section_counts(a, name)  # .raw may hold more genes: the library size counts them all
+        a.layers[key_added] = normalize_log1p(counted[:, a.var_names].X, target_sum, lib=library_size(counted.X))
     return data if copy else None
 
 
@@ -64,5 +66,5 @@ def select_genes(data, genes=defaults.EXPRESSION_GENES, *, sections=None, librar
     list[str]
         Gene symbols, in order of selection.
     """
-    train = Sections(data, library_key).select(sections)
+    train = Sections(data, library_key, counts=True).select(sections)
     return _select_genes(list(train.values()), genes, target_sum, candidates)

@@ -77,7 +77,7 @@ def spatial_domains(data, *, features: str = defaults.DOMAIN_FEATURES, encoder=d
     from spafoundation.tasks.clustering import domain_features, spatial_clusters
 
     data = copy_data(data) if copy else data
-    split = Sections(data, library_key, images=features != "expression")
+    split = Sections(data, library_key, images=features != "expression", counts=True)
     chosen = split.select(sections)
     locations = locations or {}
     feats, location_feats, blocks = domain_features(

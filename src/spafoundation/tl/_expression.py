@@ -58,9 +58,9 @@ def fit_expression(data, encoder=defaults.ENCODER, *, sections=None, library_key
     from spafoundation._settings import settings
     from spafoundation.tasks.expression import fit_expression as fit
 
-    train = Sections(data, library_key, images=True).select(sections)
+    train = Sections(data, library_key, images=True, counts=True).select(sections)
     if reference is not None:
-        reference = Sections(reference, library_key).select(None)
+        reference = Sections(reference, library_key, counts=True).select(None)
     # a name is built by the task code, on settings.device, only if the features use it (at fp32 for "finetune")
     return fit(list(train.values()), encoder, genes=genes, head=head, target_sum=target_sum, cache_dir=cache_dir(),
                progress=progress(), head_params=head_params, device=settings.device, reference=reference,

@@ -42,7 +42,8 @@ def fit_superres(data, encoder=defaults.ENCODER, *, sections=None, library_key: 
     from spafoundation.tasks.superres import fit_superres as fit
     from spafoundation.tasks.superres import superpixels as section_superpixels
 
-    train = {n: a for n, a in Sections(data, library_key, images=True).select(sections).items() if a.n_vars > 0}
+    split = Sections(data, library_key, images=True, counts=True)
+    train = {n: a for n, a in split.select(sections).items() if a.n_vars > 0}
     if not train:
         raise InputError(None, "counts", "no section has counts to train super-resolution on")
     enc = encoder_for(encoder)
@@ -93,7 +94,7 @@ def superres(data, model=None, *, sections=None, library_key: str = LIBRARY_KEY,
         model = fit_superres(data, library_key=library_key, superpixels=kept, **fit_options)
     elif not isinstance(model, SuperresModel):
         model = SuperresModel.load(model)
-    split = Sections(data, library_key, images=True)
+    split = Sections(data, library_key, images=True, counts=True)
     parts = {}
     for n, a in split.select(sections).items():
         sp = kept.get(n) or section_superpixels(a, model.encoder, step_um=model.step_um, progress=progress(),

@@ -61,7 +61,7 @@ def tumor_score(data, *, label_column: str | None = None, route: str | None = No
       labels are known; in an AnnData of several sections, ``uns['spafoundation_tumor'][section]``).
     """
     data = copy_data(data) if copy else data
-    split = Sections(data, library_key, images=True)
+    split = Sections(data, library_key, images=True, counts=True)
     res = tumor_maps(split.by_name, label_column=label_column, route=route, markers=markers, positive=positive,
                      sections=sections, train_sections=train_sections, model=model, encoder=encoder,
                      stain_norm=stain_norm)
@@ -107,7 +107,7 @@ def tumor_maps(data, *, label_column: str | None = None, route: str | None = Non
     from spafoundation.tasks.tumor import marker_list, tumor_routes
     from spafoundation.tasks.tumor import tumor_maps as score_sections
 
-    split = Sections(data, library_key, images=True)
+    split = Sections(data, library_key, images=True, counts=True)
     targets = {n: a for n, a in split.select(sections).items() if image_path(a)}
     train = {n: a for n, a in split.select(train_sections).items() if image_path(a)}
     if not targets:
