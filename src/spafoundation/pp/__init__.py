@@ -35,7 +35,8 @@ def normalize(data, target_sum: float | None = TARGET_SUM, *, key_added: str = "
     data = copy_data(data) if copy else data
     for name, a in (data.items() if isinstance(data, Mapping) else [("", data)]):
         counted = section_counts(a, name)  # .raw may hold more genes: the library size counts them all
-        a.layers[key_added] = normalize_log1p(counted[:, a.var_names].X, target_sum, lib=library_size(counted.X))
+        X = a.X if counted is a else counted[:, a.var_names].X
+        a.layers[key_added] = normalize_log1p(X, target_sum, lib=library_size(counted.X))
     return data if copy else None
 
 
