@@ -13,7 +13,8 @@ def read(path: str | os.PathLike, sections=None, *, bin_um: float | None = None,
     ----------
     path
         A legacy ST folder (HER2ST), ST Pipeline files, a Space Ranger sample (Visium, Visium HD) or a folder of
-        them, a HEST-1k folder, a manifest (``.yaml``/``.json``), an ``.h5ad``, or a ``.csv`` of spots with
+        them, a HEST-1k folder, a manifest (``.yaml``/``.json``), an ``.h5ad``, a SpatialData store (or a
+        ``SpatialData`` object read from or written to one: its store is read), or a ``.csv`` of spots with
         ``image``. The layout is detected (README, "Input formats").
     sections
         Section ids to read (a list, or one id); default all.
@@ -41,8 +42,31 @@ def read(path: str | os.PathLike, sections=None, *, bin_um: float | None = None,
     """
     from spafoundation.io.readers import read_dataset
 
+    if _is_spatialdata(path):
+        path = _store_of(path)
     if isinstance(sections, str):
         sections = [sections]
     options = {"with_images": with_images, **({"mpp": mpp} if mpp is not None else {})}
     return read_dataset(path, list(sections) if sections is not None else None, bin_um=bin_um, image=image,
                         imaged_only=imaged_only, **options)
+
+
+def _is_spatialdata(data) -> bool:
+    """A SpatialData object, told by its type (spatialdata is an optional extra: never imported here)."""
+    return any(t.__name__ == "SpatialData" and t.__module__.startswith("spatialdata") for t in type(data).__mro__)
+
+
+def _store_of(sdata) -> str:
+    """The zarr store a SpatialData object was read from or written to, read like any store (images region by
+    region, in place). One held only in memory, or with elements its store lacks, is an InputError saying to
+    write it first: the reader would not see what is not on disk."""
+    from spafoundation.errors import InputError
+
+    if not sdata.is_backed() or sdata.path is None:
+        raise InputError(None, "data", "a SpatialData object held only in memory: write it to a store first "
+                         "(sdata.write('sample.zarr')) and read that")
+    unwritten = sorted(set(sdata.elements_paths_in_memory()) - set(sdata.elements_paths_on_disk()))
+    if unwritten:
+        raise InputError(sdata.path, "data", f"{len(unwritten)} element(s) of the SpatialData object are not in its "
+                         f"store: {', '.join(unwritten[:5])} (sdata.write_element(name) writes one)")
+    return str(sdata.path)

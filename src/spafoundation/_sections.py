@@ -50,7 +50,10 @@ class Sections:
             self.by_name, self.rows = {str(k): a for k, a in data.items()}, None
             return
         if not isinstance(data, ad.AnnData):
-            raise TypeError(f"expected an AnnData or a mapping of section -> AnnData, got {type(data).__name__}")
+            from spafoundation._read import _is_spatialdata
+
+            hint = " (sf.read(sdata) gives that mapping)" if _is_spatialdata(data) else ""
+            raise TypeError(f"expected an AnnData or a mapping of section -> AnnData, got {type(data).__name__}{hint}")
         libraries = list(data.uns.get("spatial", {}))
         if library_key in data.obs:
             names = data.obs[library_key].astype(str).to_numpy()

@@ -475,3 +475,26 @@ def test_run_on_a_store_writes_every_result_into_one(manifest_section, tiny_fold
         for grid in ("tumor_grid", "domain_grid"):
             assert len(sdata.shapes[f"{name}_{grid}"]) == sdata.tables[f"{name}_{grid}_table"].n_obs > 0
     assert sdata.tables["S1_tumor_grid_table"].obs["tumor_probability"].between(0, 1).all()
+
+
+@needs_extra
+def test_a_spatialdata_object_is_read_through_its_store(c2_small, tmp_path):
+    """sf.read(sdata): an object read from (or written to) a store reads as that store; one held only in memory,
+    or with elements its store lacks, is an error saying to write it first; sf.tl says to sf.read it."""
+    import spatialdata as sd
+
+    import spafoundation as sf
+
+    sdata = spaceranger_store(c2_small, tmp_path, "V1")
+    with pytest.raises(InputError, match=r"held only in memory: write it to a store first"):
+        sf.read(sdata)
+    with pytest.raises(TypeError, match=r"sf.read\(sdata\)"):
+        sf.tl.embed(sdata)
+    sdata.write(tmp_path / "V1.zarr")
+    back = sd.read_zarr(tmp_path / "V1.zarr")
+    data = sf.read(back)
+    assert list(data) == ["V1"] and image_path(data["V1"]) == str(tmp_path / "V1.zarr" / "images" / "V1_full_image")
+    np.testing.assert_array_equal(data["V1"].X.toarray(), c2_small.counts.toarray())
+    back.images["extra"] = back.images["V1_full_image"]
+    with pytest.raises(InputError, match=r"1 element\(s\) of the SpatialData object are not in its store: images/extra"):
+        sf.read(back)
