@@ -52,6 +52,7 @@ bench: install
 	$(PY) bench/gpu_throughput.py
 	$(PY) bench/expression.py
 	$(PY) bench/reliability.py
+	$(PY) bench/expression_headroom.py
 	$(PY) bench/stain_stability.py
 	$(PY) bench/tumor_clustering.py
 	$(PY) bench/descriptor_encoder.py

@@ -330,3 +330,44 @@ def test_bench_script_says_which_issue_targets_are_met():
     lines = bench.issue_targets(rows, per_section, 2)
     assert "spafoundation-descriptor alone" in lines[3] and lines[3].endswith("0.0549 vs their mean 0.0500 and "
                                                                              "highest 0.0550, **missed**")
+
+
+def _labelled_section(name: str, patient: str, column: str, slopes: np.ndarray, seed: int) -> ad.AnnData:
+    """60 spots, half tumour (``obs[column]``): gene g is 40 counts where slopes[g] says up in tumour, 4 elsewhere,
+    beside a 4000-count gene that keeps the library sizes alike."""
+    rng = np.random.default_rng(seed)
+    tumour = np.repeat([1, 0], 30)
+    up = (slopes > 0)[None, :] == tumour[:, None].astype(bool)
+    counts = np.where(up, 40, 4) + rng.integers(0, 2, (60, len(slopes)))
+    a = ad.AnnData(np.hstack([counts, np.full((60, 1), 4000)]).astype(np.float32),
+                   obs=pd.DataFrame({"patient": patient, "section": name,
+                                     column: np.where(tumour == 1, "invasive cancer", "connective tissue")},
+                                    index=[f"{name}_{i}" for i in range(60)]))
+    a.var_names = [f"G{i}" for i in range(len(slopes))] + ["HOUSEKEEPING"]
+    return a
+
+
+def test_headroom_oracle_scores_the_tumour_label_with_the_training_patients_slopes():
+    """bench/expression_headroom.py's oracle: genes that follow the tumour label the same way in both patients are
+    predicted perfectly from the test spots' true labels; genes whose relation flips score -1; the share of genes
+    of one sign says so."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "expression_headroom.py"
+    spec = importlib.util.spec_from_file_location("bench_expression_headroom", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    slopes = np.array([1.0, -1.0, 1.0, -1.0])
+    flipped = slopes * np.array([1, 1, 1, -1])  # the last gene goes the other way in patient B
+    data = {"A1": _labelled_section("A1", "A", "label", slopes, 0),
+            "A2": _labelled_section("A2", "A", "label", slopes, 1),
+            "B1": _labelled_section("B1", "B", "cluster_annotation", flipped, 2)}
+    genes = [f"G{i}" for i in range(4)]
+    rows, agreement = bench.oracle_rows(data, {f"{LOPO}:{d}:{t}": genes for d, t in
+                                               (("A -> B", "B1"), ("B -> A", "A1+A2"))})
+    by_test = {r["test"]: r["mean_r"] for r in rows}
+    assert set(by_test) == {"A1", "A2", "B1"}
+    for r in by_test.values():
+        assert r == pytest.approx((3 - 1) / 4, abs=0.02)  # three genes at r 1, the flipped one at -1
+    assert agreement == {"A -> B": 0.75, "B -> A": 0.75}
