@@ -197,3 +197,12 @@ def test_sections_scanpy_normalised_are_read_through_the_counts_they_keep(pair, 
     # normalised with no counts kept: taken as they are, with one warning line saying so
     sf.pp.select_genes(_scanpy_normalised(pair, keep_counts=False), "hvg:5")
     assert "X holds non-integer values and no layers['counts']" in caplog.text
+
+
+def test_a_gene_named_twice_is_refused_naming_it(pair):
+    twice = pair["C3"].copy()
+    names = list(twice.var_names)
+    names[1] = names[0]
+    twice.var_names = names
+    with pytest.raises(InputError, match=rf"var_names: section C3: gene names repeated, e.g. \['{names[0]}'\]"):
+        sf.pp.select_genes(twice, "hvg:5")

@@ -150,9 +150,14 @@ def section_counts(adata: ad.AnnData, section: str) -> ad.AnnData:
     """``adata`` as the tasks read it, raw counts in ``X``: itself when ``X`` holds counts; a copy with the integer
     counts of ``layers['counts']`` or ``.raw`` when scanpy normalised ``X`` (``sc.pp.normalize_total`` +
     ``log1p``); itself with a warning when ``X`` holds other non-integer values and no integer counts are kept
-    (spafoundation normalises counts itself: normalised values normalised again give other targets)."""
+    (spafoundation normalises counts itself: normalised values normalised again give other targets). A gene named
+    twice is an InputError, as in a file."""
     from spafoundation.io.h5ad import raw_counts
 
+    if adata.var_names.has_duplicates:  # which column would a gene named twice be fitted on?
+        twice = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        raise InputError(None, "var_names", f"section {section}: gene names repeated, e.g. {twice} "
+                         "(adata.var_names_make_unique() renames them)")
     counted, source = raw_counts(adata)
     if source != "X":
         log.info("section %s: counts from %s (X holds normalised values)", section, source)
