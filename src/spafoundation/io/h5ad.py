@@ -124,7 +124,7 @@ def _attach_uns_image(lib: dict, xy: np.ndarray, path, section: str) -> None:
         return
     warn_if_downscaled(section, image, mpp, scale, source)
     meta = lib["metadata"]
-    meta["image_path"], meta["image_size"] = str(image), size
+    meta["image_path"], meta["image_size"] = str(Path(image).resolve()), size
     meta["image_scale"], meta["image_source"] = scale, source
 
 
@@ -136,6 +136,8 @@ def adopt_section(adata: ad.AnnData, section: str) -> None:
     lib = adata.uns["spatial"][section]
     if "microns_per_pixel" in (lib.get("scalefactors") or {}) and "image_path" in (lib.get("metadata") or {}):
         return
+    if "spatial" not in adata.obsm:
+        raise InputError(None, "obsm['spatial']", f"section {section} has no spot coordinates")
     field = f"uns['spatial']['{section}']['scalefactors']['microns_per_pixel']"
     completed = _complete_library(lib, None, section, None, hint=f"set {field} (microns per full-resolution pixel)",
                                   holder="the AnnData's uns")
