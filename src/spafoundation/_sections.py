@@ -93,7 +93,7 @@ class Sections:
         combined AnnData the spots of other sections get NaN, and categories are shared across sections."""
         for s, v in values.items():
             self.by_name[s].obs[column] = v
-            if self._own[s] is not self.by_name[s]:
+            if self._own[s] is not self.by_name[s]:  # a counts view (``counts``): the caller's object too
                 self._own[s].obs[column] = self.by_name[s].obs[column].values
         if self.one:
             return
@@ -116,7 +116,8 @@ class Sections:
         """``obsm[key]`` of each section's spots, in the input (NaN rows for the sections not given)."""
         for s, v in values.items():
             self.by_name[s].obsm[key] = v
-            self._own[s].obsm[key] = v
+            if self._own[s] is not self.by_name[s]:
+                self._own[s].obsm[key] = v
         if self.one:
             return
         first = next(iter(values.values()))
@@ -129,7 +130,8 @@ class Sections:
         """``uns[key]``: each section's value in its own AnnData; a combined AnnData gets ``{section: value}``."""
         for s, v in value_per_section.items():
             self.by_name[s].uns[key] = v
-            self._own[s].uns[key] = v
+            if self._own[s] is not self.by_name[s]:
+                self._own[s].uns[key] = v
         if not self.one:
             self.data.uns[key] = dict(value_per_section)
 
