@@ -44,6 +44,11 @@ def labels(adata) -> np.ndarray:
     return tumor_labels(adata, label_source(adata, LABEL_COLUMNS))
 
 
+def _line(label: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(2, genes): each gene's intercept and slope on the label, least squares."""
+    return np.linalg.lstsq(np.stack([np.ones(len(label)), label], axis=1), y, rcond=None)[0]
+
+
 def oracle_rows(data, genes_per_split: dict) -> tuple[list[dict], dict[str, float]]:
     """The oracle's mean r per test section of each leave-one-patient-out split, and per direction the share of
     genes whose slope on the label has the same sign in the training and the test patient."""
@@ -55,19 +60,17 @@ def oracle_rows(data, genes_per_split: dict) -> tuple[list[dict], dict[str, floa
         y = np.concatenate([expression_matrix(data[n], genes) for n in train])
         lab = np.concatenate([labels(data[n]) for n in train])
         known = np.isfinite(lab)
-        design = np.stack([np.ones(known.sum()), lab[known]], axis=1)
-        coef = np.linalg.lstsq(design, y[known], rcond=None)[0]  # (2, genes): intercept, slope
+        coef = _line(lab[known], y[known])
         prevalence = lab[known].mean()
         test_slopes = []
         for t in test:
             lt = labels(data[t])
-            lt = np.where(np.isfinite(lt), lt, prevalence)
+            ok = np.isfinite(lt)
+            lt = np.where(ok, lt, prevalence)
             y_true = expression_matrix(data[t], genes)
             m = evaluate_expression(y_true, coef[0] + lt[:, None] * coef[1])
             rows.append({"direction": direction, "test": t, "mean_r": m["mean_r"]})
-            ok = np.isfinite(labels(data[t]))
-            test_slopes.append(np.linalg.lstsq(np.stack([np.ones(ok.sum()), lt[ok]], axis=1), y_true[ok],
-                                               rcond=None)[0][1])
+            test_slopes.append(_line(lt[ok], y_true[ok])[1])
         agreement[direction] = float(np.mean(np.sign(np.mean(test_slopes, axis=0)) == np.sign(coef[1])))
     return rows, agreement
 

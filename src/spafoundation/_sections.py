@@ -160,10 +160,12 @@ def section_counts(adata: ad.AnnData, section: str) -> ad.AnnData:
         twice = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise InputError(None, "var_names", f"section {section}: gene names repeated, e.g. {twice} "
                          "(adata.var_names_make_unique() renames them)")
+    if adata.n_vars == 0 or is_integral(adata.X):  # the usual case, decided by one pass over X
+        return adata
     counted, source = raw_counts(adata)
     if source != "X":
         log.info("section %s: counts from %s (X holds normalised values)", section, source)
-    elif adata.n_vars and not is_integral(adata.X) and id(adata) not in _warned_counts:
+    elif id(adata) not in _warned_counts:
         _warned_counts.add(id(adata))
         log.warning("section %s: X holds non-integer values and no layers['counts'] or .raw of integer counts is "
                     "kept: they are taken as counts (if X was normalised, keep the raw counts in "

@@ -77,9 +77,11 @@ def _attach_image(lib: dict, xy: np.ndarray, path: Path, section: str, image, wi
                   image_scale: float | None = None) -> None:
     """Point ``lib`` at the section's H&E (see the module docstring), checked as the readers check theirs
     (readable, every spot on it). A ``source_image_path`` that does not exist (a file from another machine) is
-    warned about and passed over."""
+    warned about and passed over. An image array of the library's own (io/uns_image.py) that does not cover the
+    spots (a thumbnail of another crop) leaves the section without an image, with a warning: its counts stay
+    usable."""
     meta = lib["metadata"]
-    source = "given"
+    source, from_arrays = "given", False
     if image is None and not meta.get("image_path"):
         stored = meta.get("source_image_path")
         if stored and Path(str(stored)).exists():
@@ -88,44 +90,30 @@ def _attach_image(lib: dict, xy: np.ndarray, path: Path, section: str, image, wi
             if stored:
                 log.warning("%s: section %s: source_image_path %s not found (give the full-resolution H&E with "
                             "--image)", path or "AnnData", section, stored)
-            _attach_uns_image(lib, xy, path, section)
-            return
+            from spafoundation.io.uns_image import uns_image
+
+            image, image_scale, source = uns_image(lib, section, path) or (None, None, None)
+            from_arrays = True
     if image is None:
         return
-    own_thumbnail = with_images and "hires" not in lib["images"]
+    own_thumbnail = with_images and not from_arrays and "hires" not in lib["images"]
     scale = 1.0 if image_scale is None else check_scale(image_scale, image, "image_scale")
     mpp = float(lib["scalefactors"]["microns_per_pixel"])
-    hires, scalef, size = read_section_image(image, xy, mpp, path, "obsm['spatial']", with_image=own_thumbnail,
-                                             scale=scale)
+    try:
+        hires, scalef, size = read_section_image(image, xy, mpp, path, "obsm['spatial']", with_image=own_thumbnail,
+                                                 scale=scale)
+    except InputError as e:
+        if not from_arrays:
+            raise
+        log.warning("%s: section %s: %s does not fit the spots (%s); the section has no H&E image (give it with "
+                    "--image)", path or "AnnData", section, source, e.message)
+        return
     warn_if_downscaled(section, image, mpp, scale, source)
     meta["image_path"], meta["image_size"] = str(Path(image).resolve()), size
     meta["image_scale"], meta["image_source"] = scale, source
     if own_thumbnail:
         lib["images"]["hires"] = hires
         lib["scalefactors"]["tissue_hires_scalef"] = scalef
-
-
-def _attach_uns_image(lib: dict, xy: np.ndarray, path, section: str) -> None:
-    """Point ``lib`` at the finest image array it holds (io/uns_image.py), read at its scale factor. One that does
-    not cover the spots (a thumbnail of another crop) leaves the section without an image, with a warning: its
-    counts stay usable."""
-    from spafoundation.io.uns_image import uns_image
-
-    found = uns_image(lib, section, path)
-    if found is None:
-        return
-    image, scale, source = found
-    mpp = float(lib["scalefactors"]["microns_per_pixel"])
-    try:
-        _, _, size = read_section_image(image, xy, mpp, path, "obsm['spatial']", with_image=False, scale=scale)
-    except InputError as e:
-        log.warning("%s: section %s: %s does not fit the spots (%s); the section has no H&E image (give it with "
-                    "--image)", path or "AnnData", section, source, e.message)
-        return
-    warn_if_downscaled(section, image, mpp, scale, source)
-    meta = lib["metadata"]
-    meta["image_path"], meta["image_size"] = str(Path(image).resolve()), size
-    meta["image_scale"], meta["image_source"] = scale, source
 
 
 def adopt_section(adata: ad.AnnData, section: str) -> None:
