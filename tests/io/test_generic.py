@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tifffile
 
 from spafoundation.errors import InputError
 from spafoundation.io import detect_format, read_dataset
@@ -54,8 +55,6 @@ def test_generic_unknown_pixel_size(c2_small, tmp_path):
 
 def test_spots_table_with_its_image_is_a_section_without_counts(c2_small, tmp_path, capsys):
     """An H&E and a CSV of its spots, no manifest: what predict-expression needs."""
-    import tifffile
-
     from spafoundation.cli import main
 
     write_manifest(tmp_path, c2_small)  # writes spots.csv (id, x, y, array_row, array_col) beside the image
@@ -75,3 +74,29 @@ def test_spots_table_with_its_image_is_a_section_without_counts(c2_small, tmp_pa
     assert spatial_meta(a)["metadata"]["mpp_source"] == "the image's metadata"
     assert main(["info", str(spots), "--image", str(ome)]) == 0
     assert "format: spots_table" in capsys.readouterr().out
+
+
+def test_ome_tiff_with_a_label_before_the_scan_reads_the_scan(c2_small, tmp_path):
+    """bfconvert of a .vsi or .czi writes the scanner's label / overview as images of their own, not always after
+    the scan: the section's image is the largest one, with its own pixel size, never the label's."""
+    from spafoundation.io import open_slide
+
+    write_manifest(tmp_path, c2_small)
+    label = np.full((120, 200, 3), 40, np.uint8)
+    ome = tmp_path / "converted.ome.tif"
+    with tifffile.TiffWriter(ome, ome=True) as tif:
+        tif.write(label, photometric="rgb", metadata={"axes": "YXS", "Name": "label", "PhysicalSizeX": 40.0})
+        tif.write(c2_small.rgb, photometric="rgb", tile=(256, 256), metadata={
+            "axes": "YXS", "Name": "scan", "PhysicalSizeX": c2_small.mpp, "PhysicalSizeY": c2_small.mpp})
+    a = read_dataset(tmp_path / "spots.csv", image=ome)["spots"]
+    assert microns_per_pixel(a) == pytest.approx(c2_small.mpp)
+    with open_slide(ome) as slide:
+        assert (slide.height, slide.width) == c2_small.rgb.shape[:2]
+        x, y = np.round(c2_small.xy[0]).astype(int)
+        np.testing.assert_array_equal(slide.read_level_region(0, x, y, 32, 32), c2_small.rgb[y:y + 32, x:x + 32])
+    # only the label records a pixel size: the scan's is unknown, not borrowed from the label
+    with tifffile.TiffWriter(ome, ome=True) as tif:
+        tif.write(label, photometric="rgb", metadata={"axes": "YXS", "PhysicalSizeX": 40.0})
+        tif.write(c2_small.rgb, photometric="rgb", metadata={"axes": "YXS"})
+    with pytest.raises(InputError, match="unknown pixel size"):
+        read_dataset(tmp_path / "spots.csv", image=ome)

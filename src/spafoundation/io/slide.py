@@ -227,19 +227,33 @@ class PILSlide(Slide):
 MPP_PLAUSIBLE = (0.05, 20.0)  # um/px: from a 100x objective to a coarse overview scan
 
 
-def _tiff_mpp(tif) -> float | None:
-    """Pixel size from OME-XML, an Aperio description (``MPP = x``) or the resolution tags."""
+def _ome_pixel_size(ome_xml: str, series) -> float | None:
+    """PhysicalSizeX (um) of the OME Image of ``series``: the one of its level-0 size (of those, its name first).
+    None where no Image of that size records one: another image's pixel size would be wrong for this one."""
+    import xml.etree.ElementTree as ET
+
+    size = _series_yx(series)
+    matches = []
+    for image in ET.fromstring(ome_xml).findall(".//{*}Image"):
+        pixels = image.find("{*}Pixels")
+        if pixels is not None and "PhysicalSizeX" in pixels.attrib:
+            if (int(pixels.get("SizeY", -1)), int(pixels.get("SizeX", -1))) == size:
+                matches.append((image.get("Name") != series.name, pixels))
+    if not matches:
+        return None
+    pixels = min(matches, key=lambda m: m[0])[1]
+    factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(pixels.get("PhysicalSizeXUnit", "µm"), 1.0)
+    return float(pixels.get("PhysicalSizeX")) * factor
+
+
+def _tiff_mpp(tif, series) -> float | None:
+    """Pixel size of ``series`` from OME-XML, an Aperio description (``MPP = x``) or the resolution tags."""
     try:
         if tif.is_ome and tif.ome_metadata:
-            m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-            if m:
-                value = float(m.group(1))
-                factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(
-                    unit.group(1) if unit else "µm", 1.0
-                )
-                return value * factor
-        page = tif.pages[0]
+            mpp = _ome_pixel_size(tif.ome_metadata, series)
+            if mpp:
+                return mpp
+        page = series.keyframe
         desc = page.description or ""
         m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
         if m:
@@ -258,6 +272,21 @@ def _tiff_mpp(tif) -> float | None:
     return None
 
 
+def _series_yx(series) -> tuple[int, int]:
+    """(height, width) of a series' full level, (0, 0) for one without both image axes."""
+    if "Y" not in series.axes or "X" not in series.axes:
+        return 0, 0
+    return int(series.shape[series.axes.index("Y")]), int(series.shape[series.axes.index("X")])
+
+
+def _slide_series(tif):
+    """The largest image of the file. Slide scanners and converters (bfconvert of .vsi/.czi, SVS, NDPI) store a
+    label, a macro photograph or an overview beside the scan, and not always after it."""
+    sizes = [_series_yx(s) for s in tif.series]
+    best = max(range(len(sizes)), key=lambda i: (sizes[i][0] * sizes[i][1], -i))
+    return tif.series[best]
+
+
 class TiffSlide(Slide):
     """Pyramidal or flat TIFF (also OME-TIFF, SVS, NDPI) read lazily through tifffile's zarr store."""
 
@@ -268,7 +297,7 @@ class TiffSlide(Slide):
         self.path = path
         try:
             self._tif = tifffile.TiffFile(path)
-            series = self._tif.series[0]
+            series = _slide_series(self._tif)
             levels = list(series.levels)
         except FileNotFoundError:
             raise InputError(path, "image", "file not found") from None
@@ -286,7 +315,7 @@ class TiffSlide(Slide):
         self.level_shapes = shapes
         self.height, self.width = shapes[0]
         self.level_downsamples = [self.width / s[1] for s in shapes]
-        self.mpp = mpp or _tiff_mpp(self._tif)
+        self.mpp = mpp or _tiff_mpp(self._tif, series)
 
     def _yx(self, shape) -> tuple[int, int]:
         ax = self._axes
