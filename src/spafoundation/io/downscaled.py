@@ -64,14 +64,6 @@ def check_scale(value, path, field: str) -> float:
                          f"{value!r}") from None
 
 
-def recorded_scale(image: Path, spatial: Path, scalefactors: dict) -> float | None:
-    """The factor Space Ranger recorded for ``image`` when it is one of its own images in ``spatial``, else None."""
-    key = SPACERANGER_SCALEFACTORS.get(image.stem)
-    if key is None or image.resolve().parent != spatial.resolve() or key not in scalefactors:
-        return None
-    return check_scale(scalefactors[key], spatial / "scalefactors_json.json", key)
-
-
 _warned: set[tuple] = set()  # (section, image, scale) already warned about since ``forget_warnings``
 
 

@@ -63,14 +63,18 @@ def detect_format(path: str | Path) -> str:
         return "st_pipeline"
     if (path / "st").is_dir() and ((path / "wsis").is_dir() or (path / "metadata").is_dir()):
         return "hest"
-    from spafoundation.io.visium import is_visium_sample, visium_samples
+    from spafoundation.io.visium import is_visium_sample, outs_dir, visium_samples
+    from spafoundation.io.visium_geo import is_visium_geo
     from spafoundation.io.visium_hd import is_visium_hd
 
+    manifest = (path / "spafoundation.yaml").exists() or (path / "manifest.yaml").exists()
+    if is_visium_geo(path) and not manifest and not (outs_dir(path) / "spatial").is_dir():
+        return "visium_geo"  # flat files, even with Space Ranger's own names
     if is_visium_hd(path):
         return "visium_hd"
     if is_visium_sample(path):
         return "visium"
-    if (path / "spafoundation.yaml").exists() or (path / "manifest.yaml").exists():
+    if manifest:
         return "generic"
     if visium_samples(path):
         return "visium_cohort"
@@ -79,7 +83,7 @@ def detect_format(path: str | Path) -> str:
         "data",
         "unsupported format: expected a legacy ST folder (ST-cnts/, or *_stdata.tsv beside "
         "spot_data-selection-*.tsv), Space Ranger outs/ of Visium or Visium HD "
-        "(or a folder of Space Ranger samples), a HEST folder "
+        "(or a folder of Space Ranger samples, or of their files as GEO holds them), a HEST folder "
         "(st/, wsis/, metadata/), a SpatialData store (.zarr), a generic manifest (.yaml) or an .h5ad",
     )
 
@@ -134,6 +138,10 @@ def _read_format(path, fmt, sections, *, bin_um, image, image_scale, **kwargs) -
         from spafoundation.io.visium import read_visium_cohort
 
         return read_visium_cohort(path, sections, bin_um=bin_um, **kwargs)
+    if fmt == "visium_geo":
+        from spafoundation.io.visium_geo import read_visium_geo
+
+        return read_visium_geo(path, sections, **kwargs)
     if fmt == "legacy_st":
         return legacy_st.read_legacy_st(path, sections, **kwargs)
     if fmt == "st_pipeline":

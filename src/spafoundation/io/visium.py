@@ -23,7 +23,9 @@ the 100 um centre-to-centre pitch; ``metadata['mpp_source']`` says which.
 from __future__ import annotations
 
 import gzip
+import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -41,7 +43,7 @@ from spafoundation.io.anndata_spec import (
     read_section_image,
     validate_counts,
 )
-from spafoundation.io.downscaled import check_scale, recorded_scale, warn_if_downscaled
+from spafoundation.io.downscaled import SPACERANGER_SCALEFACTORS, check_scale, warn_if_downscaled
 from spafoundation.io.slide import OPENSLIDE_ONLY_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES
 
 SPOT_DIAMETER_UM = 55.0
@@ -70,6 +72,45 @@ SPACERANGER_IMAGES = {
 
 def outs_dir(path: Path) -> Path:
     return path / "outs" if (path / "outs").is_dir() else path
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """Where one Space Ranger sample's files are. A Space Ranger folder: counts in ``counts_dir``
+    (``filtered_feature_bc_matrix.h5`` or the ``filtered_feature_bc_matrix/`` folder), the rest in ``spatial``,
+    each by Space Ranger's name or that name gzipped. A GEO deposit (visium_geo.py): one folder of renamed files,
+    ``named`` by the Space Ranger name each stands for (the three matrix files too), and the full-resolution images
+    named with the sample's prefix in ``images``. ``root``: the sample, searched for the full-resolution H&E."""
+
+    root: Path
+    counts_dir: Path
+    spatial: Path
+    named: dict[str, Path] | None = None
+    images: tuple[Path, ...] = ()
+
+    @classmethod
+    def of_sample(cls, path: Path) -> SampleFiles:
+        outs = outs_dir(path)
+        return cls(path, outs, outs / "spatial")
+
+    @property
+    def flat(self) -> bool:
+        return self.named is not None
+
+    def find(self, folder: Path, name: str) -> Path:
+        """The file standing for Space Ranger's ``name`` (it may not exist): ``folder/name``, or ``name.gz`` where
+        only that exists."""
+        if self.named is not None:
+            return self.named.get(name, self.root / name)
+        gz = folder / f"{name}.gz"
+        return gz if not (folder / name).exists() and gz.exists() else folder / name
+
+    def spatial_file(self, name: str) -> Path:
+        return self.find(self.spatial, name)
+
+    @property
+    def scalefactors(self) -> Path:
+        return self.spatial_file("scalefactors_json.json")
 
 
 def is_visium_sample(path: Path) -> bool:
@@ -148,15 +189,15 @@ def read_10x_h5(path: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
     return X, barcodes, names
 
 
-def read_10x_mtx(folder: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
-    """The same from a ``filtered_feature_bc_matrix/`` folder (matrix.mtx is genes x barcodes)."""
+def read_10x_mtx(files: SampleFiles, folder: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    """The same from a ``filtered_feature_bc_matrix/`` folder (matrix.mtx is genes x barcodes), or from the three
+    matrix files of a GEO deposit."""
 
     def find(*names: str) -> Path:
         for name in names:
-            for candidate in (folder / name, folder / f"{name}.gz"):
-                if candidate.exists():
-                    return candidate
-        raise InputError(folder / names[0], "counts", "file not found")
+            if (path := files.find(folder, name)).exists():
+                return path
+        raise InputError(files.find(folder, names[0]), "counts", "file not found")
 
     mtx = find("matrix.mtx")
     try:
@@ -177,26 +218,31 @@ def read_10x_mtx(folder: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
     return X[:, keep], barcodes, [n for n, k in zip(names, keep) if k]
 
 
-def read_counts(outs: Path) -> tuple[sp.csr_matrix, list[str], list[str], Path]:
-    h5 = outs / "filtered_feature_bc_matrix.h5"
+def read_counts(files: SampleFiles) -> tuple[sp.csr_matrix, list[str], list[str], Path]:
+    h5 = files.find(files.counts_dir, "filtered_feature_bc_matrix.h5")
     if h5.exists():
         return (*read_10x_h5(h5), h5)
-    folder = outs / "filtered_feature_bc_matrix"
+    if files.flat:
+        mtx = files.find(files.counts_dir, "matrix.mtx")
+        if mtx.exists():
+            return (*read_10x_mtx(files, files.counts_dir), mtx)
+        raise InputError(h5, "counts", "file not found (nor the matrix.mtx of the sample)")
+    folder = files.counts_dir / "filtered_feature_bc_matrix"
     if folder.is_dir():
-        return (*read_10x_mtx(folder), folder)
+        return (*read_10x_mtx(files, folder), folder)
     raise InputError(h5, "counts", "file not found (nor a filtered_feature_bc_matrix/ folder)")
 
 
-def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
+def read_positions(files: SampleFiles) -> tuple[pd.DataFrame, Path]:
     """Tissue positions indexed by barcode: tissue_positions.parquet (Visium HD), tissue_positions.csv, or the
     headerless tissue_positions_list.csv of Space Ranger < 2.0."""
-    path, header = spatial / "tissue_positions.parquet", 0
+    path, header = files.spatial_file("tissue_positions.parquet"), 0
     if not path.exists():
-        path = spatial / "tissue_positions.csv"
+        path = files.spatial_file("tissue_positions.csv")
     if not path.exists():
-        path, header = spatial / "tissue_positions_list.csv", None
+        path, header = files.spatial_file("tissue_positions_list.csv"), None
     if not path.exists():
-        raise InputError(spatial / "tissue_positions.csv", "spot coordinates", "file not found")
+        raise InputError(files.spatial_file("tissue_positions.csv"), "spot coordinates", "file not found")
     try:
         pos = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, header=header)
     except Exception as e:
@@ -220,13 +266,13 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
     return pos.set_index("barcode"), path
 
 
-def read_spots_under_tissue(counts_dir: Path, spatial: Path) -> tuple:
-    """(counts, genes, positions, counts path, positions path) of the spots (or bins) under tissue: the count matrix
-    in ``counts_dir`` joined by barcode to ``spatial``'s tissue positions."""
-    X, barcodes, genes, counts_path = read_counts(counts_dir)
+def read_spots_under_tissue(files: SampleFiles) -> tuple:
+    """(counts, genes, positions, counts path, positions path) of the spots (or bins) under tissue: the sample's
+    count matrix joined by barcode to its tissue positions."""
+    X, barcodes, genes, counts_path = read_counts(files)
     check_unique(barcodes, counts_path, "barcode")
     X = validate_counts(X, counts_path)
-    pos, pos_path = read_positions(spatial)
+    pos, pos_path = read_positions(files)
     missing = [b for b in barcodes if b not in pos.index]
     if missing:
         raise InputError(
@@ -242,60 +288,103 @@ def read_spots_under_tissue(counts_dir: Path, spatial: Path) -> tuple:
     return X, genes, pos, counts_path, pos_path
 
 
-def read_scalefactors(spatial: Path) -> dict:
-    path = spatial / "scalefactors_json.json"
+def read_bytes(path: Path, field: str) -> bytes:
+    """The bytes of ``path``, gunzipped when it ends in .gz (GEO deposits gzip every file)."""
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.suffix == ".gz" else data
+    except (OSError, EOFError) as e:
+        raise InputError(path, field, f"unreadable file ({e})") from None
+
+
+def read_scalefactors(path: Path) -> dict:
+    """``scalefactors_json.json`` (``path``, possibly gzipped), {} where there is none."""
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        return json.loads(read_bytes(path, "scalefactors"))
+    except ValueError as e:
         raise InputError(path, "scalefactors", f"unreadable JSON ({e})") from None
 
 
-def spaceranger_hires(spatial: Path, scalefactors: dict) -> tuple[np.ndarray, float] | None:
+def read_png(path: Path, field: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(read_bytes(path, field))) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as e:
+        raise InputError(path, field, f"unreadable image ({e})") from None
+
+
+def spaceranger_hires(files: SampleFiles, scalefactors: dict) -> tuple[np.ndarray, float] | None:
     """Space Ranger's own thumbnail and its scale factor (what scanpy plots on), or None without them."""
-    png = spatial / "tissue_hires_image.png"
+    png = files.spatial_file("tissue_hires_image.png")
     if not (png.exists() and scalefactors.get("tissue_hires_scalef")):
         return None
-    try:
-        return np.asarray(Image.open(png).convert("RGB")), float(scalefactors["tissue_hires_scalef"])
-    except OSError as e:
-        raise InputError(png, "hires image", f"unreadable image ({e})") from None
+    return read_png(png, "hires image"), float(scalefactors["tissue_hires_scalef"])
 
 
-def choose_image(given, image_scale: float | None, sample: Path, spatial: Path,
+def readable_image(path: Path) -> Path:
+    """``path``, or for a gzipped PNG (GEO's ``tissue_hires_image.png.gz``) its PNG, written once to the cache
+    folder: patches are read from an image file."""
+    if path.suffix != ".gz":
+        return path
+    from spafoundation.io.uns_image import cached_png
+
+    return cached_png(read_png(path, "image"))
+
+
+def unpacked(path: Path) -> str:
+    """How a source is named where its image is the cache's unpacked copy of a gzipped file."""
+    return f", unpacked from {path.name}" if path.suffix == ".gz" else ""
+
+
+def recorded_scale(image: Path, files: SampleFiles, scalefactors: dict) -> float | None:
+    """The factor Space Ranger recorded for ``image`` when it is one of its own images of the sample, else None."""
+    for name, key in SPACERANGER_SCALEFACTORS.items():
+        own = files.spatial_file(f"{name}.png")
+        if own.exists() and own.resolve() == image.resolve() and key in scalefactors:
+            return check_scale(scalefactors[key], files.scalefactors, key)
+    return None
+
+
+def choose_image(given, image_scale: float | None, files: SampleFiles,
                  scalefactors: dict) -> tuple[Path | None, float, str]:
     """(the section's image, its scale in image px per full-resolution px, where it came from): the ``given`` one
     at ``image_scale``, else at the factor Space Ranger recorded for it (its hires or lowres PNG), else at 1; else
-    the full-resolution H&E found in the sample folder; else Space Ranger's hires PNG at ``tissue_hires_scalef``.
+    the full-resolution H&E found with the sample; else Space Ranger's hires PNG at ``tissue_hires_scalef``.
     None: no image at all."""
     if given is not None:
         given = Path(given)
         if image_scale is not None:
             return given, check_scale(image_scale, given, "image_scale"), "given"
-        recorded = recorded_scale(given, spatial, scalefactors)
-        return given, recorded or 1.0, "given" if recorded is None else "given, scalefactors_json.json"
+        recorded = recorded_scale(given, files, scalefactors)
+        source = "given" if recorded is None else "given, scalefactors_json.json"
+        return readable_image(given), recorded or 1.0, source + unpacked(given)
     if image_scale is not None:
-        raise InputError(sample, "image_scale", "--image-scale is the scale of the image given with --image")
-    found = find_fullres_image(sample, outs_dir(sample))
+        raise InputError(files.root, "image_scale", "--image-scale is the scale of the image given with --image")
+    found = find_fullres_image(files)
     if found is not None:
         return found, 1.0, "sample folder"
-    hires = spatial / "tissue_hires_image.png"
+    hires = files.spatial_file("tissue_hires_image.png")
     if hires.exists() and scalefactors.get("tissue_hires_scalef") is not None:
-        return hires, check_scale(scalefactors["tissue_hires_scalef"], spatial / "scalefactors_json.json",
-                                  "tissue_hires_scalef"), "hires"
+        scale = check_scale(scalefactors["tissue_hires_scalef"], files.scalefactors, "tissue_hires_scalef")
+        return readable_image(hires), scale, "hires" + unpacked(hires)
     return None, 1.0, ""
 
 
-def find_fullres_image(path: Path, outs: Path) -> Path | None:
+def find_fullres_image(files: SampleFiles) -> Path | None:
     """The one image (not one of Space Ranger's thumbnails) in the sample folder, else in outs/, else in
-    outs/spatial/. Several in the first folder that has any: an InputError naming them (which one is the H&E is not
-    ours to guess: a CytAssist capture or an IF image may sit beside it); the way out is ``--image``."""
+    outs/spatial/; in a GEO folder, the one named with the sample's prefix. Several in the first place that has any:
+    an InputError naming them (which one is the H&E is not ours to guess: a CytAssist capture or an IF image may sit
+    beside it); the way out is ``--image``."""
     suffixes = PIL_SUFFIXES | TIFF_SUFFIXES | OPENSLIDE_ONLY_SUFFIXES
-    for folder in dict.fromkeys((path, outs, outs / "spatial")):
-        hits = sorted(
-            p for p in folder.glob("*") if p.suffix.lower() in suffixes and p.stem not in SPACERANGER_IMAGES
-        )
+    if files.flat:
+        places = [(files.root, sorted(files.images))]
+    else:
+        places = [(folder, sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes
+                                  and p.stem not in SPACERANGER_IMAGES))
+                  for folder in dict.fromkeys((files.root, outs_dir(files.root), files.spatial))]
+    for folder, hits in places:
         if len(hits) > 1:
             raise InputError(folder, "image", f"{len(hits)} candidate full-resolution images "
                              f"({', '.join(p.name for p in hits[:5])}{', ...' if len(hits) > 5 else ''}): "
@@ -314,26 +403,27 @@ def read_visium(
     section: str | None = None,
     patient: str | None = None,
     with_images: bool = True,
+    files: SampleFiles | None = None,
 ) -> ad.AnnData:
     """One Visium section. ``section`` defaults to the folder name (the one holding ``outs/``); ``image_scale``:
-    image px per full-resolution px of a downscaled ``image``."""
+    image px per full-resolution px of a downscaled ``image``; ``files``: where the sample's files are, when not
+    Space Ranger's folders under ``path`` (a GEO deposit)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "data", "not found")
-    outs = outs_dir(path)
+    files = files or SampleFiles.of_sample(path)
     section = section or (path.parent.name if path.name == "outs" else path.name)
-    spatial = outs / "spatial"
 
-    X, genes, pos, counts_path, pos_path = read_spots_under_tissue(outs, spatial)
+    X, genes, pos, counts_path, pos_path = read_spots_under_tissue(files)
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
-    scalefactors = read_scalefactors(spatial)
+    scalefactors = read_scalefactors(files.scalefactors)
     if mpp is not None:
         mpp_value, mpp_source = float(mpp), "given"
     elif scalefactors.get("spot_diameter_fullres") is not None:
         from spafoundation.io.values import positive_number
 
-        mpp_value = SPOT_DIAMETER_UM / positive_number(scalefactors["spot_diameter_fullres"],
-                                                       spatial / "scalefactors_json.json", "spot_diameter_fullres")
+        mpp_value = SPOT_DIAMETER_UM / positive_number(scalefactors["spot_diameter_fullres"], files.scalefactors,
+                                                       "spot_diameter_fullres")
         mpp_source = f"from the {SPOT_DIAMETER_UM:.0f} um spot diameter (scalefactors_json.json)"
     else:
         cols = np.stack(
@@ -344,7 +434,7 @@ def read_visium(
 
     return spaceranger_anndata(
         X, genes, pos, xy, section=section, patient=patient,
-        image=choose_image(image, image_scale, path, spatial, scalefactors), spatial=spatial,
+        image=choose_image(image, image_scale, files, scalefactors), files=files,
         scalefactors=scalefactors, mpp=mpp_value, mpp_source=mpp_source, pos_path=pos_path,
         with_images=with_images, spot_diameter_um=SPOT_DIAMETER_UM, platform="visium",
         extra_meta={"spot_pitch_um": SPOT_PITCH_UM, "counts_path": str(counts_path)},
@@ -352,7 +442,7 @@ def read_visium(
 
 
 def spaceranger_anndata(X, genes, pos: pd.DataFrame, xy: np.ndarray, *, section: str, patient: str | None,
-                        image: tuple[Path | None, float, str], spatial: Path, scalefactors: dict, mpp: float,
+                        image: tuple[Path | None, float, str], files: SampleFiles, scalefactors: dict, mpp: float,
                         mpp_source: str, pos_path: Path, with_images: bool, spot_diameter_um: float, platform: str,
                         extra_obs: dict | None = None, extra_meta: dict | None = None) -> ad.AnnData:
     """The section AnnData of a Space Ranger run (Visium or Visium HD) from its spots under tissue: ``image``
@@ -367,7 +457,7 @@ def spaceranger_anndata(X, genes, pos: pd.DataFrame, xy: np.ndarray, *, section:
         warn_if_downscaled(section, image, mpp, image_scale, image_source)
         extra_meta = {**(extra_meta or {}), "image_scale": image_scale, "image_source": image_source}
     if with_images:
-        hires, scalef = spaceranger_hires(spatial, scalefactors) or (hires, scalef)
+        hires, scalef = spaceranger_hires(files, scalefactors) or (hires, scalef)
     obs = pd.DataFrame(
         {
             "section": section,

@@ -31,6 +31,7 @@ from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import estimate_mpp_from_pitch
 from spafoundation.io.values import positive_number
 from spafoundation.io.visium import (
+    SampleFiles,
     choose_image,
     outs_dir,
     read_scalefactors,
@@ -67,7 +68,7 @@ def _level_um(folder: Path) -> float:
     m = BIN_FOLDER.match(folder.name)
     if m:
         return float(m.group(1))
-    size = read_scalefactors(folder / "spatial").get("bin_size_um")
+    size = read_scalefactors(folder / "spatial" / "scalefactors_json.json").get("bin_size_um")
     if not size:
         raise InputError(folder / "spatial" / "scalefactors_json.json", "bin_size_um",
                          "a bin folder not named square_<N>um needs its bin size here")
@@ -143,17 +144,17 @@ def read_visium_hd(
     folder = levels[level]
     root = sample_root(folder) if path == folder else path
     section = section or (root.parent.name if root.name == "outs" else root.name)
-    spatial = folder / "spatial"
+    files = SampleFiles(root, folder, folder / "spatial")
 
-    X, genes, pos, counts_path, pos_path = read_spots_under_tissue(folder, spatial)
+    X, genes, pos, counts_path, pos_path = read_spots_under_tissue(files)
     pos = pos.assign(n_bins=1)
     if k > 1:
         X, pos = aggregate_bins(X, pos, k, level)
     spot_um = level * k
 
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
-    scalefactors = read_scalefactors(spatial)
-    scale_path = spatial / "scalefactors_json.json"
+    scalefactors = read_scalefactors(files.scalefactors)
+    scale_path = files.scalefactors
     if mpp is not None:
         mpp_value, mpp_source = float(mpp), "given"
     elif scalefactors.get("microns_per_pixel") is not None:
@@ -168,7 +169,7 @@ def read_visium_hd(
 
     return spaceranger_anndata(
         X, genes, pos, xy, section=section, patient=patient,
-        image=choose_image(image, image_scale, root, spatial, scalefactors), spatial=spatial,
+        image=choose_image(image, image_scale, files, scalefactors), files=files,
         scalefactors=scalefactors, mpp=mpp_value, mpp_source=mpp_source, pos_path=pos_path, with_images=with_images,
         spot_diameter_um=spot_um, platform="visium_hd",
         extra_obs={"n_bins": pos["n_bins"].to_numpy(dtype=np.int64)},

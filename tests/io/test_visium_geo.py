@@ -1,0 +1,93 @@
+"""Visium as GEO deposits it: every file of a sample in one folder, renamed with the sample's prefix and gzipped."""
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from spafoundation.cli import main
+from spafoundation.errors import InputError
+from spafoundation.io import detect_format, open_slide, read_dataset
+from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta
+from spafoundation.io.patches import open_section_slide
+from spafoundation.io.visium import read_visium
+from tests.io.layouts import write_visium
+
+
+def deposit(sample, geo, prefix: str, *, spatial_group: str = "", matrix_group: str = "", image: str | None = None):
+    """Copy a Space Ranger sample into the GEO folder ``geo`` as ``<prefix>[group]<name>.gz`` (the .h5 as it is)."""
+    outs = sample / "outs"
+    sources = [(p, matrix_group) for p in (outs / "filtered_feature_bc_matrix").glob("*")]
+    sources += [(outs / "filtered_feature_bc_matrix.h5", "")] if (outs / "filtered_feature_bc_matrix.h5").exists() else []
+    sources += [(p, spatial_group) for p in (outs / "spatial").glob("*")]
+    for path, group in sources:
+        if path.suffix == ".h5":
+            shutil.copy(path, geo / f"{prefix}{path.name}")
+        else:
+            (geo / f"{prefix}{group}{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    if image:
+        shutil.copy(sample / "C2_small.tif", geo / f"{prefix}{image}")
+
+
+@pytest.fixture
+def geo_folder(c2_small, tmp_path):
+    """GSE-like folder: S1 with its HDF5 matrix and full-resolution H&E; S2 with the three matrix files, spatial
+    files after ``spatial_``, no H&E (only the gzipped hires PNG), and a raw matrix beside the filtered one."""
+    s1 = write_visium(tmp_path / "sr" / "S1", c2_small)
+    s2 = write_visium(tmp_path / "sr" / "S2", c2_small, header=False, mtx=True)
+    geo = tmp_path / "GSE000_RAW"
+    geo.mkdir()
+    deposit(s1, geo, "GSM0000001_S1_", image="HE.tif")
+    deposit(s2, geo, "GSM0000002_S2.", spatial_group="spatial_", matrix_group="filtered_feature_bc_matrix_")
+    (geo / "GSM0000002_S2.raw_feature_bc_matrix_barcodes.tsv.gz").write_bytes(gzip.compress(b"NOT-A-SPOT-1\n"))
+    return geo, s1, s2
+
+
+def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
+    geo, s1, s2 = geo_folder
+    assert detect_format(geo) == "visium_geo"
+    data = read_dataset(geo)
+    assert list(data) == ["S1", "S2"]
+    for name, sample in (("S1", s1), ("S2", s2)):
+        ours, theirs = data[name], read_visium(sample)
+        np.testing.assert_array_equal(ours.X.toarray(), theirs.X.toarray())
+        assert list(ours.var_names) == list(theirs.var_names)
+        np.testing.assert_array_equal(ours.obsm["spatial"], theirs.obsm["spatial"])
+        assert [i.split("_", 1)[1] for i in ours.obs_names] == [i.split("_", 1)[1] for i in theirs.obs_names]
+        assert microns_per_pixel(ours) == pytest.approx(c2_small.mpp)
+        np.testing.assert_array_equal(spatial_meta(ours)["images"]["hires"], spatial_meta(theirs)["images"]["hires"])
+    assert image_path(data["S1"]) == str(geo / "GSM0000001_S1_HE.tif")
+    # S2 deposited no H&E: its gzipped hires PNG, unpacked once into the cache, read at tissue_hires_scalef
+    meta = spatial_meta(data["S2"])["metadata"]
+    assert meta["image_scale"] == 0.25 and meta["image_source"] == "hires, unpacked from " \
+        "GSM0000002_S2.spatial_tissue_hires_image.png.gz"
+    assert image_path(read_dataset(geo, sections=["S2"])["S2"]) == image_path(data["S2"])
+    xy = data["S2"].obsm["spatial"][::15]
+    with open_slide(image_path(data["S1"])) as full:
+        truth = np.stack([full.read_region(p, 150, 16, mpp=c2_small.mpp).mean((0, 1)) for p in xy])
+    with open_section_slide(data["S2"]) as copy:
+        ours = np.stack([copy.read_region(p, 150, 16, mpp=c2_small.mpp).mean((0, 1)) for p in xy])
+    assert np.abs(ours - truth).max() < 8
+
+
+def test_geo_folder_bad_or_partial_samples_are_one_clear_error(geo_folder, c2_small, capsys):
+    geo, _, _ = geo_folder
+    with pytest.raises(InputError, match="several samples"):
+        read_dataset(geo, image=c2_small.tiff)
+    with pytest.raises(InputError, match=r"unknown section\(s\) \['S3'\]"):
+        read_dataset(geo, sections=["S3"])
+    (geo / "GSM0000002_S2.spatial_tissue_positions_list.csv.gz").unlink()
+    with pytest.raises(InputError, match=r"sample 'GSM0000002_S2\.' has no spot positions"):
+        read_dataset(geo)
+    assert main(["info", str(geo)]) == 2
+    assert "GSE000_RAW: files: sample 'GSM0000002_S2.' has no spot positions" in capsys.readouterr().err
+    # one sample, files without a prefix: the section is the folder's name; --image is that sample's H&E
+    one = geo.parent / "one"
+    one.mkdir()
+    deposit(geo_folder[1], one, "")
+    adata = read_dataset(one, image=c2_small.tiff)["one"]
+    assert image_path(adata) == str(c2_small.tiff)
+    (one / "scalefactors_json.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(InputError, match=r"scalefactors_json\.json\.gz: scalefactors: unreadable file"):
+        read_dataset(one)
