@@ -2,6 +2,7 @@
 
 import gzip
 import shutil
+import tarfile
 
 import numpy as np
 import pytest
@@ -41,15 +42,20 @@ def geo_folder(c2_small, tmp_path):
     deposit(s1, geo, "GSM0000001_S1_", image="HE.tif")
     deposit(s2, geo, "GSM0000002_S2.", spatial_group="spatial_", matrix_group="filtered_feature_bc_matrix_")
     (geo / "GSM0000002_S2.raw_feature_bc_matrix_barcodes.tsv.gz").write_bytes(gzip.compress(b"NOT-A-SPOT-1\n"))
-    return geo, s1, s2
+    # S3: the matrix, and its spatial/ folder packed as GEO often holds it
+    s3 = write_visium(tmp_path / "sr" / "S3", c2_small)
+    shutil.copy(s3 / "outs" / "filtered_feature_bc_matrix.h5", geo / "GSM0000003_S3_filtered_feature_bc_matrix.h5")
+    with tarfile.open(geo / "GSM0000003_S3_spatial.tar.gz", "w:gz") as tar:
+        tar.add(s3 / "outs" / "spatial", arcname="spatial")
+    return geo, s1, s2, s3
 
 
 def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
-    geo, s1, s2 = geo_folder
+    geo, s1, s2, s3 = geo_folder
     assert detect_format(geo) == "visium_geo"
     data = read_dataset(geo)
-    assert list(data) == ["S1", "S2"]
-    for name, sample in (("S1", s1), ("S2", s2)):
+    assert list(data) == ["S1", "S2", "S3"]
+    for name, sample in (("S1", s1), ("S2", s2), ("S3", s3)):
         ours, theirs = data[name], read_visium(sample)
         np.testing.assert_array_equal(ours.X.toarray(), theirs.X.toarray())
         assert list(ours.var_names) == list(theirs.var_names)
@@ -63,6 +69,9 @@ def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
     assert meta["image_scale"] == 0.25 and meta["image_source"] == "hires, unpacked from " \
         "GSM0000002_S2.spatial_tissue_hires_image.png.gz"
     assert image_path(read_dataset(geo, sections=["S2"])["S2"]) == image_path(data["S2"])
+    # S3's spatial files come from its archive, unpacked once into the cache
+    s3_image = image_path(data["S3"])
+    assert "geo_spatial" in s3_image and image_path(read_dataset(geo, sections=["S3"])["S3"]) == s3_image
     xy = data["S2"].obsm["spatial"][::15]
     with open_slide(image_path(data["S1"])) as full:
         truth = np.stack([full.read_region(p, 150, 16, mpp=c2_small.mpp).mean((0, 1)) for p in xy])
@@ -72,11 +81,15 @@ def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
 
 
 def test_geo_folder_bad_or_partial_samples_are_one_clear_error(geo_folder, c2_small, capsys):
-    geo, _, _ = geo_folder
+    geo = geo_folder[0]
     with pytest.raises(InputError, match="several samples"):
         read_dataset(geo, image=c2_small.tiff)
-    with pytest.raises(InputError, match=r"unknown section\(s\) \['S3'\]"):
-        read_dataset(geo, sections=["S3"])
+    with pytest.raises(InputError, match=r"unknown section\(s\) \['S9'\]"):
+        read_dataset(geo, sections=["S9"])
+    (geo / "GSM0000003_S3_spatial.tar.gz").write_bytes(gzip.compress(b"not a tar"))
+    with pytest.raises(InputError, match=r"GSM0000003_S3_spatial\.tar\.gz: spatial: unreadable archive"):
+        read_dataset(geo)
+    (geo / "GSM0000003_S3_spatial.tar.gz").unlink()
     (geo / "GSM0000002_S2.spatial_tissue_positions_list.csv.gz").unlink()
     with pytest.raises(InputError, match=r"sample 'GSM0000002_S2\.' has no spot positions"):
         read_dataset(geo)

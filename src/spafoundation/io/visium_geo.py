@@ -7,18 +7,22 @@
     GSM5924030_ffpe_c_2_tissue_positions_list.csv.gz       spot positions (or tissue_positions.csv)
     GSM5924030_ffpe_c_2_scalefactors_json.json.gz          scale factors; spatial files may follow ``spatial_``
     GSM5924030_ffpe_c_2_tissue_hires_image.png.gz          Space Ranger's hires thumbnail (and the lowres one)
+    GSM5924030_ffpe_c_2_spatial.tar.gz                     or the spatial/ folder packed, in place of the four
     GSM5924030_ffpe_c_2_<anything>.tif|.jpg|...             the full-resolution H&E, where one was deposited
 
 A sample is a prefix with counts and positions. Its section is the prefix less its trailing separator and GEO
 accession (``GSM5924030_``): ``ffpe_c_2``; the accession where nothing else is left; the folder's name for files
 without a prefix. Files are read where they are, gzipped or not; only a gzipped PNG that becomes the section's image
-is written once, unpacked, to the cache folder (patches are read from an image file). Without a full-resolution H&E
+is written once, unpacked, to the cache folder (patches are read from an image file), as are the spatial files
+of a ``spatial.tar.gz`` (``<cache>/geo_spatial/``). Without a full-resolution H&E
 (most deposits), the image is the hires PNG read at ``tissue_hires_scalef``, as from a Space Ranger folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import tarfile
 from pathlib import Path
 
 import anndata as ad
@@ -29,11 +33,13 @@ from spafoundation.io.visium import SPACERANGER_IMAGES, SampleFiles, read_visium
 
 COUNTS = ("filtered_feature_bc_matrix.h5", "matrix.mtx")
 POSITIONS = ("tissue_positions.csv", "tissue_positions_list.csv")
+SPATIAL_NAMES = (*POSITIONS, "scalefactors_json.json", "tissue_hires_image.png", "tissue_lowres_image.png")
 SAMPLE_FILE = re.compile(
     r"^(?P<prefix>.*?)(?P<group>(?:filtered|raw)_feature_bc_matrix[._-]|spatial[._-])?"
     r"(?P<name>filtered_feature_bc_matrix\.h5|matrix\.mtx|barcodes\.tsv|features\.tsv|genes\.tsv"
     r"|tissue_positions(?:_list)?\.csv|scalefactors_json\.json|tissue_(?:hires|lowres)_image\.png)(?:\.gz)?$"
 )
+SPATIAL_TAR = re.compile(r"^(?P<prefix>.*?)spatial\.(?:tar|tar\.gz|tgz)$")
 ACCESSION = re.compile(r"^GSM\d+[._-]")
 IMAGE_SUFFIXES = PIL_SUFFIXES | TIFF_SUFFIXES | OPENSLIDE_ONLY_SUFFIXES
 
@@ -44,6 +50,8 @@ def named_files(entries: list[Path]) -> dict[str, dict[str, Path]]:
     for path in entries:
         m = SAMPLE_FILE.match(path.name)
         if m is None:
+            if tar := SPATIAL_TAR.match(path.name):
+                best[(tar["prefix"], "spatial.tar")] = (False, path)
             continue
         raw = (m["group"] or "").startswith("raw_")  # a filtered matrix file wins over the raw one
         key = (m["prefix"], m["name"])
@@ -66,12 +74,15 @@ def geo_samples(folder: Path) -> dict[str, SampleFiles]:
     samples = {}
     for prefix, files in named_files(entries).items():
         has_counts = any(n in files for n in COUNTS)
-        has_positions = any(n in files for n in POSITIONS)
-        if not (has_counts or has_positions):
+        if not has_counts and not any(n in files for n in (*POSITIONS, "spatial.tar")):
             continue
+        if has_counts and "spatial.tar" in files:
+            archive = files.pop("spatial.tar")
+            files = {**unpacked_spatial(archive), **files}  # files beside the archive win
+        has_positions = any(n in files for n in POSITIONS)
         if not (has_counts and has_positions):
-            missing = "counts (filtered_feature_bc_matrix.h5 or matrix.mtx)" if has_positions else \
-                "spot positions (tissue_positions_list.csv or tissue_positions.csv)"
+            missing = "counts (filtered_feature_bc_matrix.h5 or matrix.mtx)" if not has_counts else \
+                "spot positions (tissue_positions_list.csv or tissue_positions.csv, or a spatial.tar.gz holding one)"
             raise InputError(folder, "files", f"sample {prefix or folder.name!r} has no {missing}: "
                              f"expected {prefix}<Space Ranger file name>[.gz] beside its other files")
         images = tuple(p for p in entries if p.name.startswith(prefix) and p.suffix.lower() in IMAGE_SUFFIXES
@@ -81,6 +92,31 @@ def geo_samples(folder: Path) -> dict[str, SampleFiles]:
             raise InputError(folder, "files", f"two samples would both be section {section!r}: rename one")
         samples[section] = SampleFiles(folder, folder, folder, named=files, images=images)
     return samples
+
+
+def unpacked_spatial(archive: Path) -> dict[str, Path]:
+    """{Space Ranger name: file} of the spatial files in a sample's ``spatial.tar.gz``, unpacked once to the cache
+    folder (by their names only, whatever folder the archive keeps them in)."""
+    from spafoundation.models.cache import cache_root
+    from spafoundation.utils.atomic import atomic_path
+
+    stat = archive.stat()
+    key = f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    folder = cache_root() / "geo_spatial" / hashlib.sha256(key).hexdigest()[:24]
+    complete = folder / ".complete"
+    if not complete.exists():
+        try:
+            with tarfile.open(archive) as tar:
+                for member in tar:
+                    name = Path(member.name).name
+                    m = SAMPLE_FILE.match(name)
+                    if member.isfile() and m and not m["prefix"] and m["name"] in SPATIAL_NAMES:
+                        with atomic_path(folder / name) as tmp:
+                            tmp.write_bytes(tar.extractfile(member).read())
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise InputError(archive, "spatial", f"unreadable archive ({e})") from None
+        complete.touch()
+    return {SAMPLE_FILE.match(p.name)["name"]: p for p in sorted(folder.glob("*")) if SAMPLE_FILE.match(p.name)}
 
 
 def _thumbnail(stem: str) -> bool:
