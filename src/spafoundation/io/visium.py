@@ -383,7 +383,7 @@ def find_fullres_image(files: SampleFiles) -> Path | None:
     else:
         places = [(folder, sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes
                                   and p.stem not in SPACERANGER_IMAGES))
-                  for folder in dict.fromkeys((files.root, outs_dir(files.root), files.spatial))]
+                  for folder in dict.fromkeys((files.root, outs_dir(files.root), outs_dir(files.root) / "spatial"))]
     for folder, hits in places:
         if len(hits) > 1:
             raise InputError(folder, "image", f"{len(hits)} candidate full-resolution images "
