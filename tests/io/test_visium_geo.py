@@ -33,13 +33,15 @@ def deposit(sample, geo, prefix: str, *, spatial_group: str = "", matrix_group: 
 
 @pytest.fixture
 def geo_folder(c2_small, tmp_path):
-    """GSE-like folder: S1 with its HDF5 matrix and full-resolution H&E; S2 with the three matrix files, spatial
+    """GSE-like folder: S1 with its HDF5 matrix, full-resolution H&E and headed positions list; S2 with the three matrix files, spatial
     files after ``spatial_``, no H&E (only the gzipped hires PNG), and a raw matrix beside the filtered one."""
     s1 = write_visium(tmp_path / "sr" / "S1", c2_small)
     s2 = write_visium(tmp_path / "sr" / "S2", c2_small, header=False, mtx=True)
     geo = tmp_path / "GSE000_RAW"
     geo.mkdir()
     deposit(s1, geo, "GSM0000001_S1_", image="HE.tif")
+    # Space Ranger 2's table (with its header) under the older name, as some deposits re-save it
+    (geo / "GSM0000001_S1_tissue_positions.csv.gz").rename(geo / "GSM0000001_S1_tissue_positions_list.csv.gz")
     deposit(s2, geo, "GSM0000002_S2.", spatial_group="spatial_", matrix_group="filtered_feature_bc_matrix_")
     (geo / "GSM0000002_S2.raw_feature_bc_matrix_barcodes.tsv.gz").write_bytes(gzip.compress(b"NOT-A-SPOT-1\n"))
     # S3: the matrix, and its spatial/ folder packed as GEO often holds it

@@ -247,7 +247,9 @@ def read_positions(files: SampleFiles) -> tuple[pd.DataFrame, Path]:
         pos = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, header=header)
     except Exception as e:
         raise InputError(path, "spot coordinates", f"unreadable table ({e})") from None
-    if header is None:
+    if header is None and len(pos) and str(pos.iat[0, 0]) == "barcode":  # a list re-saved with Space Ranger 2's header
+        pos = pos.iloc[1:].set_axis(pos.iloc[0].astype(str).tolist(), axis=1).reset_index(drop=True)
+    elif header is None:
         if pos.shape[1] != len(POSITION_COLUMNS):
             raise InputError(
                 path, "spot coordinates", f"expected {len(POSITION_COLUMNS)} columns, found {pos.shape[1]}"
