@@ -44,11 +44,13 @@ def geo_folder(c2_small, tmp_path):
     (geo / "GSM0000001_S1_tissue_positions.csv.gz").rename(geo / "GSM0000001_S1_tissue_positions_list.csv.gz")
     deposit(s2, geo, "GSM0000002_S2.", spatial_group="spatial_", matrix_group="filtered_feature_bc_matrix_")
     (geo / "GSM0000002_S2.raw_feature_bc_matrix_barcodes.tsv.gz").write_bytes(gzip.compress(b"NOT-A-SPOT-1\n"))
-    # S3: the matrix, and its spatial/ folder packed as GEO often holds it
+    # S3 as 10x's public datasets download: the matrix, spatial/ packed, the H&E as <prefix>image.tif
     s3 = write_visium(tmp_path / "sr" / "S3", c2_small)
-    shutil.copy(s3 / "outs" / "filtered_feature_bc_matrix.h5", geo / "GSM0000003_S3_filtered_feature_bc_matrix.h5")
-    with tarfile.open(geo / "GSM0000003_S3_spatial.tar.gz", "w:gz") as tar:
+    prefix = "V1_Breast_Cancer_Block_A_Section_3_"
+    shutil.copy(s3 / "outs" / "filtered_feature_bc_matrix.h5", geo / f"{prefix}filtered_feature_bc_matrix.h5")
+    with tarfile.open(geo / f"{prefix}spatial.tar.gz", "w:gz") as tar:
         tar.add(s3 / "outs" / "spatial", arcname="spatial")
+    shutil.copy(s3 / "C2_small.tif", geo / f"{prefix}image.tif")
     return geo, s1, s2, s3
 
 
@@ -56,13 +58,15 @@ def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
     geo, s1, s2, s3 = geo_folder
     assert detect_format(geo) == "visium_geo"
     data = read_dataset(geo)
-    assert list(data) == ["S1", "S2", "S3"]
-    for name, sample in (("S1", s1), ("S2", s2), ("S3", s3)):
+    s3_name = "V1_Breast_Cancer_Block_A_Section_3"
+    assert list(data) == ["S1", "S2", s3_name]
+    for name, sample in (("S1", s1), ("S2", s2), (s3_name, s3)):
         ours, theirs = data[name], read_visium(sample)
         np.testing.assert_array_equal(ours.X.toarray(), theirs.X.toarray())
         assert list(ours.var_names) == list(theirs.var_names)
         np.testing.assert_array_equal(ours.obsm["spatial"], theirs.obsm["spatial"])
-        assert [i.split("_", 1)[1] for i in ours.obs_names] == [i.split("_", 1)[1] for i in theirs.obs_names]
+        assert [i.removeprefix(f"{name}_") for i in ours.obs_names] == \
+            [i.removeprefix(f"{sample.name}_") for i in theirs.obs_names]
         assert microns_per_pixel(ours) == pytest.approx(c2_small.mpp)
         np.testing.assert_array_equal(spatial_meta(ours)["images"]["hires"], spatial_meta(theirs)["images"]["hires"])
     assert image_path(data["S1"]) == str(geo / "GSM0000001_S1_HE.tif")
@@ -71,9 +75,7 @@ def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
     assert meta["image_scale"] == 0.25 and meta["image_source"] == "hires, unpacked from " \
         "GSM0000002_S2.spatial_tissue_hires_image.png.gz"
     assert image_path(read_dataset(geo, sections=["S2"])["S2"]) == image_path(data["S2"])
-    # S3's spatial files come from its archive, unpacked once into the cache
-    s3_image = image_path(data["S3"])
-    assert "geo_spatial" in s3_image and image_path(read_dataset(geo, sections=["S3"])["S3"]) == s3_image
+    assert image_path(data[s3_name]) == str(geo / f"{s3_name}_image.tif")
     xy = data["S2"].obsm["spatial"][::15]
     with open_slide(image_path(data["S1"])) as full:
         truth = np.stack([full.read_region(p, 150, 16, mpp=c2_small.mpp).mean((0, 1)) for p in xy])
@@ -88,10 +90,11 @@ def test_geo_folder_bad_or_partial_samples_are_one_clear_error(geo_folder, c2_sm
         read_dataset(geo, image=c2_small.tiff)
     with pytest.raises(InputError, match=r"unknown section\(s\) \['S9'\]"):
         read_dataset(geo, sections=["S9"])
-    (geo / "GSM0000003_S3_spatial.tar.gz").write_bytes(gzip.compress(b"not a tar"))
-    with pytest.raises(InputError, match=r"GSM0000003_S3_spatial\.tar\.gz: spatial: unreadable archive"):
+    archive = geo / "V1_Breast_Cancer_Block_A_Section_3_spatial.tar.gz"
+    archive.write_bytes(gzip.compress(b"not a tar"))
+    with pytest.raises(InputError, match=r"Section_3_spatial\.tar\.gz: spatial: unreadable archive"):
         read_dataset(geo)
-    (geo / "GSM0000003_S3_spatial.tar.gz").unlink()
+    archive.unlink()
     (geo / "GSM0000002_S2.spatial_tissue_positions_list.csv.gz").unlink()
     with pytest.raises(InputError, match=r"sample 'GSM0000002_S2\.' has no spot positions"):
         read_dataset(geo)

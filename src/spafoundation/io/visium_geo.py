@@ -1,4 +1,6 @@
-"""10x Visium as GEO deposits it: one folder of flat files, each sample's named ``<prefix><Space Ranger name>[.gz]``.
+"""10x Visium as GEO deposits it, and as 10x's public datasets download (``<name>_filtered_feature_bc_matrix.h5``,
+``<name>_spatial.tar.gz``, ``<name>_image.tif``): one folder of flat files, each sample's named
+``<prefix><Space Ranger name>[.gz]``.
 
     GSM5924030_ffpe_c_2_filtered_feature_bc_matrix.h5      counts, or the three files
     GSM5924030_ffpe_c_2_matrix.mtx.gz                        of the matrix folder (barcodes.tsv, features.tsv or
