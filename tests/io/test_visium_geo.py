@@ -17,7 +17,8 @@ from tests.io.layouts import write_visium
 
 
 def deposit(sample, geo, prefix: str, *, spatial_group: str = "", matrix_group: str = "", image: str | None = None):
-    """Copy a Space Ranger sample into the GEO folder ``geo`` as ``<prefix>[group]<name>.gz`` (the .h5 as it is)."""
+    """Copy a Space Ranger sample into the GEO folder ``geo`` as ``<prefix>[group]<name>.gz`` (the .h5 as it is),
+    with its H&E gzipped as ``<prefix><image>``."""
     outs = sample / "outs"
     sources = [(p, matrix_group) for p in (outs / "filtered_feature_bc_matrix").glob("*")]
     sources += [(outs / "filtered_feature_bc_matrix.h5", "")] if (outs / "filtered_feature_bc_matrix.h5").exists() else []
@@ -28,18 +29,18 @@ def deposit(sample, geo, prefix: str, *, spatial_group: str = "", matrix_group: 
         else:
             (geo / f"{prefix}{group}{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
     if image:
-        shutil.copy(sample / "C2_small.tif", geo / f"{prefix}{image}")
+        (geo / f"{prefix}{image}").write_bytes(gzip.compress((sample / "C2_small.tif").read_bytes()))
 
 
 @pytest.fixture
 def geo_folder(c2_small, tmp_path):
-    """GSE-like folder: S1 with its HDF5 matrix, full-resolution H&E and headed positions list; S2 with the three matrix files, spatial
+    """GSE-like folder: S1 with its HDF5 matrix, gzipped full-resolution H&E and headed positions list; S2 with the three matrix files, spatial
     files after ``spatial_``, no H&E (only the gzipped hires PNG), and a raw matrix beside the filtered one."""
     s1 = write_visium(tmp_path / "sr" / "S1", c2_small)
     s2 = write_visium(tmp_path / "sr" / "S2", c2_small, header=False, mtx=True)
     geo = tmp_path / "GSE000_RAW"
     geo.mkdir()
-    deposit(s1, geo, "GSM0000001_S1_", image="HE.tif")
+    deposit(s1, geo, "GSM0000001_S1_", image="HE.tif.gz")
     # Space Ranger 2's table (with its header) under the older name, as some deposits re-save it
     (geo / "GSM0000001_S1_tissue_positions.csv.gz").rename(geo / "GSM0000001_S1_tissue_positions_list.csv.gz")
     deposit(s2, geo, "GSM0000002_S2.", spatial_group="spatial_", matrix_group="filtered_feature_bc_matrix_")
@@ -69,7 +70,10 @@ def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
             [i.removeprefix(f"{sample.name}_") for i in theirs.obs_names]
         assert microns_per_pixel(ours) == pytest.approx(c2_small.mpp)
         np.testing.assert_array_equal(spatial_meta(ours)["images"]["hires"], spatial_meta(theirs)["images"]["hires"])
-    assert image_path(data["S1"]) == str(geo / "GSM0000001_S1_HE.tif")
+    # S1's gzipped H&E is unpacked once into the cache, and read from there
+    assert image_path(data["S1"]).endswith("GSM0000001_S1_HE.tif") and "unpacked" in image_path(data["S1"])
+    assert spatial_meta(data["S1"])["metadata"]["image_source"] == "sample folder, unpacked from " \
+        "GSM0000001_S1_HE.tif.gz"
     # S2 deposited no H&E: its gzipped hires PNG, unpacked once into the cache, read at tissue_hires_scalef
     meta = spatial_meta(data["S2"])["metadata"]
     assert meta["image_scale"] == 0.25 and meta["image_source"] == "hires, unpacked from " \

@@ -43,11 +43,11 @@ def uns_image(lib: dict, section: str, where) -> tuple[Path, float, str] | None:
             raise InputError(where, f"{field}['images']['{key}']", f"expected an (h, w[, channels]) image, got "
                              f"shape {pixels.shape}")
         rgb = to_rgb8(pixels, where)
-        return cached_png(rgb), scale, f"{field}['images']['{key}']"
+        return _png(rgb), scale, f"{field}['images']['{key}']"
     return None
 
 
-def cached_png(rgb: np.ndarray) -> Path:
+def _png(rgb: np.ndarray) -> Path:
     """The PNG of ``rgb`` in the cache folder, written once (by a temporary name, then renamed)."""
     from spafoundation.models.cache import cache_root
     from spafoundation.utils.atomic import atomic_path

@@ -45,6 +45,7 @@ from spafoundation.io.anndata_spec import (
 )
 from spafoundation.io.downscaled import SPACERANGER_SCALEFACTORS, check_scale, warn_if_downscaled
 from spafoundation.io.slide import OPENSLIDE_ONLY_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES
+from spafoundation.io.unpack import gunzipped
 
 SPOT_DIAMETER_UM = 55.0
 SPOT_PITCH_UM = 100.0
@@ -325,18 +326,8 @@ def spaceranger_hires(files: SampleFiles, scalefactors: dict) -> tuple[np.ndarra
     return read_png(png, "hires image"), float(scalefactors["tissue_hires_scalef"])
 
 
-def readable_image(path: Path) -> Path:
-    """``path``, or for a gzipped PNG (GEO's ``tissue_hires_image.png.gz``) its PNG, written once to the cache
-    folder: patches are read from an image file."""
-    if path.suffix != ".gz":
-        return path
-    from spafoundation.io.uns_image import cached_png
-
-    return cached_png(read_png(path, "image"))
-
-
 def unpacked(path: Path) -> str:
-    """How a source is named where its image is the cache's unpacked copy of a gzipped file."""
+    """How a source is named where its image is the cache's unpacked copy of a gzipped file (io/unpack.py)."""
     return f", unpacked from {path.name}" if path.suffix == ".gz" else ""
 
 
@@ -361,16 +352,16 @@ def choose_image(given, image_scale: float | None, files: SampleFiles,
             return given, check_scale(image_scale, given, "image_scale"), "given"
         recorded = recorded_scale(given, files, scalefactors)
         source = "given" if recorded is None else "given, scalefactors_json.json"
-        return readable_image(given), recorded or 1.0, source + unpacked(given)
+        return gunzipped(given, "image"), recorded or 1.0, source + unpacked(given)
     if image_scale is not None:
         raise InputError(files.root, "image_scale", "--image-scale is the scale of the image given with --image")
     found = find_fullres_image(files)
     if found is not None:
-        return found, 1.0, "sample folder"
+        return gunzipped(found, "image"), 1.0, "sample folder" + unpacked(found)
     hires = files.spatial_file("tissue_hires_image.png")
     if hires.exists() and scalefactors.get("tissue_hires_scalef") is not None:
         scale = check_scale(scalefactors["tissue_hires_scalef"], files.scalefactors, "tissue_hires_scalef")
-        return readable_image(hires), scale, "hires" + unpacked(hires)
+        return gunzipped(hires, "image"), scale, "hires" + unpacked(hires)
     return None, 1.0, ""
 
 

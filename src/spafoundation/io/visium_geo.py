@@ -14,23 +14,22 @@
 
 A sample is a prefix with counts and positions. Its section is the prefix less its trailing separator and GEO
 accession (``GSM5924030_``): ``ffpe_c_2``; the accession where nothing else is left; the folder's name for files
-without a prefix. Files are read where they are, gzipped or not; only a gzipped PNG that becomes the section's image
-is written once, unpacked, to the cache folder (patches are read from an image file), as are the spatial files
-of a ``spatial.tar.gz`` (``<cache>/geo_spatial/``). Without a full-resolution H&E
-(most deposits), the image is the hires PNG read at ``tissue_hires_scalef``, as from a Space Ranger folder.
+without a prefix. Files are read where they are, gzipped or not, except a gzipped image that becomes the section's
+(patches are read from an image file by region) and the spatial files of a ``spatial.tar.gz``: those are unpacked
+once to the cache folder (io/unpack.py). Without a full-resolution H&E (most deposits), the image is the hires PNG
+read at ``tissue_hires_scalef``, as from a Space Ranger folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import tarfile
 from pathlib import Path
 
 import anndata as ad
 
 from spafoundation.errors import InputError
 from spafoundation.io.slide import OPENSLIDE_ONLY_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES
+from spafoundation.io.unpack import untarred
 from spafoundation.io.visium import SPACERANGER_IMAGES, SampleFiles, read_visium
 
 COUNTS = ("filtered_feature_bc_matrix.h5", "matrix.mtx")
@@ -87,8 +86,9 @@ def geo_samples(folder: Path) -> dict[str, SampleFiles]:
                 "spot positions (tissue_positions_list.csv or tissue_positions.csv, or a spatial.tar.gz holding one)"
             raise InputError(folder, "files", f"sample {prefix or folder.name!r} has no {missing}: "
                              f"expected {prefix}<Space Ranger file name>[.gz] beside its other files")
-        images = tuple(p for p in entries if p.name.startswith(prefix) and p.suffix.lower() in IMAGE_SUFFIXES
-                       and not SAMPLE_FILE.match(p.name) and not _thumbnail(p.stem[len(prefix):]))
+        images = tuple(p for p in entries if p.name.startswith(prefix) and not SAMPLE_FILE.match(p.name)
+                       and Path(_ungzipped_name(p)).suffix.lower() in IMAGE_SUFFIXES
+                       and not _thumbnail(Path(_ungzipped_name(p)[len(prefix):]).stem))
         section = section_name(prefix, folder)
         if section in samples:
             raise InputError(folder, "files", f"two samples would both be section {section!r}: rename one")
@@ -98,27 +98,16 @@ def geo_samples(folder: Path) -> dict[str, SampleFiles]:
 
 def unpacked_spatial(archive: Path) -> dict[str, Path]:
     """{Space Ranger name: file} of the spatial files in a sample's ``spatial.tar.gz``, unpacked once to the cache
-    folder (by their names only, whatever folder the archive keeps them in)."""
-    from spafoundation.models.cache import cache_root
-    from spafoundation.utils.atomic import atomic_path
+    folder (io/unpack.py)."""
+    def spatial(name: str) -> bool:
+        m = SAMPLE_FILE.match(name)
+        return bool(m) and not m["prefix"] and m["name"] in SPATIAL_NAMES
 
-    stat = archive.stat()
-    key = f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-    folder = cache_root() / "geo_spatial" / hashlib.sha256(key).hexdigest()[:24]
-    complete = folder / ".complete"
-    if not complete.exists():
-        try:
-            with tarfile.open(archive) as tar:
-                for member in tar:
-                    name = Path(member.name).name
-                    m = SAMPLE_FILE.match(name)
-                    if member.isfile() and m and not m["prefix"] and m["name"] in SPATIAL_NAMES:
-                        with atomic_path(folder / name) as tmp:
-                            tmp.write_bytes(tar.extractfile(member).read())
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise InputError(archive, "spatial", f"unreadable archive ({e})") from None
-        complete.touch()
-    return {SAMPLE_FILE.match(p.name)["name"]: p for p in sorted(folder.glob("*")) if SAMPLE_FILE.match(p.name)}
+    return {SAMPLE_FILE.match(p.name)["name"]: p for p in untarred(archive, spatial, "spatial")}
+
+
+def _ungzipped_name(path: Path) -> str:
+    return path.name[:-3] if path.name.endswith(".gz") else path.name
 
 
 def _thumbnail(stem: str) -> bool:
