@@ -3,9 +3,10 @@
 - ``spafoundation --help``: a fresh process building the whole parser, against a fresh process importing the
   numerical stack that the commands import where they run (torch, anndata): what --help cost when the parser
   imported it.
-- HER2ST's 36 legacy ST count tables (13,620 spots x ~15,500 genes): read with the integer parser whole-number
-  tables take (``io/legacy_st._whole_counts``), against numpy's float parser that reads every other table, in the
-  same run, on the same bytes, with the values checked equal.
+- Reading HER2ST without images: its 6 imaged sections only (``imaged_only``) against all 36.
+- Patches from a TIFF written as one compressed strip (C2's H&E re-saved so; what some microscope software and
+  image editors write): the level decoded once and kept (``io/slide.TiffSlide``, ``WHOLE_CHUNK_PX``), against
+  decoding the strip again for every region (what every read did before), on the same spots, patches checked equal.
 
 Run: .venv/bin/python bench/read_speed.py [--data ../shared/data/her2st] [--repeats 3]
 Writes its table into BENCHMARKS.md (section ``read_speed``).
@@ -14,8 +15,6 @@ Writes its table into BENCHMARKS.md (section ``read_speed``).
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import statistics
 import subprocess
 import sys
@@ -23,10 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import update_section
-from spafoundation.io.legacy_st import read_counts_table
+from spafoundation.io import slide as slide_module
+from spafoundation.io.anndata_spec import image_path, microns_per_pixel
 from spafoundation.io.readers import read_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +49,31 @@ def fresh_process_seconds(code: str, repeats: int) -> float:
                           repeats)[0]
 
 
-def float_parser(path: Path) -> np.ndarray:
-    """The float path of ``read_counts_table`` on its own: the same split, then numpy's float parser."""
-    with gzip.open(path, "rb") as fh:
-        lines = fh.read().rstrip(b"\n").replace(b"\r", b"").split(b"\n")
-    rows = [line.split(b"\t", 1)[1] for line in lines[1:] if line]
-    return np.loadtxt(io.BytesIO(b"\n".join(rows)), delimiter="\t", dtype=np.float64, ndmin=2)
+def one_strip_tiff_seconds(data: str, repeats: int, n_spots: int = 20) -> tuple[float, float, int]:
+    """(s per patch decoding the level once, s per patch decoding the strip per region, megapixels) on C2."""
+    import tempfile
+
+    c2 = read_dataset(data, sections=["C2"], with_images=False)["C2"]
+    Image.MAX_IMAGE_PIXELS = None
+    rgb = np.asarray(Image.open(image_path(c2)).convert("RGB"))
+    xy, mpp = c2.obsm["spatial"][:n_spots], microns_per_pixel(c2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "one_strip.tif"
+        tifffile.imwrite(path, rgb, photometric="rgb", compression="zlib", rowsperstrip=rgb.shape[0])
+
+        def patches():
+            slide_module._DECODED.clear()
+            with slide_module.open_slide(path, mpp=mpp) as slide:
+                return np.stack([slide.read_region(p, 100, 224) for p in xy])
+
+        once_s, once = median_seconds(patches, repeats)
+        default, slide_module.WHOLE_CHUNK_PX = slide_module.WHOLE_CHUNK_PX, 1 << 62
+        try:
+            each_s, each = median_seconds(patches, repeats)
+        finally:
+            slide_module.WHOLE_CHUNK_PX = default
+    assert np.array_equal(once, each)
+    return once_s / n_spots, each_s / n_spots, rgb.shape[0] * rgb.shape[1] / 1e6
 
 
 def main() -> None:
@@ -60,31 +81,12 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "her2st"))
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    tables = sorted((Path(args.data) / "ST-cnts").glob("*.tsv.gz"))
-    if not tables:
+    if not (Path(args.data) / "ST-cnts").is_dir():
         sys.exit(f"no count tables under {args.data}/ST-cnts")
 
     help_s = fresh_process_seconds("from spafoundation.cli import build_parser; build_parser()", args.repeats)
     stack_s = fresh_process_seconds("import torch, anndata, spafoundation.io", args.repeats)
     print(f"--help parser {help_s:.2f} s; importing torch + anndata + spafoundation.io {stack_s:.2f} s")
-
-    ours, theirs, spots = [], [], 0
-    for _ in range(args.repeats):
-        t_ours = t_float = 0.0
-        for path in tables:
-            t0 = time.perf_counter()
-            _, _, values = read_counts_table(path)
-            t1 = time.perf_counter()
-            reference = float_parser(path)
-            t_float += time.perf_counter() - t1
-            t_ours += t1 - t0
-            assert np.array_equal(values, reference), path
-            spots += len(values)
-        ours.append(t_ours)
-        theirs.append(t_float)
-    ours_s, float_s = statistics.median(ours), statistics.median(theirs)
-    print(f"{len(tables)} count tables: {ours_s:.1f} s (read_counts_table) vs {float_s:.1f} s (float parser): "
-          f"{float_s / ours_s:.2f}x")
 
     def dataset_seconds(**options) -> tuple[float, int]:
         return median_seconds(lambda: len(read_dataset(args.data, with_images=False, **options)), args.repeats)
@@ -93,23 +95,28 @@ def main() -> None:
     all_s, n_all = dataset_seconds()
     print(f"read_dataset: {n_imaged} imaged sections {imaged_s:.1f} s, all {n_all} sections {all_s:.1f} s")
 
+    strip_once, strip_each, strip_mpx = one_strip_tiff_seconds(args.data, args.repeats)
+    print(f"one-strip TIFF ({strip_mpx:.0f} Mpx): {strip_once:.3f} s per patch decoded once, {strip_each:.3f} s "
+          f"decoding per region: {strip_each / strip_once:.1f}x")
+
     body = f"""## Start-up and reading
 
 What a user waits for before any model runs, on this machine (2 cores), each the median of {args.repeats} runs in one
 run of the script. `--help`: a fresh Python process building the whole command-line parser, against one importing
-the numerical stack the commands load where they run (the parser imported it until stop 35). Count tables: the
-{len(tables)} HER2ST legacy ST tables ({spots // args.repeats} spots x ~15,500 genes), `read_counts_table` (whole numbers
-parsed as integers) against the float parser alone on the same bytes (which every table went through before), values
-checked equal. Reading the dataset: `read_dataset(..., with_images=False)` of the sections with an H&E image only
-(`imaged_only=True`, what the commands that need an image read without `--sections`: the others' count tables are
-never opened) against all of them.
+the numerical stack the commands load where they run (the parser imported it until stop 35). Reading the dataset:
+`read_dataset(..., with_images=False)` of the sections with an H&E image only (`imaged_only=True`, what the commands
+that need an image read without `--sections`: the others' count tables are never opened) against all of them.
+One-strip TIFF: C2's H&E ({strip_mpx:.0f} Mpx) re-saved as a TIFF of one zlib strip, 20 spot patches (100 um,
+224 px) read through `open_slide`, the whole level decoded once and kept against the strip decoded again for each
+region, the time per patch including the one decode (so it falls with more spots), patches checked equal.
 
 | what | ours | baseline | speed-up |
 |---|---|---|---|
 | `spafoundation --help` (parser, fresh process) | {help_s:.2f} s | {stack_s:.2f} s (torch + anndata + readers) | **{stack_s / help_s:.1f}x** |
-| {len(tables)} count tables | {ours_s:.1f} s | {float_s:.1f} s (float parser) | **{float_s / ours_s:.2f}x** |
 | HER2ST's {n_imaged} imaged sections (`imaged_only`) | {imaged_s:.1f} s | {all_s:.1f} s (all {n_all} sections) | \
 **{all_s / imaged_s:.1f}x** |
+| a patch from a one-strip compressed TIFF | {strip_once:.3f} s | {strip_each:.3f} s (the strip decoded per region) | \
+**{strip_each / strip_once:.1f}x** |
 
 Reproduce: `.venv/bin/python bench/read_speed.py`"""
     update_section("read_speed", body)

@@ -98,8 +98,8 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um:
     ``image_scale``: image px per full-resolution px of ``image`` when it is a downscaled copy (io/downscaled.py);
     a Space Ranger sample without a full-resolution H&E is read from its hires PNG without it. ``imaged_only``: the
     sections without an H&E image are left out, and named in one log line; the folder layouts that keep counts and
-    images apart (legacy ST, ST Pipeline) skip their count tables unread (HER2ST: 3 s for its 6 imaged sections
-    against 17 s for all 36).
+    images apart (legacy ST, ST Pipeline) skip their count tables unread (HER2ST: 2 s for its 6 imaged sections
+    against 13 s for all 36, bench/read_speed.py).
 
     Section ids name output files (``<section>_maps.png``), so one that is not a plain file name is refused here,
     before any work."""

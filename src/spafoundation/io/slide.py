@@ -136,9 +136,10 @@ class _DecodedImages:
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes, self._items, self._lock = max_bytes, {}, threading.Lock()
 
-    def get(self, path: Path, decode) -> np.ndarray:
+    def get(self, path: Path, decode, part: int = 0) -> np.ndarray:
+        """The decoded image (``part``: which one of the file, e.g. a TIFF's pyramid level)."""
         st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, part)
         with self._lock:
             arr = self._items.pop(key, None)
             if arr is not None:
@@ -224,6 +225,7 @@ class PILSlide(Slide):
         self._array = None
 
 
+WHOLE_CHUNK_PX = 1 << 24  # a TIFF strip or tile of this many pixels or more: its level is decoded once, whole
 MPP_PLAUSIBLE = (0.05, 20.0)  # um/px: from a 100x objective to a coarse overview scan
 
 
@@ -323,6 +325,9 @@ class TiffSlide(Slide):
 
     def _read_level(self, level, x, y, w, h):
         arr = self._arrays[level]
+        if np.prod([c for c, a in zip(arr.chunks, self._axes) if a in "YX"]) >= WHOLE_CHUNK_PX:
+            # one strip (or tile) holds most of the level: each region would decode all of it again
+            return _DECODED.get(self.path, lambda: self._decode(level), part=level)[y : y + h, x : x + w]
         index = []
         for a in self._axes:
             index.append(slice(y, y + h) if a == "Y" else slice(x, x + w) if a == "X" else slice(None))
@@ -330,11 +335,25 @@ class TiffSlide(Slide):
             region = np.asarray(arr[tuple(index)])
         except Exception as e:
             raise InputError(self.path, "image", f"truncated or unreadable TIFF region ({e})") from None
-        axes = [a for a in self._axes]
-        # Move to (Y, X, S) and drop any other singleton axes.
+        return self._rgb(region, h, w)
+
+    def _rgb(self, pixels: np.ndarray, h: int, w: int) -> np.ndarray:
+        """(h, w, 3) uint8 from the file's axes: moved to (Y, X, S), any other singleton axes dropped."""
+        axes = self._axes
         order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
-        region = np.transpose(region, order).reshape(h, w, -1)
-        return to_rgb8(region, self.path)
+        return to_rgb8(np.transpose(pixels, order).reshape(h, w, -1), self.path)
+
+    def _decode(self, level: int) -> np.ndarray:
+        lh, lw = self.level_shapes[level]
+        check_decodable(lw, lh, self.path)
+        try:
+            pixels = np.asarray(self._arrays[level][...])
+        except MemoryError:
+            raise InputError(self.path, "image", f"{lw} x {lh} px do not fit in memory once decoded: save it as a "
+                             "tiled TIFF") from None
+        except Exception as e:
+            raise InputError(self.path, "image", f"truncated or unreadable TIFF ({e})") from None
+        return self._rgb(pixels, lh, lw)
 
     def close(self) -> None:
         self._tif.close()
