@@ -105,6 +105,13 @@ def unreadable_image(root, c):
     return root, "noise.tif", "image"
 
 
+def scanner_file_to_convert(root, c):
+    root.mkdir(parents=True)
+    (root / "scan.czi").write_bytes(b"ZISRAWFILE" + bytes(64))
+    write_manifest(root, c, section={"image": "scan.czi"})
+    return root, "scan.czi", "image"
+
+
 def unknown_pixel_size(root, c):
     write_manifest(root, c, section={"mpp": None})
     return root, "spafoundation.yaml", "mpp"
@@ -332,6 +339,7 @@ CASES = [
     truncated_tiff,
     truncated_jpeg,
     unreadable_image,
+    scanner_file_to_convert,
     unknown_pixel_size,
     manifest_section_without_id,
     manifest_misspelt_key,
@@ -374,6 +382,12 @@ def test_bad_input_is_named_input_error_and_exit_2(make, c2_small, tmp_path, cap
     assert main(["info", str(path)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spafoundation: error:") and file_part in err[0]
+
+
+def test_scanner_file_says_how_to_convert_it(c2_small, tmp_path):
+    path, _, _ = scanner_file_to_convert(tmp_path / "data", c2_small)
+    with pytest.raises(InputError, match=r"Zeiss '\.czi' file is not read directly: convert it to OME-TIFF \(bfconvert"):
+        read_dataset(path, with_images=False)
 
 
 def test_symlink_loop_says_so(tmp_path, capsys):

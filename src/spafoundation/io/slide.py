@@ -20,8 +20,10 @@ from spafoundation.errors import InputError
 from spafoundation.io.pixels import check_decodable, oriented_size, pil_to_rgb8, to_rgb8
 
 PIL_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
-TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".ndpi", ".scn", ".bif"}
-OPENSLIDE_ONLY_SUFFIXES = {".mrxs", ".vms", ".vmu"}
+TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".ndpi", ".scn", ".bif", ".qptiff"}
+OPENSLIDE_ONLY_SUFFIXES = {".mrxs", ".vms", ".vmu", ".dcm"}
+# scanner formats neither tifffile nor openslide reads: Bio-Formats converts each to a pyramidal OME-TIFF
+CONVERT_FIRST = {".czi": "Zeiss", ".vsi": "Olympus/Evident", ".lif": "Leica", ".nd2": "Nikon", ".ims": "Imaris"}
 BACKGROUND = 255
 THUMB_BAND_PIXELS = 1 << 25  # level pixels decoded at once while building a thumbnail (~100 MB of RGB)
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -414,6 +416,10 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str =
         return PILSlide(path, mpp)
     if backend == "tifffile" or (backend == "auto" and suffix in TIFF_SUFFIXES):
         return TiffSlide(path, mpp)
+    if suffix in CONVERT_FIRST:
+        raise InputError(path, "image", f"a {CONVERT_FIRST[suffix]} '{suffix}' file is not read directly: convert it "
+                         f"to OME-TIFF (bfconvert -noflat -pyramid-resolutions 4 -pyramid-scale 2 "
+                         f"{path.name} {path.stem}.ome.tif) and give that; the scan is its largest image")
     raise InputError(
         path, "image", f"unsupported image format '{suffix}' (supported: jpg, png, tif, svs, ndpi, ...)"
     )
