@@ -498,3 +498,42 @@ def test_a_spatialdata_object_is_read_through_its_store(c2_small, tmp_path):
     back.images["extra"] = back.images["V1_full_image"]
     with pytest.raises(InputError, match=r"1 element\(s\) of the SpatialData object are not in its store: images/extra"):
         sf.read(back)
+
+
+@needs_extra
+def test_results_go_back_onto_the_spots_of_the_spatialdata_object(c2_small, tmp_path):
+    """sf.io.add_to_spatialdata: predictions become a table on the store's own shapes, spot annotations columns of
+    the table the counts came from, each on the right shape although the table's rows are not in the shapes' order;
+    written, the store still reads as the same dataset."""
+    import spatialdata as sd
+
+    import spafoundation as sf
+
+    sdata = spaceranger_store(c2_small, tmp_path, "V1")
+    table = sdata.tables["table"]
+    sdata.tables["table"] = table[np.random.default_rng(0).permutation(table.n_obs)].copy()
+    sdata.write(tmp_path / "V1.zarr")
+    sdata = sd.read_zarr(tmp_path / "V1.zarr")
+    section = sf.read(sdata)["V1"]
+    genes = list(section.var_names[:3])
+    pred = ad.AnnData(section[:, genes].X.toarray().astype(np.float32) * 2, obs=section.obs.copy(),
+                      var=pd.DataFrame(index=genes), uns={"spatial": dict(section.uns["spatial"])})
+    section.obs["tumor_probability"] = np.linspace(0, 1, section.n_obs)
+    section.obs["spatial_domain"] = pd.Categorical(np.where(np.arange(section.n_obs) % 3, "a", "b"))
+    assert sf.io.add_to_spatialdata(sdata, expression={"V1": pred}, spots=section) == ["V1_expression", "table"]
+    counts = sd.get_values(value_key=genes, sdata=sdata, element_name="V1", table_name="table")
+    predicted = sd.get_values(value_key=genes, sdata=sdata, element_name="V1", table_name="V1_expression")
+    np.testing.assert_array_equal(predicted.loc[counts.index].to_numpy(), 2 * counts.to_numpy())
+    shape_of = pd.Series(np.asarray(section.obs["tumor_probability"]), index=section.obs["spatialdata_instance"])
+    annotated = sd.get_values(value_key="tumor_probability", sdata=sdata, element_name="V1", table_name="table")
+    np.testing.assert_array_equal(annotated["tumor_probability"].to_numpy(), shape_of.loc[annotated.index].to_numpy())
+    with pytest.raises(InputError, match="overwrite=True"):
+        sf.io.add_to_spatialdata(sdata, expression=pred)
+    sdata.write_element("V1_expression")
+    again = sf.read(sd.read_zarr(tmp_path / "V1.zarr"))["V1"]
+    np.testing.assert_array_equal(again.X.toarray(), section.X.toarray())
+    # results of sections not read from this object have no shapes to go on
+    other = read_dataset(write_manifest(tmp_path / "m", c2_small))["S1"]
+    other.obs["tumor_probability"] = 0.5
+    with pytest.raises(InputError, match="not read from a SpatialData store"):
+        sf.io.add_to_spatialdata(sdata, spots=other)

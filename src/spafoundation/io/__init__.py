@@ -4,10 +4,11 @@ from spafoundation.io.anndata_spec import library_id, microns_per_pixel, spot_di
 from spafoundation.io.patches import PatchDataset, extract_patches, tissue_fraction
 from spafoundation.io.readers import detect_format, read_dataset
 from spafoundation.io.slide import open_slide
-from spafoundation.io.spatialdata_write import write_spatialdata
+from spafoundation.io.spatialdata_write import add_to_spatialdata, write_spatialdata
 
 __all__ = [
     "PatchDataset",
+    "add_to_spatialdata",
     "detect_format",
     "extract_patches",
     "library_id",

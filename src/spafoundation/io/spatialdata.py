@@ -44,6 +44,7 @@ ELEMENT_KINDS = ("images", "labels", "points", "shapes", "tables")
 HD_BINS = re.compile(r"_?square_(\d+)um$")
 # tables spafoundation writes beside the spots' (io/spatialdata_write.py); only "spots" holds a section's counts
 TABLE_KIND_KEY = "spafoundation_table"
+INSTANCE_COLUMN = "spatialdata_instance"  # obs: the instance id of the spot's shape in the store it was read from
 
 
 def require_spatialdata(path=None, field: str = "data"):
@@ -315,6 +316,8 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
         bin_um = diameter_px * mpp_px
         counts, obs, xy, ids = _sum_bins(counts, obs, xy, k, bin_um, path, table_name)
         diameter_px *= k
+    if k == 1:  # which shape each spot is: results go back onto it (io/spatialdata_write.add_to_spatialdata)
+        obs[INSTANCE_COLUMN] = shapes.index[where].to_numpy()
     obs["section"] = section
     if "patient" not in obs:
         obs["patient"] = section

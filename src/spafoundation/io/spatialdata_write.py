@@ -30,8 +30,14 @@ import numpy as np
 import pandas as pd
 
 from spafoundation.errors import InputError
-from spafoundation.io.anndata_spec import image_path, library_id, microns_per_pixel, spot_diameter_fullres
-from spafoundation.io.spatialdata import TABLE_KIND_KEY, quiet_ome_zarr, require_spatialdata
+from spafoundation.io.anndata_spec import (
+    image_path,
+    library_id,
+    microns_per_pixel,
+    spatial_meta,
+    spot_diameter_fullres,
+)
+from spafoundation.io.spatialdata import INSTANCE_COLUMN, TABLE_KIND_KEY, quiet_ome_zarr, require_spatialdata
 from spafoundation.utils.atomic import atomic_dir
 
 CHUNK_PX = 1024
@@ -80,13 +86,14 @@ def _image_element(path: str, cs: str, chunk_px: int):
                               transformations={cs: Identity()})
 
 
-def _table(adata: ad.AnnData, region: str, kind: str) -> ad.AnnData:
-    """``adata`` as a SpatialData table annotating ``region`` row by row (instance ``i`` = shape ``i``)."""
+def _table(adata: ad.AnnData, region: str, kind: str, instances: np.ndarray | None = None) -> ad.AnnData:
+    """``adata`` as a SpatialData table annotating ``region`` row by row: row ``i`` the shape of instance id
+    ``instances[i]`` (default ``i``)."""
     from spatialdata.models import TableModel
 
     table = adata.copy()
     table.obs[REGION_KEY] = pd.Categorical([region] * table.n_obs)
-    table.obs[INSTANCE_KEY] = np.arange(table.n_obs)
+    table.obs[INSTANCE_KEY] = np.arange(table.n_obs) if instances is None else instances
     if "spatial" in table.uns:
         table.uns["spatial"] = {lib: {k: v for k, v in meta.items() if k != "images"}
                                 for lib, meta in table.uns["spatial"].items()}
@@ -186,3 +193,64 @@ def annotate_spots(spots: dict[str, ad.AnnData], *results: dict[str, ad.AnnData]
                     adata.obs[col] = obs[col].reindex(adata.obs_names)
         out[section] = adata
     return out
+
+
+def add_to_spatialdata(sdata, *, expression=None, spots=None, overwrite: bool = False) -> list[str]:
+    """Put the results of sections read from ``sdata`` (``sf.read(sdata)``) into that SpatialData object, on its
+    own spots, for spatialdata-plot and napari-spatialdata.
+
+    ``expression``: predictions (``sf.tl.predict_expression``; a mapping of section -> AnnData, or one AnnData) ->
+    one table per section, ``<section>_expression``, annotating the section's shapes element row by row.
+    ``spots``: the sections with their annotations (``sf.tl.tumor_score``, ``sf.tl.spatial_domains``) -> those
+    columns (tumour probability and label, marker score, spatial domain) set on the rows of the table the counts were
+    read from; its other rows get NaN. An existing ``<section>_expression`` table is replaced only with
+    ``overwrite``. Returns the names of the tables added or changed: in memory only until written
+    (``sdata.write_element(name)``, ``overwrite=True`` for a changed one)."""
+    from spafoundation._sections import LIBRARY_KEY, Sections
+
+    require_spatialdata(None, "sdata")
+    from spatialdata.models import get_table_keys
+
+    changed = []
+    for section, pred in (Sections(expression, LIBRARY_KEY).by_name if expression is not None else {}).items():
+        region, instances = _spots_of(sdata, section, pred)
+        name = f"{element_name(section)}_expression"
+        if name in sdata.tables and not overwrite:
+            raise InputError(None, f"tables/{name}", "already in the SpatialData object: overwrite=True replaces it")
+        sdata.tables[name] = _table(pred, region, "expression", instances)
+        changed.append(name)
+    for section, part in (Sections(spots, LIBRARY_KEY).by_name if spots is not None else {}).items():
+        region, instances = _spots_of(sdata, section, part)
+        columns = [c for c in SPOT_ANNOTATIONS if c in part.obs]
+        if not columns:
+            continue
+        name = spatial_meta(part)["metadata"]["spatialdata_table"]
+        table = sdata.tables[name]
+        _, region_key, instance_key = get_table_keys(table)
+        key = pd.MultiIndex.from_arrays([table.obs[region_key].astype(str), table.obs[instance_key]])
+        rows = key.get_indexer(pd.MultiIndex.from_arrays([np.full(len(instances), region), instances]))
+        for col in columns:
+            values = part.obs[col]
+            filled = pd.Series(pd.NA if isinstance(values.dtype, pd.CategoricalDtype) else np.nan,
+                               index=table.obs_names, dtype=values.dtype)
+            filled.iloc[rows] = values.to_numpy()
+            table.obs[col] = filled
+        if name not in changed:
+            changed.append(name)
+    return changed
+
+
+def _spots_of(sdata, section: str, part: ad.AnnData) -> tuple[str, np.ndarray]:
+    """(the shapes element ``part``'s spots are, each spot's instance id there), checked against ``sdata``."""
+    meta = spatial_meta(part)["metadata"]
+    region = meta.get("spatialdata_region")
+    if region is None or INSTANCE_COLUMN not in part.obs:
+        raise InputError(None, f"section {section}", "not read from a SpatialData store (sf.read(sdata)), or its "
+                         "spots were summed from bins: its results have no shapes to go on")
+    if region not in sdata.shapes:
+        raise InputError(None, f"shapes/{region}", f"section {section} was read from shapes/{region}, which this "
+                         "SpatialData object does not hold")
+    instances = part.obs[INSTANCE_COLUMN].to_numpy()
+    if (sdata.shapes[region].index.get_indexer(instances) < 0).any():
+        raise InputError(None, f"shapes/{region}", f"spots of section {section} are not shapes of this element")
+    return region, instances
