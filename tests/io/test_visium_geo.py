@@ -80,6 +80,12 @@ def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
         "GSM0000002_S2.spatial_tissue_hires_image.png.gz"
     assert image_path(read_dataset(geo, sections=["S2"])["S2"]) == image_path(data["S2"])
     assert image_path(data[s3_name]) == str(geo / f"{s3_name}_image.tif")
+    # a 10x download on its own (no positions file beside the archive) is found as such
+    download = geo.parent / "download"
+    download.mkdir()
+    for p in geo.glob(f"{s3_name}_*"):
+        shutil.copy(p, download / p.name)
+    assert detect_format(download) == "visium_geo" and list(read_dataset(download)) == [s3_name]
     xy = data["S2"].obsm["spatial"][::15]
     with open_slide(image_path(data["S1"])) as full:
         truth = np.stack([full.read_region(p, 150, 16, mpp=c2_small.mpp).mean((0, 1)) for p in xy])

@@ -124,7 +124,7 @@ def section_name(prefix: str, folder: Path) -> str:
 def is_visium_geo(path: Path) -> bool:
     """Counts and spot positions named as GEO names them, of one sample or not (reading names what is missing)."""
     names = {n for files in named_files(_files(path)).values() for n in files}
-    return bool(names & set(COUNTS)) and bool(names & set(POSITIONS))
+    return bool(names & set(COUNTS)) and bool(names & {*POSITIONS, "spatial.tar"})
 
 
 def read_visium_geo(path: str | Path, sections: list[str] | None = None, *, image=None, image_scale=None,
@@ -136,10 +136,7 @@ def read_visium_geo(path: str | Path, sections: list[str] | None = None, *, imag
     if (image is not None or image_scale is not None) and len(samples) > 1:
         raise InputError(path, "image", "this folder holds several samples; --image (and --image-scale) are for "
                          "a folder of one: name each sample's H&E with its prefix beside its files")
-    if sections is not None:
-        unknown = [s for s in sections if s not in samples]
-        if unknown:
-            raise InputError(path, "section", f"unknown section(s) {unknown}; available: {sorted(samples)}")
-        samples = {s: samples[s] for s in sections}
+    from spafoundation.io.readers import select_sections
+
     return {name: read_visium(path, image=image, image_scale=image_scale, section=name, files=files, **kwargs)
-            for name, files in samples.items()}
+            for name, files in select_sections(samples, sections, path).items()}
