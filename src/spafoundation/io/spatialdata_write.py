@@ -229,6 +229,9 @@ def add_to_spatialdata(sdata, *, expression=None, spots=None, overwrite: bool = 
         _, region_key, instance_key = get_table_keys(table)
         key = pd.MultiIndex.from_arrays([table.obs[region_key].astype(str), table.obs[instance_key]])
         rows = key.get_indexer(pd.MultiIndex.from_arrays([np.full(len(instances), region), instances]))
+        if (rows < 0).any():
+            raise InputError(None, f"tables/{name}", f"{int((rows < 0).sum())} spots of section {section} have no "
+                             "row in the table their counts were read from")
         for col in columns:
             values = part.obs[col]
             filled = pd.Series(pd.NA if isinstance(values.dtype, pd.CategoricalDtype) else np.nan,
