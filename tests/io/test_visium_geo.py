@@ -86,6 +86,16 @@ def test_geo_folder_reads_as_its_space_ranger_folders(geo_folder, c2_small):
     for p in geo.glob(f"{s3_name}_*"):
         shutil.copy(p, download / p.name)
     assert detect_format(download) == "visium_geo" and list(read_dataset(download)) == [s3_name]
+    # downloads each in its own folder, beside a Space Ranger sample: a cohort, one section per folder
+    cohort = geo.parent / "cohort"
+    cohort.mkdir()
+    shutil.copytree(download, cohort / "breast3")
+    shutil.copytree(s1, cohort / "S1", symlinks=True)
+    assert detect_format(cohort) == "visium_cohort"
+    both = read_dataset(cohort)
+    assert list(both) == ["S1", "breast3"]
+    np.testing.assert_array_equal(both["breast3"].X.toarray(), data[s3_name].X.toarray())
+    assert image_path(both["breast3"]) == str(cohort / "breast3" / f"{s3_name}_image.tif")
     xy = data["S2"].obsm["spatial"][::15]
     with open_slide(image_path(data["S1"])) as full:
         truth = np.stack([full.read_region(p, 150, 16, mpp=c2_small.mpp).mean((0, 1)) for p in xy])

@@ -125,14 +125,19 @@ def is_visium_sample(path: Path) -> bool:
 
 
 def visium_samples(path: Path) -> list[Path]:
-    """The sample folders of a Visium cohort: the subfolders of ``path`` that are Space Ranger samples."""
-    return sorted(d for d in path.iterdir() if d.is_dir() and d.name != "outs" and is_visium_sample(d))
+    """The sample folders of a Visium cohort: the subfolders of ``path`` that are Space Ranger samples, or hold one
+    sample's files as GEO or 10x's downloads name them (visium_geo.py)."""
+    from spafoundation.io.visium_geo import is_one_geo_sample
+
+    return sorted(d for d in path.iterdir()
+                  if d.is_dir() and d.name != "outs" and (is_visium_sample(d) or is_one_geo_sample(d)))
 
 
 def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, image=None, image_scale=None,
                        **kwargs) -> dict[str, ad.AnnData]:
-    """A folder of Space Ranger samples, one section per subfolder (named by it); each sample's full-resolution
-    image is found in its own folder. Only the requested sections are read."""
+    """A folder of Space Ranger samples (or of folders of one sample's GEO-named files, e.g. 10x downloads), one
+    section per subfolder (named by it); each sample's full-resolution image is found in its own folder. Only the
+    requested sections are read."""
     path = Path(path)
     if image is not None or image_scale is not None:
         raise InputError(path, "image", "a cohort folder finds each sample's image in its own folder; "
@@ -147,13 +152,18 @@ def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, i
 
 
 def read_visium_sample(path: Path, *, bin_um: float | None = None, **kwargs) -> ad.AnnData:
-    """One Space Ranger sample, Visium or Visium HD (``bin_um``: the HD spot size; an error for round spots)."""
+    """One Space Ranger sample, Visium or Visium HD (``bin_um``: the HD spot size; an error for round spots), or a
+    folder of one sample's GEO-named files."""
+    from spafoundation.io.visium_geo import geo_samples, is_one_geo_sample
     from spafoundation.io.visium_hd import is_visium_hd, read_visium_hd
 
     if is_visium_hd(path):
         return read_visium_hd(path, bin_um=bin_um, **kwargs)
     if bin_um is not None:
         raise InputError(path, "bin_um", "only Visium HD data has bins to choose; this is a Visium sample")
+    if is_one_geo_sample(path):
+        (files,) = geo_samples(path).values()
+        return read_visium(path, files=files, **kwargs)
     return read_visium(path, **kwargs)
 
 

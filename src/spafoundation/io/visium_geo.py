@@ -127,6 +127,16 @@ def is_visium_geo(path: Path) -> bool:
     return bool(names & set(COUNTS)) and bool(names & {*POSITIONS, "spatial.tar"})
 
 
+def is_one_geo_sample(path: Path) -> bool:
+    """A folder of one sample's GEO-named files (a 10x download in its own folder), not a Space Ranger folder: in a
+    cohort folder it is one sample, named by the folder."""
+    if (path / "outs").is_dir() or (path / "spatial").is_dir():
+        return False
+    complete = [files for files in named_files(_files(path)).values()
+                if set(files) & set(COUNTS) and set(files) & {*POSITIONS, "spatial.tar"}]
+    return len(complete) == 1
+
+
 def read_visium_geo(path: str | Path, sections: list[str] | None = None, *, image=None, image_scale=None,
                     **kwargs) -> dict[str, ad.AnnData]:
     """The GEO Visium samples of ``path`` (only the requested ``sections`` are read). ``image``/``image_scale``:
