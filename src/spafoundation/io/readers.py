@@ -192,8 +192,9 @@ def drop_imageless(data: dict[str, ad.AnnData], path) -> dict[str, ad.AnnData]:
     return {n: a for n, a in data.items() if image_path(a)}
 
 
-def select_sections(data: dict[str, ad.AnnData], sections: list[str] | None, path) -> dict[str, ad.AnnData]:
-    """``sections`` of ``data`` in that order (all for None); an InputError naming an unknown one."""
+def select_sections(data: dict, sections: list[str] | None, path) -> dict:
+    """``sections`` of ``data`` (sections read, or the samples still to read) in that order (all for None); an
+    InputError naming an unknown one."""
     if sections is None:
         return data
     unknown = [s for s in sections if s not in data]

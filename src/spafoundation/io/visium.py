@@ -142,12 +142,9 @@ def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, i
     if image is not None or image_scale is not None:
         raise InputError(path, "image", "a cohort folder finds each sample's image in its own folder; "
                          "give --image (and --image-scale) with one sample folder")
-    samples = {d.name: d for d in visium_samples(path)}
-    if sections is not None:
-        unknown = [s for s in sections if s not in samples]
-        if unknown:
-            raise InputError(path, "section", f"unknown section(s) {unknown}; available: {sorted(samples)}")
-        samples = {s: samples[s] for s in sections}
+    from spafoundation.io.readers import select_sections
+
+    samples = select_sections({d.name: d for d in visium_samples(path)}, sections, path)
     return {name: read_visium_sample(folder, section=name, **kwargs) for name, folder in samples.items()}
 
 
