@@ -26,6 +26,19 @@ def test_info_unknown_section_exit_2(her2st_root, capsys):
     assert err.count("\n") == 1 and "unknown section" in err and "ST-cnts" in err
 
 
+def test_anndata_bookkeeping_lines_are_quiet_unless_verbose(her2st_root, capsys, monkeypatch):
+    """anndata logs "... storing 'section' as categorical" at INFO for every string column it writes: a command
+    says nothing of it, -v does."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("anndata"), "level", logging.NOTSET)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.INFO)  # what basicConfig sets outside pytest
+    assert main(["info", str(her2st_root), "--sections", "C2"]) == 0
+    assert not logging.getLogger("anndata").isEnabledFor(logging.INFO)
+    assert main(["-v", "info", str(her2st_root), "--sections", "C2"]) == 0
+    assert logging.getLogger("anndata").isEnabledFor(logging.INFO)
+
+
 def test_commands_are_discovered():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # anndata logs at INFO each string column it stores as categorical ("... storing 'section' as categorical"):
+    # 23 such lines in `make demo` that say nothing about the user's run
+    logging.getLogger("anndata").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     return call_command(args)
-
 
 
 def call_command(args: argparse.Namespace, *extra) -> int:
