@@ -206,3 +206,21 @@ def test_a_gene_named_twice_is_refused_naming_it(pair):
     twice.var_names = names
     with pytest.raises(InputError, match=rf"var_names: section C3: gene names repeated, e.g. \['{names[0]}'\]"):
         sf.pp.select_genes(twice, "hvg:5")
+
+
+def test_superres_warns_when_the_image_is_coarser_than_its_superpixels(her2st_c2, caplog):
+    """A hires-only copy read as the H&E (image_scale 0.25: 2.8 um/px for C2) holds under two pixels per 4 um
+    superpixel: one warning says so; 16 um superpixels, or the full-resolution H&E, get none."""
+    import logging
+
+    from spafoundation.io.anndata_spec import spatial_meta
+    from spafoundation.tl._superres import warn_if_coarser_than_superpixels
+
+    copy = her2st_c2.copy()
+    spatial_meta(copy)["metadata"]["image_scale"] = 0.25
+    with caplog.at_level(logging.WARNING):
+        warn_if_coarser_than_superpixels("C2", copy, 4.0)
+        warn_if_coarser_than_superpixels("C2", copy, 16.0)
+        warn_if_coarser_than_superpixels("C2", her2st_c2, 4.0)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and warnings[0].startswith("section C2: its H&E holds 2.8 um/px of detail, 1.5 pixels")

@@ -97,7 +97,23 @@ def superres(data, model=None, *, sections=None, library_key: str = LIBRARY_KEY,
     split = Sections(data, library_key, images=True, counts=True)
     parts = {}
     for n, a in split.select(sections).items():
+        warn_if_coarser_than_superpixels(n, a, model.step_um)
         sp = kept.get(n) or section_superpixels(a, model.encoder, step_um=model.step_um, progress=progress(),
                                                 cache_dir=cache_dir())
         parts[n] = superres_adata(a, sp, model.predict(sp), model, image_weight=image_weight)
     return split.merge(parts)
+
+
+def warn_if_coarser_than_superpixels(section: str, adata, step_um: float) -> None:
+    """One warning line where the section's image holds less detail than two pixels per superpixel side (Space
+    Ranger's hires PNG read as the H&E: ~11 um/px for 16 um superpixels): the maps cannot show what it lacks."""
+    import logging
+
+    from spafoundation.io.anndata_spec import image_scale, microns_per_pixel
+
+    detail_um = microns_per_pixel(adata) / image_scale(adata)
+    if 2 * detail_um > step_um:
+        logging.getLogger(__name__).warning(
+            "section %s: its H&E holds %.1f um/px of detail, %.1f pixels per %g um superpixel: the maps follow the "
+            "measured spots more than the image (the full-resolution H&E, or a larger step_um, gives them detail "
+            "to draw on)", section, detail_um, step_um / detail_um, step_um)
