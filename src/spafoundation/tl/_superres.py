@@ -97,10 +97,10 @@ def superres(data, model=None, *, sections=None, library_key: str = LIBRARY_KEY,
     split = Sections(data, library_key, images=True, counts=True)
     parts = {}
     for n, a in split.select(sections).items():
-        warn_if_coarser_than_superpixels(n, a, model.step_um)
         sp = kept.get(n) or section_superpixels(a, model.encoder, step_um=model.step_um, progress=progress(),
                                                 cache_dir=cache_dir())
         parts[n] = superres_adata(a, sp, model.predict(sp), model, image_weight=image_weight)
+        warn_if_coarser_than_superpixels(n, a, parts[n].uns["superres"]["step_um"])
     return split.merge(parts)
 
 
