@@ -13,13 +13,15 @@ def read(path: str | os.PathLike, sections=None, *, bin_um: float | None = None,
     ----------
     path
         A legacy ST folder (HER2ST), ST Pipeline files, a Space Ranger sample (Visium, Visium HD) or a folder of
-        them, a HEST-1k folder, a manifest (``.yaml``/``.json``), an ``.h5ad``, a SpatialData store (or a
+        them, a Xenium output folder with its H&E, a HEST-1k folder, a manifest (``.yaml``/``.json``), an ``.h5ad``, a SpatialData store (or a
         ``SpatialData`` object read from or written to one: its store is read), or a ``.csv`` of spots with
         ``image``. The layout is detected (README, "Input formats").
     sections
         Section ids to read (a list, or one id); default all.
     bin_um
         Visium HD: spot size in microns (a bin size Space Ranger wrote, or a multiple that sums k x k bins).
+        Xenium (cells, from its folder or a SpatialData store): the side of the squares the cells are summed
+        into, default 55 um.
     image
         The full-resolution H&E of a dataset of one section whose image is not with it.
     mpp

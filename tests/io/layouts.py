@@ -261,3 +261,62 @@ def write_visium_hires_only(root: Path, adata: ad.AnnData, c: C2Small) -> Path:
         "tissue_hires_scalef": hires_scalef, "tissue_lowres_scalef": hires_scalef * 0.3,
         "fiducial_diameter_fullres": 89.0 / mpp, "spot_diameter_fullres": 55.0 / mpp}))
     return root
+
+
+XENIUM_CELLS_PER_SPOT = 5
+
+
+def xenium_alignment(c: C2Small, pixel_size: float, bin_um: float) -> np.ndarray:
+    """H&E px -> morphology px as Xenium Explorer writes it: the H&E turned 90 degrees (as 10x's public breast
+    datasets are) and scaled by its pixel size over the morphology's, shifted so that every C2 spot (200 um pitch)
+    sits at the centre of a ``bin_um`` square of the micron frame (bin_um a divisor of 200)."""
+    s = c.mpp / pixel_size
+    turn = np.array([[0.0, -s, 0.0], [s, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    um = (np.c_[c.xy, np.ones(len(c.xy))] @ turn.T)[:, :2] * pixel_size
+    angle = np.angle(np.exp(2j * np.pi * um / bin_um).mean(axis=0))  # the grid's phase in each axis
+    phase = angle / (2 * np.pi) * bin_um
+    shift_um = bin_um / 2 - phase + bin_um * np.ceil((500 - um.min(axis=0)) / bin_um)
+    turn[:2, 2] = shift_um / pixel_size
+    return turn
+
+
+def write_xenium(root: Path, c: C2Small, *, pixel_size: float = 2.0, name: str = "X1", bin_um: float = 200.0,
+                 alignment: bool = True, morphology: bool = False) -> Path:
+    """A Xenium output folder from C2: each spot's counts shared out at random among 5 cells within 30 um of its
+    centre; the H&E (C2 at 1/4 scale) as ``<name>_he_image.ome.tif`` beside its alignment CSV
+    (``xenium_alignment``), so that summing the cells into ``bin_um`` squares gives back C2's spots. ``pixel_size``:
+    the morphology image's um/px (Xenium's is 0.2125; 2 keeps a test's morphology image small). ``morphology``: also
+    the files spatialdata-io's reader needs (an empty ``cells.zarr.zip`` of an XOA 1.0 run and a one-channel uint16
+    DAPI ``morphology_mip.ome.tif``, finer than the H&E)."""
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    to_morph = xenium_alignment(c, pixel_size, bin_um)
+    parts = split_counts(c.counts, XENIUM_CELLS_PER_SPOT)
+    n = len(c.xy)
+    radius = np.sqrt(rng.uniform(0, 1, (XENIUM_CELLS_PER_SPOT, n))) * 30.0 / c.mpp
+    angle = rng.uniform(0, 2 * np.pi, (XENIUM_CELLS_PER_SPOT, n))
+    he_xy = np.concatenate([c.xy + np.stack([r * np.cos(a), r * np.sin(a)], axis=1) for r, a in zip(radius, angle)])
+    um = (np.c_[he_xy, np.ones(len(he_xy))] @ to_morph.T)[:, :2] * pixel_size
+    ids = [f"cell{i:06d}" for i in range(len(he_xy))]
+    write_counts_h5(root / "cell_feature_matrix.h5", c, ids, sp.vstack(parts).tocsr())
+    pd.DataFrame({"cell_id": ids, "x_centroid": um[:, 0], "y_centroid": um[:, 1],
+                  "transcript_counts": np.asarray(sp.vstack(parts).sum(axis=1)).ravel(),
+                  "cell_area": 80.0, "nucleus_area": 30.0}).to_parquet(root / "cells.parquet", index=False)
+    (root / "experiment.xenium").write_text(json.dumps({"pixel_size": pixel_size, "run_name": name,
+                                                       "analysis_sw_version": "xenium-1.0.2"}))
+    he = root / f"{name}_he_image.ome.tif"
+    tifffile.imwrite(he, c.rgb, ome=True, photometric="rgb", tile=(256, 256), compression="zlib")
+    if alignment:
+        np.savetxt(root / f"{name}_he_imagealignment.csv", to_morph, delimiter=",")
+    if morphology:
+        import zarr
+
+        with zarr.storage.ZipStore(root / "cells.zarr.zip", mode="w") as store:
+            zarr.open_group(store, mode="w")
+        h, w = (int(v) + 1 for v in np.ceil(um.max(axis=0)[::-1] / pixel_size) + 200)
+        dapi = np.zeros((1, h, w), np.uint16)
+        dapi[0, ::7, ::5] = 4000
+        tifffile.imwrite(root / "morphology_mip.ome.tif", dapi, ome=True, photometric="minisblack",
+                         tile=(256, 256), compression="zlib", metadata={"axes": "CYX"})
+    return root

@@ -62,7 +62,7 @@ def test_hd_bin_level_default_choice_and_bad_size(c2_small, tmp_path):
 
 def test_bin_um_is_an_error_for_round_spots(c2_small, tmp_path, capsys):
     root = write_visium(tmp_path / "V1", c2_small)
-    with pytest.raises(InputError, match="only Visium HD data has bins"):
+    with pytest.raises(InputError, match="only Visium HD bins"):
         read_dataset(root, bin_um=16)
     assert main(["info", str(root), "--bin-um", "16"]) == 2
     assert "bin_um" in capsys.readouterr().err

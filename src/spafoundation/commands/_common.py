@@ -104,10 +104,12 @@ def add_data_options(p) -> None:
     """Reader options for commands that read a dataset."""
     p.add_argument("--bin-um", type=float, metavar="UM",
                    help="Visium HD: spot size in microns, a bin size Space Ranger wrote or a multiple of one (bins "
-                        "summed into k x k blocks); default its 16 um bins")
+                        "summed into k x k blocks); default its 16 um bins. Xenium (cells): the side of the squares "
+                        "the cells are summed into, default 55 um")
     p.add_argument("--image", metavar="PATH",
-                   help="the full-resolution H&E of one Space Ranger sample (Visium or HD), of a one-library .h5ad "
-                        "or of a table of spots, when it is not in the sample folder (spatial/ holds only Space "
+                   help="the full-resolution H&E of one Space Ranger sample (Visium or HD), of a Xenium folder "
+                        "(its alignment CSV beside it), of a one-library .h5ad or of a table of spots, when it is not "
+                        "in the sample folder (spatial/ holds only Space "
                         "Ranger's thumbnails; without one, its hires PNG is used)")
     p.add_argument("--image-scale", type=positive_float, metavar="S",
                    help="--image is a downscaled copy: its px per full-resolution px of the spot coordinates (Space "

@@ -66,6 +66,10 @@ def detect_format(path: str | Path) -> str:
     from spafoundation.io.visium import is_visium_sample, outs_dir, visium_samples
     from spafoundation.io.visium_geo import is_visium_geo
     from spafoundation.io.visium_hd import is_visium_hd
+    from spafoundation.io.xenium import is_xenium
+
+    if is_xenium(path):
+        return "xenium"
 
     manifest = (path / "spafoundation.yaml").exists() or (path / "manifest.yaml").exists()
     if is_visium_geo(path) and not manifest and not (outs_dir(path) / "spatial").is_dir():
@@ -83,7 +87,8 @@ def detect_format(path: str | Path) -> str:
         "data",
         "unsupported format: expected a legacy ST folder (ST-cnts/, or *_stdata.tsv beside "
         "spot_data-selection-*.tsv), Space Ranger outs/ of Visium or Visium HD "
-        "(or a folder of Space Ranger samples, or of their files as GEO holds them), a HEST folder "
+        "(or a folder of Space Ranger samples, or of their files as GEO holds them), a Xenium output folder "
+        "(experiment.xenium), a HEST folder "
         "(st/, wsis/, metadata/), a SpatialData store (.zarr), a generic manifest (.yaml) or an .h5ad",
     )
 
@@ -117,8 +122,10 @@ def read_dataset(path: str | Path, sections: list[str] | None = None, *, bin_um:
 
 
 def _read_format(path, fmt, sections, *, bin_um, image, image_scale, **kwargs) -> dict[str, ad.AnnData]:
-    if bin_um is not None and fmt not in ("visium_hd", "visium_cohort", "spatialdata"):
-        raise InputError(path, "bin_um", f"only Visium HD data has bins to choose; this is {fmt} data")
+    if bin_um is not None and fmt not in ("visium_hd", "visium_cohort", "spatialdata", "xenium"):
+        from spafoundation.io.cell_bins import ONLY_BINS_AND_CELLS
+
+        raise InputError(path, "bin_um", f"{ONLY_BINS_AND_CELLS}; this is {fmt} data")
     if image is not None and fmt in ("legacy_st", "st_pipeline", "hest", "generic", "spatialdata"):
         raise InputError(path, "image", f"--image is for one Space Ranger sample or a one-library .h5ad; {fmt} "
                          "data finds each section's image itself")
@@ -142,6 +149,11 @@ def _read_format(path, fmt, sections, *, bin_um, image, image_scale, **kwargs) -
         from spafoundation.io.visium_geo import read_visium_geo
 
         return read_visium_geo(path, sections, **kwargs)
+    if fmt == "xenium":
+        from spafoundation.io.xenium import read_xenium
+
+        adata = read_xenium(path, bin_um=bin_um, **kwargs)
+        return select_sections({adata.obs["section"].iloc[0]: adata}, sections, path)
     if fmt == "legacy_st":
         return legacy_st.read_legacy_st(path, sections, **kwargs)
     if fmt == "st_pipeline":

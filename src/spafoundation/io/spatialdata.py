@@ -35,6 +35,14 @@ import scipy.sparse as sp
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import build_anndata, check_unique, read_section_image, validate_counts
+from spafoundation.io.cell_bins import (
+    CELL_MAX_UM,
+    DEFAULT_BIN_UM,
+    ONLY_BINS_AND_CELLS,
+    bin_cells,
+    check_bin_um,
+    spots_on_image,
+)
 from spafoundation.io.visium import SPOT_DIAMETER_UM as VISIUM_SPOT_DIAMETER_UM
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,7 @@ log = logging.getLogger(__name__)
 EXTRA_MISSING = "SpatialData stores need the optional extra: pip install 'spafoundation[spatialdata]'"
 ELEMENT_KINDS = ("images", "labels", "points", "shapes", "tables")
 HD_BINS = re.compile(r"_?square_(\d+)um$")
+SPATIALDATA_IO_CELLS = ("cell_circles", "cell_boundaries")  # spatialdata-io's names of Xenium's and MERSCOPE's cells
 # tables spafoundation writes beside the spots' (io/spatialdata_write.py); only "spots" holds a section's counts
 TABLE_KIND_KEY = "spafoundation_table"
 INSTANCE_COLUMN = "spatialdata_instance"  # obs: the instance id of the spot's shape in the store it was read from
@@ -105,7 +114,7 @@ def read_spatialdata(path: str | Path, sections: list[str] | None = None, *, mpp
         raise InputError(path, "images", "the store has no image element: spafoundation needs the H&E")
     out: dict[str, ad.AnnData] = {}
     for region, (table_name, table, k) in regions.items():
-        adata = _read_section(sdata, path, region, table_name, table, mpp, with_images, k)
+        adata = _read_section(sdata, path, region, table_name, table, mpp, with_images, k, bin_um)
         name = adata.obs["section"].iloc[0] if adata.n_obs else region
         if name in out:
             raise InputError(path, f"tables/{table_name}", f"two regions hold section {name}")
@@ -129,7 +138,8 @@ def _is_counts(table: ad.AnnData) -> bool:
 
 def spot_regions(sdata, path: Path, bin_um: float | None) -> dict[str, tuple[str, ad.AnnData, int]]:
     """{shapes element: (table name, table, k)} of the spot regions that a table of counts annotates; k: how many
-    bins make one spot side (Visium HD: ``bin_um`` a multiple of a bin size in the store, as io/visium_hd.py)."""
+    bins make one spot side (Visium HD: ``bin_um`` a multiple of a bin size in the store, as io/visium_hd.py), 0
+    for a region of other shapes (spots, or cells that ``bin_um`` sums into squares: ``_read_section``)."""
     from spatialdata.models import get_table_keys
 
     from spafoundation.io.visium_hd import choose_level
@@ -146,7 +156,7 @@ def spot_regions(sdata, path: Path, bin_um: float | None) -> dict[str, tuple[str
             if r in found:
                 raise InputError(path, f"shapes/{r}", f"annotated by two tables of counts ({found[r][0]}, "
                                  f"{table_name})")
-            found[r] = (table_name, table, 1)
+            found[r] = (table_name, table, 0)
             m = HD_BINS.search(r)
             if m:
                 bins.setdefault(r[: m.start()], {})[float(m.group(1))] = r
@@ -156,8 +166,6 @@ def spot_regions(sdata, path: Path, bin_um: float | None) -> dict[str, tuple[str
             if size != level:
                 found.pop(region)
         found[sizes[level]] = (*found[sizes[level]][:2], k)
-    if bin_um is not None and not bins:
-        raise InputError(path, "bin_um", "only Visium HD data has bins to choose; this store has none")
     if not found:
         raise InputError(path, "tables", "no table of counts annotates a shapes element of spots (a table's "
                          "uns['spatialdata_attrs'] names its region)")
@@ -170,23 +178,59 @@ def _xy_matrix(transformation) -> np.ndarray:
 
 
 def _image_for(sdata, path: Path, region: str) -> tuple[str, np.ndarray]:
-    """The finest image element sharing a coordinate system with ``region``'s shapes, and the affine matrix from
-    shape coordinates to that image's pixels."""
+    """The finest H&E (``is_brightfield``) sharing a coordinate system with ``region``'s shapes, and the affine
+    matrix from shape coordinates to that image's pixels. Fluorescence images (Xenium's DAPI morphology image, an
+    IF stain), often finer than the H&E beside them, are never taken for it."""
     from spatialdata.transformations import get_transformation
 
     shape_to = get_transformation(sdata.shapes[region], get_all=True)
-    best = None
+    best, passed_over = None, []
     for name, image in sdata.images.items():
         image_to = get_transformation(image, get_all=True)
-        for cs in set(shape_to) & set(image_to):
+        shared = set(shape_to) & set(image_to)
+        if shared and not is_brightfield(image):
+            passed_over.append(f"{name} ({_channels_text(image)})")
+            continue
+        for cs in shared:
             to_cs = _xy_matrix(image_to[cs])
             pixel_area = abs(np.linalg.det(to_cs[:2, :2]))  # area of one image pixel in the coordinate system
             if best is None or pixel_area < best[0]:
                 best = (pixel_area, name, np.linalg.inv(to_cs) @ _xy_matrix(shape_to[cs]))
+    if best is None and passed_over:
+        raise InputError(path, f"shapes/{region}", "no H&E (an RGB image) in the spots' coordinate system, only "
+                         f"fluorescence: {', '.join(passed_over)}")
     if best is None:
         raise InputError(path, f"shapes/{region}", f"no transformation to an image: its coordinate systems "
                          f"({', '.join(shape_to)}) hold none of the images ({', '.join(sdata.images)})")
     return best[1], best[2]
+
+
+def _first_scale(image):
+    """The full-resolution DataArray of an image element (a multiscale DataTree, or one DataArray)."""
+    if hasattr(image, "children"):
+        first = next(iter(image.children.values()))
+        return next(iter(first.ds.data_vars.values()))
+    return image
+
+
+def _channels(image) -> list[str]:
+    from spatialdata.models import get_channel_names
+
+    return [str(c) for c in get_channel_names(image)]
+
+
+def _channels_text(image) -> str:
+    names = _channels(image)
+    return f"{len(names)} channel{'s' if len(names) > 1 else ''}: {', '.join(names[:5])}"
+
+
+def is_brightfield(image) -> bool:
+    """Whether an image element is an H&E: 3 channels (RGB), or 4 of 8 bits or named r, g, b, a (RGBA). One channel
+    (DAPI, a grey scan) or several of another kind is fluorescence."""
+    names = [n.lower() for n in _channels(image)]
+    if len(names) == 3:
+        return True
+    return len(names) == 4 and (names[:3] == ["r", "g", "b"] or _first_scale(image).dtype == np.uint8)
 
 
 def _spot_geometry(shapes, path: Path, region: str) -> tuple[np.ndarray, np.ndarray]:
@@ -258,6 +302,8 @@ def _pixel_size(sdata, table: ad.AnnData, path: Path, region: str, section: str,
         return float(stored) / shape_to_pixels, "stored in the table's uns['spatial']", platform
     if bins:
         return float(bins.group(1)) / diameter_px, "from the Visium HD bin size", "visium_hd"
+    if reader == "xenium":  # spatialdata-io keeps Xenium's cells in microns, scaled to the morphology's pixels
+        return 1.0 / shape_to_pixels, "Xenium's cells in microns (spatialdata-io's reader)", "xenium"
     # spatialdata-io's provenance (lost when stores are concatenated), Space Ranger's metadata or its spot columns
     spaceranger = {"in_tissue", "array_row", "array_col"} <= set(table.obs.columns)
     if reader == "visium" or "software_version" in meta or "chemistry_description" in meta or spaceranger:
@@ -281,7 +327,9 @@ def _sum_bins(counts, obs: pd.DataFrame, xy: np.ndarray, k: int, bin_um: float, 
 
 
 def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.AnnData, mpp,
-                  with_images: bool, k: int = 1) -> ad.AnnData:
+                  with_images: bool, k: int = 0, bin_um: float | None = None) -> ad.AnnData:
+    """One section of ``region``'s spots; ``k``: Visium HD bins summed k x k (``spot_regions``), 0 for other
+    shapes, which are spots, or cells (narrower than ``CELL_MAX_UM``) summed into squares of ``bin_um``."""
     from spatialdata.models import get_table_keys
 
     shapes = sdata.shapes[region]
@@ -297,27 +345,47 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
         if not _written_without_image(table, [section, region]):
             raise
         image_name, to_pixels = None, np.eye(3)  # spafoundation wrote its spots in full-resolution pixels
-    xy = centres[where] @ to_pixels[:2, :2].T + to_pixels[:2, 2]
+    centres = centres[where]
+    xy = centres @ to_pixels[:2, :2].T + to_pixels[:2, 2]
     scale = float(np.sqrt(abs(np.linalg.det(to_pixels[:2, :2]))))  # image px per shape unit
     diameter_px = float(np.median(diameters)) * scale
     mpp_px, mpp_source, platform = _pixel_size(sdata, rows, path, region, section, mpp, diameter_px, scale)
-    if scale < 2 / 3:  # e.g. a store with Space Ranger's hires PNG and no full-resolution image
+    if scale < 2 / 3 and platform != "xenium":  # a store with Space Ranger's hires PNG and no full-resolution image
+        # (Xenium's cells are in microns, not in the pixels of a finer image)
         log.warning("%s: %s: the finest image sharing the spots' coordinate system (%s) is %.1fx coarser than "
                     "their frame: patches will be blurred", path, region, image_name, 1 / scale)
     image_dir = path / "images" / image_name if image_name else None
+    counts = validate_counts(rows.X, path, f"tables/{table_name}: X") if rows.n_vars else None
+    check_unique(rows.obs_names, path, f"tables/{table_name}: obs_names")
+    ids = list(rows.obs_names)
+    cells = k == 0 and diameter_px * mpp_px < CELL_MAX_UM
+    if cells and not named and region in SPATIALDATA_IO_CELLS:
+        section = path.name.removesuffix(".zarr")  # the region's name is the same in every such store
+    extra: dict = {}
+    if bin_um is not None and k == 0 and not cells:
+        raise InputError(path, "bin_um", f"shapes/{region} are spots of {diameter_px * mpp_px:.0f} um: "
+                         f"{ONLY_BINS_AND_CELLS}")
+    if k > 1:
+        level_um = diameter_px * mpp_px
+        counts, obs, xy, ids = _sum_bins(counts, obs, xy, k, level_um, path, table_name)
+        diameter_px *= k
+        extra["bins_summed"] = k
+    elif cells:
+        bin_um = check_bin_um(DEFAULT_BIN_UM if bin_um is None else bin_um, path)
+        unit_um = mpp_px * scale  # microns per shape unit: the squares are laid in the cells' own frame
+        counts = counts if counts is not None else sp.csr_matrix((len(rows), 0), dtype=np.int32)
+        counts, obs, squares, ids = bin_cells(counts, centres * unit_um, bin_um)
+        xy = squares / unit_um @ to_pixels[:2, :2].T + to_pixels[:2, 2]
+        if image_dir is not None:
+            counts, obs, xy, ids = spots_on_image(image_dir, xy, counts, obs, ids, path)
+        extra.update(cells=len(rows), bin_um=bin_um)
+        diameter_px = bin_um / mpp_px
+    else:  # which shape each spot is: results go back onto it (io/spatialdata_write.add_to_spatialdata)
+        obs[INSTANCE_COLUMN] = shapes.index[where].to_numpy()
     hires, scalef, size = None, 1.0, None
     if image_dir is not None:
         hires, scalef, size = read_section_image(image_dir, xy, mpp_px, path, f"shapes/{region}",
                                                  with_image=with_images)
-    counts = validate_counts(rows.X, path, f"tables/{table_name}: X") if rows.n_vars else None
-    check_unique(rows.obs_names, path, f"tables/{table_name}: obs_names")
-    ids = list(rows.obs_names)
-    if k > 1:
-        bin_um = diameter_px * mpp_px
-        counts, obs, xy, ids = _sum_bins(counts, obs, xy, k, bin_um, path, table_name)
-        diameter_px *= k
-    if k == 1:  # which shape each spot is: results go back onto it (io/spatialdata_write.add_to_spatialdata)
-        obs[INSTANCE_COLUMN] = shapes.index[where].to_numpy()
     obs["section"] = section
     if "patient" not in obs:
         obs["patient"] = section
@@ -329,5 +397,4 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
                          image_path=str(image_dir) if image_dir else None,
                          hires=hires, hires_scalef=scalef,
                          extra_meta={"image_size": size, "spatialdata_region": region,
-                                     "spatialdata_image": image_name, "spatialdata_table": table_name,
-                                     **({"bins_summed": k} if k > 1 else {})})
+                                     "spatialdata_image": image_name, "spatialdata_table": table_name, **extra})

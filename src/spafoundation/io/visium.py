@@ -157,7 +157,9 @@ def read_visium_sample(path: Path, *, bin_um: float | None = None, **kwargs) -> 
     if is_visium_hd(path):
         return read_visium_hd(path, bin_um=bin_um, **kwargs)
     if bin_um is not None:
-        raise InputError(path, "bin_um", "only Visium HD data has bins to choose; this is a Visium sample")
+        from spafoundation.io.cell_bins import ONLY_BINS_AND_CELLS
+
+        raise InputError(path, "bin_um", f"{ONLY_BINS_AND_CELLS}; this is a Visium sample")
     if is_one_geo_sample(path):
         (files,) = geo_samples(path).values()
         return read_visium(path, files=files, **kwargs)

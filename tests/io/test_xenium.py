@@ -1,0 +1,155 @@
+"""Xenium with its post-Xenium H&E, on real data: HER2ST C2 (1/4 scale) laid out as a Xenium output folder
+(tests/io/layouts.write_xenium: each spot's counts shared among 5 cells around it, the H&E turned 90 degrees against
+the cells' frame by its alignment CSV). Summing the cells into 200 um squares must give back C2's spots; the same
+folder read by spatialdata-io into a SpatialData store must give the same spots as the folder itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from spafoundation.cli import main
+from spafoundation.errors import InputError
+from spafoundation.io import detect_format, read_dataset
+from spafoundation.io.anndata_spec import image_path, microns_per_pixel, spatial_meta, spot_diameter_fullres
+from tests.io.layouts import XENIUM_CELLS_PER_SPOT, write_xenium
+
+HAVE_SPATIALDATA = all(importlib.util.find_spec(m) for m in ("spatialdata", "spatialdata_io"))
+
+
+@pytest.fixture(scope="module")
+def xenium_folder(c2_small, tmp_path_factory):
+    return write_xenium(tmp_path_factory.mktemp("xenium") / "X1_outs", c2_small, morphology=HAVE_SPATIALDATA)
+
+
+def matched_to_c2(adata, c2_small):
+    """Each spot's nearest C2 spot, and how far it is in microns."""
+    dist, nearest = cKDTree(c2_small.xy).query(adata.obsm["spatial"])
+    return nearest, dist * c2_small.mpp
+
+
+def test_cells_summed_into_200_um_squares_give_back_c2(xenium_folder, c2_small):
+    assert detect_format(xenium_folder) == "xenium"
+    adata = read_dataset(xenium_folder, bin_um=200)["X1"]  # named after the folder, less 10x's "_outs"
+    nearest, dist_um = matched_to_c2(adata, c2_small)
+    assert adata.n_obs == c2_small.counts.shape[0] and len(set(nearest)) == adata.n_obs
+    # the square's centre, not the cells' mean: within the spot grid's own irregularity of C2's spot centre
+    assert dist_um.max() < 40
+    np.testing.assert_array_equal(adata.X.toarray(), c2_small.counts[nearest].toarray())
+    assert (adata.obs["n_cells"] == XENIUM_CELLS_PER_SPOT).all()
+    assert list(adata.var_names) == c2_small.genes
+    # the H&E's pixel size: the morphology's (2 um here) times the alignment's scale
+    assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp)
+    assert spot_diameter_fullres(adata) * microns_per_pixel(adata) == pytest.approx(200)
+    assert image_path(adata) == str(xenium_folder / "X1_he_image.ome.tif")
+    assert spatial_meta(adata)["metadata"]["platform"] == "xenium"
+
+
+def test_default_squares_are_55_um_and_keep_every_count(xenium_folder, c2_small):
+    adata = read_dataset(xenium_folder)["X1"]
+    assert spot_diameter_fullres(adata) * microns_per_pixel(adata) == pytest.approx(55)
+    assert adata.X.sum() == c2_small.counts.sum()
+    assert adata.obs["n_cells"].sum() == XENIUM_CELLS_PER_SPOT * c2_small.counts.shape[0]
+    assert adata.n_obs > c2_small.counts.shape[0]
+    # neighbouring squares lie one square apart on the H&E, turned or not
+    gaps = cKDTree(adata.obsm["spatial"]).query(adata.obsm["spatial"], k=2)[0][:, 1] * microns_per_pixel(adata)
+    assert np.median(gaps) == pytest.approx(55, rel=1e-6)
+
+
+def test_spots_off_the_scan_are_left_out_with_a_warning(c2_small, tmp_path, caplog):
+    import tifffile
+
+    root = write_xenium(tmp_path / "X2", c2_small, name="X2")
+    half = c2_small.rgb.shape[0] // 2
+    tifffile.imwrite(root / "X2_he_image.ome.tif", c2_small.rgb[:half], ome=True, photometric="rgb")
+    with caplog.at_level(logging.WARNING):
+        adata = read_dataset(root, bin_um=200)["X2"]
+    assert "fall off the image and are left out" in caplog.text
+    assert 0 < adata.n_obs < c2_small.counts.shape[0] and (adata.obsm["spatial"][:, 1] < half).all()
+    nearest, _ = matched_to_c2(adata, c2_small)
+    np.testing.assert_array_equal(adata.X.toarray(), c2_small.counts[nearest].toarray())
+
+
+@pytest.mark.parametrize(("broken", "field", "message"), [
+    ("alignment", "alignment", "3 x 3 affine matrix"),
+    ("far", "alignment", "no spot lies on"),
+    ("pixel_size", "pixel_size", "missing"),
+    ("cells", "cells", "file not found"),
+    ("no_image", "image", "no H&E"),
+])
+def test_bad_xenium_folder_is_one_error_exit_2(c2_small, tmp_path, capsys, broken, field, message):
+    root = write_xenium(tmp_path / "X3", c2_small, name="X3")
+    alignment = root / "X3_he_imagealignment.csv"
+    if broken == "alignment":
+        alignment.write_text("1,0\n0,1\n")
+    elif broken == "far":
+        matrix = np.loadtxt(alignment, delimiter=",")
+        matrix[:2, 2] -= 1e6  # the cells land far from the scan
+        np.savetxt(alignment, matrix, delimiter=",")
+    elif broken == "pixel_size":
+        (root / "experiment.xenium").write_text('{"run_name": "X3"}')
+    elif broken == "cells":
+        (root / "cells.parquet").unlink()
+    else:
+        (root / "X3_he_image.ome.tif").unlink()
+    with pytest.raises(InputError, match=message) as err:
+        read_dataset(root)
+    assert field in str(err.value)
+    assert main(["info", str(root)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bin_size_out_of_range_and_on_round_spots_are_errors(xenium_folder, c2_small, tmp_path):
+    from tests.io.layouts import write_visium
+
+    with pytest.raises(InputError, match="10 to 1000 um"):
+        read_dataset(xenium_folder, bin_um=5)
+    with pytest.raises(InputError, match="only Visium HD"):
+        read_dataset(write_visium(tmp_path / "V1", c2_small), bin_um=200)
+
+
+@pytest.mark.skipif(not HAVE_SPATIALDATA, reason="optional extra missing: pip install 'spafoundation[spatialdata]'")
+@pytest.mark.parametrize("bin_um", [None, 200])
+def test_spatialdata_io_xenium_store_gives_the_folders_spots(xenium_folder, tmp_path, bin_um):
+    """spatialdata-io's store holds a one-channel DAPI image finer than the H&E: the H&E is read all the same, the
+    cells (in microns there) summed into the same squares as from the folder."""
+    from spatialdata_io import xenium
+
+    sdata = xenium(xenium_folder, cells_as_circles=True, cells_boundaries=False, nucleus_boundaries=False,
+                   cells_labels=False, nucleus_labels=False, transcripts=False, morphology_focus=False,
+                   morphology_mip=True, aligned_images=True)
+    assert set(sdata.images) == {"he_image", "morphology_mip"}
+    sdata.write(tmp_path / "X1.zarr")
+    store = read_dataset(tmp_path / "X1.zarr", bin_um=bin_um)["X1"]
+    folder = read_dataset(xenium_folder, bin_um=bin_um)["X1"]
+    assert spatial_meta(store)["metadata"]["spatialdata_image"] == "he_image"
+    assert list(store.obs_names) == list(folder.obs_names)
+    np.testing.assert_array_equal(store.X.toarray(), folder.X.toarray())
+    np.testing.assert_allclose(store.obsm["spatial"], folder.obsm["spatial"], atol=1e-6)
+    assert microns_per_pixel(store) == pytest.approx(microns_per_pixel(folder))
+    assert spot_diameter_fullres(store) == pytest.approx(spot_diameter_fullres(folder))
+
+    del sdata.images["he_image"]
+    sdata.write(tmp_path / "dapi_only.zarr")
+    with pytest.raises(InputError, match="only fluorescence: morphology_mip"):
+        read_dataset(tmp_path / "dapi_only.zarr")
+
+
+def test_h_and_e_kept_elsewhere_is_given_with_image(xenium_folder, c2_small, tmp_path):
+    import shutil
+
+    root = tmp_path / "X4"
+    shutil.copytree(xenium_folder, root)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("X1_he_image.ome.tif", "X1_he_imagealignment.csv"):
+        shutil.move(root / name, scans / name)
+    with pytest.raises(InputError, match="no H&E"):
+        read_dataset(root)
+    adata = read_dataset(root, bin_um=200, image=scans / "X1_he_image.ome.tif")["X4"]
+    np.testing.assert_allclose(adata.obsm["spatial"], read_dataset(xenium_folder, bin_um=200)["X1"].obsm["spatial"])
+    assert image_path(adata) == str(scans / "X1_he_image.ome.tif")
