@@ -153,3 +153,50 @@ def test_h_and_e_kept_elsewhere_is_given_with_image(xenium_folder, c2_small, tmp
     adata = read_dataset(root, bin_um=200, image=scans / "X1_he_image.ome.tif")["X4"]
     np.testing.assert_allclose(adata.obsm["spatial"], read_dataset(xenium_folder, bin_um=200)["X1"].obsm["spatial"])
     assert image_path(adata) == str(scans / "X1_he_image.ome.tif")
+
+
+@pytest.mark.skipif(not HAVE_SPATIALDATA, reason="optional extra missing: pip install 'spafoundation[spatialdata]'")
+def test_results_of_summed_cells_go_back_as_squares_on_the_cells(xenium_folder, tmp_path):
+    """sf.io.add_to_spatialdata on a Xenium store: the squares the cells were summed into become a shapes element
+    in the cells' own frame (microns, with their transformation to the morphology pixels), each square holding its
+    cells; predictions and annotations are tables on it; written, the store still reads as the same section."""
+    import anndata as ad
+    import geopandas as gpd
+    import pandas as pd
+    import spatialdata as sd
+    from spatialdata_io import xenium
+
+    import spafoundation as sf
+
+    xenium(xenium_folder, cells_as_circles=True, cells_boundaries=False, nucleus_boundaries=False,
+           cells_labels=False, nucleus_labels=False, transcripts=False, morphology_focus=False,
+           morphology_mip=False, aligned_images=True).write(tmp_path / "X1.zarr")
+    sdata = sd.read_zarr(tmp_path / "X1.zarr")
+    section = sf.read(sdata, bin_um=200)["X1"]
+    genes = list(section.var_names[:3])
+    pred = ad.AnnData(section[:, genes].X.toarray().astype(np.float32) * 2, obs=section.obs.copy(),
+                      var=pd.DataFrame(index=genes), uns={"spatial": dict(section.uns["spatial"])},
+                      obsm={"spatial": section.obsm["spatial"]})  # as sf.tl.predict_expression gives it
+    section.obs["tumor_probability"] = np.linspace(0, 1, section.n_obs)
+    changed = sf.io.add_to_spatialdata(sdata, expression=pred, spots=section)
+    assert changed == ["X1_squares", "X1_expression", "X1_squares_table"]
+    squares = sdata.shapes["X1_squares"]
+    cells = gpd.GeoDataFrame(geometry=sdata.shapes["cell_circles"].geometry)
+    inside = gpd.sjoin(cells, gpd.GeoDataFrame(geometry=squares.geometry), predicate="within")
+    assert inside.groupby("index_right").size().loc[section.obs_names].tolist() == section.obs["n_cells"].tolist()
+    assert squares.geometry.area.to_numpy() == pytest.approx(200.0**2)  # microns, the cells' frame
+    predicted = sd.get_values(value_key=genes, sdata=sdata, element_name="X1_squares", table_name="X1_expression")
+    np.testing.assert_array_equal(predicted.loc[section.obs_names].to_numpy(), 2 * section[:, genes].X.toarray())
+    annotated = sd.get_values(value_key="tumor_probability", sdata=sdata, element_name="X1_squares",
+                              table_name="X1_squares_table")
+    np.testing.assert_allclose(annotated.loc[section.obs_names, "tumor_probability"],
+                               section.obs["tumor_probability"])
+    # the squares kept, their annotations table updated; the predictions replaced only when asked
+    assert sf.io.add_to_spatialdata(sdata, spots=section) == ["X1_squares_table"]
+    with pytest.raises(InputError, match="overwrite=True"):
+        sf.io.add_to_spatialdata(sdata, expression=pred)
+    for name in changed:
+        sdata.write_element(name)
+    again = sf.read(sd.read_zarr(tmp_path / "X1.zarr"), bin_um=200)
+    assert list(again) == ["X1"]
+    np.testing.assert_array_equal(again["X1"].X.toarray(), section.X.toarray())

@@ -177,6 +177,12 @@ def _xy_matrix(transformation) -> np.ndarray:
     return np.asarray(transformation.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), float)
 
 
+def shape_to_image(shape_to, image_to) -> np.ndarray:
+    """The 3x3 affine matrix from shape coordinates to image pixels, from their transformations into one
+    coordinate system."""
+    return np.linalg.inv(_xy_matrix(image_to)) @ _xy_matrix(shape_to)
+
+
 def _image_for(sdata, path: Path, region: str) -> tuple[str, np.ndarray]:
     """The finest H&E (``is_brightfield``) sharing a coordinate system with ``region``'s shapes, and the affine
     matrix from shape coordinates to that image's pixels. Fluorescence images (Xenium's DAPI morphology image, an
@@ -195,7 +201,7 @@ def _image_for(sdata, path: Path, region: str) -> tuple[str, np.ndarray]:
             to_cs = _xy_matrix(image_to[cs])
             pixel_area = abs(np.linalg.det(to_cs[:2, :2]))  # area of one image pixel in the coordinate system
             if best is None or pixel_area < best[0]:
-                best = (pixel_area, name, np.linalg.inv(to_cs) @ _xy_matrix(shape_to[cs]))
+                best = (pixel_area, name, shape_to_image(shape_to[cs], image_to[cs]))
     if best is None and passed_over:
         raise InputError(path, f"shapes/{region}", "no H&E (an RGB image) in the spots' coordinate system, only "
                          f"fluorescence: {', '.join(passed_over)}")

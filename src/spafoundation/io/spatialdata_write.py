@@ -203,26 +203,51 @@ def add_to_spatialdata(sdata, *, expression=None, spots=None, overwrite: bool = 
     one table per section, ``<section>_expression``, annotating the section's shapes element row by row.
     ``spots``: the sections with their annotations (``sf.tl.tumor_score``, ``sf.tl.spatial_domains``) -> those
     columns (tumour probability and label, marker score, spatial domain) set on the rows of the table the counts were
-    read from; its other rows get NaN. An existing ``<section>_expression`` table is replaced only with
-    ``overwrite``. Returns the names of the tables added or changed: in memory only until written
-    (``sdata.write_element(name)``, ``overwrite=True`` for a changed one)."""
+    read from; its other rows get NaN. A section whose spots were summed (cells into squares, Visium HD bins k x k)
+    has no shapes of its own in ``sdata``: they are added, ``<section>_squares`` in the frame and coordinate systems
+    of the shapes summed, and its annotations go into a table of their own, ``<section>_squares_table``, with the
+    summed counts (replaced by the next call, as the counts table's columns are). Any other existing element is
+    replaced only with ``overwrite``. Returns the names of
+    the elements added or changed: in memory only until written (``sdata.write_element(name)``,
+    ``overwrite=True`` for a changed one)."""
     from spafoundation._sections import LIBRARY_KEY, Sections
 
     require_spatialdata(None, "sdata")
     from spatialdata.models import get_table_keys
 
-    changed = []
+    changed: list[str] = []
+
+    def add(kind: str, name: str, element) -> None:
+        if name in getattr(sdata, kind) and not overwrite and name not in changed:
+            raise InputError(None, f"{kind}/{name}", "already in the SpatialData object: overwrite=True replaces it")
+        getattr(sdata, kind)[name] = element
+        if name not in changed:
+            changed.append(name)
+
+    def spots_of(section: str, part: ad.AnnData) -> tuple[str, np.ndarray]:
+        if not _summed(section, part):
+            return _spots_of(sdata, section, part)
+        name = f"{element_name(section)}_squares"
+        ids = np.asarray(part.obs_names)
+        held = sdata.shapes.get(name)
+        if held is None or not np.array_equal(np.asarray(held.index), ids):  # else added by an earlier call
+            add("shapes", name, _summed_squares(sdata, section, part))
+        return name, ids
+
     for section, pred in (Sections(expression, LIBRARY_KEY).by_name if expression is not None else {}).items():
-        region, instances = _spots_of(sdata, section, pred)
-        name = f"{element_name(section)}_expression"
-        if name in sdata.tables and not overwrite:
-            raise InputError(None, f"tables/{name}", "already in the SpatialData object: overwrite=True replaces it")
-        sdata.tables[name] = _table(pred, region, "expression", instances)
-        changed.append(name)
+        region, instances = spots_of(section, pred)
+        add("tables", f"{element_name(section)}_expression", _table(pred, region, "expression", instances))
     for section, part in (Sections(spots, LIBRARY_KEY).by_name if spots is not None else {}).items():
-        region, instances = _spots_of(sdata, section, part)
+        region, instances = spots_of(section, part)
         columns = [c for c in SPOT_ANNOTATIONS if c in part.obs]
         if not columns:
+            continue
+        if _summed(section, part):  # the counts were read from the cells' (bins') table: these rows are not in it
+            name = f"{region}_table"
+            held = sdata.tables.get(name)
+            if held is not None and held.uns.get(TABLE_KIND_KEY) == "squares":
+                del sdata.tables[name]  # its own annotations table, updated as the counts table's columns are
+            add("tables", name, _table(part, region, "squares", instances))
             continue
         name = spatial_meta(part)["metadata"]["spatialdata_table"]
         table = sdata.tables[name]
@@ -243,13 +268,45 @@ def add_to_spatialdata(sdata, *, expression=None, spots=None, overwrite: bool = 
     return changed
 
 
+def _summed(section: str, part: ad.AnnData) -> bool:
+    """Whether the section was read from a store with its spots summed from smaller shapes (cells, HD bins)."""
+    meta = spatial_meta(part)["metadata"]
+    return meta.get("spatialdata_region") is not None and ("bin_um" in meta or "bins_summed" in meta)
+
+
+def _summed_squares(sdata, section: str, part: ad.AnnData):
+    """The squares of a section's summed spots (index: spot ids), in the frame of the shapes they were summed from
+    and with those shapes' transformations, so that they lie on the cells in every coordinate system."""
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import get_transformation
+
+    from spafoundation.io.spatialdata import shape_to_image
+
+    meta = spatial_meta(part)["metadata"]
+    region, image = meta["spatialdata_region"], meta.get("spatialdata_image")
+    if region not in sdata.shapes or image not in sdata.images:
+        raise InputError(None, f"shapes/{region}", f"section {section} was read from shapes/{region} on "
+                         f"images/{image}, which this SpatialData object does not hold")
+    shape_to = get_transformation(sdata.shapes[region], get_all=True)
+    image_to = get_transformation(sdata.images[image], get_all=True)
+    cs = next(c for c in shape_to if c in image_to)
+    back = np.linalg.inv(shape_to_image(shape_to[cs], image_to[cs]))
+    xy = np.asarray(part.obsm["spatial"], float) @ back[:2, :2].T + back[:2, 2]
+    half = spot_diameter_fullres(part) * math.sqrt(abs(np.linalg.det(back[:2, :2]))) / 2
+    frame = gpd.GeoDataFrame(geometry=shapely.box(xy[:, 0] - half, xy[:, 1] - half, xy[:, 0] + half,
+                                                  xy[:, 1] + half), index=np.asarray(part.obs_names))
+    return ShapesModel.parse(frame, transformations=dict(shape_to))
+
+
 def _spots_of(sdata, section: str, part: ad.AnnData) -> tuple[str, np.ndarray]:
     """(the shapes element ``part``'s spots are, each spot's instance id there), checked against ``sdata``."""
     meta = spatial_meta(part)["metadata"]
     region = meta.get("spatialdata_region")
     if region is None or INSTANCE_COLUMN not in part.obs:
-        raise InputError(None, f"section {section}", "not read from a SpatialData store (sf.read(sdata)), or its "
-                         "spots were summed from bins: its results have no shapes to go on")
+        raise InputError(None, f"section {section}", "not read from a SpatialData store (sf.read(sdata)): its "
+                         "results have no shapes to go on")
     if region not in sdata.shapes:
         raise InputError(None, f"shapes/{region}", f"section {section} was read from shapes/{region}, which this "
                          "SpatialData object does not hold")
