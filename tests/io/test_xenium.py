@@ -200,3 +200,22 @@ def test_results_of_summed_cells_go_back_as_squares_on_the_cells(xenium_folder, 
     again = sf.read(sd.read_zarr(tmp_path / "X1.zarr"), bin_um=200)
     assert list(again) == ["X1"]
     np.testing.assert_array_equal(again["X1"].X.toarray(), section.X.toarray())
+
+
+def test_xenium_folders_side_by_side_are_a_cohort(xenium_folder, c2_small, tmp_path):
+    """Replicates, or a Xenium run beside Visium samples: one section per folder, as a cohort of Space Ranger samples
+    reads, so that a model is fitted and cross-validated across them."""
+    import shutil
+
+    from tests.io.layouts import write_visium
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(xenium_folder, cohort / "Rep1_outs")
+    write_xenium(cohort / "Rep2", c2_small, name="Rep2")
+    write_visium(cohort / "V1", c2_small)
+    assert detect_format(cohort) == "visium_cohort"
+    data = read_dataset(cohort, ["Rep1", "Rep2"], bin_um=200)
+    assert list(data) == ["Rep1", "Rep2"]
+    for adata in data.values():
+        np.testing.assert_array_equal(adata.X.sum(axis=0), c2_small.counts.sum(axis=0))
+    assert read_dataset(cohort, ["V1"])["V1"].n_obs == c2_small.counts.shape[0]

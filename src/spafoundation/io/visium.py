@@ -125,35 +125,42 @@ def is_visium_sample(path: Path) -> bool:
 
 
 def visium_samples(path: Path) -> list[Path]:
-    """The sample folders of a Visium cohort: the subfolders of ``path`` that are Space Ranger samples, or hold one
-    sample's files as GEO or 10x's downloads name them (visium_geo.py)."""
+    """The sample folders of a 10x cohort: the subfolders of ``path`` that are Space Ranger samples, hold one
+    sample's files as GEO or 10x's downloads name them (visium_geo.py), or are Xenium output folders (xenium.py)."""
     from spafoundation.io.visium_geo import is_one_geo_sample
+    from spafoundation.io.xenium import is_xenium
 
-    return sorted(d for d in path.iterdir()
-                  if d.is_dir() and d.name != "outs" and (is_visium_sample(d) or is_one_geo_sample(d)))
+    return sorted(d for d in path.iterdir() if d.is_dir() and d.name != "outs"
+                  and (is_visium_sample(d) or is_one_geo_sample(d) or is_xenium(d)))
 
 
 def read_visium_cohort(path: str | Path, sections: list[str] | None = None, *, image=None, image_scale=None,
                        **kwargs) -> dict[str, ad.AnnData]:
-    """A folder of Space Ranger samples (or of folders of one sample's GEO-named files, e.g. 10x downloads), one
-    section per subfolder (named by it); each sample's full-resolution image is found in its own folder. Only the
-    requested sections are read."""
+    """A folder of Space Ranger samples (or of folders of one sample's GEO-named files, e.g. 10x downloads, or of
+    Xenium output folders), one section per subfolder (named by it, a Xenium folder less 10x's ``_outs``); each
+    sample's full-resolution image is found in its own folder. Only the requested sections are read."""
     path = Path(path)
     if image is not None or image_scale is not None:
         raise InputError(path, "image", "a cohort folder finds each sample's image in its own folder; "
                          "give --image (and --image-scale) with one sample folder")
     from spafoundation.io.readers import select_sections
+    from spafoundation.io.xenium import is_xenium, section_name
 
-    samples = select_sections({d.name: d for d in visium_samples(path)}, sections, path)
+    samples = select_sections({section_name(d) if is_xenium(d) else d.name: d for d in visium_samples(path)},
+                              sections, path)
     return {name: read_visium_sample(folder, section=name, **kwargs) for name, folder in samples.items()}
 
 
 def read_visium_sample(path: Path, *, bin_um: float | None = None, **kwargs) -> ad.AnnData:
-    """One Space Ranger sample, Visium or Visium HD (``bin_um``: the HD spot size; an error for round spots), or a
-    folder of one sample's GEO-named files."""
+    """One Space Ranger sample, Visium or Visium HD (``bin_um``: the HD spot size; an error for round spots), a
+    folder of one sample's GEO-named files, or a Xenium output folder (``bin_um``: the squares cells are summed
+    into)."""
     from spafoundation.io.visium_geo import geo_samples, is_one_geo_sample
     from spafoundation.io.visium_hd import is_visium_hd, read_visium_hd
+    from spafoundation.io.xenium import is_xenium, read_xenium
 
+    if is_xenium(path):
+        return read_xenium(path, bin_um=bin_um, **kwargs)
     if is_visium_hd(path):
         return read_visium_hd(path, bin_um=bin_um, **kwargs)
     if bin_um is not None:
