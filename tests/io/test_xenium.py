@@ -219,3 +219,18 @@ def test_xenium_folders_side_by_side_are_a_cohort(xenium_folder, c2_small, tmp_p
     for adata in data.values():
         np.testing.assert_array_equal(adata.X.sum(axis=0), c2_small.counts.sum(axis=0))
     assert read_dataset(cohort, ["V1"])["V1"].n_obs == c2_small.counts.shape[0]
+
+
+@pytest.mark.skipif(not HAVE_SPATIALDATA, reason="optional extra missing: pip install 'spafoundation[spatialdata]'")
+def test_squares_written_to_a_store_read_back_as_the_same_spots(xenium_folder, tmp_path):
+    """20 um squares are narrower than a cell cut-off of 30 um: written by spafoundation they are spots, not cells to
+    sum again."""
+    from spafoundation.io.spatialdata_write import write_spatialdata
+
+    adata = read_dataset(xenium_folder, bin_um=20)["X1"]
+    write_spatialdata(tmp_path / "out.zarr", {"X1": adata})
+    back = read_dataset(tmp_path / "out.zarr")["X1"]
+    assert list(back.obs_names) == list(adata.obs_names)
+    np.testing.assert_array_equal(back.X.toarray(), adata.X.toarray())
+    np.testing.assert_allclose(back.obsm["spatial"], adata.obsm["spatial"], atol=1e-6)
+    assert spot_diameter_fullres(back) == pytest.approx(spot_diameter_fullres(adata))

@@ -364,7 +364,10 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
     counts = validate_counts(rows.X, path, f"tables/{table_name}: X") if rows.n_vars else None
     check_unique(rows.obs_names, path, f"tables/{table_name}: obs_names")
     ids = list(rows.obs_names)
-    cells = k == 0 and diameter_px * mpp_px < CELL_MAX_UM
+    # spots narrower than a Visium spot are cells, unless they were spots already (spafoundation wrote them: summed
+    # squares or Visium HD bins; or the table's metadata says Visium HD)
+    cells = (k == 0 and diameter_px * mpp_px < CELL_MAX_UM and TABLE_KIND_KEY not in table.uns
+             and platform != "visium_hd")
     if cells and not named and region in SPATIALDATA_IO_CELLS:
         section = path.name.removesuffix(".zarr")  # the region's name is the same in every such store
     extra: dict = {}

@@ -155,7 +155,9 @@ def write_spatialdata(path: str | Path, spots: dict[str, ad.AnnData], *,
                              f"{library_id(adata)} in its own metadata")
         if image_path(adata):
             elements["images"][f"{s}_he"] = _image_element(image_path(adata), s, chunk_px)
-        elements["shapes"][f"{s}_spots"] = _circles(adata, s)
+        summed = {"bin_um", "bins_summed"} & set(spatial_meta(adata)["metadata"])  # squares of cells or bins
+        elements["shapes"][f"{s}_spots"] = (_squares(adata, spot_diameter_fullres(adata), s) if summed
+                                            else _circles(adata, s))
         elements["tables"][f"{s}_spots_table"] = _table(adata, f"{s}_spots", "spots")
         if expression and section in expression:
             pred = expression[section]
