@@ -234,3 +234,20 @@ def test_squares_written_to_a_store_read_back_as_the_same_spots(xenium_folder, t
     np.testing.assert_array_equal(back.X.toarray(), adata.X.toarray())
     np.testing.assert_allclose(back.obsm["spatial"], adata.obsm["spatial"], atol=1e-6)
     assert spot_diameter_fullres(back) == pytest.approx(spot_diameter_fullres(adata))
+
+
+def test_scan_whose_metadata_disagrees_with_the_alignment_is_warned_about(c2_small, tmp_path, caplog):
+    import tifffile
+
+    root = write_xenium(tmp_path / "X5", c2_small, name="X5")
+    with caplog.at_level(logging.WARNING):
+        read_dataset(root, bin_um=200)
+    assert "metadata says" not in caplog.text  # no pixel size in the scan's metadata: nothing to compare
+    for own, warned in ((c2_small.mpp * 1.05, False), (c2_small.mpp * 2, True)):
+        tifffile.imwrite(root / "X5_he_image.ome.tif", c2_small.rgb, ome=True, photometric="rgb",
+                         metadata={"PhysicalSizeX": own, "PhysicalSizeY": own})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            adata = read_dataset(root, bin_um=200)["X5"]
+        assert ("metadata says" in caplog.text) == warned
+        assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp)  # the alignment's, as the spots are placed

@@ -134,6 +134,19 @@ def read_alignment(path: Path) -> np.ndarray:
     return matrix
 
 
+def warn_if_scan_disagrees(image: Path, aligned_mpp: float, alignment: Path | None) -> None:
+    """One warning when the scan's own pixel size (OME-XML, TIFF resolution) and the one the alignment gives differ
+    by more than 15%: an alignment to another frame (microns rather than morphology pixels) or to another image."""
+    from spafoundation.io.slide import open_slide
+
+    with open_slide(image) as slide:
+        own = slide.mpp
+    if own and not 1 / 1.15 <= aligned_mpp / own <= 1.15:
+        log.warning("%s: its metadata says %.4g um/px, but %s places it at %.4g um/px; the alignment is used (a "
+                    "matrix to another frame than the morphology image's pixels would misplace every spot; --mpp "
+                    "overrides)", image, own, alignment.name if alignment else "the morphology frame", aligned_mpp)
+
+
 def read_xenium(path: str | Path, image: str | Path | None = None, mpp: float | None = None, *,
                 bin_um: float | None = None, image_scale: float | None = None, section: str | None = None,
                 patient: str | None = None, with_images: bool = True) -> ad.AnnData:
@@ -174,10 +187,13 @@ def read_xenium(path: str | Path, image: str | Path | None = None, mpp: float | 
         to_morphology, aligned = np.eye(3), None
     to_he = np.linalg.inv(to_morphology)
     xy = centres_um / pixel_size @ to_he[:2, :2].T + to_he[:2, 2]
-    he_mpp = float(mpp) if mpp is not None else pixel_size * float(np.sqrt(abs(np.linalg.det(to_morphology[:2, :2]))))
+    aligned_mpp = pixel_size * float(np.sqrt(abs(np.linalg.det(to_morphology[:2, :2]))))
+    he_mpp = float(mpp) if mpp is not None else aligned_mpp
     mpp_source = "given" if mpp is not None else (
         f"experiment.xenium pixel_size x the alignment's scale ({aligned.name})" if aligned else
         "experiment.xenium pixel_size")
+    if mpp is None:
+        warn_if_scan_disagrees(he, aligned_mpp, aligned)
     spots, obs, xy, spot_ids = spots_on_image(he, xy, spots, obs, spot_ids, aligned or cells_path)
     hires, scalef, image_size = read_section_image(he, xy, he_mpp, aligned or cells_path, "spot centres",
                                           with_image=with_images)
