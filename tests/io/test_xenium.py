@@ -153,6 +153,13 @@ def test_h_and_e_kept_elsewhere_is_given_with_image(xenium_folder, c2_small, tmp
     adata = read_dataset(root, bin_um=200, image=scans / "X1_he_image.ome.tif")["X4"]
     np.testing.assert_allclose(adata.obsm["spatial"], read_dataset(xenium_folder, bin_um=200)["X1"].obsm["spatial"])
     assert image_path(adata) == str(scans / "X1_he_image.ome.tif")
+    # as 10x's downloads lie: <dataset>_outs/ beside <dataset>_he_image.ome.tif and its alignment
+    shutil.move(root, tmp_path / "X4_outs")
+    for name in ("he_image.ome.tif", "he_imagealignment.csv"):
+        shutil.move(scans / f"X1_{name}", tmp_path / f"X4_{name}")
+    adata = read_dataset(tmp_path / "X4_outs", bin_um=200)["X4"]
+    assert image_path(adata) == str(tmp_path / "X4_he_image.ome.tif")
+    np.testing.assert_allclose(adata.obsm["spatial"], read_dataset(xenium_folder, bin_um=200)["X1"].obsm["spatial"])
 
 
 @pytest.mark.skipif(not HAVE_SPATIALDATA, reason="optional extra missing: pip install 'spafoundation[spatialdata]'")

@@ -6,8 +6,9 @@ What is read (the folder is the one holding ``experiment.xenium``, or its parent
 - ``cell_feature_matrix.h5`` (else the ``cell_feature_matrix/`` folder): counts per cell, Gene Expression only
   (the control probes and codewords left out);
 - ``cells.parquet`` (else ``cells.csv.gz`` / ``cells.csv``): each cell's centroid in microns;
-- the H&E: ``--image``, else the one ``*he_image.ome.tif`` in the folder (10x ships it beside the outputs, as its
-  public datasets do), and its alignment ``<image name less .ome.tif>alignment.csv`` beside it (Xenium Explorer's
+- the H&E: ``--image``, else the one ``*he_image.ome.tif`` in the folder, else ``<section>_he_image.ome.tif``
+  beside the folder (as 10x's public datasets download: ``<dataset>_outs`` and ``<dataset>_he_image.ome.tif``),
+  and its alignment ``<image name less .ome.tif>alignment.csv`` beside it (Xenium Explorer's
   3 x 3 matrix from H&E pixels to morphology pixels, a rotation and scale as the slide was scanned). Without an
   alignment file the H&E is taken to be in the morphology frame already (as spatialdata-io does), with a warning.
 
@@ -100,12 +101,17 @@ def read_centroids(root: Path) -> tuple[pd.Index, np.ndarray, Path]:
     raise InputError(root / "cells.parquet", "cells", "file not found (nor cells.csv.gz)")
 
 
-def find_he_image(root: Path) -> Path | None:
+def find_he_image(root: Path, section: str) -> Path | None:
+    """The one ``*he_image.ome.tif`` in the folder, else ``<section>_he_image.ome.tif`` beside it (10x's downloads
+    name the outputs ``<dataset>_outs`` and the H&E ``<dataset>_he_image.ome.tif``, side by side)."""
     found = sorted(p for p in root.iterdir() if p.name.endswith(HE_SUFFIX))
     if len(found) > 1:
         raise InputError(root, "image", f"{len(found)} H&E images ({', '.join(p.name for p in found)}): give one "
                          "with --image")
-    return found[0] if found else None
+    if found:
+        return found[0]
+    beside = [folder / f"{section}_{HE_SUFFIX}" for folder in dict.fromkeys((root.parent, root.parent.parent))]
+    return next((p for p in beside if p.is_file()), None)
 
 
 def alignment_file(image: Path) -> Path:
@@ -172,7 +178,7 @@ def read_xenium(path: str | Path, image: str | Path | None = None, mpp: float | 
     counts = validate_counts(counts, counts_path, "counts")
     spots, obs, centres_um, spot_ids = bin_cells(counts, xy_um[where], bin_um)
 
-    he = Path(image) if image is not None else find_he_image(root)
+    he = Path(image) if image is not None else find_he_image(root, section_name(path))
     if he is None:
         raise InputError(root, "image", f"no H&E: put the post-Xenium H&E (*{HE_SUFFIX}) and its alignment CSV in "
                          "the folder, or give it with --image")
