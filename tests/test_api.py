@@ -224,3 +224,21 @@ def test_superres_warns_when_the_image_is_coarser_than_its_superpixels(her2st_c2
         warn_if_coarser_than_superpixels("C2", her2st_c2, 4.0)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and warnings[0].startswith("section C2: its H&E holds 2.8 um/px of detail, 1.5 pixels")
+
+
+def test_namespaces_show_their_functions_not_their_imports():
+    """Tab completion on sf.pp / sf.tl / sf.pl lists what a user calls, as scanpy's namespaces do."""
+    import subprocess
+    import sys
+
+    import spafoundation as sf
+
+    # a fresh process: sf.io is there before anything imported it, and sf.<tab> lists every namespace
+    code = ("import spafoundation as sf; assert callable(sf.io.add_to_spatialdata); "
+            "assert {'read', 'pp', 'tl', 'pl', 'io', 'settings'} <= set(dir(sf)), dir(sf)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for namespace in (sf.pp, sf.tl, sf.pl):
+        shown = [n for n in dir(namespace) if not n.startswith("_")]
+        assert set(namespace.__all__) <= set(shown)
+        assert not {"np", "ad", "Sections", "Mapping", "Sequence", "copy_data", "defaults"} & set(shown)
+        assert all(callable(getattr(namespace, n)) for n in namespace.__all__)

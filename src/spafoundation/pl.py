@@ -13,6 +13,8 @@ import numpy as np
 
 from spafoundation._sections import LIBRARY_KEY, Sections
 
+__all__ = ["domains", "expression", "superres", "tumor"]
+
 TUMOR_SCORES = {"tumor_probability": ("tumour probability", "magma", 0.0, 1.0),
                 "tumor_marker_score": ("marker score (z)", "magma", None, None)}
 
@@ -170,3 +172,8 @@ def domains(data, key: str = "spatial_domain", *, grid: ad.AnnData | None = None
         panels.append({"adata": spots, "values": spots.obs[reference].astype(str).to_numpy(),
                        "title": f"reference: {reference}", "categorical": True})
     return plot_panels(panels, path, title=f"{name}: spatial domains")
+
+
+def __dir__() -> list[str]:
+    # tab completion shows the figures, as scanpy's sc.pl does, not the imports they use
+    return __all__

@@ -69,3 +69,8 @@ def select_genes(data, genes=defaults.EXPRESSION_GENES, *, sections=None, librar
     """
     train = Sections(data, library_key, counts=True).select(sections)
     return _select_genes(list(train.values()), genes, target_sum, candidates)
+
+
+def __dir__() -> list[str]:
+    # tab completion shows the functions (and the arrays-level module), as scanpy's sc.pp does, not the imports
+    return [*__all__, "genes"]
