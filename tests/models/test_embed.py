@@ -144,3 +144,26 @@ def test_stain_normalised_embeddings_are_their_own_cache_entry(c2_16, tiny_encod
     patches = extract_patches(c2_16, tiny_encoder.patch_um, tiny_encoder.input_size)
     expected = embed_patches(tiny_encoder, section_stain(c2_16, builtin_reference("reinhard"))(patches))
     np.testing.assert_allclose(b, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_spots_off_tissue_warn_that_the_coordinates_may_not_fit_the_image(her2st_root, tiny_encoder, caplog):
+    """C2's spots all lie on tissue; the same coordinates flipped top to bottom put half of them on glass, which is
+    what a coordinate file of another orientation, scale or section looks like: one warning, once per section."""
+    import logging
+
+    from spafoundation.io.anndata_spec import image_path
+    from spafoundation.io.slide import open_slide
+
+    c2 = read_dataset(her2st_root, ["C2"], with_images=False)["C2"]
+    with caplog.at_level(logging.WARNING):
+        embed_adata(c2, tiny_encoder, cache_dir=False, progress=False)
+    assert "almost no tissue" not in caplog.text
+    with open_slide(image_path(c2)) as slide:
+        height = slide.height
+    flipped = c2.copy()
+    flipped.obsm["spatial"] = np.c_[c2.obsm["spatial"][:, 0], height - 1 - c2.obsm["spatial"][:, 1]]
+    with caplog.at_level(logging.WARNING):
+        embed_adata(flipped, tiny_encoder, cache_dir=False, progress=False)
+        embed_adata(flipped, tiny_encoder, cache_dir=False, progress=False)
+    assert caplog.text.count("almost no tissue") == 1
+    assert f"{int(flipped.obs['low_tissue'].sum())} of {c2.n_obs} spots" in caplog.text

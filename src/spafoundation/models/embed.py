@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -112,12 +113,32 @@ def embed_adata(
     if not view:
         adata.obs["tissue_fraction"] = tf.astype(np.float32)
         adata.obs["low_tissue"] = tf < MIN_TISSUE
+        if "grid" not in adata.uns and "superres" not in adata.uns:  # spots, not tiles laid over the tissue
+            warn_if_spots_off_tissue(section, path, adata.obs["low_tissue"].to_numpy())
     record = {"encoder": encoder.name, "identity": encoder.identity, "patch_um": float(encoder.patch_um),
               "input_size": int(encoder.input_size), "tta": bool(tta), "cache": status,
               "n_from_cache": int(n_cached), "stain_norm": "none" if stain is None else stain.record()}
     adata.uns.setdefault(UNS_KEY, {})[key] = record
     log.info("%s: %s %s (%d spots, cache %s)", section, key, emb.shape, n, status)
     return emb
+
+
+OFF_TISSUE_SHARE = 0.10  # HER2ST's six imaged sections: 0%; their coordinates flipped or transposed: 2-52%
+_WARNED_OFF_TISSUE: set[tuple[str, str]] = set()
+
+
+def warn_if_spots_off_tissue(section: str, image: str, low: np.ndarray) -> None:
+    """One warning per section and image when more than ``OFF_TISSUE_SHARE`` of its spots' patches hold (almost) no
+    tissue: measured spots lie under tissue, so the coordinates most likely do not match this image (flipped,
+    turned, at another scale, or another section's image), the most common failure with spatial data."""
+    share = float(np.mean(low)) if len(low) else 0.0
+    if share <= OFF_TISSUE_SHARE or (section, image) in _WARNED_OFF_TISSUE:
+        return
+    _WARNED_OFF_TISSUE.add((section, image))
+    log.warning("%s: %d of %d spots (%.0f%%) have almost no tissue in their patch of %s: measured spots lie under "
+                "tissue, so check that the spot coordinates belong to this image (not flipped, turned, at another "
+                "scale or of another section); obs['low_tissue'] marks them", section, int(np.sum(low)), len(low),
+                100 * share, Path(image).name)
 
 
 def _compute(adata, encoder, xy, cache, tta, batch_size, progress, section, normalise=None):
