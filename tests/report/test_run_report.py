@@ -76,8 +76,9 @@ def test_run_end_to_end_then_resume(her2st_root, tiny_folder, tmp_path, capsys):
                   "Run"):
         assert f">{title}</h2>" in page
     assert not re.search(r'src="(?!data:)', page)  # self-contained: every image is a data URI
-    # how far to trust the prediction: the shift always; no per-gene cv r from a single training section (C3)
-    assert "C4: image shift " in page and "Genes to trust" not in page and "cv_pearson" not in pred.var
+    # how far to trust the prediction: the shift; per-gene cv r from stripes of the single training section (C3)
+    assert "C4: image shift " in page and "cv_pearson_stripes" in pred.var
+    assert "Genes to trust" in page and "held-out stripes of the one training section" in page
     assert page.count("<img") >= 8
 
     # a second run with the same config reuses every step; a step whose output vanished is redone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import anndata as ad
@@ -305,3 +306,25 @@ def test_cli_reference(her2st_root, tmp_path, capsys):
         assert main(["fit-expression", str(her2st_root), *common, *bad, "--out", str(tmp_path / "bad")]) == 2
         assert field in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_model_of_one_section_rates_its_genes_on_held_out_stripes(her2st_imaged, tmp_path):
+    """One training section (one Xenium run, one Visium slide) has no section to hold out: each gene's r comes from 4
+    contiguous stripes of it held out in turn, and is saved with the model like the other levels."""
+    from spafoundation.tasks.reliability import spatial_stripes
+
+    c3 = her2st_imaged["C3"]
+    stripes = spatial_stripes(c3.obsm["spatial"])
+    assert len(np.bincount(stripes)) == 4 and np.ptp(np.bincount(stripes)) <= 1  # equal shares
+    axis = int(np.ptp(c3.obsm["spatial"][:, 1]) > np.ptp(c3.obsm["spatial"][:, 0]))
+    edges = [c3.obsm["spatial"][stripes == s, axis] for s in range(4)]
+    assert all(a.max() <= b.min() for a, b in itertools.pairwise(edges))  # contiguous bands, in order
+
+    model = fit_expression([c3], None, genes="hvg:8", source="colour_texture", cache_dir=tmp_path)
+    assert set(model.gene_cv) == {"stripes"}
+    pred = model.predict(her2st_imaged["C4"], cache_dir=tmp_path)
+    assert list(pred.var.columns) == ["cv_pearson", "cv_pearson_stripes", "reliable"]
+    assert np.isfinite(pred.var["cv_pearson"]).all()
+    assert "stripes of the one training section" in model.reliability_summary()
+    again = ExpressionModel.load(model.save(tmp_path / "model")).predict(her2st_imaged["C4"], cache_dir=tmp_path)
+    np.testing.assert_allclose(again.var["cv_pearson"], pred.var["cv_pearson"])

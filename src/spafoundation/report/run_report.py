@@ -11,7 +11,7 @@ import numpy as np
 
 from spafoundation.report.html import Block, write_report
 from spafoundation.run_folder import RunFolder
-from spafoundation.tasks.reliability import RELIABLE_R
+from spafoundation.tasks.reliability import LEVELS, RELIABLE_R
 
 
 def _read_json(path: Path):
@@ -51,9 +51,10 @@ def _expression_block(folder: RunFolder, top_genes: int) -> Block | None:
     pred = ad.read_h5ad(pred_path)
     if "reliable" in pred.var:
         reliable = list(pred.var_names[pred.var["reliable"].to_numpy(bool)])
+        level = next((LEVELS[k] for k in LEVELS if f"cv_pearson_{k}" in pred.var), LEVELS["sections"])
         b.paragraphs.append(f"Genes to trust: {len(reliable)} of {pred.n_vars} reach a cross-validated r of "
-                            f"{RELIABLE_R} over held-out training sections (patients where there were two or more; "
-                            f"var['cv_pearson'], var['reliable']){': ' + ', '.join(reliable) if reliable else ''}.")
+                            f"{RELIABLE_R} over {level} (var['cv_pearson'], var['reliable'])"
+                            f"{': ' + ', '.join(reliable) if reliable else ''}.")
     for n, s in (pred.uns.get("spafoundation_prediction", {}).get("shift") or {}).items():
         limit = s.get("training_limit")
         b.paragraphs.append(f"{n}: image shift {float(s['score']):.2f} from the training sections"

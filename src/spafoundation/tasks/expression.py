@@ -20,11 +20,14 @@ from spafoundation.io.anndata_spec import image_path, library_id
 from spafoundation.pp.genes import TARGET_SUM, expression_matrix, select_genes, transcriptome_z
 from spafoundation.tasks.heads import HEADS, build_head, chosen_params, wants_transcriptome
 from spafoundation.tasks.reliability import (
+    LEVELS,
     RELIABLE_R,
     SHIFT_PREFIX,
+    SINGLE_SECTION_STRIPES,
     FeatureShift,
     gene_cv_pearson,
     reliable_genes,
+    spatial_stripes,
 )
 from spafoundation.tasks.spot_features import (
     HANDCRAFTED_PATCH_PX,
@@ -112,7 +115,8 @@ def encoder_from_reference(ref: dict, device: str = "cpu"):
 
 class ExpressionModel:
     """A fitted expression model. ``gene_cv``: each gene's cross-validated r over held-out training sections
-    (``"sections"``) and patients (``"patients"``, where the training sections come from two or more); ``shift``:
+    (``"sections"``) and patients (``"patients"``, where the training sections come from two or more), or, fitted on
+    one section, over held-out stripes of it (``"stripes"``); ``shift``:
     the reference of the image-shift score (tasks/reliability.py)."""
 
     def __init__(self, genes: list[str], head, recipe: dict, encoder=None, *, target_sum: float | None = TARGET_SUM,
@@ -133,7 +137,7 @@ class ExpressionModel:
         """Predicted log-normalised expression of ``self.genes`` for every spot of ``adata`` (counts not needed).
 
         ``var`` holds each gene's cross-validated r (``cv_pearson``, over patients where the model was fitted on
-        two or more, else over sections) and ``reliable`` (``cv_pearson >= RELIABLE_R``); ``uns
+        two or more, else over sections, else over stripes of the one section) and ``reliable`` (``cv_pearson >= RELIABLE_R``); ``uns
         ['spafoundation_prediction']['shift'][section]`` says how far the section's image lies from the training
         sections' (a warning is logged when further than any training section lay from the others)."""
         pred = self.head.predict(self.features(adata, cache_dir=cache_dir, progress=progress))
@@ -158,7 +162,7 @@ class ExpressionModel:
     def gene_table(self) -> dict[str, np.ndarray]:
         """Per-gene reliability columns for ``var`` (empty for models fitted before they were recorded)."""
         cols = {f"cv_pearson_{k}": np.asarray(v, dtype=np.float64) for k, v in self.gene_cv.items() if v is not None}
-        best = cols.get("cv_pearson_patients", cols.get("cv_pearson_sections"))
+        best = cols.get("cv_pearson_patients", cols.get("cv_pearson_sections", cols.get("cv_pearson_stripes")))
         if best is None:
             return {}
         return {"cv_pearson": best, **cols, "reliable": reliable_genes(best)}
@@ -172,10 +176,10 @@ class ExpressionModel:
         if not self.gene_table():
             return None
         reliable = self.reliable()
-        level = "patients" if "patients" in self.gene_cv else "sections"
+        level = next((LEVELS[k] for k in LEVELS if k in self.gene_cv), LEVELS["sections"])
         names = f": {', '.join(reliable[:shown])}{' ...' if len(reliable) > shown else ''}" if reliable else ""
         return (f"{len(reliable)} of {len(self.genes)} genes reliable (cross-validated r >= {RELIABLE_R} over "
-                f"held-out training {level}; var['cv_pearson'], var['reliable']){names}")
+                f"{level}; var['cv_pearson'], var['reliable']){names}")
 
     def _get_encoder(self):
         if self.encoder is None and self.encoder_ref is not None:
@@ -360,6 +364,21 @@ def fit_expression(train: Sequence[ad.AnnData], encoder=DEFAULT_ENCODER, *, gene
         folds = {"sections": groups, "patients": np.array([patients[g] for g in groups])}
         gene_cv = {k: r for k, f in folds.items()
                    if (r := gene_cv_pearson(X, Y, groups, f, make_head, blocks, fit_options)) is not None}
+        if not gene_cv and len(train) == 1:
+            # one training section (one Xenium run, one Visium slide): its contiguous stripes held out in turn,
+            # the only estimate there is, and an optimistic one (the same section's stain and biology)
+            (section,) = train
+            stripes = spatial_stripes(np.asarray(section.obsm["spatial"], float), SINGLE_SECTION_STRIPES)
+
+            def stripe_options(held) -> dict:
+                options = {"reference": ref.z} if ref is not None else {}
+                if uses_transcriptome:
+                    options["transcriptome"] = transcriptome_z([section[stripes != held]], target_sum)
+                return options
+
+            r = gene_cv_pearson(X, Y, groups, stripes, make_head, blocks, stripe_options)
+            if r is not None:
+                gene_cv["stripes"] = r
     return ExpressionModel(gene_list, fitted, recipe, enc, target_sum=target_sum, training=training,
                            gene_cv=gene_cv,
                            shift=FeatureShift.fit({library_id(a): shift_features(a, cache_dir) for a in train}))

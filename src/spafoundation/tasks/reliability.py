@@ -23,6 +23,23 @@ RELIABLE_R = 0.1  # a gene is 'reliable' when its cross-validated r (patients wh
 SHIFT_PREFIX = "shift."  # keys of the shift reference among the arrays of a saved model
 
 
+SINGLE_SECTION_STRIPES = 4  # a model fitted on one section: each gene's r over 4 stripes of it held out in turn
+# where each gene's cross-validated r comes from, the most telling first (ExpressionModel.gene_table picks it)
+LEVELS = {"patients": "held-out training patients", "sections": "held-out training sections",
+          "stripes": f"{SINGLE_SECTION_STRIPES} held-out stripes of the one training section (optimistic: the same "
+                     "section's stain and biology)"}
+
+
+def spatial_stripes(xy: np.ndarray, n: int = SINGLE_SECTION_STRIPES) -> np.ndarray:
+    """Stripe index (0..n-1) of each spot: n contiguous bands of equal spot counts across the section's longer
+    side, so that a held-out stripe's spots are not the neighbours of the training spots (as random spots would
+    be)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    axis = int(np.ptp(xy[:, 1]) > np.ptp(xy[:, 0]))
+    ranks = np.argsort(np.argsort(xy[:, axis], kind="stable"), kind="stable")
+    return (ranks * n // max(len(xy), 1)).astype(np.int64)
+
+
 def gene_cv_pearson(X: np.ndarray, Y: np.ndarray, sections: np.ndarray, folds: np.ndarray,
                     make_head: Callable, blocks=None, fit_options: Callable | None = None) -> np.ndarray | None:
     """Per-gene r on held-out ``folds`` (one label per spot: its section or its patient), each fold's sections

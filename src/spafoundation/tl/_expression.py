@@ -88,7 +88,8 @@ def predict_expression(data, model, *, sections=None, library_key: str = LIBRARY
     same ``obs``, ``obsm['spatial']`` and ``uns['spatial']`` as the input, so ``sc.pl.spatial`` draws it:
 
     - ``X``: predicted log1p(normalised expression), float32, one column per model gene;
-    - ``var['cv_pearson']``, ``var['reliable']``: each gene's cross-validated r and whether it reaches 0.1;
+    - ``var['cv_pearson']``, ``var['reliable']``: each gene's cross-validated r (over held-out training patients,
+      else sections, else stripes of the one training section) and whether it reaches 0.1;
     - ``uns['spafoundation_prediction']``: the model's description and each section's image-shift report
       (``['shift'][section]``).
     """
