@@ -4,13 +4,47 @@ threads, progress bars), in one visible object instead of module globals; scanpy
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 from pathlib import Path
 
 from spafoundation.utils.precision import CHOICES
 
 AUTO = "auto"
-DEFAULTS = {"device": "cpu", "precision": AUTO, "cache_dir": None, "n_threads": None, "progress": True}
+DEFAULTS = {"device": "cpu", "precision": AUTO, "cache_dir": None, "n_threads": None, "progress": True,
+            "verbosity": "warning"}
+# scanpy's numbers (0 errors ... 3 hints) or names
+VERBOSITY = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+VERBOSITY_NUMBERS = dict(enumerate(VERBOSITY))
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a notebook's, pytest's), not the one at setup."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def apply_verbosity(name: str) -> None:
+    """The ``spafoundation`` loggers' level; below warning, a handler of their own where nothing would print the
+    records (Python prints only warnings without one: a notebook, a script without ``logging.basicConfig``). The
+    default, "warning", leaves the level to the application's logging (the CLI's ``-v``, pytest's caplog)."""
+    package = logging.getLogger("spafoundation")
+    package.setLevel(logging.NOTSET if name == "warning" else VERBOSITY[name])
+    ours = [h for h in package.handlers if isinstance(h, _StderrHandler)]
+    if VERBOSITY[name] >= logging.WARNING:
+        for handler in ours:
+            package.removeHandler(handler)
+    elif not ours and not logging.getLogger().handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        package.addHandler(handler)
 
 
 class Settings:
@@ -33,6 +67,10 @@ class Settings:
         CPU threads of torch (``torch.set_num_threads``); None (default): torch's own choice.
     progress
         Progress bars in ``sf.tl`` functions. Default True.
+    verbosity
+        What the functions log: ``"error"``, ``"warning"`` (default: image shift, spots off tissue, downscaled
+        images...), ``"info"`` (each step: features, cache hits, chosen weights) or ``"debug"``; or scanpy's
+        numbers 0-3.
 
     Examples
     --------
@@ -66,6 +104,11 @@ class Settings:
             torch.set_num_threads(value)
         if name == "progress":
             value = bool(value)
+        if name == "verbosity":
+            value = VERBOSITY_NUMBERS.get(value, value) if isinstance(value, int) else str(value).lower()
+            if value not in VERBOSITY:
+                raise ValueError(f"verbosity must be one of {list(VERBOSITY)} or 0-3, got {value!r}")
+            apply_verbosity(value)
         object.__setattr__(self, name, value)
 
     @contextlib.contextmanager
@@ -84,6 +127,8 @@ class Settings:
         finally:
             for k, v in old.items():
                 object.__setattr__(self, k, v)
+            if "verbosity" in old:
+                apply_verbosity(old["verbosity"])
             if threads is not None:
                 torch.set_num_threads(threads)
 
