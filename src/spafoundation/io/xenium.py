@@ -202,7 +202,7 @@ def read_xenium(path: str | Path, image: str | Path | None = None, mpp: float | 
         warn_if_scan_disagrees(he, aligned_mpp, aligned)
     spots, obs, xy, spot_ids = spots_on_image(he, xy, spots, obs, spot_ids, aligned or cells_path)
     hires, scalef, image_size = read_section_image(he, xy, he_mpp, aligned or cells_path, "spot centres",
-                                          with_image=with_images)
+                                                   with_image=with_images)
     obs.insert(0, "patient", patient or section)
     obs.insert(0, "section", section)
     return build_anndata(
