@@ -145,6 +145,23 @@ def test_visium_hd_store_from_spatialdata_io_reads_as_our_hd_reader(c2_small, tm
     assert spot_diameter_fullres(adata) == pytest.approx(spot_diameter_fullres(ours))
     if bin_um == 400:
         assert adata.obs["n_bins"].max() == 4 and adata.obs["n_bins"].sum() == c2_small.counts.shape[0]
+        # results of the summed spots go back as squares of 400 um, each over the 200 um bins it sums
+        import geopandas as gpd
+        import spatialdata as sd
+
+        import spafoundation as sf
+
+        sdata = sd.read_zarr(tmp_path / "hd.zarr")
+        pred = ad.AnnData(adata.X.toarray()[:, :2].astype(np.float32), obs=adata.obs.copy(),
+                          var=pd.DataFrame(index=adata.var_names[:2]), obsm={"spatial": adata.obsm["spatial"]},
+                          uns={"spatial": dict(adata.uns["spatial"])})
+        assert sf.io.add_to_spatialdata(sdata, expression={"HD": pred}) == ["HD_squares", "HD_expression"]
+        squares = sdata.shapes["HD_squares"]
+        full = adata.obs["n_bins"].to_numpy() == 4  # C2's spots as bins: a grid with its jitter, so about 400 um
+        assert np.median(squares.geometry.area.to_numpy()[full]) == pytest.approx((400 / c2_small.mpp) ** 2, rel=0.1)
+        bins = gpd.GeoDataFrame(geometry=sdata.shapes["HD_square_200um"].geometry.centroid)
+        inside = gpd.sjoin(bins, gpd.GeoDataFrame(geometry=squares.geometry), predicate="within")
+        assert inside.groupby("index_right").size().loc[adata.obs_names].tolist() == adata.obs["n_bins"].tolist()
     with pytest.raises(InputError, match="50 um is not a multiple of a bin size"):
         read_dataset(tmp_path / "hd.zarr", bin_um=50)
 

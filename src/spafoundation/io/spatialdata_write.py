@@ -292,14 +292,39 @@ def _summed_squares(sdata, section: str, part: ad.AnnData):
         raise InputError(None, f"shapes/{region}", f"section {section} was read from shapes/{region} on "
                          f"images/{image}, which this SpatialData object does not hold")
     shape_to = get_transformation(sdata.shapes[region], get_all=True)
-    image_to = get_transformation(sdata.images[image], get_all=True)
-    cs = next(c for c in shape_to if c in image_to)
-    back = np.linalg.inv(shape_to_image(shape_to[cs], image_to[cs]))
-    xy = np.asarray(part.obsm["spatial"], float) @ back[:2, :2].T + back[:2, 2]
-    half = spot_diameter_fullres(part) * math.sqrt(abs(np.linalg.det(back[:2, :2]))) / 2
-    frame = gpd.GeoDataFrame(geometry=shapely.box(xy[:, 0] - half, xy[:, 1] - half, xy[:, 0] + half,
-                                                  xy[:, 1] + half), index=np.asarray(part.obs_names))
+    if "bins_summed" in meta:  # Visium HD: each spot's square is the extent of the bins it sums (an edge block's
+        # bins may not fill it), found again from the bins' array positions
+        boxes = _block_bounds(sdata, section, part, region, int(meta["bins_summed"]))
+    else:  # cells: the square of the grid they were summed into, centred on the spot
+        image_to = get_transformation(sdata.images[image], get_all=True)
+        cs = next(c for c in shape_to if c in image_to)
+        back = np.linalg.inv(shape_to_image(shape_to[cs], image_to[cs]))
+        xy = np.asarray(part.obsm["spatial"], float) @ back[:2, :2].T + back[:2, 2]
+        half = spot_diameter_fullres(part) * math.sqrt(abs(np.linalg.det(back[:2, :2]))) / 2
+        boxes = np.c_[xy - half, xy + half]
+    frame = gpd.GeoDataFrame(geometry=shapely.box(*boxes.T), index=np.asarray(part.obs_names))
     return ShapesModel.parse(frame, transformations=dict(shape_to))
+
+
+def _block_bounds(sdata, section: str, part: ad.AnnData, region: str, k: int) -> np.ndarray:
+    """(spots, 4) bounds (x0, y0, x1, y1), in the bins' frame, of the bins each k x k block of ``part`` sums:
+    ``io/visium_hd.aggregate_bins`` gives a block the array position (bin row // k, bin column // k)."""
+    from spatialdata.models import get_table_keys
+
+    table = sdata.tables[spatial_meta(part)["metadata"]["spatialdata_table"]]
+    _, region_key, instance_key = get_table_keys(table)
+    obs = table.obs[table.obs[region_key].astype(str).to_numpy() == region]
+    shapes = sdata.shapes[region]
+    bounds = shapes.geometry.bounds.to_numpy()[shapes.index.get_indexer(obs[instance_key].to_numpy())]
+    blocks = pd.MultiIndex.from_arrays([obs["array_row"].to_numpy() // k, obs["array_col"].to_numpy() // k])
+    frame = pd.DataFrame(bounds, columns=["x0", "y0", "x1", "y1"], index=blocks)
+    grouped = frame.groupby(level=[0, 1]).agg({"x0": "min", "y0": "min", "x1": "max", "y1": "max"})
+    wanted = pd.MultiIndex.from_arrays([part.obs["array_row"].to_numpy(), part.obs["array_col"].to_numpy()])
+    at = grouped.index.get_indexer(wanted)
+    if (at < 0).any():
+        raise InputError(None, f"shapes/{region}", f"{int((at < 0).sum())} spots of section {section} sum no bin of "
+                         "this SpatialData object")
+    return grouped.to_numpy()[at]
 
 
 def _spots_of(sdata, section: str, part: ad.AnnData) -> tuple[str, np.ndarray]:
