@@ -209,9 +209,8 @@ def add_to_spatialdata(sdata, *, expression=None, spots=None, overwrite: bool = 
     has no shapes of its own in ``sdata``: they are added, ``<section>_squares`` in the frame and coordinate systems
     of the shapes summed, and its annotations go into a table of their own, ``<section>_squares_table``, with the
     summed counts (replaced by the next call, as the counts table's columns are). Any other existing element is
-    replaced only with ``overwrite``. Returns the names of
-    the elements added or changed: in memory only until written (``sdata.write_element(name)``,
-    ``overwrite=True`` for a changed one)."""
+    replaced only with ``overwrite``. Returns the names of the elements added or changed: in memory only until
+    written (``sdata.write_element(name)``, ``overwrite=True`` for a changed one)."""
     from spafoundation._sections import LIBRARY_KEY, Sections
 
     require_spatialdata(None, "sdata")
@@ -227,7 +226,7 @@ def add_to_spatialdata(sdata, *, expression=None, spots=None, overwrite: bool = 
             changed.append(name)
 
     def spots_of(section: str, part: ad.AnnData) -> tuple[str, np.ndarray]:
-        if not _summed(section, part):
+        if not _summed(part):
             return _spots_of(sdata, section, part)
         name = f"{element_name(section)}_squares"
         ids = np.asarray(part.obs_names)
@@ -244,7 +243,7 @@ def add_to_spatialdata(sdata, *, expression=None, spots=None, overwrite: bool = 
         columns = [c for c in SPOT_ANNOTATIONS if c in part.obs]
         if not columns:
             continue
-        if _summed(section, part):  # the counts were read from the cells' (bins') table: these rows are not in it
+        if _summed(part):  # the counts were read from the cells' (bins') table: these rows are not in it
             name = f"{region}_table"
             held = sdata.tables.get(name)
             if held is not None and held.uns.get(TABLE_KIND_KEY) == "squares":
@@ -270,7 +269,7 @@ def add_to_spatialdata(sdata, *, expression=None, spots=None, overwrite: bool = 
     return changed
 
 
-def _summed(section: str, part: ad.AnnData) -> bool:
+def _summed(part: ad.AnnData) -> bool:
     """Whether the section was read from a store with its spots summed from smaller shapes (cells, HD bins)."""
     meta = spatial_meta(part)["metadata"]
     return meta.get("spatialdata_region") is not None and ("bin_um" in meta or "bins_summed" in meta)

@@ -137,8 +137,8 @@ class ExpressionModel:
         """Predicted log-normalised expression of ``self.genes`` for every spot of ``adata`` (counts not needed).
 
         ``var`` holds each gene's cross-validated r (``cv_pearson``, over patients where the model was fitted on
-        two or more, else over sections, else over stripes of the one section) and ``reliable`` (``cv_pearson >= RELIABLE_R``); ``uns
-        ['spafoundation_prediction']['shift'][section]`` says how far the section's image lies from the training
+        two or more, else over sections, else over stripes of the one section) and ``reliable`` (``cv_pearson >=
+        RELIABLE_R``); ``uns['spafoundation_prediction']['shift'][section]`` says how far the section's image lies from the training
         sections' (a warning is logged when further than any training section lay from the others)."""
         pred = self.head.predict(self.features(adata, cache_dir=cache_dir, progress=progress))
         info = {"model": self.describe()}
