@@ -53,18 +53,18 @@ def bin_cells(counts: sp.spmatrix, xy_um: np.ndarray, bin_um: float) -> tuple[sp
     return summed, obs, centres, [f"bin_{a}_{b}" for a, b in zip(r, c)]
 
 
-def spots_on_image(image, xy: np.ndarray, counts, obs: pd.DataFrame, ids: list[str], field_path):
-    """The spots whose centre (image px) lies on ``image``; the others left out with one warning (a scan need not
-    cover every cell the instrument read), an error naming ``field_path`` when none does (a wrong alignment)."""
-    from spafoundation.io.slide import open_slide
-
-    with open_slide(image) as slide:
-        width, height = slide.width, slide.height
+def spots_on_image(size: tuple[int, int], image_name: str, xy: np.ndarray, counts, obs: pd.DataFrame,
+                   ids: list[str], field_path):
+    """The spots whose centre (image px) lies on an image of ``size`` (width, height); the others left out with one
+    warning (a scan need not cover every cell the instrument read), an error naming ``field_path`` when none does
+    (a wrong alignment)."""
+    width, height = size
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     if not inside.any():
-        raise InputError(field_path, "alignment", f"no spot lies on the {width}x{height} px image "
-                         f"{getattr(image, 'name', image)}: the cells are not placed on it")
+        raise InputError(field_path, "alignment", f"no spot lies on the {width}x{height} px image {image_name}: the "
+                         "cells are not placed on it")
     if not inside.all():
-        log.warning("%s: %d of %d spots fall off the image and are left out", image, int((~inside).sum()), len(xy))
+        log.warning("%s: %d of %d spots fall off the image and are left out", image_name, int((~inside).sum()),
+                    len(xy))
     keep = np.flatnonzero(inside)
     return counts[keep], obs.iloc[keep].reset_index(drop=True), xy[keep], [ids[i] for i in keep]

@@ -386,7 +386,11 @@ def _read_section(sdata, path: Path, region: str, table_name: str, table: ad.Ann
         counts, obs, squares, ids = bin_cells(counts, centres * unit_um, bin_um)
         xy = squares / unit_um @ to_pixels[:2, :2].T + to_pixels[:2, 2]
         if image_dir is not None:
-            counts, obs, xy, ids = spots_on_image(image_dir, xy, counts, obs, ids, path)
+            from spafoundation.io.slide import open_slide
+
+            with open_slide(image_dir) as slide:
+                size = (slide.width, slide.height)
+            counts, obs, xy, ids = spots_on_image(size, image_name, xy, counts, obs, ids, path)
         extra.update(cells=len(rows), bin_um=bin_um)
         diameter_px = bin_um / mpp_px
     else:  # which shape each spot is: results go back onto it (io/spatialdata_write.add_to_spatialdata)

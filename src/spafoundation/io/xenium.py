@@ -140,13 +140,10 @@ def read_alignment(path: Path) -> np.ndarray:
     return matrix
 
 
-def warn_if_scan_disagrees(image: Path, aligned_mpp: float, alignment: Path | None) -> None:
-    """One warning when the scan's own pixel size (OME-XML, TIFF resolution) and the one the alignment gives differ
-    by more than 15%: an alignment to another frame (microns rather than morphology pixels) or to another image."""
-    from spafoundation.io.slide import open_slide
-
-    with open_slide(image) as slide:
-        own = slide.mpp
+def warn_if_scan_disagrees(image: Path, own: float | None, aligned_mpp: float, alignment: Path | None) -> None:
+    """One warning when the scan's own pixel size (``own``: OME-XML, TIFF resolution) and the one the alignment
+    gives differ by more than 15%: an alignment to another frame (microns rather than morphology pixels) or to
+    another image."""
     if own and not 1 / 1.15 <= aligned_mpp / own <= 1.15:
         log.warning("%s: its metadata says %.4g um/px, but %s places it at %.4g um/px; the alignment is used (a "
                     "matrix to another frame than the morphology image's pixels would misplace every spot; --mpp "
@@ -198,9 +195,13 @@ def read_xenium(path: str | Path, image: str | Path | None = None, mpp: float | 
     mpp_source = "given" if mpp is not None else (
         f"experiment.xenium pixel_size x the alignment's scale ({aligned.name})" if aligned else
         "experiment.xenium pixel_size")
+    from spafoundation.io.slide import open_slide
+
+    with open_slide(he) as slide:
+        size, own_mpp = (slide.width, slide.height), slide.mpp
     if mpp is None:
-        warn_if_scan_disagrees(he, aligned_mpp, aligned)
-    spots, obs, xy, spot_ids = spots_on_image(he, xy, spots, obs, spot_ids, aligned or cells_path)
+        warn_if_scan_disagrees(he, own_mpp, aligned_mpp, aligned)
+    spots, obs, xy, spot_ids = spots_on_image(size, he.name, xy, spots, obs, spot_ids, aligned or cells_path)
     hires, scalef, image_size = read_section_image(he, xy, he_mpp, aligned or cells_path, "spot centres",
                                                    with_image=with_images)
     obs.insert(0, "patient", patient or section)
