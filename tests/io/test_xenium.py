@@ -258,3 +258,38 @@ def test_scan_whose_metadata_disagrees_with_the_alignment_is_warned_about(c2_sma
             adata = read_dataset(root, bin_um=200)["X5"]
         assert ("metadata says" in caplog.text) == warned
         assert microns_per_pixel(adata) == pytest.approx(c2_small.mpp)  # the alignment's, as the spots are placed
+
+
+def test_older_xenium_outputs_read_the_same(xenium_folder, tmp_path):
+    """cells.csv.gz instead of cells.parquet, the cell_feature_matrix/ folder (Matrix Market, gzipped, control
+    probes among the features) instead of the HDF5 file: the same spots."""
+    import gzip
+    import shutil
+
+    import pandas as pd
+    import scipy.io
+    import scipy.sparse as sp
+
+    from spafoundation.io.visium import read_10x_h5
+
+    root = tmp_path / "X6"
+    shutil.copytree(xenium_folder, root)
+    pd.read_parquet(root / "cells.parquet").to_csv(root / "cells.csv.gz", index=False)
+    (root / "cells.parquet").unlink()
+    X, barcodes, genes = read_10x_h5(root / "cell_feature_matrix.h5")
+    (root / "cell_feature_matrix.h5").unlink()
+    folder = root / "cell_feature_matrix"
+    folder.mkdir()
+    control = sp.csr_matrix(np.ones((X.shape[0], 1), dtype=np.int32))  # a probe, not a gene: left out
+    with gzip.open(folder / "matrix.mtx.gz", "wb") as f:
+        scipy.io.mmwrite(f, sp.hstack([X, control]).T.tocoo())
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as f:
+        f.write("".join(f"{b}\n" for b in barcodes))
+    with gzip.open(folder / "features.tsv.gz", "wt") as f:
+        f.write("".join(f"ENSG{i}\t{g}\tGene Expression\n" for i, g in enumerate(genes)))
+        f.write("NegControlProbe_1\tNegControlProbe_1\tNegative Control Probe\n")
+    old = read_dataset(root, bin_um=200)["X6"]
+    new = read_dataset(xenium_folder, bin_um=200)["X1"]
+    assert list(old.var_names) == list(new.var_names)
+    np.testing.assert_array_equal(old.X.toarray(), new.X.toarray())
+    np.testing.assert_allclose(old.obsm["spatial"], new.obsm["spatial"])
