@@ -32,6 +32,15 @@ def check_bin_um(bin_um: float, path, field: str = "bin_um") -> float:
     return bin_um
 
 
+def membership(keys: pd.MultiIndex, *, sort: bool) -> tuple[sp.csr_matrix, pd.MultiIndex]:
+    """(groups x rows) 0/1 matrix of which group each row's key is in, and the groups' keys (first-seen order, or
+    sorted): ``onehot @ X`` sums the rows of each group (cells into squares here, Visium HD bins into blocks)."""
+    group, uniq = pd.factorize(keys, sort=sort)
+    onehot = sp.csr_matrix((np.ones(len(group), dtype=np.int64), (group, np.arange(len(group)))),
+                           shape=(len(uniq), len(group)))
+    return onehot, uniq
+
+
 def bin_cells(counts: sp.spmatrix, xy_um: np.ndarray, bin_um: float) -> tuple[sp.csr_matrix, pd.DataFrame,
                                                                               np.ndarray, list[str]]:
     """Sum the cells (rows of ``counts``, centroids ``xy_um`` in microns, x then y) into squares of ``bin_um``.
@@ -40,10 +49,7 @@ def bin_cells(counts: sp.spmatrix, xy_um: np.ndarray, bin_um: float) -> tuple[sp
     square centres in microns (x then y), spot ids ``bin_<row>_<col>``), spots in row-major grid order."""
     cols = np.floor(xy_um[:, 0] / bin_um).astype(np.int64)
     rows = np.floor(xy_um[:, 1] / bin_um).astype(np.int64)
-    keys = pd.MultiIndex.from_arrays([rows, cols])
-    square, uniq = pd.factorize(keys, sort=True)
-    onehot = sp.csr_matrix((np.ones(len(square), dtype=np.int64), (square, np.arange(len(square)))),
-                           shape=(len(uniq), len(square)))
+    onehot, uniq = membership(pd.MultiIndex.from_arrays([rows, cols]), sort=True)
     summed = sp.csr_matrix(onehot @ sp.csr_matrix(counts))
     r = uniq.get_level_values(0).to_numpy()
     c = uniq.get_level_values(1).to_numpy()

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from spafoundation.errors import InputError
 from spafoundation.io.anndata_spec import estimate_mpp_from_pitch
+from spafoundation.io.cell_bins import membership
 from spafoundation.io.values import positive_number
 from spafoundation.io.visium import (
     SampleFiles,
@@ -106,9 +107,7 @@ def aggregate_bins(X: sp.csr_matrix, pos: pd.DataFrame, k: int, level_um: float)
     position the block index, its barcode Space Ranger's pattern for that bin size."""
     rows = pos["array_row"].to_numpy(np.int64) // k
     cols = pos["array_col"].to_numpy(np.int64) // k
-    keys = pd.MultiIndex.from_arrays([rows, cols])
-    block, uniq = pd.factorize(keys)
-    onehot = sp.csr_matrix((np.ones(len(block)), (block, np.arange(len(block)))), shape=(len(uniq), len(block)))
+    onehot, uniq = membership(pd.MultiIndex.from_arrays([rows, cols]), sort=False)
     counts = onehot @ X
     n_bins = np.asarray(onehot.sum(axis=1)).ravel()
     xy = (onehot @ pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(np.float64)) / n_bins[:, None]
